@@ -1,0 +1,162 @@
+//! SEARCH evaluation (RFC 9051 §6.4.4) over stored metadata. Header and body
+//! keys read the message from its blob only when the program needs them;
+//! a full-text index can replace `text_of` later without changing the API.
+
+use mail_parser::MessageParser;
+use mailstore_api::pb;
+use mailstore_api::pb::search_key::Key;
+use sqlx::{PgPool, Row};
+
+use crate::error::{Result, StoreError};
+use crate::flags;
+
+/// Deepest search program accepted.
+const MAX_DEPTH: usize = 64;
+
+struct Candidate {
+    uid: u32,
+    bits: i32,
+    keywords: Vec<String>,
+    internal_day: i64,
+    sent_day: Option<i64>,
+    size: u64,
+    modseq: u64,
+    hash: Vec<u8>,
+    raw: Option<Vec<u8>>,
+}
+
+fn needs_body(k: &pb::SearchKey, depth: usize) -> Result<bool> {
+    if depth > MAX_DEPTH {
+        return Err(StoreError::invalid("search program nested too deeply"));
+    }
+    Ok(match &k.key {
+        Some(Key::AllOf(l) | Key::AnyOf(l)) => {
+            let mut any = false;
+            for k in &l.keys {
+                any |= needs_body(k, depth + 1)?;
+            }
+            any
+        }
+        Some(Key::Not(k)) => needs_body(k, depth + 1)?,
+        Some(Key::Header(_) | Key::Body(_) | Key::Text(_)) => true,
+        _ => false,
+    })
+}
+
+pub async fn search(pool: &PgPool, mailbox_id: i64, key: &pb::SearchKey) -> Result<pb::SearchResponse> {
+    let with_body = needs_body(key, 0)?;
+    let rows = sqlx::query(
+        "SELECT uid, flags, keywords, (internal_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS iday, \
+         (sent_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS sday, size, modseq, blob_hash \
+         FROM messages WHERE mailbox_id = $1 ORDER BY uid",
+    )
+    .bind(mailbox_id)
+    .fetch_all(pool)
+    .await?;
+    let mut resp = pb::SearchResponse::default();
+    for r in &rows {
+        let mut c = Candidate {
+            uid: r.try_get::<i64, _>("uid")? as u32,
+            bits: r.try_get("flags")?,
+            keywords: r.try_get("keywords")?,
+            internal_day: i64::from(r.try_get::<i32, _>("iday")?),
+            sent_day: r.try_get::<Option<i32>, _>("sday")?.map(i64::from),
+            size: r.try_get::<i64, _>("size")? as u64,
+            modseq: r.try_get::<i64, _>("modseq")? as u64,
+            hash: r.try_get("blob_hash")?,
+            raw: None,
+        };
+        if with_body {
+            let data: Vec<u8> = sqlx::query_scalar("SELECT data FROM blobs WHERE hash = $1")
+                .bind(&c.hash)
+                .fetch_one(pool)
+                .await?;
+            c.raw = Some(data);
+        }
+        if matches(&c, key) {
+            resp.uids.push(c.uid);
+            resp.highest_modseq = resp.highest_modseq.max(c.modseq);
+        }
+    }
+    Ok(resp)
+}
+
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    needle.is_empty() || hay.to_lowercase().contains(&needle.to_lowercase())
+}
+
+fn in_range(day: i64, r: &pb::DateRange) -> bool {
+    r.since_day.is_none_or(|s| day >= s) && r.before_day.is_none_or(|b| day < b)
+}
+
+fn matches(c: &Candidate, key: &pb::SearchKey) -> bool {
+    match &key.key {
+        None | Some(Key::All(_)) => true,
+        Some(Key::AllOf(l)) => l.keys.iter().all(|k| matches(c, k)),
+        Some(Key::AnyOf(l)) => l.keys.iter().any(|k| matches(c, k)),
+        Some(Key::Not(k)) => !matches(c, k),
+        Some(Key::HasFlag(f)) => flags::has(c.bits, &c.keywords, f),
+        Some(Key::LacksFlag(f)) => !flags::has(c.bits, &c.keywords, f),
+        Some(Key::Uids(set)) => set.ranges.iter().any(|r| {
+            let (a, b) = if r.first <= r.last { (r.first, r.last) } else { (r.last, r.first) };
+            (a..=b).contains(&c.uid)
+        }),
+        Some(Key::InternalDate(r)) => in_range(c.internal_day, r),
+        Some(Key::SentDate(r)) => c.sent_day.is_some_and(|d| in_range(d, r)),
+        Some(Key::Larger(n)) => c.size > *n,
+        Some(Key::Smaller(n)) => c.size < *n,
+        Some(Key::ModseqMin(n)) => c.modseq >= *n,
+        Some(Key::Header(h)) => header_matches(c, &h.field, &h.value),
+        Some(Key::Body(s)) => body_text(c).is_some_and(|t| contains_ci(&t, s)),
+        Some(Key::Text(s)) => {
+            header_text(c).is_some_and(|t| contains_ci(&t, s)) || body_text(c).is_some_and(|t| contains_ci(&t, s))
+        }
+    }
+}
+
+fn header_matches(c: &Candidate, field: &str, value: &str) -> bool {
+    let Some(raw) = &c.raw else { return false };
+    let Some(msg) = MessageParser::default().parse_headers(raw) else { return false };
+    let Some(root) = msg.parts.first() else { return false };
+    root.headers.iter().any(|h| {
+        if !h.name.as_str().eq_ignore_ascii_case(field) {
+            return false;
+        }
+        if value.is_empty() {
+            return true;
+        }
+        // Match the raw value and the decoded one (RFC 2047 words).
+        let rawv = raw.get(h.offset_start as usize..h.offset_end as usize).map(String::from_utf8_lossy).unwrap_or_default();
+        let decoded = match &h.value {
+            mail_parser::HeaderValue::Text(t) => t.to_string(),
+            mail_parser::HeaderValue::TextList(l) => l.join(" "),
+            mail_parser::HeaderValue::Address(a) => a
+                .iter()
+                .map(|x| format!("{} <{}>", x.name.as_deref().unwrap_or(""), x.address.as_deref().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => String::new(),
+        };
+        contains_ci(&rawv, value) || contains_ci(&decoded, value)
+    })
+}
+
+fn header_text(c: &Candidate) -> Option<String> {
+    let raw = c.raw.as_ref()?;
+    let msg = MessageParser::default().parse_headers(raw)?;
+    let end = msg.parts.first().map_or(0, |p| p.offset_body as usize);
+    Some(String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).into_owned())
+}
+
+fn body_text(c: &Candidate) -> Option<String> {
+    let raw = c.raw.as_ref()?;
+    let msg = MessageParser::default().parse(raw)?;
+    let mut out = String::new();
+    for i in 0..msg.text_body.len().max(msg.html_body.len()) {
+        if let Some(t) = msg.body_text(i) {
+            out.push_str(&t);
+            out.push('\n');
+        }
+    }
+    Some(out)
+}

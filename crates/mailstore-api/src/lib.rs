@@ -1,0 +1,46 @@
+//! The mailbox-store API: generated gRPC types for package `mailstore.v1`
+//! (`proto/mailstore/v1`), the shared-secret interceptor every RPC carries,
+//! and the classification of gRPC status codes into transient and permanent.
+//!
+//! Every service talks to the store only through this crate.
+
+pub mod client;
+
+/// Generated code for `mailstore.v1`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("mailstore.v1");
+}
+
+pub use client::{AuthInterceptor, StoreClient, StoreClientError, connect};
+
+/// gRPC metadata key carrying the session id, so logs join up across services.
+pub const SESSION_ID_HEADER: &str = "x-epistole-session";
+
+/// The closed set of outcomes a caller distinguishes after a failed store call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Try again later: store unreachable, overloaded, deadline exceeded
+    /// (outcome unknown: retry with the same idempotency key), aborted.
+    Transient,
+    /// The request itself is wrong or refers to something that does not exist.
+    Permanent,
+}
+
+/// Maps a gRPC status to transient vs permanent. Anything not clearly the
+/// caller's fault is transient: a mail server must answer 4xx, not 5xx, when
+/// it does not know.
+#[must_use]
+pub fn classify(status: &tonic::Status) -> Failure {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unimplemented => Failure::Permanent,
+        _ => Failure::Transient,
+    }
+}

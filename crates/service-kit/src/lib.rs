@@ -1,0 +1,86 @@
+//! Shared plumbing for Epistole services: the flags that connect a service
+//! to the store, tracing initialisation (human or JSON), one shutdown signal
+//! fanned out to every task, and the small HTTP endpoint with `/healthz`,
+//! `/readyz` and `/metrics` (Prometheus text format) each service exposes.
+
+pub mod http;
+pub mod shutdown;
+
+use std::sync::OnceLock;
+
+pub use http::{HealthServer, Readiness};
+pub use shutdown::{Shutdown, shutdown_on_signals};
+
+/// How a service reaches the store. Flattened into every service's config.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// gRPC URL of the mailbox-store (any replica, or a load balancer).
+    #[arg(long = "store-url", env = "EPISTOLE_STORE_URL", default_value = "http://127.0.0.1:7000")]
+    pub url: String,
+    /// Shared secret sent as a bearer token on every store RPC.
+    #[arg(long = "store-token", env = "EPISTOLE_STORE_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+impl std::fmt::Debug for StoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreArgs")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl StoreArgs {
+    /// A lazily connecting client for the store.
+    ///
+    /// # Errors
+    /// On a malformed URL or token.
+    pub fn client(&self) -> Result<mailstore_api::StoreClient, mailstore_api::StoreClientError> {
+        mailstore_api::connect(&self.url, &self.token)
+    }
+}
+
+/// Logging flags shared by every binary.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format: "text" for terminals, "json" for containers.
+    #[arg(long = "log-format", env = "EPISTOLE_LOG_FORMAT", default_value = "text")]
+    pub format: String,
+    /// Filter in tracing-subscriber EnvFilter syntax (RUST_LOG is also read).
+    #[arg(long = "log", env = "EPISTOLE_LOG", default_value = "info")]
+    pub filter: String,
+}
+
+/// Installs the global tracing subscriber. Idempotent, so in-process tests
+/// can start several services.
+pub fn init_tracing(args: &LogArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.filter.clone());
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init fails only when a subscriber is already installed: fine.
+    let _ = if args.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+static PROMETHEUS: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours stays unused
+            // but rendering still works (empty).
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,422 @@
+//! # test-kit
+//!
+//! - [`Postgres`]: a throwaway PostgreSQL cluster for the whole test process
+//!   (initdb + pg_ctl in a temp dir, as the `postgres` user when we are root),
+//!   or the server named by `DATABASE_URL`. A watchdog process stops the
+//!   cluster and removes its directory when the test process exits, however
+//!   it exits; stale clusters of dead runs are swept at start.
+//! - [`fresh_database`]: a new, empty database per test.
+//! - [`TestStore`]: the real mailbox-store, in-process on 127.0.0.1:0.
+//!
+//! Durability settings are PostgreSQL's defaults (fsync and synchronous
+//! commit on), so tests see what production sees.
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use mailstore_api::{StoreClient, pb};
+use service_kit::Shutdown;
+use sqlx::Connection as _;
+use tokio::task::JoinHandle;
+
+/// A PostgreSQL server usable by tests.
+pub struct Postgres {
+    /// Admin URL (database `postgres`).
+    pub admin_url: String,
+    /// Builds a URL for another database on the same server.
+    base: String,
+    query: String,
+}
+
+static PG: OnceLock<Result<Postgres, String>> = OnceLock::new();
+
+impl Postgres {
+    /// The process-wide server (started on first use).
+    ///
+    /// # Panics
+    /// With a clear message when no PostgreSQL can be found or started.
+    pub fn get() -> &'static Postgres {
+        match PG.get_or_init(Self::start) {
+            Ok(pg) => pg,
+            Err(e) => panic!("test-kit: no PostgreSQL for tests: {e}"),
+        }
+    }
+
+    /// URL of database `name` on this server.
+    #[must_use]
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}{}", self.base, self.query)
+    }
+
+    fn start() -> Result<Postgres, String> {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return Ok(split_url(&url));
+        }
+        let bin = find_pg_bin().ok_or(
+            "set DATABASE_URL, or install the PostgreSQL server binaries (initdb, pg_ctl), e.g. apt-get install postgresql",
+        )?;
+        sweep_stale();
+        let dir = PathBuf::from(format!("/tmp/epg-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).map_err(|e| e.to_string())?;
+        let as_root = is_root();
+        if as_root {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:postgres"]).arg(&dir);
+            run(chown)?;
+        }
+        let data = dir.join("data");
+        let initdb = pg_cmd(as_root, &bin.join("initdb"), |c| {
+            c.arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
+        });
+        run(initdb)?;
+        let port = 5432;
+        let opts = format!("-p {port} -k {} -c listen_addresses='' -c max_connections=300", dir.display());
+        let start = pg_cmd(as_root, &bin.join("pg_ctl"), |c| {
+            c.arg("-D").arg(&data).arg("-l").arg(dir.join("pg.log")).args(["-w", "-o", &opts, "start"]);
+        });
+        run(start)?;
+        spawn_watchdog(&dir, &bin, as_root);
+        let host = dir.display().to_string();
+        Ok(Postgres {
+            admin_url: format!("postgres://postgres@localhost:{port}/postgres?host={host}"),
+            base: format!("postgres://postgres@localhost:{port}"),
+            query: format!("?host={host}"),
+        })
+    }
+}
+
+fn split_url(url: &str) -> Postgres {
+    // postgres://user@host:port/db?query  →  base, query
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m.to_string(), format!("?{q}")),
+        None => (url.to_string(), String::new()),
+    };
+    let scheme_end = main.find("://").map_or(0, |i| i + 3);
+    let base = match main[scheme_end..].find('/') {
+        Some(i) => main[..scheme_end + i].to_string(),
+        None => main.clone(),
+    };
+    Postgres {
+        admin_url: url.to_string(),
+        base,
+        query,
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn find_pg_bin() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut v: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path().join("bin")).collect();
+        v.sort();
+        v.reverse();
+        candidates.extend(v);
+    }
+    candidates.into_iter().find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+}
+
+fn pg_cmd(as_root: bool, program: &Path, f: impl FnOnce(&mut Command)) -> Command {
+    let mut c = if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    f(&mut c);
+    c
+}
+
+fn run(mut c: Command) -> Result<(), String> {
+    let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{c:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A detached shell that waits for this process to exit, then stops the
+/// cluster and removes its directory.
+fn spawn_watchdog(dir: &Path, bin: &Path, as_root: bool) {
+    use std::os::unix::process::CommandExt as _;
+    let pg_ctl = bin.join("pg_ctl");
+    let stop = if as_root {
+        format!("runuser -u postgres -- {} -D {}/data -m immediate -w stop", pg_ctl.display(), dir.display())
+    } else {
+        format!("{} -D {}/data -m immediate -w stop", pg_ctl.display(), dir.display())
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+}
+
+/// Stops and removes clusters whose owning test process is gone.
+fn sweep_stale() {
+    let Ok(rd) = std::fs::read_dir("/tmp") else { return };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("epg-") {
+            continue;
+        }
+        let dir = e.path();
+        let pid = std::fs::read_to_string(dir.join("owner.pid")).unwrap_or_default();
+        let alive = !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists();
+        if !alive {
+            let pidfile = dir.join("data/postmaster.pid");
+            if let Ok(s) = std::fs::read_to_string(&pidfile)
+                && let Some(p) = s.lines().next()
+            {
+                let _ = Command::new("kill").args(["-9", p.trim()]).status();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Creates a new empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let pg = Postgres::get();
+    let name = format!("t_{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let mut conn = sqlx::PgConnection::connect(&pg.admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("test-kit: connect to {}: {e}", pg.admin_url));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let _ = conn.close().await;
+    pg.url(&name)
+}
+
+/// A token for tests.
+#[must_use]
+pub fn random_token() -> String {
+    format!("test-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+}
+
+/// The real mailbox-store running in this process.
+pub struct TestStore {
+    pub grpc_url: String,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub token: String,
+    pub database_url: String,
+    shutdown: Shutdown,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestStore {
+    /// A fresh database and a store serving it.
+    pub async fn start() -> Self {
+        let db = fresh_database().await;
+        Self::start_on(db, random_token(), SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Another store process (replica) over the same database and token.
+    pub async fn replica(&self) -> Self {
+        Self::start_on(self.database_url.clone(), self.token.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    async fn start_on(database_url: String, token: String, listen: SocketAddr) -> Self {
+        service_kit::init_tracing(&service_kit::LogArgs { format: "text".into(), filter: "warn".into() });
+        let mut config = mailbox_store::Config::new(database_url.clone(), token.clone());
+        config.listen = listen;
+        let server = mailbox_store::Server::bind(config).await.expect("start mailbox-store");
+        let grpc_addr = server.grpc_addr().expect("grpc addr");
+        let http_addr = server.http_addr().expect("http addr");
+        let shutdown = Shutdown::new();
+        let sd = shutdown.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.serve(sd).await {
+                eprintln!("test store stopped: {e:#}");
+            }
+        });
+        Self {
+            grpc_url: format!("http://{grpc_addr}"),
+            grpc_addr,
+            http_addr,
+            token,
+            database_url,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A client with the right token.
+    #[must_use]
+    pub fn client(&self) -> StoreClient {
+        mailstore_api::connect(&self.grpc_url, &self.token).expect("store client")
+    }
+
+    /// Stops the store abruptly (open connections drop), keeping the database.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Starts the store again on the same gRPC port, over the same database.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut again = None;
+        for _ in 0..50 {
+            let mut config = mailbox_store::Config::new(self.database_url.clone(), self.token.clone());
+            config.listen = self.grpc_addr;
+            match mailbox_store::Server::bind(config).await {
+                Ok(s) => {
+                    again = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        let server = again.expect("rebind mailbox-store on its old port");
+        self.http_addr = server.http_addr().expect("http addr");
+        let shutdown = Shutdown::new();
+        let sd = shutdown.clone();
+        self.shutdown = shutdown;
+        self.task = Some(tokio::spawn(async move {
+            let _ = server.serve(sd).await;
+        }));
+    }
+
+    /// Creates a domain.
+    pub async fn add_domain(&self, name: &str) {
+        self.client()
+            .accounts
+            .create_domain(pb::CreateDomainRequest { name: name.into() })
+            .await
+            .expect("create domain");
+    }
+
+    /// Creates a user, returns its id.
+    pub async fn add_user(&self, address: &str, password: &str) -> u64 {
+        self.client()
+            .accounts
+            .create_user(pb::CreateUserRequest {
+                address: address.into(),
+                password: password.into(),
+                quota_bytes: 0,
+            })
+            .await
+            .expect("create user")
+            .into_inner()
+            .id
+    }
+
+    /// Appends a raw message to a mailbox, returns the UID.
+    pub async fn append(&self, user_id: u64, mailbox: &str, raw: &[u8]) -> u32 {
+        append(&self.client(), user_id, mailbox, raw, &[]).await.expect("append").uid
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Appends through the client-streaming RPC in 256 KiB chunks.
+///
+/// # Errors
+/// The store's status.
+pub async fn append(
+    client: &StoreClient,
+    user_id: u64,
+    mailbox: &str,
+    raw: &[u8],
+    flags: &[&str],
+) -> Result<pb::AppendResponse, tonic::Status> {
+    let mut msgs = vec![pb::AppendRequest {
+        part: Some(pb::append_request::Part::Header(pb::AppendHeader {
+            user_id,
+            mailbox: mailbox.into(),
+            flags: flags.iter().map(|f| (*f).to_string()).collect(),
+            internal_date: None,
+            size: raw.len() as u64,
+        })),
+    }];
+    for c in raw.chunks(256 * 1024) {
+        msgs.push(pb::AppendRequest { part: Some(pb::append_request::Part::Data(c.to_vec())) });
+    }
+    let mut c = client.mailboxes.clone();
+    c.append(futures::stream::iter(msgs)).await.map(tonic::Response::into_inner)
+}
+
+/// Enqueues a message into the inbound queue.
+///
+/// # Errors
+/// The store's status.
+pub async fn enqueue(
+    client: &StoreClient,
+    key: &str,
+    from: &str,
+    to: &[&str],
+    raw: &[u8],
+) -> Result<pb::EnqueueResponse, tonic::Status> {
+    let mut msgs = vec![pb::EnqueueRequest {
+        part: Some(pb::enqueue_request::Part::Header(pb::EnqueueHeader {
+            kind: pb::QueueKind::Inbound as i32,
+            idempotency_key: key.into(),
+            mail_from: from.into(),
+            recipients: to.iter().map(|a| pb::Recipient { address: (*a).to_string(), ..Default::default() }).collect(),
+            size: raw.len() as u64,
+            ..Default::default()
+        })),
+    }];
+    for c in raw.chunks(256 * 1024) {
+        msgs.push(pb::EnqueueRequest { part: Some(pb::enqueue_request::Part::Data(c.to_vec())) });
+    }
+    let mut q = client.queue.clone();
+    q.enqueue(futures::stream::iter(msgs)).await.map(tonic::Response::into_inner)
+}
+
+/// Reads a whole message body stream into memory.
+///
+/// # Errors
+/// The store's status.
+pub async fn collect_body(mut s: tonic::Streaming<pb::BodyChunk>) -> Result<Vec<u8>, tonic::Status> {
+    let mut out = Vec::new();
+    while let Some(c) = s.message().await? {
+        out.extend_from_slice(&c.data);
+    }
+    Ok(out)
+}
+
+/// Path of the multi-call `epistole` binary next to the test executable
+/// (target/debug/epistole). Root-package tests should prefer
+/// `env!("CARGO_BIN_EXE_epistole")`.
+#[must_use]
+pub fn epistole_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("epistole")
+}
