@@ -1,1 +1,49 @@
-fn main() {}
+//! `epistole`: every Epistole service in one executable, chosen by the first
+//! argument (`epistole mailbox-store …`, `epistole smtp-in …`, …). Containers
+//! run one image with the service as the command; each service crate also
+//! builds its own binary with the same `run` function.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "epistole", version, about = "Epistole mail server")]
+struct Cli {
+    #[command(flatten)]
+    log: service_kit::LogArgs,
+    #[command(subcommand)]
+    service: Service,
+}
+
+#[derive(Subcommand)]
+enum Service {
+    /// The store: accounts, mailboxes, messages and queues over PostgreSQL.
+    #[command(name = "mailbox-store", alias = "store")]
+    MailboxStore(mailbox_store::Config),
+    /// SMTP receiver: MX (25), submission (587) and submissions (465).
+    #[command(name = "smtp-in")]
+    SmtpIn(smtp_in::Config),
+    /// POP3 server: 110 (STLS) and 995 (implicit TLS).
+    Pop3(pop3::Config),
+    /// The admin CLI.
+    Mailctl(mailctl::Cli),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        if let Service::Mailctl(c) = cli.service {
+            return mailctl::run(c, &mut std::io::stdout()).await;
+        }
+        service_kit::init_tracing(&cli.log);
+        let shutdown = service_kit::shutdown_on_signals();
+        match cli.service {
+            Service::MailboxStore(c) => mailbox_store::run(c, shutdown).await,
+            Service::SmtpIn(c) => smtp_in::run(c, shutdown).await,
+            Service::Pop3(c) => pop3::run(c, shutdown).await,
+            Service::Mailctl(_) => Ok(()),
+        }
+    })
+}

@@ -242,7 +242,12 @@ pub async fn resolve(pool: &PgPool, address: &str) -> Result<pb::ResolveRecipien
 }
 
 /// Creates a user and its default mailboxes in one transaction.
-pub async fn create_user(pool: &PgPool, address: &str, password: String, quota: u64) -> Result<pb::User> {
+pub async fn create_user(
+    pool: &PgPool,
+    address: &str,
+    password: String,
+    quota: u64,
+) -> Result<pb::User> {
     let (local, domain) = names::address(address)?;
     if local.contains('+') {
         return Err(StoreError::invalid("'+' is reserved for plus-addressing"));
@@ -288,11 +293,13 @@ pub async fn create_user(pool: &PgPool, address: &str, password: String, quota: 
 }
 
 async fn get_user_by_id(pool: &PgPool, id: i64) -> Result<pb::User> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{USER_SELECT} WHERE u.id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(StoreError::NotFound("user"))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{USER_SELECT} WHERE u.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(StoreError::NotFound("user"))?;
     user_from_row(&row)
 }
 
@@ -321,7 +328,10 @@ async fn over_failure_limit(pool: &PgPool, ip: &str, limit: u32) -> Result<bool>
 
 #[tonic::async_trait]
 impl pb::accounts_server::Accounts for AccountsSvc {
-    async fn create_domain(&self, req: Request<pb::CreateDomainRequest>) -> Result<Response<pb::Domain>, Status> {
+    async fn create_domain(
+        &self,
+        req: Request<pb::CreateDomainRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
         let name = names::domain(&req.get_ref().name)?;
         let row = sqlx::query("INSERT INTO domains (name) VALUES ($1) RETURNING id, created_at")
             .bind(&name)
@@ -341,10 +351,15 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         }))
     }
 
-    async fn delete_domain(&self, req: Request<pb::DeleteDomainRequest>) -> Result<Response<pb::DeleteDomainResponse>, Status> {
+    async fn delete_domain(
+        &self,
+        req: Request<pb::DeleteDomainRequest>,
+    ) -> Result<Response<pb::DeleteDomainResponse>, Status> {
         let req = req.into_inner();
         let name = names::domain(&req.name)?;
-        let did = domain_id(self.pool(), &name).await?.ok_or(StoreError::NotFound("domain"))?;
+        let did = domain_id(self.pool(), &name)
+            .await?
+            .ok_or(StoreError::NotFound("domain"))?;
         if !req.force {
             let users: i64 = sqlx::query_scalar(
                 "SELECT (SELECT count(*) FROM users WHERE domain_id = $1) + (SELECT count(*) FROM aliases WHERE domain_id = $1)",
@@ -365,7 +380,10 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         Ok(Response::new(pb::DeleteDomainResponse {}))
     }
 
-    async fn list_domains(&self, _req: Request<pb::ListDomainsRequest>) -> Result<Response<pb::ListDomainsResponse>, Status> {
+    async fn list_domains(
+        &self,
+        _req: Request<pb::ListDomainsRequest>,
+    ) -> Result<Response<pb::ListDomainsResponse>, Status> {
         let rows = sqlx::query("SELECT id, name, created_at FROM domains ORDER BY name")
             .fetch_all(self.pool())
             .await
@@ -384,12 +402,20 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         Ok(Response::new(pb::ListDomainsResponse { domains }))
     }
 
-    async fn create_user(&self, req: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let req = req.into_inner();
-        Ok(Response::new(create_user(self.pool(), &req.address, req.password, req.quota_bytes).await?))
+        Ok(Response::new(
+            create_user(self.pool(), &req.address, req.password, req.quota_bytes).await?,
+        ))
     }
 
-    async fn set_password(&self, req: Request<pb::SetPasswordRequest>) -> Result<Response<pb::SetPasswordResponse>, Status> {
+    async fn set_password(
+        &self,
+        req: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::SetPasswordResponse>, Status> {
         let req = req.into_inner();
         let id = user_id_of(self.pool(), &req.address).await?;
         let hash = hash_password(req.password).await?;
@@ -402,7 +428,10 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         Ok(Response::new(pb::SetPasswordResponse {}))
     }
 
-    async fn delete_user(&self, req: Request<pb::DeleteUserRequest>) -> Result<Response<pb::DeleteUserResponse>, Status> {
+    async fn delete_user(
+        &self,
+        req: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let id = user_id_of(self.pool(), &req.get_ref().address).await?;
         sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
@@ -412,39 +441,56 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
 
-    async fn get_user(&self, req: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let id = match req.into_inner().key {
             Some(pb::get_user_request::Key::Address(a)) => user_id_of(self.pool(), &a).await?,
-            Some(pb::get_user_request::Key::Id(id)) => i64::try_from(id).map_err(|_| StoreError::NotFound("user"))?,
+            Some(pb::get_user_request::Key::Id(id)) => {
+                i64::try_from(id).map_err(|_| StoreError::NotFound("user"))?
+            }
             None => return Err(StoreError::invalid("address or id required").into()),
         };
         Ok(Response::new(get_user_by_id(self.pool(), id).await?))
     }
 
-    async fn list_users(&self, req: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let domain = req.into_inner().domain;
         let rows = if domain.is_empty() {
-            sqlx::query(sqlx::AssertSqlSafe(format!("{USER_SELECT} ORDER BY d.name, u.local_part")))
-                .fetch_all(self.pool())
-                .await
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{USER_SELECT} ORDER BY d.name, u.local_part"
+            )))
+            .fetch_all(self.pool())
+            .await
         } else {
             let d = names::domain(&domain)?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("{USER_SELECT} WHERE d.name = $1 ORDER BY u.local_part")))
-                .bind(d)
-                .fetch_all(self.pool())
-                .await
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{USER_SELECT} WHERE d.name = $1 ORDER BY u.local_part"
+            )))
+            .bind(d)
+            .fetch_all(self.pool())
+            .await
         }
         .map_err(StoreError::from)?;
         let users = rows.iter().map(user_from_row).collect::<Result<Vec<_>>>()?;
         Ok(Response::new(pb::ListUsersResponse { users }))
     }
 
-    async fn create_alias(&self, req: Request<pb::CreateAliasRequest>) -> Result<Response<pb::Alias>, Status> {
+    async fn create_alias(
+        &self,
+        req: Request<pb::CreateAliasRequest>,
+    ) -> Result<Response<pb::Alias>, Status> {
         let req = req.into_inner();
         let (local, domain) = parse_alias_source(&req.source)?;
         let (tl, td) = names::address(&req.target)?;
         let target = format!("{tl}@{td}");
-        let did = domain_id(self.pool(), &domain).await?.ok_or(StoreError::NotFound("domain"))?;
+        let did = domain_id(self.pool(), &domain)
+            .await?
+            .ok_or(StoreError::NotFound("domain"))?;
         let res = sqlx::query_scalar::<_, i64>(
             "INSERT INTO aliases (domain_id, local_part, target) VALUES ($1, $2, $3) RETURNING id",
         )
@@ -467,10 +513,15 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         }))
     }
 
-    async fn delete_alias(&self, req: Request<pb::DeleteAliasRequest>) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+    async fn delete_alias(
+        &self,
+        req: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
         let req = req.into_inner();
         let (local, domain) = parse_alias_source(&req.source)?;
-        let did = domain_id(self.pool(), &domain).await?.ok_or(StoreError::NotFound("domain"))?;
+        let did = domain_id(self.pool(), &domain)
+            .await?
+            .ok_or(StoreError::NotFound("domain"))?;
         let res = if req.target.is_empty() {
             sqlx::query("DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2")
                 .bind(did)
@@ -479,12 +530,14 @@ impl pb::accounts_server::Accounts for AccountsSvc {
                 .await
         } else {
             let (tl, td) = names::address(&req.target)?;
-            sqlx::query("DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2 AND target = $3")
-                .bind(did)
-                .bind(&local)
-                .bind(format!("{tl}@{td}"))
-                .execute(self.pool())
-                .await
+            sqlx::query(
+                "DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2 AND target = $3",
+            )
+            .bind(did)
+            .bind(&local)
+            .bind(format!("{tl}@{td}"))
+            .execute(self.pool())
+            .await
         }
         .map_err(StoreError::from)?;
         if res.rows_affected() == 0 {
@@ -495,12 +548,23 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         }))
     }
 
-    async fn list_aliases(&self, req: Request<pb::ListAliasesRequest>) -> Result<Response<pb::ListAliasesResponse>, Status> {
+    async fn list_aliases(
+        &self,
+        req: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
         let domain = req.into_inner().domain;
         let sql = "SELECT a.id, a.local_part, d.name, a.target FROM aliases a JOIN domains d ON d.id = a.domain_id \
                    WHERE ($1 = '' OR d.name = $1) ORDER BY d.name, a.local_part, a.target";
-        let d = if domain.is_empty() { String::new() } else { names::domain(&domain)? };
-        let rows = sqlx::query(sql).bind(d).fetch_all(self.pool()).await.map_err(StoreError::from)?;
+        let d = if domain.is_empty() {
+            String::new()
+        } else {
+            names::domain(&domain)?
+        };
+        let rows = sqlx::query(sql)
+            .bind(d)
+            .fetch_all(self.pool())
+            .await
+            .map_err(StoreError::from)?;
         let aliases = rows
             .iter()
             .map(|r| {
@@ -517,7 +581,10 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         Ok(Response::new(pb::ListAliasesResponse { aliases }))
     }
 
-    async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> Result<Response<pb::AuthenticateResponse>, Status> {
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let req = req.into_inner();
         let pool = self.pool();
         let ip = req.remote_ip.clone();
@@ -530,7 +597,11 @@ impl pb::accounts_server::Accounts for AccountsSvc {
                 ..Default::default()
             }));
         }
-        let password = if req.password.len() > MAX_PASSWORD { String::new() } else { req.password };
+        let password = if req.password.len() > MAX_PASSWORD {
+            String::new()
+        } else {
+            req.password
+        };
         let user = match names::address(&req.username) {
             Ok((local, domain)) => sqlx::query(
                 "SELECT u.id, u.password_hash, u.disabled FROM users u JOIN domains d ON d.id = u.domain_id \
@@ -582,16 +653,29 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         }
     }
 
-    async fn lookup_recipient(&self, req: Request<pb::LookupRecipientRequest>) -> Result<Response<pb::LookupRecipientResponse>, Status> {
+    async fn lookup_recipient(
+        &self,
+        req: Request<pb::LookupRecipientRequest>,
+    ) -> Result<Response<pb::LookupRecipientResponse>, Status> {
         let r = resolve(self.pool(), &req.get_ref().address).await?;
-        Ok(Response::new(pb::LookupRecipientResponse { status: r.status }))
+        Ok(Response::new(pb::LookupRecipientResponse {
+            status: r.status,
+        }))
     }
 
-    async fn resolve_recipient(&self, req: Request<pb::ResolveRecipientRequest>) -> Result<Response<pb::ResolveRecipientResponse>, Status> {
-        Ok(Response::new(resolve(self.pool(), &req.get_ref().address).await?))
+    async fn resolve_recipient(
+        &self,
+        req: Request<pb::ResolveRecipientRequest>,
+    ) -> Result<Response<pb::ResolveRecipientResponse>, Status> {
+        Ok(Response::new(
+            resolve(self.pool(), &req.get_ref().address).await?,
+        ))
     }
 
-    async fn check_sender(&self, req: Request<pb::CheckSenderRequest>) -> Result<Response<pb::CheckSenderResponse>, Status> {
+    async fn check_sender(
+        &self,
+        req: Request<pb::CheckSenderRequest>,
+    ) -> Result<Response<pb::CheckSenderResponse>, Status> {
         let req = req.into_inner();
         let uid = i64::try_from(req.user_id).map_err(|_| StoreError::NotFound("user"))?;
         let user = get_user_by_id(self.pool(), uid).await?;
@@ -623,6 +707,99 @@ impl pb::accounts_server::Accounts for AccountsSvc {
             Err(_) => false,
         };
         Ok(Response::new(pb::CheckSenderResponse { allowed }))
+    }
+
+    async fn add_filter(
+        &self,
+        req: Request<pb::AddFilterRequest>,
+    ) -> Result<Response<pb::Filter>, Status> {
+        let req = req.into_inner();
+        let user = user_id_of(self.pool(), &req.address).await?;
+        let folder = names::mailbox(&req.folder)?;
+        if req.header.is_empty()
+            || req.header.len() > 200
+            || !req
+                .header
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b':')
+            || req.contains.len() > 1_000
+        {
+            return Err(StoreError::invalid(
+                "filter needs a header name and a value up to 1000 bytes",
+            )
+            .into());
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO filters (user_id, position, header, contains, folder) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(user)
+        .bind(req.position)
+        .bind(&req.header)
+        .bind(&req.contains)
+        .bind(&folder)
+        .fetch_one(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        Ok(Response::new(pb::Filter {
+            id: id as u64,
+            user_id: user as u64,
+            position: req.position,
+            header: req.header,
+            contains: req.contains,
+            folder,
+        }))
+    }
+
+    async fn list_filters(
+        &self,
+        req: Request<pb::ListFiltersRequest>,
+    ) -> Result<Response<pb::ListFiltersResponse>, Status> {
+        let user = match req.into_inner().key {
+            Some(pb::list_filters_request::Key::Address(a)) => user_id_of(self.pool(), &a).await?,
+            Some(pb::list_filters_request::Key::UserId(id)) => {
+                i64::try_from(id).map_err(|_| StoreError::NotFound("user"))?
+            }
+            None => return Err(StoreError::invalid("address or user_id required").into()),
+        };
+        let rows = sqlx::query(
+            "SELECT id, position, header, contains, folder FROM filters WHERE user_id = $1 ORDER BY position, id",
+        )
+        .bind(user)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let filters = rows
+            .iter()
+            .map(|r| {
+                Ok(pb::Filter {
+                    id: r.try_get::<i64, _>("id")? as u64,
+                    user_id: user as u64,
+                    position: r.try_get("position")?,
+                    header: r.try_get("header")?,
+                    contains: r.try_get("contains")?,
+                    folder: r.try_get("folder")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)?;
+        Ok(Response::new(pb::ListFiltersResponse { filters }))
+    }
+
+    async fn delete_filter(
+        &self,
+        req: Request<pb::DeleteFilterRequest>,
+    ) -> Result<Response<pb::DeleteFilterResponse>, Status> {
+        let id = i64::try_from(req.get_ref().id).map_err(|_| StoreError::NotFound("filter"))?;
+        let n = sqlx::query("DELETE FROM filters WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound("filter").into());
+        }
+        Ok(Response::new(pb::DeleteFilterResponse {}))
     }
 }
 

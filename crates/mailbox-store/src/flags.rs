@@ -58,7 +58,9 @@ pub fn parse(flags: &[String]) -> Result<FlagSet, String> {
 fn is_atom(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| {
-            b > 0x20 && b < 0x7f && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
+            b > 0x20
+                && b < 0x7f
+                && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
         })
 }
 

@@ -32,8 +32,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mailstore_api::pb;
 use service_kit::{HealthServer, Shutdown};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 
 pub use error::{Result, StoreError};

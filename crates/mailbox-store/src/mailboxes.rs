@@ -61,7 +61,11 @@ pub(crate) fn ranges(set: Option<&pb::UidSet>) -> Result<Option<(Vec<i64>, Vec<i
     let mut lo = Vec::with_capacity(set.ranges.len());
     let mut hi = Vec::with_capacity(set.ranges.len());
     for r in &set.ranges {
-        let (a, b) = if r.first <= r.last { (r.first, r.last) } else { (r.last, r.first) };
+        let (a, b) = if r.first <= r.last {
+            (r.first, r.last)
+        } else {
+            (r.last, r.first)
+        };
         lo.push(i64::from(a));
         hi.push(i64::from(b));
     }
@@ -85,7 +89,10 @@ pub(crate) async fn notify(conn: &mut PgConnection, c: MailboxChange) -> Result<
 }
 
 /// Locks a mailbox row and returns (user_id, uidvalidity, uidnext, highestmodseq).
-pub(crate) async fn lock_mailbox(conn: &mut PgConnection, mailbox_id: i64) -> Result<(i64, i64, i64, i64)> {
+pub(crate) async fn lock_mailbox(
+    conn: &mut PgConnection,
+    mailbox_id: i64,
+) -> Result<(i64, i64, i64, i64)> {
     let row = sqlx::query(
         "SELECT user_id, uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = $1 FOR UPDATE",
     )
@@ -101,12 +108,18 @@ pub(crate) async fn lock_mailbox(conn: &mut PgConnection, mailbox_id: i64) -> Re
     ))
 }
 
-pub(crate) async fn mailbox_id_by_name(conn: &mut PgConnection, user_id: i64, name: &str) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar("SELECT id FROM mailboxes WHERE user_id = $1 AND name = $2")
-        .bind(user_id)
-        .bind(name)
-        .fetch_optional(conn)
-        .await?)
+pub(crate) async fn mailbox_id_by_name(
+    conn: &mut PgConnection,
+    user_id: i64,
+    name: &str,
+) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM mailboxes WHERE user_id = $1 AND name = $2")
+            .bind(user_id)
+            .bind(name)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 /// Ensures a blob exists (stored once per content).
@@ -238,11 +251,23 @@ pub(crate) async fn collect_body<T, H>(
 }
 
 /// Hash and structure of a raw message, computed off the async runtime.
-pub(crate) async fn analyse(data: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>, Option<chrono::DateTime<chrono::Utc>>, Vec<u8>)> {
+pub(crate) async fn analyse(
+    data: Vec<u8>,
+) -> Result<(
+    Vec<u8>,
+    Vec<u8>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Vec<u8>,
+)> {
     tokio::task::spawn_blocking(move || {
         let hash = Sha256::digest(&data).to_vec();
         let parsed = structure::parse(&data);
-        (hash, parsed.structure.encode_to_vec(), parsed.sent_date, data)
+        (
+            hash,
+            parsed.structure.encode_to_vec(),
+            parsed.sent_date,
+            data,
+        )
     })
     .await
     .map_err(|e| StoreError::Internal(e.to_string()))
@@ -287,13 +312,16 @@ async fn counts(pool: &PgPool, mb: &mut pb::Mailbox) -> Result<()> {
     Ok(())
 }
 
-const MAILBOX_COLS: &str = "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, recent_floor";
+const MAILBOX_COLS: &str =
+    "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, recent_floor";
 
 async fn subscribed(pool: &PgPool, user_id: i64) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar("SELECT name FROM subscriptions WHERE user_id = $1 ORDER BY name")
-        .bind(user_id)
-        .fetch_all(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT name FROM subscriptions WHERE user_id = $1 ORDER BY name")
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 fn user_change(user_id: i64) -> MailboxChange {
@@ -321,10 +349,16 @@ pub(crate) async fn copy_in_tx(
     // Lock order: lower id first.
     let (first, second) = if src <= dst { (src, dst) } else { (dst, src) };
     let a = lock_mailbox(conn, first).await?;
-    let b = if first == second { a } else { lock_mailbox(conn, second).await? };
+    let b = if first == second {
+        a
+    } else {
+        lock_mailbox(conn, second).await?
+    };
     let (src_info, dst_info) = if src <= dst { (a, b) } else { (b, a) };
     if src_info.0 != dst_info.0 {
-        return Err(StoreError::precondition("mailboxes belong to different users"));
+        return Err(StoreError::precondition(
+            "mailboxes belong to different users",
+        ));
     }
     let user_id = src_info.0;
     let (lo, hi) = set.map_or((None, None), |(l, h)| (Some(l), Some(h)));
@@ -346,8 +380,14 @@ pub(crate) async fn copy_in_tx(
         return Ok(resp);
     }
     let n = rows.len() as i64;
-    let src_uids: Vec<i64> = rows.iter().map(|r| r.try_get("uid")).collect::<Result<_, _>>()?;
-    let total: i64 = rows.iter().map(|r| r.try_get::<i64, _>("size").unwrap_or(0)).sum();
+    let src_uids: Vec<i64> = rows
+        .iter()
+        .map(|r| r.try_get("uid"))
+        .collect::<Result<_, _>>()?;
+    let total: i64 = rows
+        .iter()
+        .map(|r| r.try_get::<i64, _>("size").unwrap_or(0))
+        .sum();
     let r = sqlx::query(
         "UPDATE mailboxes SET uidnext = uidnext + $2, highestmodseq = highestmodseq + 1 WHERE id = $1 \
          RETURNING uidnext - $2 AS first_uid, highestmodseq, uidnext",
@@ -488,7 +528,10 @@ pub(crate) async fn collect_garbage(pool: &PgPool, hashes: Vec<Vec<u8>>) {
 
 #[tonic::async_trait]
 impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
-    async fn list_mailboxes(&self, req: Request<pb::ListMailboxesRequest>) -> Result<Response<pb::ListMailboxesResponse>, Status> {
+    async fn list_mailboxes(
+        &self,
+        req: Request<pb::ListMailboxesRequest>,
+    ) -> Result<Response<pb::ListMailboxesResponse>, Status> {
         let req = req.into_inner();
         let uid = id(req.user_id, "user")?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -504,9 +547,10 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
             let name: String = r.try_get("name").map_err(StoreError::from)?;
             let mut mb = mailbox_row(r, subs.binary_search(&name).is_ok())?;
             let prefix = format!("{name}/");
-            mb.has_children = rows
-                .iter()
-                .any(|o| o.try_get::<String, _>("name").is_ok_and(|n| n.starts_with(&prefix)));
+            mb.has_children = rows.iter().any(|o| {
+                o.try_get::<String, _>("name")
+                    .is_ok_and(|n| n.starts_with(&prefix))
+            });
             if req.with_counts {
                 counts(self.pool(), &mut mb).await?;
             }
@@ -515,12 +559,18 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         Ok(Response::new(pb::ListMailboxesResponse { mailboxes: out }))
     }
 
-    async fn create_mailbox(&self, req: Request<pb::CreateMailboxRequest>) -> Result<Response<pb::Mailbox>, Status> {
+    async fn create_mailbox(
+        &self,
+        req: Request<pb::CreateMailboxRequest>,
+    ) -> Result<Response<pb::Mailbox>, Status> {
         let req = req.into_inner();
         let uid = id(req.user_id, "user")?;
         let name = names::mailbox(&req.name)?;
         let special = req.special_use.trim_start_matches('\\').to_string();
-        if !matches!(special.as_str(), "" | "All" | "Archive" | "Drafts" | "Flagged" | "Junk" | "Sent" | "Trash") {
+        if !matches!(
+            special.as_str(),
+            "" | "All" | "Archive" | "Drafts" | "Flagged" | "Junk" | "Sent" | "Trash"
+        ) {
             return Err(StoreError::invalid("unknown special-use attribute").into());
         }
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
@@ -547,7 +597,10 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         Ok(Response::new(mailbox_row(&row, false)?))
     }
 
-    async fn delete_mailbox(&self, req: Request<pb::DeleteMailboxRequest>) -> Result<Response<pb::DeleteMailboxResponse>, Status> {
+    async fn delete_mailbox(
+        &self,
+        req: Request<pb::DeleteMailboxRequest>,
+    ) -> Result<Response<pb::DeleteMailboxResponse>, Status> {
         let req = req.into_inner();
         let uid = id(req.user_id, "user")?;
         let name = names::mailbox(&req.name)?;
@@ -555,16 +608,29 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
             return Err(StoreError::precondition("INBOX cannot be deleted").into());
         }
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
-        let mid = mailbox_id_by_name(&mut tx, uid, &name).await?.ok_or(StoreError::NotFound("mailbox"))?;
+        let mid = mailbox_id_by_name(&mut tx, uid, &name)
+            .await?
+            .ok_or(StoreError::NotFound("mailbox"))?;
         lock_mailbox(&mut tx, mid).await?;
-        let rows = sqlx::query("DELETE FROM messages WHERE mailbox_id = $1 RETURNING size, blob_hash")
+        let rows =
+            sqlx::query("DELETE FROM messages WHERE mailbox_id = $1 RETURNING size, blob_hash")
+                .bind(mid)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        let size: i64 = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("size").unwrap_or(0))
+            .sum();
+        let hashes: Vec<Vec<u8>> = rows
+            .iter()
+            .filter_map(|r| r.try_get("blob_hash").ok())
+            .collect();
+        sqlx::query("DELETE FROM mailboxes WHERE id = $1")
             .bind(mid)
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-        let size: i64 = rows.iter().map(|r| r.try_get::<i64, _>("size").unwrap_or(0)).sum();
-        let hashes: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.try_get("blob_hash").ok()).collect();
-        sqlx::query("DELETE FROM mailboxes WHERE id = $1").bind(mid).execute(&mut *tx).await.map_err(StoreError::from)?;
         sqlx::query("UPDATE users SET used_bytes = GREATEST(0, used_bytes - $2) WHERE id = $1")
             .bind(uid)
             .bind(size)
@@ -577,7 +643,10 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         Ok(Response::new(pb::DeleteMailboxResponse {}))
     }
 
-    async fn rename_mailbox(&self, req: Request<pb::RenameMailboxRequest>) -> Result<Response<pb::RenameMailboxResponse>, Status> {
+    async fn rename_mailbox(
+        &self,
+        req: Request<pb::RenameMailboxRequest>,
+    ) -> Result<Response<pb::RenameMailboxResponse>, Status> {
         let req = req.into_inner();
         let uid = id(req.user_id, "user")?;
         let from = names::mailbox(&req.from)?;
@@ -586,19 +655,23 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
             return Err(StoreError::invalid("invalid rename target").into());
         }
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
-        let src = mailbox_id_by_name(&mut tx, uid, &from).await?.ok_or(StoreError::NotFound("mailbox"))?;
+        let src = mailbox_id_by_name(&mut tx, uid, &from)
+            .await?
+            .ok_or(StoreError::NotFound("mailbox"))?;
         if mailbox_id_by_name(&mut tx, uid, &to).await?.is_some() {
             return Err(StoreError::AlreadyExists("mailbox").into());
         }
         if from == "INBOX" {
             // RFC 9051 §6.3.6: renaming INBOX moves its messages to the new
             // name and leaves INBOX in place, empty. Children stay.
-            let dst: i64 = sqlx::query_scalar("INSERT INTO mailboxes (user_id, name) VALUES ($1, $2) RETURNING id")
-                .bind(uid)
-                .bind(&to)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
+            let dst: i64 = sqlx::query_scalar(
+                "INSERT INTO mailboxes (user_id, name) VALUES ($1, $2) RETURNING id",
+            )
+            .bind(uid)
+            .bind(&to)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
             copy_in_tx(&mut tx, src, None, dst, true).await?;
         } else {
             let res = sqlx::query(
@@ -634,7 +707,10 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         Ok(Response::new(pb::RenameMailboxResponse {}))
     }
 
-    async fn set_subscription(&self, req: Request<pb::SetSubscriptionRequest>) -> Result<Response<pb::SetSubscriptionResponse>, Status> {
+    async fn set_subscription(
+        &self,
+        req: Request<pb::SetSubscriptionRequest>,
+    ) -> Result<Response<pb::SetSubscriptionResponse>, Status> {
         let req = req.into_inner();
         let uid = id(req.user_id, "user")?;
         let name = names::mailbox(&req.name)?;
@@ -643,18 +719,35 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         } else {
             "DELETE FROM subscriptions WHERE user_id = $1 AND name = $2"
         };
-        sqlx::query(q).bind(uid).bind(&name).execute(self.pool()).await.map_err(|e| {
-            if sqlstate(&e).as_deref() == Some("23503") { StoreError::NotFound("user") } else { e.into() }
-        })?;
+        sqlx::query(q)
+            .bind(uid)
+            .bind(&name)
+            .execute(self.pool())
+            .await
+            .map_err(|e| {
+                if sqlstate(&e).as_deref() == Some("23503") {
+                    StoreError::NotFound("user")
+                } else {
+                    e.into()
+                }
+            })?;
         Ok(Response::new(pb::SetSubscriptionResponse {}))
     }
 
-    async fn list_subscriptions(&self, req: Request<pb::ListSubscriptionsRequest>) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+    async fn list_subscriptions(
+        &self,
+        req: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         let uid = id(req.get_ref().user_id, "user")?;
-        Ok(Response::new(pb::ListSubscriptionsResponse { names: subscribed(self.pool(), uid).await? }))
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            names: subscribed(self.pool(), uid).await?,
+        }))
     }
 
-    async fn get_mailbox(&self, req: Request<pb::GetMailboxRequest>) -> Result<Response<pb::Mailbox>, Status> {
+    async fn get_mailbox(
+        &self,
+        req: Request<pb::GetMailboxRequest>,
+    ) -> Result<Response<pb::Mailbox>, Status> {
         let req = req.into_inner();
         let uid = id(req.user_id, "user")?;
         let name = names::mailbox(&req.name)?;
@@ -682,7 +775,10 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         Ok(Response::new(mb))
     }
 
-    async fn append(&self, req: Request<Streaming<pb::AppendRequest>>) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(
+        &self,
+        req: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         let max = self.store.config.max_message_size;
         let (header, data) = collect_body(
             req.into_inner(),
@@ -699,7 +795,9 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         let fl = flags::parse(&header.flags).map_err(StoreError::invalid)?;
         let internal_date = header
             .internal_date
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .and_then(|t| {
+                chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+            })
             .unwrap_or_else(chrono::Utc::now);
         let size = data.len() as i64;
         let (hash, structure, sent_date, data) = analyse(data).await?;
@@ -736,13 +834,21 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         Ok(Response::new(resp))
     }
 
-    async fn deliver_from_queue(&self, req: Request<pb::DeliverFromQueueRequest>) -> Result<Response<pb::AppendResponse>, Status> {
-        Ok(Response::new(crate::queue::deliver(&self.store, req.into_inner()).await?))
+    async fn deliver_from_queue(
+        &self,
+        req: Request<pb::DeliverFromQueueRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        Ok(Response::new(
+            crate::queue::deliver(&self.store, req.into_inner()).await?,
+        ))
     }
 
     type FetchMetaStream = BoxStream<pb::FetchMetaResponse>;
 
-    async fn fetch_meta(&self, req: Request<pb::FetchMetaRequest>) -> Result<Response<Self::FetchMetaStream>, Status> {
+    async fn fetch_meta(
+        &self,
+        req: Request<pb::FetchMetaRequest>,
+    ) -> Result<Response<Self::FetchMetaStream>, Status> {
         let req = req.into_inner();
         let mailbox_id = id(req.mailbox_id, "mailbox")?;
         let set = ranges(req.uids.as_ref())?;
@@ -777,7 +883,9 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
                 }
                 if batch.len() >= META_BATCH
                     && tx
-                        .send(Ok(pb::FetchMetaResponse { messages: std::mem::take(&mut batch) }))
+                        .send(Ok(pb::FetchMetaResponse {
+                            messages: std::mem::take(&mut batch),
+                        }))
                         .await
                         .is_err()
                 {
@@ -793,20 +901,32 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
 
     type FetchBodyStream = BoxStream<pb::BodyChunk>;
 
-    async fn fetch_body(&self, req: Request<pb::FetchBodyRequest>) -> Result<Response<Self::FetchBodyStream>, Status> {
+    async fn fetch_body(
+        &self,
+        req: Request<pb::FetchBodyRequest>,
+    ) -> Result<Response<Self::FetchBodyStream>, Status> {
         let req = req.into_inner();
         let mailbox_id = id(req.mailbox_id, "mailbox")?;
-        let hash: Vec<u8> = sqlx::query_scalar("SELECT blob_hash FROM messages WHERE mailbox_id = $1 AND uid = $2")
-            .bind(mailbox_id)
-            .bind(i64::from(req.uid))
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StoreError::from)?
-            .ok_or(StoreError::NotFound("message"))?;
-        Ok(Response::new(stream_blob(self.pool().clone(), hash, req.offset, req.length)))
+        let hash: Vec<u8> =
+            sqlx::query_scalar("SELECT blob_hash FROM messages WHERE mailbox_id = $1 AND uid = $2")
+                .bind(mailbox_id)
+                .bind(i64::from(req.uid))
+                .fetch_optional(self.pool())
+                .await
+                .map_err(StoreError::from)?
+                .ok_or(StoreError::NotFound("message"))?;
+        Ok(Response::new(stream_blob(
+            self.pool().clone(),
+            hash,
+            req.offset,
+            req.length,
+        )))
     }
 
-    async fn store_flags(&self, req: Request<pb::StoreFlagsRequest>) -> Result<Response<pb::StoreFlagsResponse>, Status> {
+    async fn store_flags(
+        &self,
+        req: Request<pb::StoreFlagsRequest>,
+    ) -> Result<Response<pb::StoreFlagsResponse>, Status> {
         let req = req.into_inner();
         let mailbox_id = id(req.mailbox_id, "mailbox")?;
         let change = flags::parse(&req.flags).map_err(StoreError::invalid)?;
@@ -842,7 +962,11 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
             }
             let new = flags::apply(req.op, &cur, &change);
             if new == cur {
-                unchanged.push(pb::FlagUpdate { uid: uid as u32, flags: flags::render(cur.bits, &cur.keywords), modseq: modseq as u64 });
+                unchanged.push(pb::FlagUpdate {
+                    uid: uid as u32,
+                    flags: flags::render(cur.bits, &cur.keywords),
+                    modseq: modseq as u64,
+                });
             } else {
                 to_change.push((uid, new));
             }
@@ -856,7 +980,10 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
             let uids: Vec<i64> = to_change.iter().map(|(u, _)| *u).collect();
             let bits: Vec<i32> = to_change.iter().map(|(_, f)| f.bits).collect();
             // Keywords as one joined string per row (arrays of arrays must be rectangular).
-            let kws: Vec<String> = to_change.iter().map(|(_, f)| f.keywords.join(" ")).collect();
+            let kws: Vec<String> = to_change
+                .iter()
+                .map(|(_, f)| f.keywords.join(" "))
+                .collect();
             sqlx::query(
                 "UPDATE messages m SET flags = c.flags, keywords = COALESCE(string_to_array(NULLIF(c.kw, ''), ' ')::text[], '{}'), modseq = $5 \
                  FROM unnest($2::bigint[], $3::int[], $4::text[]) AS c(uid, flags, kw) \
@@ -884,30 +1011,39 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         }
         tx.commit().await.map_err(StoreError::from)?;
         resp.updated = unchanged;
-        resp.updated.extend(to_change.into_iter().map(|(uid, f)| pb::FlagUpdate {
-            uid: uid as u32,
-            flags: flags::render(f.bits, &f.keywords),
-            modseq: highest as u64,
-        }));
+        resp.updated
+            .extend(to_change.into_iter().map(|(uid, f)| pb::FlagUpdate {
+                uid: uid as u32,
+                flags: flags::render(f.bits, &f.keywords),
+                modseq: highest as u64,
+            }));
         resp.updated.sort_by_key(|u| u.uid);
         resp.highestmodseq = highest as u64;
         Ok(Response::new(resp))
     }
 
-    async fn copy_messages(&self, req: Request<pb::CopyMessagesRequest>) -> Result<Response<pb::CopyMessagesResponse>, Status> {
+    async fn copy_messages(
+        &self,
+        req: Request<pb::CopyMessagesRequest>,
+    ) -> Result<Response<pb::CopyMessagesResponse>, Status> {
         let req = req.into_inner();
         let src = id(req.mailbox_id, "mailbox")?;
         let user_id = id(req.user_id, "user")?;
         let dest = names::mailbox(&req.destination)?;
         let set = ranges(req.uids.as_ref())?;
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
-        let dst = mailbox_id_by_name(&mut tx, user_id, &dest).await?.ok_or(StoreError::NotFound("mailbox"))?;
+        let dst = mailbox_id_by_name(&mut tx, user_id, &dest)
+            .await?
+            .ok_or(StoreError::NotFound("mailbox"))?;
         let resp = copy_in_tx(&mut tx, src, set, dst, req.r#move).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(Response::new(resp))
     }
 
-    async fn expunge(&self, req: Request<pb::ExpungeRequest>) -> Result<Response<pb::ExpungeResponse>, Status> {
+    async fn expunge(
+        &self,
+        req: Request<pb::ExpungeRequest>,
+    ) -> Result<Response<pb::ExpungeResponse>, Status> {
         let req = req.into_inner();
         let mailbox_id = id(req.mailbox_id, "mailbox")?;
         let set = ranges(req.uids.as_ref())?;
@@ -933,34 +1069,56 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         }))
     }
 
-    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
         let req = req.into_inner();
         let mailbox_id = id(req.mailbox_id, "mailbox")?;
-        let key = req.key.unwrap_or(pb::SearchKey { key: Some(pb::search_key::Key::All(true)) });
-        Ok(Response::new(crate::search::search(self.pool(), mailbox_id, &key).await?))
+        let key = req.key.unwrap_or(pb::SearchKey {
+            key: Some(pb::search_key::Key::All(true)),
+        });
+        Ok(Response::new(
+            crate::search::search(self.pool(), mailbox_id, &key).await?,
+        ))
     }
 
-    async fn list_expunged(&self, req: Request<pb::ListExpungedRequest>) -> Result<Response<pb::ListExpungedResponse>, Status> {
+    async fn list_expunged(
+        &self,
+        req: Request<pb::ListExpungedRequest>,
+    ) -> Result<Response<pb::ListExpungedResponse>, Status> {
         let req = req.into_inner();
         let mailbox_id = id(req.mailbox_id, "mailbox")?;
-        let uids: Vec<i64> = sqlx::query_scalar("SELECT uid FROM expunged WHERE mailbox_id = $1 AND modseq > $2 ORDER BY uid")
-            .bind(mailbox_id)
-            .bind(i64::try_from(req.since_modseq).unwrap_or(i64::MAX))
-            .fetch_all(self.pool())
-            .await
-            .map_err(StoreError::from)?;
-        Ok(Response::new(pb::ListExpungedResponse { uids: uids.iter().map(|u| *u as u32).collect() }))
+        let uids: Vec<i64> = sqlx::query_scalar(
+            "SELECT uid FROM expunged WHERE mailbox_id = $1 AND modseq > $2 ORDER BY uid",
+        )
+        .bind(mailbox_id)
+        .bind(i64::try_from(req.since_modseq).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        Ok(Response::new(pb::ListExpungedResponse {
+            uids: uids.iter().map(|u| *u as u32).collect(),
+        }))
     }
 
     type WatchStream = BoxStream<pb::MailboxEvent>;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         let mut rx = self.store.hub.subscribe_mailboxes();
         let (tx, out) = mpsc::channel(64);
         let (user_id, mailbox_id) = (req.user_id, req.mailbox_id);
         tokio::spawn(async move {
-            let ready = pb::MailboxEvent { kind: pb::MailboxEventKind::Ready as i32, user_id, mailbox_id, ..Default::default() };
+            let ready = pb::MailboxEvent {
+                kind: pb::MailboxEventKind::Ready as i32,
+                user_id,
+                mailbox_id,
+                ..Default::default()
+            };
             if tx.send(Ok(ready)).await.is_err() {
                 return;
             }
@@ -971,14 +1129,28 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
                 };
                 let event = match ev {
                     Ok(HubEvent::Change(c)) => {
-                        if c.user_id != user_id || (mailbox_id != 0 && c.mailbox_id != mailbox_id && c.mailbox_id != 0) {
+                        if c.user_id != user_id
+                            || (mailbox_id != 0 && c.mailbox_id != mailbox_id && c.mailbox_id != 0)
+                        {
                             continue;
                         }
-                        pb::MailboxEvent { kind: c.kind, user_id: c.user_id, mailbox_id: c.mailbox_id, modseq: c.modseq, uidnext: c.uidnext }
+                        pb::MailboxEvent {
+                            kind: c.kind,
+                            user_id: c.user_id,
+                            mailbox_id: c.mailbox_id,
+                            modseq: c.modseq,
+                            uidnext: c.uidnext,
+                        }
                     }
                     // Missed events: tell the watcher to resynchronise.
-                    Ok(HubEvent::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        pb::MailboxEvent { kind: pb::MailboxEventKind::Mailboxes as i32, user_id, mailbox_id, ..Default::default() }
+                    Ok(HubEvent::Resync)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        pb::MailboxEvent {
+                            kind: pb::MailboxEventKind::Mailboxes as i32,
+                            user_id,
+                            mailbox_id,
+                            ..Default::default()
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
@@ -990,9 +1162,16 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
-    async fn acquire_lock(&self, req: Request<pb::AcquireLockRequest>) -> Result<Response<pb::AcquireLockResponse>, Status> {
+    async fn acquire_lock(
+        &self,
+        req: Request<pb::AcquireLockRequest>,
+    ) -> Result<Response<pb::AcquireLockResponse>, Status> {
         let req = req.into_inner();
-        if req.name.is_empty() || req.owner.is_empty() || req.name.len() > 256 || req.owner.len() > 256 {
+        if req.name.is_empty()
+            || req.owner.is_empty()
+            || req.name.len() > 256
+            || req.owner.len() > 256
+        {
             return Err(StoreError::invalid("lock name and owner required").into());
         }
         let ttl = i64::try_from(req.ttl_ms.clamp(1_000, 3_600_000)).unwrap_or(60_000);
@@ -1007,10 +1186,15 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         .fetch_optional(self.pool())
         .await
         .map_err(StoreError::from)?;
-        Ok(Response::new(pb::AcquireLockResponse { acquired: got.is_some() }))
+        Ok(Response::new(pb::AcquireLockResponse {
+            acquired: got.is_some(),
+        }))
     }
 
-    async fn release_lock(&self, req: Request<pb::ReleaseLockRequest>) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+    async fn release_lock(
+        &self,
+        req: Request<pb::ReleaseLockRequest>,
+    ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
         let req = req.into_inner();
         sqlx::query("DELETE FROM locks WHERE name = $1 AND owner = $2")
             .bind(&req.name)
@@ -1043,7 +1227,12 @@ fn meta_row(r: &sqlx::postgres::PgRow) -> Result<pb::MessageMeta> {
 
 /// Streams a blob (or a byte range of it) in chunks, reading each chunk with
 /// `substring` so memory stays at one chunk however large the message.
-pub(crate) fn stream_blob(pool: PgPool, hash: Vec<u8>, offset: u64, length: u64) -> BoxStream<pb::BodyChunk> {
+pub(crate) fn stream_blob(
+    pool: PgPool,
+    hash: Vec<u8>,
+    offset: u64,
+    length: u64,
+) -> BoxStream<pb::BodyChunk> {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         let total: Option<i64> = match sqlx::query_scalar("SELECT size FROM blobs WHERE hash = $1")
@@ -1062,18 +1251,26 @@ pub(crate) fn stream_blob(pool: PgPool, hash: Vec<u8>, offset: u64, length: u64)
             return;
         };
         let start = i64::try_from(offset).unwrap_or(i64::MAX).min(total);
-        let end = if length == 0 { total } else { start.saturating_add(i64::try_from(length).unwrap_or(i64::MAX)).min(total) };
+        let end = if length == 0 {
+            total
+        } else {
+            start
+                .saturating_add(i64::try_from(length).unwrap_or(i64::MAX))
+                .min(total)
+        };
         let mut pos = start;
         let mut first = true;
         loop {
             let n = (end - pos).min(BODY_CHUNK);
             let data: Vec<u8> = if n > 0 {
-                match sqlx::query_scalar("SELECT substring(data FROM $2::int FOR $3::int) FROM blobs WHERE hash = $1")
-                    .bind(&hash)
-                    .bind(pos + 1)
-                    .bind(n)
-                    .fetch_one(&pool)
-                    .await
+                match sqlx::query_scalar(
+                    "SELECT substring(data FROM $2::int FOR $3::int) FROM blobs WHERE hash = $1",
+                )
+                .bind(&hash)
+                .bind(pos + 1)
+                .bind(n)
+                .fetch_one(&pool)
+                .await
                 {
                     Ok(d) => d,
                     Err(e) => {
@@ -1085,7 +1282,10 @@ pub(crate) fn stream_blob(pool: PgPool, hash: Vec<u8>, offset: u64, length: u64)
                 Vec::new()
             };
             pos += data.len() as i64;
-            let chunk = pb::BodyChunk { data, total_size: if first { total as u64 } else { 0 } };
+            let chunk = pb::BodyChunk {
+                data,
+                total_size: if first { total as u64 } else { 0 },
+            };
             first = false;
             if tx.send(Ok(chunk)).await.is_err() || pos >= end || n == 0 {
                 return;

@@ -22,7 +22,9 @@ pub fn domain(raw: &str) -> Result<String> {
     for label in d.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -45,9 +47,8 @@ pub fn local_part(raw: &str) -> Result<String> {
         && !l.starts_with('.')
         && !l.ends_with('.')
         && !l.contains("..")
-        && l.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$&'*+-/=?^_`{|}~.".contains(&b)
-        })
+        && l.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&'*+-/=?^_`{|}~.".contains(&b))
         && !l.contains('!');
     if ok {
         Ok(l)
@@ -102,7 +103,15 @@ mod tests {
     #[test]
     fn domains() {
         assert_eq!(domain("Example.ORG").expect("ok"), "example.org");
-        for bad in ["", "example.org.", "[192.0.2.1]", "a..b", "-a.b", "a_b.c", "x y"] {
+        for bad in [
+            "",
+            "example.org.",
+            "[192.0.2.1]",
+            "a..b",
+            "-a.b",
+            "a_b.c",
+            "x y",
+        ] {
             assert!(domain(bad).is_err(), "{bad}");
         }
     }
@@ -134,7 +143,15 @@ mod tests {
         assert_eq!(mailbox("inbox").expect("ok"), "INBOX");
         assert_eq!(mailbox("Inbox/Sub").expect("ok"), "INBOX/Sub");
         assert_eq!(mailbox("Work/2025").expect("ok"), "Work/2025");
-        for bad in ["", "../../x", "a//b", "/a", "a/", "x\u{0}y", &"a/".repeat(20)] {
+        for bad in [
+            "",
+            "../../x",
+            "a//b",
+            "/a",
+            "a/",
+            "x\u{0}y",
+            &"a/".repeat(20),
+        ] {
             assert!(mailbox(bad).is_err(), "{bad:?}");
         }
     }

@@ -66,7 +66,11 @@ impl Hub {
     #[must_use]
     pub fn start(pool: PgPool) -> Self {
         let (mailbox_tx, _) = broadcast::channel(4096);
-        let queue_tx = [watch::channel(0).0, watch::channel(0).0, watch::channel(0).0];
+        let queue_tx = [
+            watch::channel(0).0,
+            watch::channel(0).0,
+            watch::channel(0).0,
+        ];
         let task = tokio::spawn(listen(pool, mailbox_tx.clone(), queue_tx.clone()));
         Self {
             mailbox_tx,

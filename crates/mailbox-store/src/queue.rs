@@ -1,6 +1,6 @@
 //! Queue service: the inbound and outbound mail queues, leases, per-recipient
 //! results, and the per-message event log. Also local delivery from the
-//! queue into a mailbox (exactly once per job and recipient).
+//! queue into a mailbox (exactly once per job and user).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::accounts::timestamp;
 use crate::error::{Result, StoreError, sqlstate};
-use crate::mailboxes::{NewMessage, analyse, collect_body, collect_garbage, id, insert_message, mailbox_id_by_name, put_blob, stream_blob};
+use crate::mailboxes::{
+    NewMessage, analyse, collect_body, collect_garbage, id, insert_message, mailbox_id_by_name,
+    put_blob, stream_blob,
+};
 use crate::notify::QUEUE_CHANNEL;
 use crate::{Store, flags, names, structure};
 
@@ -64,23 +67,27 @@ pub(crate) async fn event(
     recipient: &str,
     detail: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO events (job_id, kind, source, recipient, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(job_id)
-        .bind(kind as i16)
-        .bind(source)
-        .bind(recipient)
-        .bind(detail)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO events (job_id, kind, source, recipient, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(job_id)
+    .bind(kind as i16)
+    .bind(source)
+    .bind(recipient)
+    .bind(detail)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// Checks that `worker` holds the lease on a job, locking the job row.
 async fn check_lease(conn: &mut PgConnection, job_id: i64, worker: &str) -> Result<()> {
-    let owner: Option<Option<String>> = sqlx::query_scalar("SELECT lease_owner FROM queue_jobs WHERE id = $1 AND state = 1 FOR UPDATE")
-        .bind(job_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let owner: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT lease_owner FROM queue_jobs WHERE id = $1 AND state = 1 FOR UPDATE",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     match owner {
         None => Err(StoreError::NotFound("job")),
         Some(Some(o)) if o == worker => Ok(()),
@@ -98,18 +105,20 @@ async fn job_recipients(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, Vec<p
     .await?;
     let mut out: HashMap<i64, Vec<pb::JobRecipient>> = HashMap::new();
     for r in &rows {
-        out.entry(r.try_get("job_id")?).or_default().push(pb::JobRecipient {
-            index: r.try_get::<i32, _>("idx")? as u32,
-            recipient: Some(pb::Recipient {
-                address: r.try_get("address")?,
-                orcpt: r.try_get("orcpt")?,
-                notify: r.try_get::<i32, _>("notify")? as u32,
-            }),
-            state: i32::from(r.try_get::<i16, _>("state")?),
-            detail: r.try_get("detail")?,
-            attempts: r.try_get::<i32, _>("attempts")? as u32,
-            updated_at: timestamp(r.try_get("updated_at")?),
-        });
+        out.entry(r.try_get("job_id")?)
+            .or_default()
+            .push(pb::JobRecipient {
+                index: r.try_get::<i32, _>("idx")? as u32,
+                recipient: Some(pb::Recipient {
+                    address: r.try_get("address")?,
+                    orcpt: r.try_get("orcpt")?,
+                    notify: r.try_get::<i32, _>("notify")? as u32,
+                }),
+                state: i32::from(r.try_get::<i16, _>("state")?),
+                detail: r.try_get("detail")?,
+                attempts: r.try_get::<i32, _>("attempts")? as u32,
+                updated_at: timestamp(r.try_get("updated_at")?),
+            });
     }
     Ok(out)
 }
@@ -152,7 +161,9 @@ fn summary_row(r: &sqlx::postgres::PgRow, recipients: u32) -> Result<pb::JobSumm
         attempts: r.try_get::<i32, _>("attempts")? as u32,
         created_at: timestamp(r.try_get("created_at")?),
         next_attempt_at: timestamp(r.try_get("next_attempt_at")?),
-        lease_owner: r.try_get::<Option<String>, _>("lease_owner")?.unwrap_or_default(),
+        lease_owner: r
+            .try_get::<Option<String>, _>("lease_owner")?
+            .unwrap_or_default(),
         last_error: r.try_get("last_error")?,
     })
 }
@@ -186,12 +197,14 @@ async fn existing_job(conn: &mut PgConnection, kind: i16, key: &str) -> Result<O
     if key.is_empty() {
         return Ok(None);
     }
-    let row = sqlx::query("SELECT id, size FROM queue_jobs WHERE kind = $1 AND idempotency_key = $2")
-        .bind(kind)
-        .bind(key)
-        .fetch_optional(conn)
-        .await?;
-    row.map(|r| Ok((r.try_get("id")?, r.try_get("size")?))).transpose()
+    let row =
+        sqlx::query("SELECT id, size FROM queue_jobs WHERE kind = $1 AND idempotency_key = $2")
+            .bind(kind)
+            .bind(key)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|r| Ok((r.try_get("id")?, r.try_get("size")?)))
+        .transpose()
 }
 
 /// Inserts a job row, its recipients and the QUEUED event; notifies workers.
@@ -203,10 +216,18 @@ async fn insert_job(
     size: i64,
     structure: &[u8],
 ) -> Result<i64> {
-    let not_before = h.not_before.as_ref().and_then(from_pb_ts).unwrap_or_else(chrono::Utc::now);
+    let not_before = h
+        .not_before
+        .as_ref()
+        .and_then(from_pb_ts)
+        .unwrap_or_else(chrono::Utc::now);
     let key = (!h.idempotency_key.is_empty()).then_some(h.idempotency_key.as_str());
     let parent = (h.parent_job_id != 0).then(|| i64::try_from(h.parent_job_id).unwrap_or(0));
-    let dest = if kind == 2 { destination(h) } else { String::new() };
+    let dest = if kind == 2 {
+        destination(h)
+    } else {
+        String::new()
+    };
     let job_id: i64 = sqlx::query_scalar(
         "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at) \
@@ -233,7 +254,11 @@ async fn insert_job(
     .await?;
     let addrs: Vec<&str> = h.recipients.iter().map(|r| r.address.as_str()).collect();
     let orcpts: Vec<&str> = h.recipients.iter().map(|r| r.orcpt.as_str()).collect();
-    let notify: Vec<i32> = h.recipients.iter().map(|r| i32::try_from(r.notify).unwrap_or(0)).collect();
+    let notify: Vec<i32> = h
+        .recipients
+        .iter()
+        .map(|r| i32::try_from(r.notify).unwrap_or(0))
+        .collect();
     sqlx::query(
         "INSERT INTO queue_recipients (job_id, idx, address, orcpt, notify) \
          SELECT $1, (o.n - 1)::int, o.a, o.o, o.f FROM unnest($2::text[], $3::text[], $4::int[]) WITH ORDINALITY AS o(a, o, f, n)",
@@ -244,8 +269,22 @@ async fn insert_job(
     .bind(&notify)
     .execute(&mut *conn)
     .await?;
-    let detail = format!("from=<{}> rcpts={} size={size} ip={} sid={}", h.mail_from, h.recipients.len(), h.client_ip, h.session_id);
-    event(conn, job_id, pb::EventKind::Queued, "mailbox-store", "", &detail).await?;
+    let detail = format!(
+        "from=<{}> rcpts={} size={size} ip={} sid={}",
+        h.mail_from,
+        h.recipients.len(),
+        h.client_ip,
+        h.session_id
+    );
+    event(
+        conn,
+        job_id,
+        pb::EventKind::Queued,
+        "mailbox-store",
+        "",
+        &detail,
+    )
+    .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(QUEUE_CHANNEL)
         .bind(kind.to_string())
@@ -255,8 +294,12 @@ async fn insert_job(
 }
 
 /// Local delivery of a queued message into a mailbox, exactly once per
-/// (job, recipient): the append and the recipient's DELIVERED mark commit together.
-pub async fn deliver(store: &Store, req: pb::DeliverFromQueueRequest) -> Result<pb::AppendResponse> {
+/// (job, user): the append, the delivery record and (when asked) the
+/// recipient's DELIVERED mark commit together.
+pub async fn deliver(
+    store: &Store,
+    req: pb::DeliverFromQueueRequest,
+) -> Result<pb::AppendResponse> {
     let job_id = id(req.job_id, "job")?;
     let user_id = id(req.user_id, "user")?;
     let idx = i32::try_from(req.recipient_index).map_err(|_| StoreError::NotFound("recipient"))?;
@@ -268,50 +311,69 @@ pub async fn deliver(store: &Store, req: pb::DeliverFromQueueRequest) -> Result<
     let mut tx = pool.begin().await?;
     check_lease(&mut tx, job_id, &req.worker_id).await?;
     let rcpt = sqlx::query(
-        "SELECT state, address, delivered_mailbox_id, delivered_uid, delivered_uidvalidity, delivered_modseq \
-         FROM queue_recipients WHERE job_id = $1 AND idx = $2 FOR UPDATE",
+        "SELECT address FROM queue_recipients WHERE job_id = $1 AND idx = $2 FOR UPDATE",
     )
     .bind(job_id)
     .bind(idx)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(StoreError::NotFound("recipient"))?;
-    if rcpt.try_get::<i16, _>("state")? == pb::RecipientState::Delivered as i16 {
+    let done = sqlx::query(
+        "SELECT mailbox_id, uid, uidvalidity, modseq FROM queue_deliveries WHERE job_id = $1 AND user_id = $2",
+    )
+    .bind(job_id)
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(d) = done {
         let r = pb::AppendResponse {
-            mailbox_id: rcpt.try_get::<Option<i64>, _>("delivered_mailbox_id")?.unwrap_or(0) as u64,
-            uidvalidity: rcpt.try_get::<Option<i64>, _>("delivered_uidvalidity")?.unwrap_or(0) as u32,
-            uid: rcpt.try_get::<Option<i64>, _>("delivered_uid")?.unwrap_or(0) as u32,
-            modseq: rcpt.try_get::<Option<i64>, _>("delivered_modseq")?.unwrap_or(0) as u64,
+            mailbox_id: d.try_get::<i64, _>("mailbox_id")? as u64,
+            uidvalidity: d.try_get::<i64, _>("uidvalidity")? as u32,
+            uid: d.try_get::<i64, _>("uid")? as u32,
+            modseq: d.try_get::<i64, _>("modseq")? as u64,
             duplicate: true,
             size: 0,
         };
-        tx.rollback().await?;
+        if req.complete_recipient {
+            mark_delivered(&mut tx, job_id, idx, &r, "already delivered").await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         return Ok(r);
     }
     let address: String = rcpt.try_get("address")?;
-    let job = sqlx::query("SELECT blob_hash, size, structure, created_at FROM queue_jobs WHERE id = $1")
-        .bind(job_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let job =
+        sqlx::query("SELECT blob_hash, size, structure, created_at FROM queue_jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?;
     let parent_hash: Vec<u8> = job.try_get("blob_hash")?;
     let parent_size: i64 = job.try_get("size")?;
     let mut st = pb::MessageStructure::decode(job.try_get::<Vec<u8>, _>("structure")?.as_slice())
         .map_err(|e| StoreError::Internal(format!("stored structure: {e}")))?;
     let size = parent_size + req.prefix.len() as i64;
     if req.enforce_quota {
-        let (quota, used): (i64, i64) = sqlx::query_as("SELECT quota_bytes, used_bytes FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound("user"))?;
+        let (quota, used): (i64, i64) =
+            sqlx::query_as("SELECT quota_bytes, used_bytes FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound("user"))?;
         if quota > 0 && used + size > quota {
             return Err(StoreError::OverQuota);
         }
     }
-    let wanted = if req.mailbox.is_empty() { "INBOX".to_string() } else { names::mailbox(&req.mailbox).unwrap_or_else(|_| "INBOX".into()) };
+    let wanted = if req.mailbox.is_empty() {
+        "INBOX".to_string()
+    } else {
+        names::mailbox(&req.mailbox).unwrap_or_else(|_| "INBOX".into())
+    };
     let mailbox_id = match mailbox_id_by_name(&mut tx, user_id, &wanted).await? {
         Some(m) => m,
-        None => mailbox_id_by_name(&mut tx, user_id, "INBOX").await?.ok_or(StoreError::NotFound("mailbox"))?,
+        None => mailbox_id_by_name(&mut tx, user_id, "INBOX")
+            .await?
+            .ok_or(StoreError::NotFound("mailbox"))?,
     };
     // The new message = prefix + queued message, built and hashed inside
     // PostgreSQL: the body never travels back and forth.
@@ -341,6 +403,47 @@ pub async fn deliver(store: &Store, req: pb::DeliverFromQueueRequest) -> Result<
     };
     let resp = insert_message(&mut tx, mailbox_id, &msg).await?;
     sqlx::query(
+        "INSERT INTO queue_deliveries (job_id, user_id, mailbox_id, uid, uidvalidity, modseq) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(job_id)
+    .bind(user_id)
+    .bind(mailbox_id)
+    .bind(i64::from(resp.uid))
+    .bind(i64::from(resp.uidvalidity))
+    .bind(resp.modseq as i64)
+    .execute(&mut *tx)
+    .await?;
+    if req.complete_recipient {
+        mark_delivered(
+            &mut tx,
+            job_id,
+            idx,
+            &resp,
+            &format!("delivered to {wanted}"),
+        )
+        .await?;
+    }
+    event(
+        &mut tx,
+        job_id,
+        pb::EventKind::Delivered,
+        &format!("delivery/{}", req.worker_id),
+        &address,
+        &format!("mailbox={wanted} uid={}", resp.uid),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(resp)
+}
+
+async fn mark_delivered(
+    conn: &mut PgConnection,
+    job_id: i64,
+    idx: i32,
+    r: &pb::AppendResponse,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
         "UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now(), \
          delivered_mailbox_id = $5, delivered_uid = $6, delivered_uidvalidity = $7, delivered_modseq = $8 \
          WHERE job_id = $1 AND idx = $2",
@@ -348,16 +451,14 @@ pub async fn deliver(store: &Store, req: pb::DeliverFromQueueRequest) -> Result<
     .bind(job_id)
     .bind(idx)
     .bind(pb::RecipientState::Delivered as i16)
-    .bind(format!("delivered to {wanted}"))
-    .bind(mailbox_id)
-    .bind(i64::from(resp.uid))
-    .bind(i64::from(resp.uidvalidity))
-    .bind(resp.modseq as i64)
-    .execute(&mut *tx)
+    .bind(detail)
+    .bind(r.mailbox_id as i64)
+    .bind(i64::from(r.uid))
+    .bind(i64::from(r.uidvalidity))
+    .bind(r.modseq as i64)
+    .execute(conn)
     .await?;
-    event(&mut tx, job_id, pb::EventKind::Delivered, &format!("delivery/{}", req.worker_id), &address, &format!("mailbox={wanted} uid={}", resp.uid)).await?;
-    tx.commit().await?;
-    Ok(resp)
+    Ok(())
 }
 
 /// Periodic housekeeping: old auth failures, expired locks, finished jobs
@@ -370,8 +471,12 @@ pub async fn janitor(store: Arc<Store>, shutdown: service_kit::Shutdown) {
             () = shutdown.cancelled() => return,
         }
         let pool = &store.pool;
-        let _ = sqlx::query("DELETE FROM auth_failures WHERE at < now() - interval '1 hour'").execute(pool).await;
-        let _ = sqlx::query("DELETE FROM locks WHERE expires_at < now() - interval '1 hour'").execute(pool).await;
+        let _ = sqlx::query("DELETE FROM auth_failures WHERE at < now() - interval '1 hour'")
+            .execute(pool)
+            .await;
+        let _ = sqlx::query("DELETE FROM locks WHERE expires_at < now() - interval '1 hour'")
+            .execute(pool)
+            .await;
         let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
             "DELETE FROM queue_jobs WHERE state = 2 AND updated_at < now() - interval '7 days' RETURNING blob_hash",
         )
@@ -384,7 +489,10 @@ pub async fn janitor(store: Arc<Store>, shutdown: service_kit::Shutdown) {
 
 #[tonic::async_trait]
 impl pb::queue_server::Queue for QueueSvc {
-    async fn enqueue(&self, req: Request<Streaming<pb::EnqueueRequest>>) -> Result<Response<pb::EnqueueResponse>, Status> {
+    async fn enqueue(
+        &self,
+        req: Request<Streaming<pb::EnqueueRequest>>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let started = std::time::Instant::now();
         let max = self.store.config.max_message_size;
         let (h, data) = collect_body(
@@ -405,7 +513,11 @@ impl pb::queue_server::Queue for QueueSvc {
             let parent = id(h.parent_job_id, "job")?;
             let mut tx = pool.begin().await.map_err(StoreError::from)?;
             if let Some((job_id, size)) = existing_job(&mut tx, kind, &h.idempotency_key).await? {
-                return Ok(Response::new(pb::EnqueueResponse { job_id: job_id as u64, duplicate: true, size: size as u64 }));
+                return Ok(Response::new(pb::EnqueueResponse {
+                    job_id: job_id as u64,
+                    duplicate: true,
+                    size: size as u64,
+                }));
             }
             check_lease(&mut tx, parent, &h.parent_worker_id).await?;
             let p = sqlx::query("SELECT blob_hash, size, structure FROM queue_jobs WHERE id = $1")
@@ -417,7 +529,11 @@ impl pb::queue_server::Queue for QueueSvc {
             let size: i64 = p.try_get("size").map_err(StoreError::from)?;
             let st: Vec<u8> = p.try_get("structure").map_err(StoreError::from)?;
             let job_id = insert_job(&mut tx, &h, kind, &hash, size, &st).await?;
-            let idxs: Vec<i32> = h.parent_recipient_indexes.iter().map(|i| i32::try_from(*i).unwrap_or(-1)).collect();
+            let idxs: Vec<i32> = h
+                .parent_recipient_indexes
+                .iter()
+                .map(|i| i32::try_from(*i).unwrap_or(-1))
+                .collect();
             sqlx::query(
                 "UPDATE queue_recipients SET state = $3, detail = $4, updated_at = now() WHERE job_id = $1 AND idx = ANY($2)",
             )
@@ -429,7 +545,11 @@ impl pb::queue_server::Queue for QueueSvc {
             .await
             .map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
-            pb::EnqueueResponse { job_id: job_id as u64, duplicate: false, size: size as u64 }
+            pb::EnqueueResponse {
+                job_id: job_id as u64,
+                duplicate: false,
+                size: size as u64,
+            }
         } else {
             let size = data.len() as i64;
             let (hash, st, _, data) = analyse(data).await?;
@@ -437,18 +557,36 @@ impl pb::queue_server::Queue for QueueSvc {
             loop {
                 attempt += 1;
                 let mut tx = pool.begin().await.map_err(StoreError::from)?;
-                if let Some((job_id, size)) = existing_job(&mut tx, kind, &h.idempotency_key).await? {
-                    break pb::EnqueueResponse { job_id: job_id as u64, duplicate: true, size: size as u64 };
+                if let Some((job_id, size)) =
+                    existing_job(&mut tx, kind, &h.idempotency_key).await?
+                {
+                    break pb::EnqueueResponse {
+                        job_id: job_id as u64,
+                        duplicate: true,
+                        size: size as u64,
+                    };
                 }
                 put_blob(&mut tx, &hash, &data).await?;
                 match insert_job(&mut tx, &h, kind, &hash, size, &st).await {
                     Ok(job_id) => match tx.commit().await {
-                        Ok(()) => break pb::EnqueueResponse { job_id: job_id as u64, duplicate: false, size: size as u64 },
+                        Ok(()) => {
+                            break pb::EnqueueResponse {
+                                job_id: job_id as u64,
+                                duplicate: false,
+                                size: size as u64,
+                            };
+                        }
                         // A concurrent enqueue with the same key won the race.
-                        Err(e) if sqlstate(&e).as_deref() == Some("23505") && attempt < 3 => continue,
+                        Err(e) if sqlstate(&e).as_deref() == Some("23505") && attempt < 3 => {
+                            continue;
+                        }
                         Err(e) => return Err(StoreError::from(e).into()),
                     },
-                    Err(StoreError::Internal(e)) if attempt < 3 && (e.starts_with("23505") || e.starts_with("23503")) => continue,
+                    Err(StoreError::Internal(e))
+                        if attempt < 3 && (e.starts_with("23505") || e.starts_with("23503")) =>
+                    {
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -458,7 +596,10 @@ impl pb::queue_server::Queue for QueueSvc {
         Ok(Response::new(resp))
     }
 
-    async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
         let req = req.into_inner();
         let kind = kind_of(req.kind)?;
         if req.worker_id.is_empty() || req.worker_id.len() > 200 {
@@ -466,8 +607,13 @@ impl pb::queue_server::Queue for QueueSvc {
         }
         let n = i64::from(req.max_jobs.clamp(1, MAX_LEASE_BATCH));
         let ttl = i64::try_from(req.lease_ttl_ms.clamp(1_000, 3_600_000)).unwrap_or(60_000);
-        let max_attempts = if req.max_attempts == 0 { DEFAULT_MAX_ATTEMPTS } else { i32::try_from(req.max_attempts).unwrap_or(DEFAULT_MAX_ATTEMPTS) };
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);
+        let max_attempts = if req.max_attempts == 0 {
+            DEFAULT_MAX_ATTEMPTS
+        } else {
+            i32::try_from(req.max_attempts).unwrap_or(DEFAULT_MAX_ATTEMPTS)
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);
         let mut wake = self.store.hub.subscribe_queue(i32::from(kind));
         loop {
             wake.borrow_and_update();
@@ -499,9 +645,16 @@ impl pb::queue_server::Queue for QueueSvc {
         }
     }
 
-    async fn renew_lease(&self, req: Request<pb::RenewLeaseRequest>) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+    async fn renew_lease(
+        &self,
+        req: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
         let req = req.into_inner();
-        let ids: Vec<i64> = req.job_ids.iter().filter_map(|i| i64::try_from(*i).ok()).collect();
+        let ids: Vec<i64> = req
+            .job_ids
+            .iter()
+            .filter_map(|i| i64::try_from(*i).ok())
+            .collect();
         let ttl = i64::try_from(req.lease_ttl_ms.clamp(1_000, 3_600_000)).unwrap_or(60_000);
         let renewed: Vec<i64> = sqlx::query_scalar(
             "UPDATE queue_jobs SET lease_expires_at = now() + $3 * interval '1 millisecond', next_attempt_at = now() + $3 * interval '1 millisecond' \
@@ -513,12 +666,18 @@ impl pb::queue_server::Queue for QueueSvc {
         .fetch_all(self.pool())
         .await
         .map_err(StoreError::from)?;
-        Ok(Response::new(pb::RenewLeaseResponse { renewed: renewed.iter().map(|i| *i as u64).collect() }))
+        Ok(Response::new(pb::RenewLeaseResponse {
+            renewed: renewed.iter().map(|i| *i as u64).collect(),
+        }))
     }
 
-    type ReadMessageStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BodyChunk, Status>> + Send>>;
+    type ReadMessageStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BodyChunk, Status>> + Send>>;
 
-    async fn read_message(&self, req: Request<pb::ReadMessageRequest>) -> Result<Response<Self::ReadMessageStream>, Status> {
+    async fn read_message(
+        &self,
+        req: Request<pb::ReadMessageRequest>,
+    ) -> Result<Response<Self::ReadMessageStream>, Status> {
         let req = req.into_inner();
         let job_id = id(req.job_id, "job")?;
         let hash: Vec<u8> = sqlx::query_scalar("SELECT blob_hash FROM queue_jobs WHERE id = $1")
@@ -527,13 +686,22 @@ impl pb::queue_server::Queue for QueueSvc {
             .await
             .map_err(StoreError::from)?
             .ok_or(StoreError::NotFound("job"))?;
-        Ok(Response::new(stream_blob(self.pool().clone(), hash, req.offset, req.length)))
+        Ok(Response::new(stream_blob(
+            self.pool().clone(),
+            hash,
+            req.offset,
+            req.length,
+        )))
     }
 
-    async fn set_recipient_result(&self, req: Request<pb::SetRecipientResultRequest>) -> Result<Response<pb::SetRecipientResultResponse>, Status> {
+    async fn set_recipient_result(
+        &self,
+        req: Request<pb::SetRecipientResultRequest>,
+    ) -> Result<Response<pb::SetRecipientResultResponse>, Status> {
         let req = req.into_inner();
         let job_id = id(req.job_id, "job")?;
-        let state = pb::RecipientState::try_from(req.state).map_err(|_| StoreError::invalid("recipient state"))?;
+        let state = pb::RecipientState::try_from(req.state)
+            .map_err(|_| StoreError::invalid("recipient state"))?;
         if state == pb::RecipientState::Unspecified {
             return Err(StoreError::invalid("recipient state").into());
         }
@@ -564,7 +732,10 @@ impl pb::queue_server::Queue for QueueSvc {
         Ok(Response::new(pb::SetRecipientResultResponse {}))
     }
 
-    async fn finish_job(&self, req: Request<pb::FinishJobRequest>) -> Result<Response<pb::FinishJobResponse>, Status> {
+    async fn finish_job(
+        &self,
+        req: Request<pb::FinishJobRequest>,
+    ) -> Result<Response<pb::FinishJobResponse>, Status> {
         let req = req.into_inner();
         let job_id = id(req.job_id, "job")?;
         let reason: String = req.reason.chars().take(2_000).collect();
@@ -591,7 +762,11 @@ impl pb::queue_server::Queue for QueueSvc {
                 .map_err(StoreError::from)?;
             }
             Ok(pb::FinishOutcome::Retry) => {
-                let at = req.retry_at.as_ref().and_then(from_pb_ts).unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::minutes(5));
+                let at = req
+                    .retry_at
+                    .as_ref()
+                    .and_then(from_pb_ts)
+                    .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::minutes(5));
                 sqlx::query(
                     "UPDATE queue_jobs SET lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, next_attempt_at = $2, \
                      last_error = $3, updated_at = now() WHERE id = $1",
@@ -602,7 +777,15 @@ impl pb::queue_server::Queue for QueueSvc {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-                event(&mut tx, job_id, pb::EventKind::Deferred, &req.worker_id, "", &format!("retry at {at}: {reason}")).await?;
+                event(
+                    &mut tx,
+                    job_id,
+                    pb::EventKind::Deferred,
+                    &req.worker_id,
+                    "",
+                    &format!("retry at {at}: {reason}"),
+                )
+                .await?;
             }
             Ok(pb::FinishOutcome::Quarantine) => {
                 sqlx::query(
@@ -613,7 +796,15 @@ impl pb::queue_server::Queue for QueueSvc {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-                event(&mut tx, job_id, pb::EventKind::Quarantined, &req.worker_id, "", &reason).await?;
+                event(
+                    &mut tx,
+                    job_id,
+                    pb::EventKind::Quarantined,
+                    &req.worker_id,
+                    "",
+                    &reason,
+                )
+                .await?;
             }
             _ => return Err(StoreError::invalid("outcome required").into()),
         }
@@ -621,11 +812,18 @@ impl pb::queue_server::Queue for QueueSvc {
         Ok(Response::new(pb::FinishJobResponse {}))
     }
 
-    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = req.into_inner();
         let kind: i16 = if req.kind == 0 { 0 } else { kind_of(req.kind)? };
         let state = i16::try_from(req.state).unwrap_or(0);
-        let limit = i64::from(if req.limit == 0 { 100 } else { req.limit.min(10_000) });
+        let limit = i64::from(if req.limit == 0 {
+            100
+        } else {
+            req.limit.min(10_000)
+        });
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {JOB_COLS}, (SELECT count(*) FROM queue_recipients r WHERE r.job_id = q.id) AS rcpts FROM queue_jobs q \
              WHERE ($1 = 0 OR kind = $1) AND ($2 = 0 OR state = $2) AND id > $3 ORDER BY id LIMIT $4"
@@ -644,23 +842,35 @@ impl pb::queue_server::Queue for QueueSvc {
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobDetail>, Status> {
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::JobDetail>, Status> {
         let job_id = id(req.get_ref().job_id, "job")?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLS} FROM queue_jobs WHERE id = $1")))
-            .bind(job_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StoreError::from)?
-            .ok_or(StoreError::NotFound("job"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLS} FROM queue_jobs WHERE id = $1"
+        )))
+        .bind(job_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(StoreError::NotFound("job"))?;
         let mut rcpts = job_recipients(self.pool(), &[job_id]).await?;
         let rcpts = rcpts.remove(&job_id).unwrap_or_default();
         let summary = summary_row(&row, rcpts.len() as u32)?;
         let job = job_row(&row, rcpts)?;
         let events = list_events(self.pool(), job_id).await?;
-        Ok(Response::new(pb::JobDetail { summary: Some(summary), job: Some(job), events }))
+        Ok(Response::new(pb::JobDetail {
+            summary: Some(summary),
+            job: Some(job),
+            events,
+        }))
     }
 
-    async fn retry_job(&self, req: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+    async fn retry_job(
+        &self,
+        req: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::RetryJobResponse>, Status> {
         let job_id = id(req.get_ref().job_id, "job")?;
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
         let kind: Option<i16> = sqlx::query_scalar(
@@ -672,25 +882,51 @@ impl pb::queue_server::Queue for QueueSvc {
         .await
         .map_err(StoreError::from)?;
         let kind = kind.ok_or(StoreError::NotFound("retryable job"))?;
-        event(&mut tx, job_id, pb::EventKind::Retried, "mailctl", "", "retry requested").await?;
-        sqlx::query("SELECT pg_notify($1, $2)").bind(QUEUE_CHANNEL).bind(kind.to_string()).execute(&mut *tx).await.map_err(StoreError::from)?;
+        event(
+            &mut tx,
+            job_id,
+            pb::EventKind::Retried,
+            "mailctl",
+            "",
+            "retry requested",
+        )
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(QUEUE_CHANNEL)
+            .bind(kind.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(Response::new(pb::RetryJobResponse {}))
     }
 
-    async fn delete_job(&self, req: Request<pb::DeleteJobRequest>) -> Result<Response<pb::DeleteJobResponse>, Status> {
+    async fn delete_job(
+        &self,
+        req: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
         let job_id = id(req.get_ref().job_id, "job")?;
-        let hash: Option<Vec<u8>> = sqlx::query_scalar("DELETE FROM queue_jobs WHERE id = $1 RETURNING blob_hash")
-            .bind(job_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(|e| if sqlstate(&e).as_deref() == Some("23503") { StoreError::precondition("job is referenced") } else { e.into() })?;
+        let hash: Option<Vec<u8>> =
+            sqlx::query_scalar("DELETE FROM queue_jobs WHERE id = $1 RETURNING blob_hash")
+                .bind(job_id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(|e| {
+                    if sqlstate(&e).as_deref() == Some("23503") {
+                        StoreError::precondition("job is referenced")
+                    } else {
+                        e.into()
+                    }
+                })?;
         let hash = hash.ok_or(StoreError::NotFound("job"))?;
         collect_garbage(self.pool(), vec![hash]).await;
         Ok(Response::new(pb::DeleteJobResponse {}))
     }
 
-    async fn add_event(&self, req: Request<pb::AddEventRequest>) -> Result<Response<pb::AddEventResponse>, Status> {
+    async fn add_event(
+        &self,
+        req: Request<pb::AddEventRequest>,
+    ) -> Result<Response<pb::AddEventResponse>, Status> {
         let req = req.into_inner();
         let job_id = id(req.job_id, "job")?;
         let attrs: serde_json_map::Map = req.attributes.into_iter().collect();
@@ -709,14 +945,26 @@ impl pb::queue_server::Queue for QueueSvc {
         Ok(Response::new(pb::AddEventResponse { id: id as u64 }))
     }
 
-    async fn list_events(&self, req: Request<pb::ListEventsRequest>) -> Result<Response<pb::ListEventsResponse>, Status> {
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let job_id = id(req.get_ref().job_id, "job")?;
-        Ok(Response::new(pb::ListEventsResponse { events: list_events(self.pool(), job_id).await? }))
+        Ok(Response::new(pb::ListEventsResponse {
+            events: list_events(self.pool(), job_id).await?,
+        }))
     }
 }
 
 /// Leases up to n jobs; quarantines jobs leased too often without finishing.
-async fn lease_once(pool: &PgPool, kind: i16, worker: &str, n: i64, ttl_ms: i64, max_attempts: i32) -> Result<Vec<pb::Job>> {
+async fn lease_once(
+    pool: &PgPool,
+    kind: i16,
+    worker: &str,
+    n: i64,
+    ttl_ms: i64,
+    max_attempts: i32,
+) -> Result<Vec<pb::Job>> {
     let mut tx = pool.begin().await?;
     // Poison messages: a job whose previous leases all ended without a
     // FinishJob (worker crashed on it) is set aside, not handed out again.
@@ -731,7 +979,15 @@ async fn lease_once(pool: &PgPool, kind: i16, worker: &str, n: i64, ttl_ms: i64,
     .fetch_all(&mut *tx)
     .await?;
     for id in &poisoned {
-        event(&mut tx, *id, pb::EventKind::Quarantined, "mailbox-store", "", "too many unfinished attempts").await?;
+        event(
+            &mut tx,
+            *id,
+            pb::EventKind::Quarantined,
+            "mailbox-store",
+            "",
+            "too many unfinished attempts",
+        )
+        .await?;
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE queue_jobs SET lease_owner = $2, lease_expires_at = now() + $4 * interval '1 millisecond', \
@@ -750,7 +1006,10 @@ async fn lease_once(pool: &PgPool, kind: i16, worker: &str, n: i64, ttl_ms: i64,
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
     let mut rcpts = job_recipients(pool, &ids).await?;
     let mut jobs = rows
         .iter()
@@ -836,7 +1095,9 @@ mod serde_json_map {
                             Some('r') => cur.push('\r'),
                             Some('u') => {
                                 let hex: String = chars.by_ref().take(4).collect();
-                                if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                                if let Some(ch) =
+                                    u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
+                                {
                                     cur.push(ch);
                                 }
                             }
@@ -860,7 +1121,10 @@ mod serde_json_map {
     mod tests {
         #[test]
         fn round_trip() {
-            let m = vec![("mx".to_string(), "a \"b\"\n".to_string()), ("ip".into(), "192.0.2.1".into())];
+            let m = vec![
+                ("mx".to_string(), "a \"b\"\n".to_string()),
+                ("ip".into(), "192.0.2.1".into()),
+            ];
             let back = super::from_json(&super::to_json(&m));
             assert_eq!(back.get("mx").map(String::as_str), Some("a \"b\"\n"));
             assert_eq!(back.get("ip").map(String::as_str), Some("192.0.2.1"));

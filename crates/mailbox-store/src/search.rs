@@ -43,7 +43,11 @@ fn needs_body(k: &pb::SearchKey, depth: usize) -> Result<bool> {
     })
 }
 
-pub async fn search(pool: &PgPool, mailbox_id: i64, key: &pb::SearchKey) -> Result<pb::SearchResponse> {
+pub async fn search(
+    pool: &PgPool,
+    mailbox_id: i64,
+    key: &pb::SearchKey,
+) -> Result<pb::SearchResponse> {
     let with_body = needs_body(key, 0)?;
     let rows = sqlx::query(
         "SELECT uid, flags, keywords, (internal_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS iday, \
@@ -98,7 +102,11 @@ fn matches(c: &Candidate, key: &pb::SearchKey) -> bool {
         Some(Key::HasFlag(f)) => flags::has(c.bits, &c.keywords, f),
         Some(Key::LacksFlag(f)) => !flags::has(c.bits, &c.keywords, f),
         Some(Key::Uids(set)) => set.ranges.iter().any(|r| {
-            let (a, b) = if r.first <= r.last { (r.first, r.last) } else { (r.last, r.first) };
+            let (a, b) = if r.first <= r.last {
+                (r.first, r.last)
+            } else {
+                (r.last, r.first)
+            };
             (a..=b).contains(&c.uid)
         }),
         Some(Key::InternalDate(r)) => in_range(c.internal_day, r),
@@ -109,15 +117,20 @@ fn matches(c: &Candidate, key: &pb::SearchKey) -> bool {
         Some(Key::Header(h)) => header_matches(c, &h.field, &h.value),
         Some(Key::Body(s)) => body_text(c).is_some_and(|t| contains_ci(&t, s)),
         Some(Key::Text(s)) => {
-            header_text(c).is_some_and(|t| contains_ci(&t, s)) || body_text(c).is_some_and(|t| contains_ci(&t, s))
+            header_text(c).is_some_and(|t| contains_ci(&t, s))
+                || body_text(c).is_some_and(|t| contains_ci(&t, s))
         }
     }
 }
 
 fn header_matches(c: &Candidate, field: &str, value: &str) -> bool {
     let Some(raw) = &c.raw else { return false };
-    let Some(msg) = MessageParser::default().parse_headers(raw) else { return false };
-    let Some(root) = msg.parts.first() else { return false };
+    let Some(msg) = MessageParser::default().parse_headers(raw) else {
+        return false;
+    };
+    let Some(root) = msg.parts.first() else {
+        return false;
+    };
     root.headers.iter().any(|h| {
         if !h.name.as_str().eq_ignore_ascii_case(field) {
             return false;
@@ -126,13 +139,22 @@ fn header_matches(c: &Candidate, field: &str, value: &str) -> bool {
             return true;
         }
         // Match the raw value and the decoded one (RFC 2047 words).
-        let rawv = raw.get(h.offset_start as usize..h.offset_end as usize).map(String::from_utf8_lossy).unwrap_or_default();
+        let rawv = raw
+            .get(h.offset_start as usize..h.offset_end as usize)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         let decoded = match &h.value {
             mail_parser::HeaderValue::Text(t) => t.to_string(),
             mail_parser::HeaderValue::TextList(l) => l.join(" "),
             mail_parser::HeaderValue::Address(a) => a
                 .iter()
-                .map(|x| format!("{} <{}>", x.name.as_deref().unwrap_or(""), x.address.as_deref().unwrap_or("")))
+                .map(|x| {
+                    format!(
+                        "{} <{}>",
+                        x.name.as_deref().unwrap_or(""),
+                        x.address.as_deref().unwrap_or("")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             _ => String::new(),

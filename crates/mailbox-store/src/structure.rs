@@ -3,7 +3,9 @@
 //! byte offsets into the raw message, so FETCH never parses again and
 //! `BODY[section]` becomes a byte-range read.
 
-use mail_parser::{Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{
+    Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
+};
 use mailstore_api::pb;
 
 /// Deeper MIME nesting than this is described as one opaque leaf: a hostile
@@ -109,10 +111,9 @@ fn walk(root: &Message<'_>, raw: &[u8], out: &mut Vec<pb::BodyPart>) {
                 // An encapsulated message parsed from a transfer-encoded body
                 // has offsets into the decoded bytes, not into `raw`: then it
                 // is described as a leaf.
-                let inline = inner
-                    .parts
-                    .first()
-                    .is_some_and(|r| r.offset_header >= part.offset_body && r.offset_end <= part.offset_end);
+                let inline = inner.parts.first().is_some_and(|r| {
+                    r.offset_header >= part.offset_body && r.offset_end <= part.offset_end
+                });
                 if inline {
                     stack.push(Pending {
                         msg: inner,
@@ -155,7 +156,9 @@ fn describe(part: &mail_parser::MessagePart<'_>, raw: &[u8]) -> pb::BodyPart {
     let (media_type, media_subtype, params) = match part.content_type() {
         Some(ct) => (
             ct.ctype().to_ascii_lowercase(),
-            ct.subtype().map(str::to_ascii_lowercase).unwrap_or_default(),
+            ct.subtype()
+                .map(str::to_ascii_lowercase)
+                .unwrap_or_default(),
             ct.attributes()
                 .map(|attrs| {
                     attrs
@@ -264,7 +267,8 @@ fn envelope(msg: &Message<'_>, raw: &[u8], _base: usize) -> pb::Envelope {
     };
     // Offsets of an inline encapsulated message point into `raw`; for a
     // decoded one they point into msg.raw_message.
-    let src: &[u8] = if root.offset_end as usize <= raw.len() && msg.raw_message.len() == raw.len() {
+    let src: &[u8] = if root.offset_end as usize <= raw.len() && msg.raw_message.len() == raw.len()
+    {
         raw
     } else {
         msg.raw_message.as_ref()
@@ -369,8 +373,14 @@ mod tests {
         assert_eq!(env.sender, env.from);
         assert_eq!(p.structure.parts.len(), 1);
         let root = &p.structure.parts[0];
-        assert_eq!((root.media_type.as_str(), root.media_subtype.as_str()), ("text", "plain"));
-        assert_eq!(&raw[root.body_offset as usize..root.end_offset as usize], b"hello\r\nworld\r\n");
+        assert_eq!(
+            (root.media_type.as_str(), root.media_subtype.as_str()),
+            ("text", "plain")
+        );
+        assert_eq!(
+            &raw[root.body_offset as usize..root.end_offset as usize],
+            b"hello\r\nworld\r\n"
+        );
         assert_eq!(root.lines, 2);
         assert!(p.sent_date.is_some());
     }
@@ -383,7 +393,12 @@ mod tests {
             .structure
             .parts
             .iter()
-            .map(|x| (x.section.as_str(), format!("{}/{}", x.media_type, x.media_subtype)))
+            .map(|x| {
+                (
+                    x.section.as_str(),
+                    format!("{}/{}", x.media_type, x.media_subtype),
+                )
+            })
             .collect();
         assert_eq!(
             secs,
@@ -398,11 +413,18 @@ mod tests {
         );
         let inner = &p.structure.parts[2];
         assert_eq!(
-            inner.envelope.as_ref().and_then(|e| e.subject.clone()).as_deref(),
+            inner
+                .envelope
+                .as_ref()
+                .and_then(|e| e.subject.clone())
+                .as_deref(),
             Some(&b"inner"[..])
         );
         let html = &p.structure.parts[5];
-        assert_eq!(&raw[html.body_offset as usize..html.end_offset as usize], b"<b>x</b>");
+        assert_eq!(
+            &raw[html.body_offset as usize..html.end_offset as usize],
+            b"<b>x</b>"
+        );
         assert_eq!(p.structure.parts[3].parent, Some(2));
     }
 
@@ -413,7 +435,8 @@ mod tests {
         raw.extend_from_slice(b"From: a@x\r\n");
         for i in 0..depth {
             raw.extend_from_slice(
-                format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes(),
+                format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")
+                    .as_bytes(),
             );
         }
         raw.extend_from_slice(b"Content-Type: text/plain\r\n\r\nleaf\r\n");
@@ -427,7 +450,12 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        for raw in [&b""[..], b"\0\0\0", b"\r\n\r\n", b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n"] {
+        for raw in [
+            &b""[..],
+            b"\0\0\0",
+            b"\r\n\r\n",
+            b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n",
+        ] {
             let p = parse(raw);
             assert!(!p.structure.parts.is_empty());
         }

@@ -15,13 +15,20 @@ async fn setup() -> (TestStore, u64) {
 }
 
 fn msg(n: usize) -> Vec<u8> {
-    format!("From: a@example.org\r\nTo: alice@example.org\r\nSubject: message {n}\r\n\r\nbody {n}\r\n").into_bytes()
+    format!(
+        "From: a@example.org\r\nTo: alice@example.org\r\nSubject: message {n}\r\n\r\nbody {n}\r\n"
+    )
+    .into_bytes()
 }
 
 async fn inbox(s: &TestStore, user: u64) -> pb::Mailbox {
     s.client()
         .mailboxes
-        .get_mailbox(pb::GetMailboxRequest { user_id: user, name: "INBOX".into(), claim_recent: false })
+        .get_mailbox(pb::GetMailboxRequest {
+            user_id: user,
+            name: "INBOX".into(),
+            claim_recent: false,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -31,7 +38,11 @@ async fn all_meta(s: &TestStore, mailbox_id: u64) -> Vec<pb::MessageMeta> {
     let mut st = s
         .client()
         .mailboxes
-        .fetch_meta(pb::FetchMetaRequest { mailbox_id, with_structure: true, ..Default::default() })
+        .fetch_meta(pb::FetchMetaRequest {
+            mailbox_id,
+            with_structure: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -51,7 +62,9 @@ async fn concurrent_appends_get_dense_unique_uids() {
         tasks.push(tokio::spawn(async move {
             let mut uids = Vec::new();
             for i in 0..125 {
-                let r = append(&c, user, "INBOX", &msg(t * 1000 + i), &[]).await.unwrap();
+                let r = append(&c, user, "INBOX", &msg(t * 1000 + i), &[])
+                    .await
+                    .unwrap();
                 uids.push(r.uid);
             }
             uids
@@ -82,7 +95,9 @@ async fn expunge_then_append_never_reuses_a_uid_and_flags_bump_modseq() {
         .clone()
         .store_flags(pb::StoreFlagsRequest {
             mailbox_id: mb.id,
-            uids: Some(pb::UidSet { ranges: vec![pb::UidRange { first: 3, last: 3 }] }),
+            uids: Some(pb::UidSet {
+                ranges: vec![pb::UidRange { first: 3, last: 3 }],
+            }),
             op: pb::FlagOp::Add as i32,
             flags: vec!["\\Deleted".into(), "\\Seen".into()],
             unchanged_since: 0,
@@ -93,14 +108,19 @@ async fn expunge_then_append_never_reuses_a_uid_and_flags_bump_modseq() {
     assert!(r.highestmodseq > before);
     assert_eq!(r.updated.len(), 1);
     assert_eq!(r.updated[0].modseq, r.highestmodseq);
-    assert_eq!(r.updated[0].flags, vec!["\\Seen".to_string(), "\\Deleted".to_string()]);
+    assert_eq!(
+        r.updated[0].flags,
+        vec!["\\Seen".to_string(), "\\Deleted".to_string()]
+    );
     // Setting the same flags again changes nothing and costs no MODSEQ.
     let again = c
         .mailboxes
         .clone()
         .store_flags(pb::StoreFlagsRequest {
             mailbox_id: mb.id,
-            uids: Some(pb::UidSet { ranges: vec![pb::UidRange { first: 3, last: 3 }] }),
+            uids: Some(pb::UidSet {
+                ranges: vec![pb::UidRange { first: 3, last: 3 }],
+            }),
             op: pb::FlagOp::Add as i32,
             flags: vec!["\\Seen".into()],
             unchanged_since: 0,
@@ -115,7 +135,9 @@ async fn expunge_then_append_never_reuses_a_uid_and_flags_bump_modseq() {
         .clone()
         .store_flags(pb::StoreFlagsRequest {
             mailbox_id: mb.id,
-            uids: Some(pb::UidSet { ranges: vec![pb::UidRange { first: 3, last: 3 }] }),
+            uids: Some(pb::UidSet {
+                ranges: vec![pb::UidRange { first: 3, last: 3 }],
+            }),
             op: pb::FlagOp::Remove as i32,
             flags: vec!["\\Seen".into()],
             unchanged_since: before,
@@ -124,7 +146,16 @@ async fn expunge_then_append_never_reuses_a_uid_and_flags_bump_modseq() {
         .unwrap()
         .into_inner();
     assert_eq!(cond.modified, vec![3]);
-    let ex = c.mailboxes.clone().expunge(pb::ExpungeRequest { mailbox_id: mb.id, uids: None }).await.unwrap().into_inner();
+    let ex = c
+        .mailboxes
+        .clone()
+        .expunge(pb::ExpungeRequest {
+            mailbox_id: mb.id,
+            uids: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ex.expunged, vec![3]);
     assert!(ex.highestmodseq > r.highestmodseq);
     let next = s.append(user, "INBOX", &msg(9)).await;
@@ -132,7 +163,10 @@ async fn expunge_then_append_never_reuses_a_uid_and_flags_bump_modseq() {
     let gone = c
         .mailboxes
         .clone()
-        .list_expunged(pb::ListExpungedRequest { mailbox_id: mb.id, since_modseq: r.highestmodseq })
+        .list_expunged(pb::ListExpungedRequest {
+            mailbox_id: mb.id,
+            since_modseq: r.highestmodseq,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -148,14 +182,24 @@ async fn same_blob_in_fifty_mailboxes_is_stored_once() {
         let name = format!("Box{i}");
         c.mailboxes
             .clone()
-            .create_mailbox(pb::CreateMailboxRequest { user_id: user, name: name.clone(), special_use: String::new() })
+            .create_mailbox(pb::CreateMailboxRequest {
+                user_id: user,
+                name: name.clone(),
+                special_use: String::new(),
+            })
             .await
             .unwrap();
         append(&c, user, &name, &raw, &[]).await.unwrap();
     }
     let pool = sqlx::PgPool::connect(&s.database_url).await.unwrap();
-    let blobs: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs").fetch_one(&pool).await.unwrap();
-    let msgs: i64 = sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&pool).await.unwrap();
+    let blobs: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let msgs: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!((blobs, msgs), (1, 50));
 }
 
@@ -178,7 +222,12 @@ async fn thirty_megabytes_round_trip_byte_exact() {
     let body = c
         .mailboxes
         .clone()
-        .fetch_body(pb::FetchBodyRequest { mailbox_id: r.mailbox_id, uid: r.uid, offset: 0, length: 0 })
+        .fetch_body(pb::FetchBodyRequest {
+            mailbox_id: r.mailbox_id,
+            uid: r.uid,
+            offset: 0,
+            length: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -188,11 +237,19 @@ async fn thirty_megabytes_round_trip_byte_exact() {
     let part = c
         .mailboxes
         .clone()
-        .fetch_body(pb::FetchBodyRequest { mailbox_id: r.mailbox_id, uid: r.uid, offset: 1_000_000, length: 700_000 })
+        .fetch_body(pb::FetchBodyRequest {
+            mailbox_id: r.mailbox_id,
+            uid: r.uid,
+            offset: 1_000_000,
+            length: 700_000,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(collect_body(part).await.unwrap(), raw[1_000_000..1_700_000].to_vec());
+    assert_eq!(
+        collect_body(part).await.unwrap(),
+        raw[1_000_000..1_700_000].to_vec()
+    );
 }
 
 #[tokio::test]
@@ -200,7 +257,9 @@ async fn ten_thousand_nested_parts_are_stored() {
     let (s, user) = setup().await;
     let mut raw = b"From: a@example.org\r\nSubject: nest\r\n".to_vec();
     for i in 0..10_000 {
-        raw.extend_from_slice(format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes());
+        raw.extend_from_slice(
+            format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes(),
+        );
     }
     raw.extend_from_slice(b"Content-Type: text/plain\r\n\r\nleaf\r\n");
     for i in (0..10_000).rev() {
@@ -211,7 +270,11 @@ async fn ten_thousand_nested_parts_are_stored() {
     let mb = inbox(&s, user).await;
     let meta = all_meta(&s, mb.id).await;
     let st = meta[0].structure.as_ref().unwrap();
-    assert!(st.parts.len() < 100, "structure is bounded: {} parts", st.parts.len());
+    assert!(
+        st.parts.len() < 100,
+        "structure is bounded: {} parts",
+        st.parts.len()
+    );
     assert!(st.parts.iter().any(|p| p.truncated));
 }
 
@@ -234,7 +297,12 @@ async fn metadata_is_precomputed() {
     let body = s
         .client()
         .mailboxes
-        .fetch_body(pb::FetchBodyRequest { mailbox_id: mb.id, uid, offset: p.body_offset, length: p.end_offset - p.body_offset })
+        .fetch_body(pb::FetchBodyRequest {
+            mailbox_id: mb.id,
+            uid,
+            offset: p.body_offset,
+            length: p.end_offset - p.body_offset,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -245,20 +313,44 @@ async fn metadata_is_precomputed() {
 async fn copy_move_search_and_default_mailboxes() {
     let (s, user) = setup().await;
     let c = s.client();
-    let list = c.mailboxes.clone().list_mailboxes(pb::ListMailboxesRequest { user_id: user, with_counts: true }).await.unwrap().into_inner();
-    let names: HashSet<(String, String)> = list.mailboxes.iter().map(|m| (m.name.clone(), m.special_use.clone())).collect();
-    for (n, su) in [("INBOX", ""), ("Sent", "Sent"), ("Drafts", "Drafts"), ("Trash", "Trash"), ("Junk", "Junk"), ("Archive", "Archive")] {
+    let list = c
+        .mailboxes
+        .clone()
+        .list_mailboxes(pb::ListMailboxesRequest {
+            user_id: user,
+            with_counts: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: HashSet<(String, String)> = list
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.clone(), m.special_use.clone()))
+        .collect();
+    for (n, su) in [
+        ("INBOX", ""),
+        ("Sent", "Sent"),
+        ("Drafts", "Drafts"),
+        ("Trash", "Trash"),
+        ("Junk", "Junk"),
+        ("Archive", "Archive"),
+    ] {
         assert!(names.contains(&(n.to_string(), su.to_string())), "{n}");
     }
-    s.append(user, "INBOX", b"Subject: apples\r\n\r\nred fruit\r\n").await;
-    s.append(user, "INBOX", b"Subject: pears\r\n\r\ngreen fruit\r\n").await;
+    s.append(user, "INBOX", b"Subject: apples\r\n\r\nred fruit\r\n")
+        .await;
+    s.append(user, "INBOX", b"Subject: pears\r\n\r\ngreen fruit\r\n")
+        .await;
     let mb = inbox(&s, user).await;
     let found = c
         .mailboxes
         .clone()
         .search(pb::SearchRequest {
             mailbox_id: mb.id,
-            key: Some(pb::SearchKey { key: Some(pb::search_key::Key::Body("GREEN".into())) }),
+            key: Some(pb::SearchKey {
+                key: Some(pb::search_key::Key::Body("GREEN".into())),
+            }),
         })
         .await
         .unwrap()
@@ -270,7 +362,10 @@ async fn copy_move_search_and_default_mailboxes() {
         .search(pb::SearchRequest {
             mailbox_id: mb.id,
             key: Some(pb::SearchKey {
-                key: Some(pb::search_key::Key::Header(pb::HeaderMatch { field: "subject".into(), value: "APPLE".into() })),
+                key: Some(pb::search_key::Key::Header(pb::HeaderMatch {
+                    field: "subject".into(),
+                    value: "APPLE".into(),
+                })),
             }),
         })
         .await
@@ -282,7 +377,9 @@ async fn copy_move_search_and_default_mailboxes() {
         .clone()
         .copy_messages(pb::CopyMessagesRequest {
             mailbox_id: mb.id,
-            uids: Some(pb::UidSet { ranges: vec![pb::UidRange { first: 1, last: 2 }] }),
+            uids: Some(pb::UidSet {
+                ranges: vec![pb::UidRange { first: 1, last: 2 }],
+            }),
             user_id: user,
             destination: "Archive".into(),
             r#move: true,
@@ -297,14 +394,22 @@ async fn copy_move_search_and_default_mailboxes() {
     s.append(user, "INBOX", &msg(1)).await;
     c.mailboxes
         .clone()
-        .rename_mailbox(pb::RenameMailboxRequest { user_id: user, from: "INBOX".into(), to: "Old".into() })
+        .rename_mailbox(pb::RenameMailboxRequest {
+            user_id: user,
+            from: "INBOX".into(),
+            to: "Old".into(),
+        })
         .await
         .unwrap();
     assert_eq!(inbox(&s, user).await.messages, 0);
     let old = c
         .mailboxes
         .clone()
-        .get_mailbox(pb::GetMailboxRequest { user_id: user, name: "Old".into(), claim_recent: false })
+        .get_mailbox(pb::GetMailboxRequest {
+            user_id: user,
+            name: "Old".into(),
+            claim_recent: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -312,7 +417,11 @@ async fn copy_move_search_and_default_mailboxes() {
     let bad = c
         .mailboxes
         .clone()
-        .create_mailbox(pb::CreateMailboxRequest { user_id: user, name: "../../x".into(), special_use: String::new() })
+        .create_mailbox(pb::CreateMailboxRequest {
+            user_id: user,
+            name: "../../x".into(),
+            special_use: String::new(),
+        })
         .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
@@ -321,12 +430,36 @@ async fn copy_move_search_and_default_mailboxes() {
 async fn enqueue_is_idempotent_and_leases_are_exclusive() {
     let s = TestStore::start().await;
     let c = s.client();
-    let a = enqueue(&c, "key-1", "x@example.net", &["alice@example.org"], &msg(1)).await.unwrap();
-    let b = enqueue(&c, "key-1", "x@example.net", &["alice@example.org"], &msg(1)).await.unwrap();
+    let a = enqueue(
+        &c,
+        "key-1",
+        "x@example.net",
+        &["alice@example.org"],
+        &msg(1),
+    )
+    .await
+    .unwrap();
+    let b = enqueue(
+        &c,
+        "key-1",
+        "x@example.net",
+        &["alice@example.org"],
+        &msg(1),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.job_id, b.job_id);
     assert!(!a.duplicate && b.duplicate);
     for i in 0..40 {
-        enqueue(&c, &format!("k{i}"), "x@example.net", &["alice@example.org"], &msg(i)).await.unwrap();
+        enqueue(
+            &c,
+            &format!("k{i}"),
+            "x@example.net",
+            &["alice@example.org"],
+            &msg(i),
+        )
+        .await
+        .unwrap();
     }
     // Two workers leasing concurrently never get the same job.
     let lease = |w: &'static str| {
@@ -361,24 +494,48 @@ async fn enqueue_is_idempotent_and_leases_are_exclusive() {
     let wrong = c
         .queue
         .clone()
-        .finish_job(pb::FinishJobRequest { job_id: x[0], worker_id: "w2".into(), outcome: pb::FinishOutcome::Done as i32, ..Default::default() })
+        .finish_job(pb::FinishJobRequest {
+            job_id: x[0],
+            worker_id: "w2".into(),
+            outcome: pb::FinishOutcome::Done as i32,
+            ..Default::default()
+        })
         .await;
     assert_eq!(wrong.unwrap_err().code(), tonic::Code::FailedPrecondition);
     c.queue
         .clone()
-        .finish_job(pb::FinishJobRequest { job_id: x[0], worker_id: "w1".into(), outcome: pb::FinishOutcome::Done as i32, ..Default::default() })
+        .finish_job(pb::FinishJobRequest {
+            job_id: x[0],
+            worker_id: "w1".into(),
+            outcome: pb::FinishOutcome::Done as i32,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let detail = c.queue.clone().get_job(pb::GetJobRequest { job_id: x[0] }).await.unwrap().into_inner();
+    let detail = c
+        .queue
+        .clone()
+        .get_job(pb::GetJobRequest { job_id: x[0] })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(detail.summary.unwrap().state, pb::JobState::Done as i32);
-    assert!(detail.events.iter().any(|e| e.kind == pb::EventKind::Queued as i32));
+    assert!(
+        detail
+            .events
+            .iter()
+            .any(|e| e.kind == pb::EventKind::Queued as i32)
+    );
 }
 
 #[tokio::test]
 async fn expired_lease_goes_to_another_worker_and_poison_is_quarantined() {
     let s = TestStore::start().await;
     let c = s.client();
-    let job = enqueue(&c, "p", "x@example.net", &["alice@example.org"], &msg(1)).await.unwrap().job_id;
+    let job = enqueue(&c, "p", "x@example.net", &["alice@example.org"], &msg(1))
+        .await
+        .unwrap()
+        .job_id;
     let req = |w: &str| pb::LeaseRequest {
         kind: pb::QueueKind::Inbound as i32,
         worker_id: w.into(),
@@ -400,9 +557,17 @@ async fn expired_lease_goes_to_another_worker_and_poison_is_quarantined() {
     // Three unfinished leases: the fourth lease quarantines it instead.
     let fourth = q.lease(req("w4")).await.unwrap().into_inner();
     assert!(fourth.jobs.is_empty());
-    let d = q.get_job(pb::GetJobRequest { job_id: job }).await.unwrap().into_inner();
+    let d = q
+        .get_job(pb::GetJobRequest { job_id: job })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(d.summary.unwrap().state, pb::JobState::Quarantined as i32);
-    assert!(d.events.iter().any(|e| e.kind == pb::EventKind::Quarantined as i32));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.kind == pb::EventKind::Quarantined as i32)
+    );
 }
 
 #[tokio::test]
@@ -427,21 +592,36 @@ async fn lease_waiter_is_woken_by_enqueue() {
         (r.jobs.len(), t.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    enqueue(&c, "wake", "x@example.net", &["alice@example.org"], &msg(1)).await.unwrap();
+    enqueue(&c, "wake", "x@example.net", &["alice@example.org"], &msg(1))
+        .await
+        .unwrap();
     let (n, took) = waiter.await.unwrap();
     assert_eq!(n, 1);
-    assert!(took < Duration::from_secs(10), "woken by NOTIFY, not by the 20 s timeout");
+    assert!(
+        took < Duration::from_secs(10),
+        "woken by NOTIFY, not by the 20 s timeout"
+    );
 }
 
 #[tokio::test]
 async fn deliver_from_queue_is_exactly_once() {
     let (s, user) = setup().await;
     let c = s.client();
-    let job = enqueue(&c, "d", "x@example.net", &["alice@example.org"], &msg(7)).await.unwrap().job_id;
-    let mut q = c.queue.clone();
-    q.lease(pb::LeaseRequest { kind: 1, worker_id: "w".into(), max_jobs: 1, lease_ttl_ms: 60_000, wait_ms: 0, max_attempts: 0 })
+    let job = enqueue(&c, "d", "x@example.net", &["alice@example.org"], &msg(7))
         .await
-        .unwrap();
+        .unwrap()
+        .job_id;
+    let mut q = c.queue.clone();
+    q.lease(pb::LeaseRequest {
+        kind: 1,
+        worker_id: "w".into(),
+        max_jobs: 1,
+        lease_ttl_ms: 60_000,
+        wait_ms: 0,
+        max_attempts: 0,
+    })
+    .await
+    .unwrap();
     let req = pb::DeliverFromQueueRequest {
         job_id: job,
         recipient_index: 0,
@@ -451,26 +631,59 @@ async fn deliver_from_queue_is_exactly_once() {
         prefix: b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n".to_vec(),
         flags: vec![],
         enforce_quota: true,
+        complete_recipient: true,
     };
-    let a = c.mailboxes.clone().deliver_from_queue(req.clone()).await.unwrap().into_inner();
-    let b = c.mailboxes.clone().deliver_from_queue(req).await.unwrap().into_inner();
+    let a = c
+        .mailboxes
+        .clone()
+        .deliver_from_queue(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let b = c
+        .mailboxes
+        .clone()
+        .deliver_from_queue(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!a.duplicate && b.duplicate);
     assert_eq!(a.uid, b.uid);
     let mb = inbox(&s, user).await;
     assert_eq!(mb.messages, 1);
     let body = collect_body(
-        c.mailboxes.clone().fetch_body(pb::FetchBodyRequest { mailbox_id: mb.id, uid: a.uid, offset: 0, length: 0 }).await.unwrap().into_inner(),
+        c.mailboxes
+            .clone()
+            .fetch_body(pb::FetchBodyRequest {
+                mailbox_id: mb.id,
+                uid: a.uid,
+                offset: 0,
+                length: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
     )
     .await
     .unwrap();
-    let mut expected = b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n".to_vec();
+    let mut expected =
+        b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n".to_vec();
     expected.extend_from_slice(&msg(7));
     assert_eq!(body, expected);
     let meta = all_meta(&s, mb.id).await;
-    let env = meta[0].structure.as_ref().unwrap().envelope.as_ref().unwrap();
+    let env = meta[0]
+        .structure
+        .as_ref()
+        .unwrap()
+        .envelope
+        .as_ref()
+        .unwrap();
     assert_eq!(env.subject.as_deref(), Some(&b"message 7"[..]));
     let root = &meta[0].structure.as_ref().unwrap().parts[0];
-    assert_eq!(&body[root.body_offset as usize..root.end_offset as usize], b"body 7\r\n");
+    assert_eq!(
+        &body[root.body_offset as usize..root.end_offset as usize],
+        b"body 7\r\n"
+    );
 }
 
 #[tokio::test]
@@ -508,16 +721,44 @@ async fn wrong_password_and_unknown_user_look_the_same() {
 async fn no_rpc_works_without_the_token() {
     let s = TestStore::start().await;
     let bad = mailstore_api::connect(&s.grpc_url, "wrong-token").unwrap();
-    let e = bad.accounts.clone().list_domains(pb::ListDomainsRequest {}).await.unwrap_err();
+    let e = bad
+        .accounts
+        .clone()
+        .list_domains(pb::ListDomainsRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    let e = bad.queue.clone().list_jobs(pb::ListJobsRequest::default()).await.unwrap_err();
+    let e = bad
+        .queue
+        .clone()
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    let e = bad.mailboxes.clone().list_mailboxes(pb::ListMailboxesRequest { user_id: 1, with_counts: false }).await.unwrap_err();
+    let e = bad
+        .mailboxes
+        .clone()
+        .list_mailboxes(pb::ListMailboxesRequest {
+            user_id: 1,
+            with_counts: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     // No token at all.
-    let channel = tonic::transport::Endpoint::from_shared(s.grpc_url.clone()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(s.grpc_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut raw = pb::accounts_client::AccountsClient::new(channel);
-    assert_eq!(raw.list_domains(pb::ListDomainsRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        raw.list_domains(pb::ListDomainsRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
 }
 
 #[tokio::test]
@@ -534,12 +775,22 @@ async fn recipients_aliases_catch_all_plus_and_loops() {
         ("loop2@example.org", "loop1@example.org"),
         ("@example.org", "bob@example.org"),
     ] {
-        acc.create_alias(pb::CreateAliasRequest { source: src.into(), target: dst.into() }).await.unwrap();
+        acc.create_alias(pb::CreateAliasRequest {
+            source: src.into(),
+            target: dst.into(),
+        })
+        .await
+        .unwrap();
     }
     let resolve = |a: &str| {
         let mut acc = acc.clone();
         let a = a.to_string();
-        async move { acc.resolve_recipient(pb::ResolveRecipientRequest { address: a }).await.unwrap().into_inner() }
+        async move {
+            acc.resolve_recipient(pb::ResolveRecipientRequest { address: a })
+                .await
+                .unwrap()
+                .into_inner()
+        }
     };
     let team = resolve("team@example.org").await;
     assert_eq!(team.targets.len(), 2);
@@ -552,7 +803,12 @@ async fn recipients_aliases_catch_all_plus_and_loops() {
         other => panic!("{other:?}"),
     }
     let ext = resolve("ext@example.org").await;
-    assert_eq!(ext.targets[0].target, Some(pb::resolved_target::Target::Remote("someone@remote.test".into())));
+    assert_eq!(
+        ext.targets[0].target,
+        Some(pb::resolved_target::Target::Remote(
+            "someone@remote.test".into()
+        ))
+    );
     let any = resolve("anything@example.org").await;
     assert_eq!(any.status, pb::RecipientStatus::Local as i32);
     let lp = resolve("loop1@example.org").await;
@@ -560,14 +816,41 @@ async fn recipients_aliases_catch_all_plus_and_loops() {
     let lookup = |a: &str| {
         let mut acc = acc.clone();
         let a = a.to_string();
-        async move { acc.lookup_recipient(pb::LookupRecipientRequest { address: a }).await.unwrap().into_inner().status }
+        async move {
+            acc.lookup_recipient(pb::LookupRecipientRequest { address: a })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
     };
-    assert_eq!(lookup("v@external.example").await, pb::RecipientStatus::NotLocal as i32);
-    assert_eq!(lookup("v@[192.0.2.1]").await, pb::RecipientStatus::NotLocal as i32);
-    acc.clone().delete_alias(pb::DeleteAliasRequest { source: "@example.org".into(), target: String::new() }).await.unwrap();
-    assert_eq!(lookup("nobody@example.org").await, pb::RecipientStatus::Unknown as i32);
-    assert_eq!(lookup("v%external.example@example.org").await, pb::RecipientStatus::Unknown as i32);
-    assert_eq!(lookup("\"v@external.example\"@example.org").await, pb::RecipientStatus::Unknown as i32);
+    assert_eq!(
+        lookup("v@external.example").await,
+        pb::RecipientStatus::NotLocal as i32
+    );
+    assert_eq!(
+        lookup("v@[192.0.2.1]").await,
+        pb::RecipientStatus::NotLocal as i32
+    );
+    acc.clone()
+        .delete_alias(pb::DeleteAliasRequest {
+            source: "@example.org".into(),
+            target: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        lookup("nobody@example.org").await,
+        pb::RecipientStatus::Unknown as i32
+    );
+    assert_eq!(
+        lookup("v%external.example@example.org").await,
+        pb::RecipientStatus::Unknown as i32
+    );
+    assert_eq!(
+        lookup("\"v@external.example\"@example.org").await,
+        pb::RecipientStatus::Unknown as i32
+    );
 }
 
 #[tokio::test]
@@ -578,14 +861,21 @@ async fn watch_sees_appends_made_through_another_store_process() {
     let mut w = s
         .client()
         .mailboxes
-        .watch(pb::WatchRequest { user_id: user, mailbox_id: mb.id })
+        .watch(pb::WatchRequest {
+            user_id: user,
+            mailbox_id: mb.id,
+        })
         .await
         .unwrap()
         .into_inner();
     let ready = w.message().await.unwrap().unwrap();
     assert_eq!(ready.kind, pb::MailboxEventKind::Ready as i32);
     let uid = other.append(user, "INBOX", &msg(1)).await;
-    let ev = tokio::time::timeout(Duration::from_secs(5), w.message()).await.expect("event within 5 s").unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .expect("event within 5 s")
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.kind, pb::MailboxEventKind::Appended as i32);
     assert_eq!(ev.mailbox_id, mb.id);
     assert_eq!(ev.uidnext, uid + 1);
@@ -595,14 +885,55 @@ async fn watch_sees_appends_made_through_another_store_process() {
 async fn locks_are_exclusive_and_expire() {
     let s = TestStore::start().await;
     let mut m = s.client().mailboxes;
-    let get = |o: &str, ttl| pb::AcquireLockRequest { name: "pop3:1".into(), owner: o.into(), ttl_ms: ttl };
-    assert!(m.acquire_lock(get("a", 1_000)).await.unwrap().into_inner().acquired);
-    assert!(!m.acquire_lock(get("b", 1_000)).await.unwrap().into_inner().acquired);
-    assert!(m.acquire_lock(get("a", 1_000)).await.unwrap().into_inner().acquired, "refresh by owner");
+    let get = |o: &str, ttl| pb::AcquireLockRequest {
+        name: "pop3:1".into(),
+        owner: o.into(),
+        ttl_ms: ttl,
+    };
+    assert!(
+        m.acquire_lock(get("a", 1_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .acquired
+    );
+    assert!(
+        !m.acquire_lock(get("b", 1_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .acquired
+    );
+    assert!(
+        m.acquire_lock(get("a", 1_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .acquired,
+        "refresh by owner"
+    );
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    assert!(m.acquire_lock(get("b", 60_000)).await.unwrap().into_inner().acquired, "expired lock is taken over");
-    m.release_lock(pb::ReleaseLockRequest { name: "pop3:1".into(), owner: "b".into() }).await.unwrap();
-    assert!(m.acquire_lock(get("c", 1_000)).await.unwrap().into_inner().acquired);
+    assert!(
+        m.acquire_lock(get("b", 60_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .acquired,
+        "expired lock is taken over"
+    );
+    m.release_lock(pb::ReleaseLockRequest {
+        name: "pop3:1".into(),
+        owner: "b".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        m.acquire_lock(get("c", 1_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .acquired
+    );
 }
 
 #[tokio::test]
@@ -610,7 +941,14 @@ async fn health_endpoints_answer() {
     let s = TestStore::start().await;
     for path in ["/healthz", "/readyz", "/metrics"] {
         let out = tokio::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}{path}", s.http_addr)])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{}{path}", s.http_addr),
+            ])
             .output()
             .await
             .unwrap();

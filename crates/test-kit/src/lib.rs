@@ -59,9 +59,14 @@ impl Postgres {
             "set DATABASE_URL, or install the PostgreSQL server binaries (initdb, pg_ctl), e.g. apt-get install postgresql",
         )?;
         sweep_stale();
-        let dir = PathBuf::from(format!("/tmp/epg-{}-{}", std::process::id(), rand::random::<u32>()));
+        let dir = PathBuf::from(format!(
+            "/tmp/epg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())
+            .map_err(|e| e.to_string())?;
         let as_root = is_root();
         if as_root {
             let mut chown = Command::new("chown");
@@ -70,13 +75,29 @@ impl Postgres {
         }
         let data = dir.join("data");
         let initdb = pg_cmd(as_root, &bin.join("initdb"), |c| {
-            c.arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
+            c.arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]);
         });
         run(initdb)?;
         let port = 5432;
-        let opts = format!("-p {port} -k {} -c listen_addresses='' -c max_connections=300", dir.display());
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses='' -c max_connections=300",
+            dir.display()
+        );
         let start = pg_cmd(as_root, &bin.join("pg_ctl"), |c| {
-            c.arg("-D").arg(&data).arg("-l").arg(dir.join("pg.log")).args(["-w", "-o", &opts, "start"]);
+            c.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("pg.log"))
+                .args(["-w", "-o", &opts, "start"]);
         });
         run(start)?;
         spawn_watchdog(&dir, &bin, as_root);
@@ -108,7 +129,11 @@ fn split_url(url: &str) -> Postgres {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 fn find_pg_bin() -> Option<PathBuf> {
@@ -116,12 +141,17 @@ fn find_pg_bin() -> Option<PathBuf> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     if let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut v: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path().join("bin")).collect();
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .collect();
         v.sort();
         v.reverse();
         candidates.extend(v);
     }
-    candidates.into_iter().find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
 }
 
 fn pg_cmd(as_root: bool, program: &Path, f: impl FnOnce(&mut Command)) -> Command {
@@ -155,9 +185,17 @@ fn spawn_watchdog(dir: &Path, bin: &Path, as_root: bool) {
     use std::os::unix::process::CommandExt as _;
     let pg_ctl = bin.join("pg_ctl");
     let stop = if as_root {
-        format!("runuser -u postgres -- {} -D {}/data -m immediate -w stop", pg_ctl.display(), dir.display())
+        format!(
+            "runuser -u postgres -- {} -D {}/data -m immediate -w stop",
+            pg_ctl.display(),
+            dir.display()
+        )
     } else {
-        format!("{} -D {}/data -m immediate -w stop", pg_ctl.display(), dir.display())
+        format!(
+            "{} -D {}/data -m immediate -w stop",
+            pg_ctl.display(),
+            dir.display()
+        )
     };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
@@ -175,7 +213,9 @@ fn spawn_watchdog(dir: &Path, bin: &Path, as_root: bool) {
 
 /// Stops and removes clusters whose owning test process is gone.
 fn sweep_stale() {
-    let Ok(rd) = std::fs::read_dir("/tmp") else { return };
+    let Ok(rd) = std::fs::read_dir("/tmp") else {
+        return;
+    };
     for e in rd.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with("epg-") {
@@ -214,7 +254,11 @@ pub async fn fresh_database() -> String {
 /// A token for tests.
 #[must_use]
 pub fn random_token() -> String {
-    format!("test-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+    format!(
+        "test-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 /// The real mailbox-store running in this process.
@@ -237,14 +281,24 @@ impl TestStore {
 
     /// Another store process (replica) over the same database and token.
     pub async fn replica(&self) -> Self {
-        Self::start_on(self.database_url.clone(), self.token.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::start_on(
+            self.database_url.clone(),
+            self.token.clone(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
     }
 
     async fn start_on(database_url: String, token: String, listen: SocketAddr) -> Self {
-        service_kit::init_tracing(&service_kit::LogArgs { format: "text".into(), filter: "warn".into() });
+        service_kit::init_tracing(&service_kit::LogArgs {
+            format: "text".into(),
+            filter: "warn".into(),
+        });
         let mut config = mailbox_store::Config::new(database_url.clone(), token.clone());
         config.listen = listen;
-        let server = mailbox_store::Server::bind(config).await.expect("start mailbox-store");
+        let server = mailbox_store::Server::bind(config)
+            .await
+            .expect("start mailbox-store");
         let grpc_addr = server.grpc_addr().expect("grpc addr");
         let http_addr = server.http_addr().expect("http addr");
         let shutdown = Shutdown::new();
@@ -285,7 +339,8 @@ impl TestStore {
         self.stop().await;
         let mut again = None;
         for _ in 0..50 {
-            let mut config = mailbox_store::Config::new(self.database_url.clone(), self.token.clone());
+            let mut config =
+                mailbox_store::Config::new(self.database_url.clone(), self.token.clone());
             config.listen = self.grpc_addr;
             match mailbox_store::Server::bind(config).await {
                 Ok(s) => {
@@ -331,7 +386,10 @@ impl TestStore {
 
     /// Appends a raw message to a mailbox, returns the UID.
     pub async fn append(&self, user_id: u64, mailbox: &str, raw: &[u8]) -> u32 {
-        append(&self.client(), user_id, mailbox, raw, &[]).await.expect("append").uid
+        append(&self.client(), user_id, mailbox, raw, &[])
+            .await
+            .expect("append")
+            .uid
     }
 }
 
@@ -365,10 +423,14 @@ pub async fn append(
         })),
     }];
     for c in raw.chunks(256 * 1024) {
-        msgs.push(pb::AppendRequest { part: Some(pb::append_request::Part::Data(c.to_vec())) });
+        msgs.push(pb::AppendRequest {
+            part: Some(pb::append_request::Part::Data(c.to_vec())),
+        });
     }
     let mut c = client.mailboxes.clone();
-    c.append(futures::stream::iter(msgs)).await.map(tonic::Response::into_inner)
+    c.append(futures::stream::iter(msgs))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Enqueues a message into the inbound queue.
@@ -387,23 +449,35 @@ pub async fn enqueue(
             kind: pb::QueueKind::Inbound as i32,
             idempotency_key: key.into(),
             mail_from: from.into(),
-            recipients: to.iter().map(|a| pb::Recipient { address: (*a).to_string(), ..Default::default() }).collect(),
+            recipients: to
+                .iter()
+                .map(|a| pb::Recipient {
+                    address: (*a).to_string(),
+                    ..Default::default()
+                })
+                .collect(),
             size: raw.len() as u64,
             ..Default::default()
         })),
     }];
     for c in raw.chunks(256 * 1024) {
-        msgs.push(pb::EnqueueRequest { part: Some(pb::enqueue_request::Part::Data(c.to_vec())) });
+        msgs.push(pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Data(c.to_vec())),
+        });
     }
     let mut q = client.queue.clone();
-    q.enqueue(futures::stream::iter(msgs)).await.map(tonic::Response::into_inner)
+    q.enqueue(futures::stream::iter(msgs))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Reads a whole message body stream into memory.
 ///
 /// # Errors
 /// The store's status.
-pub async fn collect_body(mut s: tonic::Streaming<pb::BodyChunk>) -> Result<Vec<u8>, tonic::Status> {
+pub async fn collect_body(
+    mut s: tonic::Streaming<pb::BodyChunk>,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut out = Vec::new();
     while let Some(c) = s.message().await? {
         out.extend_from_slice(&c.data);

@@ -1,0 +1,443 @@
+//! # mailctl
+//!
+//! The administrator's command line: domains, users (passwords read from a
+//! prompt or standard input, never from argv), aliases, queue inspection and
+//! retry, and database migrations. Everything but `migrate` goes through the
+//! store's gRPC API with the shared token.
+
+use std::io::{BufRead as _, IsTerminal as _};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use mailstore_api::{StoreClient, pb};
+
+/// mailctl: administer an Epistole installation.
+#[derive(Parser, Debug)]
+#[command(name = "mailctl", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub store: service_kit::StoreArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mail domains we accept mail for.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Mailbox users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Aliases ("sales@example.org → alice@example.org"; "@example.org" is the catch-all).
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// The inbound and outbound mail queues.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Apply database migrations directly (the store also does this on start).
+    Migrate {
+        /// PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainCmd {
+    Add {
+        name: String,
+    },
+    List,
+    Rm {
+        name: String,
+        /// Also delete the domain's users, their mail, and its aliases.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create a user; the password is prompted for (or read from stdin).
+    Add {
+        address: String,
+        /// Quota in bytes (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        quota: u64,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List {
+        domain: Option<String>,
+    },
+    Rm {
+        address: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AliasCmd {
+    Add {
+        source: String,
+        target: String,
+    },
+    List {
+        domain: Option<String>,
+    },
+    Rm {
+        source: String,
+        target: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// List jobs.
+    List {
+        /// inbound | outbound
+        #[arg(long)]
+        kind: Option<String>,
+        /// ready | done | quarantined
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// A job with its recipients and event log.
+    Show { id: u64 },
+    /// Make a deferred or quarantined job ready now.
+    Retry { id: u64 },
+    /// Delete a job.
+    Rm { id: u64 },
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let pw = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("read password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again: ")?;
+        if a != b {
+            bail!("passwords differ");
+        }
+        a
+    };
+    if pw.is_empty() {
+        bail!("empty password");
+    }
+    Ok(pw)
+}
+
+fn when(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn kind_name(k: i32) -> &'static str {
+    match pb::QueueKind::try_from(k) {
+        Ok(pb::QueueKind::Inbound) => "inbound",
+        Ok(pb::QueueKind::Outbound) => "outbound",
+        _ => "?",
+    }
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Ready) => "ready",
+        Ok(pb::JobState::Done) => "done",
+        Ok(pb::JobState::Quarantined) => "quarantined",
+        _ => "?",
+    }
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", e.code(), e.message())
+}
+
+/// Runs one command, writing human-readable output to `out`.
+///
+/// # Errors
+/// Store errors, bad arguments, I/O.
+pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    if let Command::Migrate { database_url } = &cli.command {
+        let pool = mailbox_store::pool(database_url, 2)?;
+        mailbox_store::migrate(&pool).await?;
+        writeln!(out, "migrations applied")?;
+        return Ok(());
+    }
+    let c: StoreClient = cli.store.client()?;
+    match cli.command {
+        Command::Domain(DomainCmd::Add { name }) => {
+            let d = c
+                .accounts
+                .clone()
+                .create_domain(pb::CreateDomainRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(out, "domain {} added", d.name)?;
+        }
+        Command::Domain(DomainCmd::List) => {
+            let r = c
+                .accounts
+                .clone()
+                .list_domains(pb::ListDomainsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            for d in r.domains {
+                writeln!(out, "{}", d.name)?;
+            }
+        }
+        Command::Domain(DomainCmd::Rm { name, force }) => {
+            c.accounts
+                .clone()
+                .delete_domain(pb::DeleteDomainRequest {
+                    name: name.clone(),
+                    force,
+                })
+                .await
+                .map_err(status)?;
+            writeln!(out, "domain {name} removed")?;
+        }
+        Command::User(UserCmd::Add {
+            address,
+            quota,
+            password_stdin,
+        }) => {
+            let password = read_password(password_stdin)?;
+            let u = c
+                .accounts
+                .clone()
+                .create_user(pb::CreateUserRequest {
+                    address,
+                    password,
+                    quota_bytes: quota,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(out, "user {} added (id {})", u.address, u.id)?;
+        }
+        Command::User(UserCmd::Passwd {
+            address,
+            password_stdin,
+        }) => {
+            let password = read_password(password_stdin)?;
+            c.accounts
+                .clone()
+                .set_password(pb::SetPasswordRequest {
+                    address: address.clone(),
+                    password,
+                })
+                .await
+                .map_err(status)?;
+            writeln!(out, "password of {address} changed")?;
+        }
+        Command::User(UserCmd::List { domain }) => {
+            let r = c
+                .accounts
+                .clone()
+                .list_users(pb::ListUsersRequest {
+                    domain: domain.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for u in r.users {
+                let quota = if u.quota_bytes == 0 {
+                    "unlimited".to_string()
+                } else {
+                    u.quota_bytes.to_string()
+                };
+                writeln!(
+                    out,
+                    "{}\tused={}\tquota={quota}{}",
+                    u.address,
+                    u.used_bytes,
+                    if u.disabled { "\tdisabled" } else { "" }
+                )?;
+            }
+        }
+        Command::User(UserCmd::Rm { address }) => {
+            c.accounts
+                .clone()
+                .delete_user(pb::DeleteUserRequest {
+                    address: address.clone(),
+                })
+                .await
+                .map_err(status)?;
+            writeln!(out, "user {address} removed")?;
+        }
+        Command::Alias(AliasCmd::Add { source, target }) => {
+            let a = c
+                .accounts
+                .clone()
+                .create_alias(pb::CreateAliasRequest { source, target })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(out, "alias {} -> {} added", a.source, a.target)?;
+        }
+        Command::Alias(AliasCmd::List { domain }) => {
+            let r = c
+                .accounts
+                .clone()
+                .list_aliases(pb::ListAliasesRequest {
+                    domain: domain.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for a in r.aliases {
+                writeln!(out, "{}\t{}", a.source, a.target)?;
+            }
+        }
+        Command::Alias(AliasCmd::Rm { source, target }) => {
+            let r = c
+                .accounts
+                .clone()
+                .delete_alias(pb::DeleteAliasRequest {
+                    source,
+                    target: target.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(out, "{} alias(es) removed", r.deleted)?;
+        }
+        Command::Queue(QueueCmd::List { kind, state, limit }) => {
+            let kind = match kind.as_deref() {
+                None => 0,
+                Some("inbound") => pb::QueueKind::Inbound as i32,
+                Some("outbound") => pb::QueueKind::Outbound as i32,
+                Some(k) => bail!("unknown queue kind {k:?} (inbound, outbound)"),
+            };
+            let state = match state.as_deref() {
+                None => 0,
+                Some("ready") => pb::JobState::Ready as i32,
+                Some("done") => pb::JobState::Done as i32,
+                Some("quarantined") => pb::JobState::Quarantined as i32,
+                Some(s) => bail!("unknown state {s:?} (ready, done, quarantined)"),
+            };
+            let r = c
+                .queue
+                .clone()
+                .list_jobs(pb::ListJobsRequest {
+                    kind,
+                    state,
+                    limit,
+                    after_id: 0,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(
+                out,
+                "ID\tKIND\tSTATE\tATTEMPTS\tSIZE\tRCPTS\tFROM\tNEXT\tLAST ERROR"
+            )?;
+            for j in r.jobs {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t<{}>\t{}\t{}",
+                    j.id,
+                    kind_name(j.kind),
+                    state_name(j.state),
+                    j.attempts,
+                    j.size,
+                    j.recipients,
+                    j.mail_from,
+                    when(j.next_attempt_at.as_ref()),
+                    j.last_error
+                )?;
+            }
+        }
+        Command::Queue(QueueCmd::Show { id }) => {
+            let d = c
+                .queue
+                .clone()
+                .get_job(pb::GetJobRequest { job_id: id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let s = d.summary.unwrap_or_default();
+            let j = d.job.unwrap_or_default();
+            writeln!(
+                out,
+                "job {} ({}, {})",
+                s.id,
+                kind_name(s.kind),
+                state_name(s.state)
+            )?;
+            writeln!(
+                out,
+                "from: <{}>  size: {}  attempts: {}",
+                j.mail_from, j.size, j.attempts
+            )?;
+            writeln!(
+                out,
+                "received: {} from {} helo={} sid={}",
+                when(j.created_at.as_ref()),
+                j.client_ip,
+                j.helo,
+                j.session_id
+            )?;
+            if !s.last_error.is_empty() {
+                writeln!(out, "last error: {}", s.last_error)?;
+            }
+            for r in j.recipients {
+                let addr = r.recipient.map(|x| x.address).unwrap_or_default();
+                let st = pb::RecipientState::try_from(r.state)
+                    .map_or("?".into(), |x| format!("{x:?}").to_lowercase());
+                writeln!(out, "  rcpt {} <{}> {} {}", r.index, addr, st, r.detail)?;
+            }
+            writeln!(out, "events:")?;
+            for e in d.events {
+                let k = pb::EventKind::try_from(e.kind)
+                    .map_or("?".into(), |x| format!("{x:?}").to_lowercase());
+                writeln!(
+                    out,
+                    "  {} {} {} {} {}",
+                    when(e.at.as_ref()),
+                    k,
+                    e.source,
+                    e.recipient,
+                    e.detail
+                )?;
+            }
+        }
+        Command::Queue(QueueCmd::Retry { id }) => {
+            c.queue
+                .clone()
+                .retry_job(pb::RetryJobRequest { job_id: id })
+                .await
+                .map_err(status)?;
+            writeln!(out, "job {id} will be retried now")?;
+        }
+        Command::Queue(QueueCmd::Rm { id }) => {
+            c.queue
+                .clone()
+                .delete_job(pb::DeleteJobRequest { job_id: id })
+                .await
+                .map_err(status)?;
+            writeln!(out, "job {id} removed")?;
+        }
+        Command::Migrate { .. } => unreachable!("handled above"),
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! mailctl end to end: the real binary against a running store.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use test_kit::TestStore;
+
+fn mailctl(store: &TestStore, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .args(args)
+        .env("EPISTOLE_STORE_URL", &store.grpc_url)
+        .env("EPISTOLE_STORE_TOKEN", &store.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_users_aliases_and_queue() {
+    let store = TestStore::start().await;
+    let s = &store;
+    let run = |args: &'static [&'static str], stdin: Option<&'static str>| {
+        let url = s.grpc_url.clone();
+        let token = s.token.clone();
+        let _ = (url, token);
+        tokio::task::block_in_place(|| mailctl(s, args, stdin))
+    };
+    let (ok, out, err) = run(&["domain", "add", "Example.ORG"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("example.org"));
+    assert!(
+        run(&["domain", "list"], None)
+            .1
+            .lines()
+            .any(|l| l == "example.org")
+    );
+    let (ok, out, err) = run(
+        &["user", "add", "alice@example.org", "--password-stdin"],
+        Some("s3cret pass\n"),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("alice@example.org"));
+    let (ok, _, err) = run(
+        &["user", "add", "alice@example.org", "--password-stdin"],
+        Some("again\n"),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("AlreadyExists") || err.contains("already exists"),
+        "{err}"
+    );
+    assert!(run(&["user", "list"], None).1.contains("alice@example.org"));
+    // The password set through mailctl works.
+    let auth = s
+        .client()
+        .accounts
+        .authenticate(mailstore_api::pb::AuthenticateRequest {
+            username: "alice@example.org".into(),
+            password: "s3cret pass".into(),
+            protocol: mailstore_api::pb::Protocol::Admin as i32,
+            remote_ip: String::new(),
+            session_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(auth.status, mailstore_api::pb::AuthStatus::Ok as i32);
+    assert!(
+        run(
+            &["alias", "add", "sales@example.org", "alice@example.org"],
+            None
+        )
+        .0
+    );
+    assert!(
+        run(&["alias", "list"], None)
+            .1
+            .contains("sales@example.org\talice@example.org")
+    );
+    assert!(run(&["alias", "rm", "sales@example.org"], None).0);
+    let job = test_kit::enqueue(
+        &s.client(),
+        "k",
+        "x@remote.test",
+        &["alice@example.org"],
+        b"Subject: q\r\n\r\nx\r\n",
+    )
+    .await
+    .unwrap()
+    .job_id;
+    let list = run(&["queue", "list"], None).1;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("{job}\tinbound\tready"))),
+        "{list}"
+    );
+    let show =
+        tokio::task::block_in_place(|| mailctl(s, &["queue", "show", &job.to_string()], None)).1;
+    assert!(
+        show.contains("<x@remote.test>") && show.contains("queued"),
+        "{show}"
+    );
+    assert!(tokio::task::block_in_place(|| mailctl(s, &["queue", "rm", &job.to_string()], None)).0);
+    assert!(
+        !run(&["domain", "rm", "example.org"], None).0,
+        "refused while users remain"
+    );
+    assert!(run(&["user", "rm", "alice@example.org"], None).0);
+    assert!(run(&["domain", "rm", "example.org"], None).0);
+    // Wrong token: refused.
+    let bad = Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .args(["domain", "list"])
+        .env("EPISTOLE_STORE_URL", &s.grpc_url)
+        .env("EPISTOLE_STORE_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("Unauthenticated")
+            || String::from_utf8_lossy(&bad.stderr).contains("token")
+    );
+}
