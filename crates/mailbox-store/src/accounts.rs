@@ -698,7 +698,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
                             .fetch_all(self.pool())
                             .await
                             .map_err(StoreError::from)?;
-                            targets.iter().any(|t| *t == user.address)
+                            targets.contains(&user.address)
                         }
                         None => false,
                     }

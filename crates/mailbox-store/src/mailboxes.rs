@@ -753,11 +753,11 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         let name = names::mailbox(&req.name)?;
         let row = if req.claim_recent {
             // The claiming session sees [old floor, uidnext) as \Recent.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            sqlx::query(
                 "UPDATE mailboxes m SET recent_floor = m.uidnext FROM (SELECT id, recent_floor AS old FROM mailboxes \
                  WHERE user_id = $1 AND name = $2 FOR UPDATE) o WHERE m.id = o.id \
-                 RETURNING m.id, m.user_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq, o.old AS recent_floor"
-            )))
+                 RETURNING m.id, m.user_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq, o.old AS recent_floor",
+            )
         } else {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {MAILBOX_COLS} FROM mailboxes WHERE user_id = $1 AND name = $2"

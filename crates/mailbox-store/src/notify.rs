@@ -123,24 +123,22 @@ async fn listen(
         for tx in &queue_tx {
             tx.send_modify(|n| *n += 1);
         }
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => match n.channel() {
-                    MAILBOX_CHANNEL => {
-                        if let Some(c) = MailboxChange::parse(n.payload()) {
-                            let _ = mailbox_tx.send(HubEvent::Change(c));
-                        }
+        // Ok(None) or an error: the connection was lost; reconnect and tell
+        // everyone to resynchronise.
+        while let Ok(Some(n)) = listener.try_recv().await {
+            match n.channel() {
+                MAILBOX_CHANNEL => {
+                    if let Some(c) = MailboxChange::parse(n.payload()) {
+                        let _ = mailbox_tx.send(HubEvent::Change(c));
                     }
-                    QUEUE_CHANNEL => {
-                        let kind: usize = n.payload().parse().unwrap_or(0);
-                        if let Some(tx) = queue_tx.get(kind) {
-                            tx.send_modify(|n| *n += 1);
-                        }
+                }
+                QUEUE_CHANNEL => {
+                    let kind: usize = n.payload().parse().unwrap_or(0);
+                    if let Some(tx) = queue_tx.get(kind) {
+                        tx.send_modify(|n| *n += 1);
                     }
-                    _ => {}
-                },
-                // Connection lost: reconnect and tell everyone to resync.
-                Ok(None) | Err(_) => break,
+                }
+                _ => {}
             }
         }
     }

@@ -212,7 +212,7 @@ async fn thirty_megabytes_round_trip_byte_exact() {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         // Every byte value, including NUL, bare CR and bare LF.
         raw.push((x >> 16) as u8);
-        if x % 97 == 0 {
+        if x.is_multiple_of(97) {
             raw.extend_from_slice(b"\r\0\n\n\r");
         }
     }
@@ -683,6 +683,22 @@ async fn deliver_from_queue_is_exactly_once() {
     assert_eq!(
         &body[root.body_offset as usize..root.end_offset as usize],
         b"body 7\r\n"
+    );
+    let job = c
+        .queue
+        .clone()
+        .get_job(pb::GetJobRequest { job_id: job })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        job.job.unwrap().recipients[0].state,
+        pb::RecipientState::Delivered as i32
+    );
+    assert!(
+        job.events
+            .iter()
+            .any(|e| e.kind == pb::EventKind::Delivered as i32)
     );
 }
 

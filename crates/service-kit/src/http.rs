@@ -70,6 +70,9 @@ impl HealthServer {
 async fn readyz(State(ready): State<Readiness>) -> (StatusCode, String) {
     match ready().await {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }

@@ -15,10 +15,18 @@ pub use shutdown::{Shutdown, shutdown_on_signals};
 #[derive(clap::Args, Clone)]
 pub struct StoreArgs {
     /// gRPC URL of the mailbox-store (any replica, or a load balancer).
-    #[arg(long = "store-url", env = "EPISTOLE_STORE_URL", default_value = "http://127.0.0.1:7000")]
+    #[arg(
+        long = "store-url",
+        env = "EPISTOLE_STORE_URL",
+        default_value = "http://127.0.0.1:7000"
+    )]
     pub url: String,
     /// Shared secret sent as a bearer token on every store RPC.
-    #[arg(long = "store-token", env = "EPISTOLE_STORE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "store-token",
+        env = "EPISTOLE_STORE_TOKEN",
+        hide_env_values = true
+    )]
     pub token: String,
 }
 
@@ -45,7 +53,11 @@ impl StoreArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log format: "text" for terminals, "json" for containers.
-    #[arg(long = "log-format", env = "EPISTOLE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "EPISTOLE_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub format: String,
     /// Filter in tracing-subscriber EnvFilter syntax (RUST_LOG is also read).
     #[arg(long = "log", env = "EPISTOLE_LOG", default_value = "info")]

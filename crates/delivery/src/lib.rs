@@ -1,0 +1,570 @@
+//! # delivery
+//!
+//! Works the inbound queue. For each leased job and each pending recipient:
+//! resolve it through the store (user, alias chain, catch-all,
+//! plus-address), choose the folder (filter rules, then the `+tag`, then
+//! INBOX), and deliver with `DeliverFromQueue`, which appends and records
+//! the delivery in one transaction, so a job re-leased after a crash never
+//! delivers twice. Remote recipients (and alias targets outside our domains)
+//! become outbound jobs that reuse the stored message. Permanent failures get
+//! one RFC 3464 DSN to the envelope sender — never to `<>` and never for
+//! bounces or auto-replies. Every step lands in the message's event log.
+//!
+//! Any number of replicas may run: they coordinate only through leases.
+
+pub mod dsn;
+pub mod filter;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use mailstore_api::{Failure as StoreFailure, StoreClient, classify, pb};
+use service_kit::{HealthServer, Shutdown, StoreArgs};
+use tonic::Code;
+
+use crate::filter::Headers;
+
+/// delivery configuration.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// This worker's name in leases and the event log (default: host-pid-random).
+    #[arg(long, env = "EPISTOLE_DELIVERY_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Jobs processed at the same time.
+    #[arg(long, env = "EPISTOLE_DELIVERY_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Jobs leased per request.
+    #[arg(long, env = "EPISTOLE_DELIVERY_BATCH", default_value_t = 32)]
+    pub batch: u32,
+    /// Lease duration; a worker that dies frees its jobs after this.
+    #[arg(long, env = "EPISTOLE_DELIVERY_LEASE_MS", default_value_t = 60_000)]
+    pub lease_ms: u64,
+    /// A job leased this many times without finishing is quarantined (poison).
+    #[arg(long, env = "EPISTOLE_DELIVERY_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Host name used in DSNs (Reporting-MTA, MAILER-DAEMON@…).
+    #[arg(long, env = "EPISTOLE_HOSTNAME", default_value = "localhost")]
+    pub hostname: String,
+    /// How long an over-quota recipient is retried before it bounces, seconds.
+    #[arg(long, env = "EPISTOLE_QUOTA_GIVE_UP_SECS", default_value_t = 5 * 24 * 3600)]
+    pub quota_give_up_secs: u64,
+    /// HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "EPISTOLE_DELIVERY_HTTP", default_value = "127.0.0.1:7021")]
+    pub http_listen: SocketAddr,
+}
+
+/// Bytes of the message read to parse its header block.
+const HEADER_PEEK: u64 = 64 * 1024;
+
+/// Outcome for one recipient.
+#[derive(Debug)]
+enum Outcome {
+    /// Recorded by the store already (complete_recipient or relay).
+    Done,
+    Deferred(String),
+    Failed(String),
+}
+
+struct Worker {
+    store: StoreClient,
+    id: String,
+    config: Config,
+}
+
+/// Runs the worker until shutdown.
+///
+/// # Errors
+/// Bad store flags or an unbindable health port.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let store = config.store.client()?;
+    let id = config.worker_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!(
+            "{}-{}-{:04x}",
+            host.trim(),
+            std::process::id(),
+            rand::random::<u16>()
+        )
+    });
+    let probe = store.clone();
+    let readiness: service_kit::Readiness = Arc::new(move || {
+        let mut q = probe.queue.clone();
+        Box::pin(async move {
+            q.list_jobs(pb::ListJobsRequest {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("store: {}", e.message()))
+        })
+    });
+    let health = HealthServer::bind(config.http_listen, readiness).await?;
+    println!(
+        "listening delivery-http={} worker={id}",
+        health.local_addr()?
+    );
+    let health = tokio::spawn(health.serve(shutdown.clone()));
+    let worker = Arc::new(Worker { store, id, config });
+    worker.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = health.await;
+    Ok(())
+}
+
+fn backoff(attempts: u32) -> Duration {
+    const STEPS: [u64; 6] = [30, 120, 600, 1800, 3600, 4 * 3600];
+    Duration::from_secs(STEPS[(attempts.saturating_sub(1) as usize).min(STEPS.len() - 1)])
+}
+
+fn ts(d: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: d.timestamp(),
+        nanos: 0,
+    }
+}
+
+impl Worker {
+    async fn run(self: &Arc<Self>, shutdown: Shutdown) {
+        let mut failures = 0u32;
+        tracing::info!(worker = %self.id, "delivery worker started");
+        while !shutdown.is_cancelled() {
+            let req = pb::LeaseRequest {
+                kind: pb::QueueKind::Inbound as i32,
+                worker_id: self.id.clone(),
+                max_jobs: self.config.batch,
+                lease_ttl_ms: self.config.lease_ms,
+                wait_ms: 20_000,
+                max_attempts: self.config.max_attempts,
+            };
+            let mut q = self.store.queue.clone();
+            let leased = tokio::select! {
+                r = q.lease(req) => r,
+                () = shutdown.cancelled() => break,
+            };
+            let jobs = match leased {
+                Ok(r) => {
+                    failures = 0;
+                    r.into_inner().jobs
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e.message(), "lease failed; backing off");
+                    let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            // A batch in progress is finished even on shutdown: the jobs are
+            // leased to us, and finishing is quicker than waiting for expiry.
+            futures::stream::iter(jobs)
+                .for_each_concurrent(self.config.concurrency.max(1), |job| {
+                    let me = self.clone();
+                    async move {
+                        let id = job.id;
+                        if let Err(e) = me.process(job).await {
+                            tracing::warn!(job = id, error = %e.message(), "job left for retry after a store error");
+                        }
+                    }
+                })
+                .await;
+        }
+        tracing::info!(worker = %self.id, "delivery worker stopped");
+    }
+
+    async fn headers(&self, job: &pb::Job) -> Result<Vec<u8>, tonic::Status> {
+        let mut s = self
+            .store
+            .queue
+            .clone()
+            .read_message(pb::ReadMessageRequest {
+                job_id: job.id,
+                offset: 0,
+                length: HEADER_PEEK,
+            })
+            .await?
+            .into_inner();
+        let mut raw = Vec::new();
+        while let Some(c) = s.message().await? {
+            raw.extend_from_slice(&c.data);
+        }
+        // Keep only the header block (up to the first empty line).
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 2)
+            .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
+            .unwrap_or(raw.len());
+        raw.truncate(end);
+        Ok(raw)
+    }
+
+    async fn process(&self, job: pb::Job) -> Result<(), tonic::Status> {
+        let span = tracing::info_span!("job", id = job.id, sid = %job.session_id);
+        let _e = span.enter();
+        let header_block = self.headers(&job).await?;
+        let headers = Headers::parse(&header_block);
+        let mut deferred = Vec::new();
+        let mut failed = Vec::new();
+        for r in &job.recipients {
+            let state =
+                pb::RecipientState::try_from(r.state).unwrap_or(pb::RecipientState::Pending);
+            if !matches!(
+                state,
+                pb::RecipientState::Pending
+                    | pb::RecipientState::Deferred
+                    | pb::RecipientState::Unspecified
+            ) {
+                continue;
+            }
+            let Some(rcpt) = &r.recipient else { continue };
+            let outcome = match self.recipient(&job, r.index, rcpt, &headers).await {
+                Ok(o) => o,
+                Err(e) if classify(&e) == StoreFailure::Transient => {
+                    Outcome::Deferred(format!("4.3.0 store: {}", e.message()))
+                }
+                Err(e) => Outcome::Failed(format!("5.3.0 {}", e.message())),
+            };
+            match outcome {
+                Outcome::Done => {}
+                Outcome::Deferred(why) => {
+                    self.result(&job, r.index, pb::RecipientState::Deferred, &why)
+                        .await?;
+                    deferred.push(why);
+                }
+                Outcome::Failed(why) => {
+                    self.result(&job, r.index, pb::RecipientState::Failed, &why)
+                        .await?;
+                    metrics::counter!("delivery_failed_total").increment(1);
+                    failed.push(dsn::Failure {
+                        recipient: rcpt.clone(),
+                        status: dsn::status_of(&why, "5.0.0"),
+                        diagnostic: why,
+                    });
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.bounce(&job, &headers, &header_block, &failed).await?;
+        }
+        let mut q = self.store.queue.clone();
+        if deferred.is_empty() {
+            q.finish_job(pb::FinishJobRequest {
+                job_id: job.id,
+                worker_id: self.id.clone(),
+                outcome: pb::FinishOutcome::Done as i32,
+                retry_at: None,
+                reason: String::new(),
+            })
+            .await?;
+        } else {
+            let at = chrono::Utc::now() + backoff(job.attempts);
+            q.finish_job(pb::FinishJobRequest {
+                job_id: job.id,
+                worker_id: self.id.clone(),
+                outcome: pb::FinishOutcome::Retry as i32,
+                retry_at: Some(ts(at)),
+                reason: deferred.join("; "),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn result(
+        &self,
+        job: &pb::Job,
+        index: u32,
+        state: pb::RecipientState,
+        detail: &str,
+    ) -> Result<(), tonic::Status> {
+        self.store
+            .queue
+            .clone()
+            .set_recipient_result(pb::SetRecipientResultRequest {
+                job_id: job.id,
+                worker_id: self.id.clone(),
+                index,
+                state: state as i32,
+                detail: detail.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Hands recipients to the outbound queue, reusing the stored message.
+    async fn relay(
+        &self,
+        job: &pb::Job,
+        index: u32,
+        rcpt: pb::Recipient,
+        mark_parent: bool,
+    ) -> Result<(), tonic::Status> {
+        let header = pb::EnqueueHeader {
+            kind: pb::QueueKind::Outbound as i32,
+            idempotency_key: format!(
+                "relay:{}:{}:{}",
+                job.id,
+                index,
+                rcpt.address.to_ascii_lowercase()
+            ),
+            mail_from: job.mail_from.clone(),
+            recipients: vec![rcpt],
+            envid: job.envid.clone(),
+            ret: job.ret.clone(),
+            body_type: job.body_type.clone(),
+            smtputf8: job.smtputf8,
+            client_ip: job.client_ip.clone(),
+            helo: job.helo.clone(),
+            authenticated_user: job.authenticated_user.clone(),
+            session_id: job.session_id.clone(),
+            size: 0,
+            parent_job_id: job.id,
+            parent_recipient_indexes: if mark_parent { vec![index] } else { Vec::new() },
+            parent_worker_id: self.id.clone(),
+            not_before: None,
+        };
+        let req = pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Header(header)),
+        };
+        self.store
+            .queue
+            .clone()
+            .enqueue(futures::stream::iter([req]))
+            .await?;
+        metrics::counter!("delivery_relayed_total").increment(1);
+        Ok(())
+    }
+
+    async fn recipient(
+        &self,
+        job: &pb::Job,
+        index: u32,
+        rcpt: &pb::Recipient,
+        headers: &Headers,
+    ) -> Result<Outcome, tonic::Status> {
+        let resolved = self
+            .store
+            .accounts
+            .clone()
+            .resolve_recipient(pb::ResolveRecipientRequest {
+                address: rcpt.address.clone(),
+            })
+            .await?
+            .into_inner();
+        match pb::RecipientStatus::try_from(resolved.status) {
+            Ok(pb::RecipientStatus::NotLocal) => {
+                self.relay(job, index, rcpt.clone(), true).await?;
+                return Ok(Outcome::Done);
+            }
+            Ok(pb::RecipientStatus::Local) => {}
+            _ if resolved.loop_detected => {
+                return Ok(Outcome::Failed(format!(
+                    "5.4.6 <{}>: alias loop",
+                    rcpt.address
+                )));
+            }
+            _ => {
+                return Ok(Outcome::Failed(format!(
+                    "5.1.1 <{}>: no such user here",
+                    rcpt.address
+                )));
+            }
+        }
+        let only_one = resolved.targets.len() == 1;
+        let mut deferred = None;
+        for t in &resolved.targets {
+            match &t.target {
+                Some(pb::resolved_target::Target::Local(local)) => {
+                    match self
+                        .deliver_local(job, index, local, headers, only_one)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(e) if e.code() == Code::ResourceExhausted => {
+                            let age = job
+                                .created_at
+                                .as_ref()
+                                .map_or(0, |c| chrono::Utc::now().timestamp() - c.seconds);
+                            let why = format!("<{}>: mailbox full", local.address);
+                            if u64::try_from(age).unwrap_or(0) >= self.config.quota_give_up_secs {
+                                return Ok(Outcome::Failed(format!("5.2.2 {why}")));
+                            }
+                            deferred = Some(format!("4.2.2 {why}"));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(pb::resolved_target::Target::Remote(addr)) => {
+                    let forwarded = pb::Recipient {
+                        address: addr.clone(),
+                        orcpt: if rcpt.orcpt.is_empty() {
+                            format!("rfc822;{}", rcpt.address)
+                        } else {
+                            rcpt.orcpt.clone()
+                        },
+                        notify: rcpt.notify,
+                    };
+                    self.relay(job, index, forwarded, false).await?;
+                }
+                None => {}
+            }
+        }
+        if let Some(why) = deferred {
+            return Ok(Outcome::Deferred(why));
+        }
+        if !only_one {
+            self.result(
+                job,
+                index,
+                pb::RecipientState::Delivered,
+                &format!("delivered to {} targets", resolved.targets.len()),
+            )
+            .await?;
+        } else if matches!(
+            resolved.targets.first().and_then(|t| t.target.as_ref()),
+            Some(pb::resolved_target::Target::Remote(_))
+        ) {
+            self.result(job, index, pb::RecipientState::Relayed, "forwarded")
+                .await?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    async fn deliver_local(
+        &self,
+        job: &pb::Job,
+        index: u32,
+        target: &pb::LocalTarget,
+        headers: &Headers,
+        complete: bool,
+    ) -> Result<(), tonic::Status> {
+        let rules = self
+            .store
+            .accounts
+            .clone()
+            .list_filters(pb::ListFiltersRequest {
+                key: Some(pb::list_filters_request::Key::UserId(target.user_id)),
+            })
+            .await?
+            .into_inner()
+            .filters;
+        let mailbox = filter::choose(&rules, headers, &target.detail);
+        // RFC 5321 §4.4: Return-Path is added by the final delivery.
+        let from: String = job.mail_from.chars().filter(|c| !c.is_control()).collect();
+        let to: String = target.address.chars().filter(|c| !c.is_control()).collect();
+        let prefix = format!("Return-Path: <{from}>\r\nDelivered-To: {to}\r\n");
+        let r = self
+            .store
+            .mailboxes
+            .clone()
+            .deliver_from_queue(pb::DeliverFromQueueRequest {
+                job_id: job.id,
+                recipient_index: index,
+                worker_id: self.id.clone(),
+                user_id: target.user_id,
+                mailbox: mailbox.clone(),
+                prefix: prefix.into_bytes(),
+                flags: Vec::new(),
+                enforce_quota: true,
+                complete_recipient: complete,
+            })
+            .await?
+            .into_inner();
+        if r.duplicate {
+            tracing::info!(user = %target.address, "already delivered (re-leased job)");
+        } else {
+            metrics::counter!("delivery_delivered_total").increment(1);
+            tracing::info!(user = %target.address, %mailbox, uid = r.uid, "delivered");
+        }
+        Ok(())
+    }
+
+    /// One DSN per job for its permanently failed recipients.
+    async fn bounce(
+        &self,
+        job: &pb::Job,
+        headers: &Headers,
+        header_block: &[u8],
+        failed: &[dsn::Failure],
+    ) -> Result<(), tonic::Status> {
+        if dsn::is_automatic(&job.mail_from, headers) {
+            tracing::info!("no DSN: null sender or automatic message");
+            return Ok(());
+        }
+        let wanted: Vec<dsn::Failure> = failed
+            .iter()
+            .filter(|f| dsn::wants_failure_notice(&f.recipient))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let raw = dsn::build(&dsn::Report {
+            hostname: &self.config.hostname,
+            job,
+            failures: &wanted,
+            original_headers: header_block,
+            now: chrono::Utc::now(),
+        });
+        let key = format!(
+            "dsn:{}:{}",
+            job.id,
+            wanted
+                .iter()
+                .map(|f| f.recipient.address.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let header = pb::EnqueueHeader {
+            kind: pb::QueueKind::Inbound as i32,
+            idempotency_key: key.chars().take(250).collect(),
+            mail_from: String::new(),
+            recipients: vec![pb::Recipient {
+                address: job.mail_from.clone(),
+                orcpt: String::new(),
+                notify: pb::Notify::Never as u32,
+            }],
+            body_type: "8BITMIME".into(),
+            session_id: job.session_id.clone(),
+            size: raw.len() as u64,
+            ..Default::default()
+        };
+        let msgs = vec![
+            pb::EnqueueRequest {
+                part: Some(pb::enqueue_request::Part::Header(header)),
+            },
+            pb::EnqueueRequest {
+                part: Some(pb::enqueue_request::Part::Data(raw)),
+            },
+        ];
+        let dsn_job = self
+            .store
+            .queue
+            .clone()
+            .enqueue(futures::stream::iter(msgs))
+            .await?
+            .into_inner();
+        self.store
+            .queue
+            .clone()
+            .add_event(pb::AddEventRequest {
+                job_id: job.id,
+                kind: pb::EventKind::Bounced as i32,
+                source: format!("delivery/{}", self.id),
+                recipient: job.mail_from.clone(),
+                detail: format!("DSN queued as job {}", dsn_job.job_id),
+                attributes: std::collections::HashMap::new(),
+            })
+            .await?;
+        metrics::counter!("delivery_dsn_total").increment(1);
+        Ok(())
+    }
+}
