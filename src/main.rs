@@ -19,6 +19,9 @@ enum Service {
     /// The store: accounts, mailboxes, messages and queues over PostgreSQL.
     #[command(name = "mailbox-store", alias = "store")]
     MailboxStore(mailbox_store::Config),
+    /// SMTP receiver: MX (25), submission (587) and submissions (465).
+    #[command(name = "smtp-in")]
+    SmtpIn(smtp_in::Config),
     /// Inbound queue worker: local delivery, relay hand-off, bounces.
     Delivery(delivery::Config),
     /// The admin CLI.
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         let shutdown = service_kit::shutdown_on_signals();
         match cli.service {
             Service::MailboxStore(c) => mailbox_store::run(c, shutdown).await,
+            Service::SmtpIn(c) => smtp_in::run(c, shutdown).await,
             Service::Delivery(c) => delivery::run(c, shutdown).await,
             Service::Mailctl(_) => Ok(()),
         }

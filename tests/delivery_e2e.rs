@@ -583,3 +583,113 @@ async fn over_quota_defers_then_bounces_when_too_old() {
     })
     .await;
 }
+
+/// The issue's acceptance path with a real client: Python smtplib sends
+/// through the real smtp-in (MX for local recipients; submission with
+/// STARTTLS + AUTH for the remote one), the real delivery process files
+/// each copy once in the right mailbox, and the remote copy waits in the
+/// outbound queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_through_smtp_in_to_mailboxes_and_outbound_queue() {
+    let (s, alice, bob) = setup().await;
+    s.client()
+        .mailboxes
+        .create_mailbox(pb::CreateMailboxRequest {
+            user_id: alice,
+            name: "news".into(),
+            special_use: String::new(),
+        })
+        .await
+        .unwrap();
+    let smtp = test_kit::spawn_service(
+        &s,
+        &[
+            "--log",
+            "warn",
+            "smtp-in",
+            "--hostname",
+            "mx.example.org",
+            "--mx-listen",
+            "127.0.0.1:0",
+            "--submission-listen",
+            "127.0.0.1:0",
+            "--submissions-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--tls-self-signed",
+            "--early-talker-delay-ms",
+            "0",
+        ],
+        &["mx", "submission"],
+    )
+    .await;
+    let _d = delivery(&s, "w1", 60_000);
+    let script = r#"
+import smtplib, ssl, sys
+mx, sub = sys.argv[1], sys.argv[2]
+def msg(subject, to):
+    return f"From: sender@remote.test\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@remote.test>\r\n\r\nHello\r\n"
+h, p = mx.rsplit(":", 1)
+with smtplib.SMTP(h, int(p), local_hostname="client.remote.test") as c:
+    for subject, to in [("to-alice", "alice@example.org"), ("to-team", "team@example.org"),
+                        ("to-plus", "alice+news@example.org"), ("to-catchall", "anything@example.org")]:
+        c.sendmail("sender@remote.test", [to], msg(subject, to))
+h, p = sub.rsplit(":", 1)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP(h, int(p), local_hostname="laptop") as c:
+    c.starttls(context=ctx)
+    c.login("bob@example.org", "bob-password")
+    c.sendmail("bob@example.org", ["dave@remote.test"], msg("to-remote", "dave@remote.test"))
+print("sent")
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &smtp.addr("mx").to_string(),
+            &smtp.addr("submission").to_string(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("delivery", Duration::from_secs(60), || async {
+        jobs(&s, pb::QueueKind::Inbound, pb::JobState::Ready)
+            .await
+            .is_empty()
+            && jobs(&s, pb::QueueKind::Inbound, pb::JobState::Done)
+                .await
+                .len()
+                == 5
+    })
+    .await;
+    let mut a = subjects(&s, alice, "INBOX").await;
+    a.sort();
+    assert_eq!(a, vec!["to-alice", "to-team"]);
+    assert_eq!(subjects(&s, alice, "news").await, vec!["to-plus"]);
+    let mut b = subjects(&s, bob, "INBOX").await;
+    b.sort();
+    assert_eq!(b, vec!["to-catchall", "to-team"]);
+    let out = jobs(&s, pb::QueueKind::Outbound, pb::JobState::Ready).await;
+    assert_eq!(out.len(), 1);
+    let d = s
+        .client()
+        .queue
+        .clone()
+        .get_job(pb::GetJobRequest { job_id: out[0].id })
+        .await
+        .unwrap()
+        .into_inner();
+    let job = d.job.unwrap();
+    assert_eq!(job.mail_from, "bob@example.org");
+    assert_eq!(
+        job.recipients[0].recipient.as_ref().unwrap().address,
+        "dave@remote.test"
+    );
+    assert_eq!(job.destination, "remote.test");
+}

@@ -971,3 +971,32 @@ async fn health_endpoints_answer() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_stopped_store_answers_nothing_and_a_restarted_one_keeps_the_data() {
+    let (mut s, _) = setup().await;
+    let mut a = s.client().accounts;
+    a.list_domains(pb::ListDomainsRequest {}).await.unwrap();
+    s.stop().await;
+    // The already-open HTTP/2 connection must be gone, not still served.
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        a.list_domains(pb::ListDomainsRequest {}),
+    )
+    .await
+    .expect("fails fast")
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    s.restart().await;
+    let mut again = None;
+    for _ in 0..50 {
+        match a.list_domains(pb::ListDomainsRequest {}).await {
+            Ok(r) => {
+                again = Some(r.into_inner());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(again.expect("store back").domains[0].name, "example.org");
+}

@@ -20,7 +20,6 @@ use std::sync::OnceLock;
 use mailstore_api::{StoreClient, pb};
 use service_kit::Shutdown;
 use sqlx::Connection as _;
-use tokio::task::JoinHandle;
 
 /// A PostgreSQL server usable by tests.
 pub struct Postgres {
@@ -261,15 +260,77 @@ pub fn random_token() -> String {
     )
 }
 
-/// The real mailbox-store running in this process.
+/// The real mailbox-store running in this process, on a runtime of its own
+/// (its own threads), so that [`TestStore::stop`] can kill it the way a
+/// crash would: every open connection drops at once.
 pub struct TestStore {
     pub grpc_url: String,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub token: String,
     pub database_url: String,
-    shutdown: Shutdown,
-    task: Option<JoinHandle<()>>,
+    running: Option<Running>,
+}
+
+struct Running {
+    kill: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts a store on its own runtime thread; returns its addresses.
+fn launch(
+    database_url: &str,
+    token: &str,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, SocketAddr, Running), String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut config = mailbox_store::Config::new(database_url.to_string(), token.to_string());
+    config.listen = listen;
+    let thread = std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let server = match mailbox_store::Server::bind(config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
+            let addrs = (server.grpc_addr(), server.http_addr());
+            let (Ok(g), Ok(h)) = addrs else {
+                let _ = ready_tx.send(Err("no local address".into()));
+                return;
+            };
+            let _ = ready_tx.send(Ok((g, h)));
+            let shutdown = Shutdown::new();
+            tokio::select! {
+                r = server.serve(shutdown.clone()) => {
+                    if let Err(e) = r {
+                        eprintln!("test store stopped: {e:#}");
+                    }
+                }
+                _ = kill_rx => shutdown.cancel(),
+            }
+        });
+        // Dropping the runtime cancels every task it still runs: open
+        // connections and streams die as in a crash.
+        rt.shutdown_background();
+    });
+    let (g, h) = ready_rx
+        .recv()
+        .map_err(|_| "store thread died".to_string())??;
+    Ok((g, h, Running { kill, thread }))
 }
 
 impl TestStore {
@@ -294,28 +355,19 @@ impl TestStore {
             format: "text".into(),
             filter: "warn".into(),
         });
-        let mut config = mailbox_store::Config::new(database_url.clone(), token.clone());
-        config.listen = listen;
-        let server = mailbox_store::Server::bind(config)
-            .await
-            .expect("start mailbox-store");
-        let grpc_addr = server.grpc_addr().expect("grpc addr");
-        let http_addr = server.http_addr().expect("http addr");
-        let shutdown = Shutdown::new();
-        let sd = shutdown.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = server.serve(sd).await {
-                eprintln!("test store stopped: {e:#}");
-            }
-        });
+        let (db, tk) = (database_url.clone(), token.clone());
+        let (grpc_addr, http_addr, running) =
+            tokio::task::spawn_blocking(move || launch(&db, &tk, listen))
+                .await
+                .expect("launch thread")
+                .unwrap_or_else(|e| panic!("start mailbox-store: {e}"));
         Self {
             grpc_url: format!("http://{grpc_addr}"),
             grpc_addr,
             http_addr,
             token,
             database_url,
-            shutdown,
-            task: Some(task),
+            running: Some(running),
         }
     }
 
@@ -325,39 +377,41 @@ impl TestStore {
         mailstore_api::connect(&self.grpc_url, &self.token).expect("store client")
     }
 
-    /// Stops the store abruptly (open connections drop), keeping the database.
+    /// Kills the store as a crash would: the listener closes and every open
+    /// connection drops. The database stays.
     pub async fn stop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
+        if let Some(r) = self.running.take() {
+            let _ = r.kill.send(());
+            let _ = tokio::task::spawn_blocking(move || r.thread.join()).await;
         }
     }
 
     /// Starts the store again on the same gRPC port, over the same database.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let mut again = None;
+        let mut last = String::new();
         for _ in 0..50 {
-            let mut config =
-                mailbox_store::Config::new(self.database_url.clone(), self.token.clone());
-            config.listen = self.grpc_addr;
-            match mailbox_store::Server::bind(config).await {
-                Ok(s) => {
-                    again = Some(s);
-                    break;
+            let (db, tk, addr) = (
+                self.database_url.clone(),
+                self.token.clone(),
+                self.grpc_addr,
+            );
+            match tokio::task::spawn_blocking(move || launch(&db, &tk, addr))
+                .await
+                .expect("launch thread")
+            {
+                Ok((_, http, running)) => {
+                    self.http_addr = http;
+                    self.running = Some(running);
+                    return;
                 }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
         }
-        let server = again.expect("rebind mailbox-store on its old port");
-        self.http_addr = server.http_addr().expect("http addr");
-        let shutdown = Shutdown::new();
-        let sd = shutdown.clone();
-        self.shutdown = shutdown;
-        self.task = Some(tokio::spawn(async move {
-            let _ = server.serve(sd).await;
-        }));
+        panic!("rebind mailbox-store on {}: {last}", self.grpc_addr);
     }
 
     /// Creates a domain.
@@ -395,9 +449,9 @@ impl TestStore {
 
 impl Drop for TestStore {
     fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.task.take() {
-            t.abort();
+        if let Some(r) = self.running.take() {
+            let _ = r.kill.send(());
+            // Not joined: the thread ends by itself; a Drop must not block.
         }
     }
 }
@@ -493,4 +547,62 @@ pub fn epistole_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join("epistole")
+}
+
+/// A service process started by [`spawn_service`]; killed when dropped.
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+    /// `name → address` from the `listening name=addr …` lines it printed.
+    pub addrs: std::collections::HashMap<String, SocketAddr>,
+}
+
+impl ServiceProcess {
+    /// The address the service reported under `name`.
+    #[must_use]
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(name)
+            .unwrap_or_else(|| panic!("service reported no {name:?} listener: {:?}", self.addrs))
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Starts `epistole <args…>` connected to `store`, and waits until it has
+/// printed a `listening …` line naming every listener in `expect`.
+pub async fn spawn_service(store: &TestStore, args: &[&str], expect: &[&str]) -> ServiceProcess {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(epistole_bin())
+        .args(args)
+        .env("EPISTOLE_STORE_URL", &store.grpc_url)
+        .env("EPISTOLE_STORE_TOKEN", &store.token)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn epistole");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut addrs = std::collections::HashMap::new();
+    while !expect.iter().all(|e| addrs.contains_key(*e)) {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("service did not report its listeners in time")
+            .expect("read service stdout")
+            .expect("service exited before listening");
+        if let Some(rest) = line.strip_prefix("listening ") {
+            for kv in rest.split_whitespace() {
+                if let Some((k, v)) = kv.split_once('=')
+                    && let Ok(a) = v.parse()
+                {
+                    addrs.insert(k.to_string(), a);
+                }
+            }
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    ServiceProcess { child, addrs }
 }

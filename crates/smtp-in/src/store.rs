@@ -1,0 +1,307 @@
+//! The store calls smtp-in makes, with deadlines, retries, metrics and the
+//! session id in gRPC metadata. Every failure is reduced to
+//! [`StoreError`]; the session answers it with `451 4.3.0` / `454 4.7.0`,
+//! never a 5xx.
+
+use std::time::{Duration, Instant};
+
+use mailstore_api::pb::{self, AuthStatus, RecipientStatus};
+use mailstore_api::{Failure, SESSION_ID_HEADER, StoreClient, classify};
+use tonic::Request;
+
+/// Enqueue data messages carry at most this many bytes.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// A store call failed or its outcome is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Deadline exceeded: outcome unknown.
+    #[error("store call timed out")]
+    Timeout,
+    /// The store answered with an error status.
+    #[error("store error {code:?}: {message}")]
+    Status {
+        /// gRPC code.
+        code: tonic::Code,
+        /// Transient or permanent.
+        failure: Failure,
+        /// Message (for the log only).
+        message: String,
+    },
+    /// The store answered something it should not (unknown enum value).
+    #[error("unexpected answer from store")]
+    Protocol,
+}
+
+impl From<tonic::Status> for StoreError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Status {
+            code: s.code(),
+            failure: classify(&s),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+impl StoreError {
+    fn retryable(&self) -> bool {
+        match self {
+            Self::Timeout => true,
+            Self::Status { failure, .. } => *failure == Failure::Transient,
+            Self::Protocol => false,
+        }
+    }
+}
+
+/// What AUTH learned from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Credentials valid.
+    Ok {
+        /// The user's id.
+        user_id: u64,
+        /// The user's canonical address.
+        address: String,
+    },
+    /// Wrong password, unknown or disabled user (one answer for all).
+    Failed,
+    /// Too many failures from this IP.
+    Throttled,
+}
+
+/// Recipient lookup result (RFC 5321 §3.3 RCPT validation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipient {
+    /// Ours and it exists.
+    Local,
+    /// Our domain, but nobody there.
+    Unknown,
+    /// Not our domain.
+    NotLocal,
+}
+
+/// The store, as smtp-in uses it.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    client: StoreClient,
+    timeout: Duration,
+    attempts: u32,
+}
+
+fn request<T>(msg: T, sid: &str, timeout: Duration) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(timeout);
+    if let Ok(v) = sid.parse() {
+        req.metadata_mut().insert(SESSION_ID_HEADER, v);
+    }
+    req
+}
+
+fn observe(rpc: &'static str, start: Instant, ok: bool) {
+    metrics::histogram!("smtp_in_store_latency_seconds", "rpc" => rpc)
+        .record(start.elapsed().as_secs_f64());
+    if !ok {
+        metrics::counter!("smtp_in_store_errors_total", "rpc" => rpc).increment(1);
+    }
+}
+
+impl Backend {
+    /// Wraps a client; each call gets `timeout`, and the idempotent ones up
+    /// to `attempts` tries.
+    #[must_use]
+    pub fn new(client: StoreClient, timeout: Duration, attempts: u32) -> Self {
+        Self {
+            client,
+            timeout,
+            attempts: attempts.max(1),
+        }
+    }
+
+    /// Runs `call` with a deadline, retrying transient failures of
+    /// idempotent calls with a short exponential back-off.
+    async fn retry<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        attempts: u32,
+        mut call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(StoreClient) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let start = Instant::now();
+            let res = match tokio::time::timeout(self.timeout, call(self.client.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout),
+            };
+            observe(rpc, start, res.is_ok());
+            match res {
+                Ok(v) => return Ok(v),
+                Err(e) if e.retryable() && attempt < attempts => {
+                    tracing::warn!(rpc, attempt, error = %e, "store call failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `Accounts.LookupRecipient`.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn lookup_recipient(
+        &self,
+        address: &str,
+        sid: &str,
+    ) -> Result<Recipient, StoreError> {
+        let t = self.timeout;
+        self.retry("lookup_recipient", self.attempts, |mut c| {
+            let req = request(
+                pb::LookupRecipientRequest {
+                    address: address.to_string(),
+                },
+                sid,
+                t,
+            );
+            async move {
+                let resp = c.accounts.lookup_recipient(req).await?.into_inner();
+                match RecipientStatus::try_from(resp.status) {
+                    Ok(RecipientStatus::Local) => Ok(Recipient::Local),
+                    Ok(RecipientStatus::Unknown) => Ok(Recipient::Unknown),
+                    Ok(RecipientStatus::NotLocal) => Ok(Recipient::NotLocal),
+                    _ => Err(StoreError::Protocol),
+                }
+            }
+        })
+        .await
+    }
+
+    /// `Accounts.Authenticate` (one attempt: a retry could count a failure twice).
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+        remote_ip: &str,
+        sid: &str,
+    ) -> Result<AuthOutcome, StoreError> {
+        let t = self.timeout;
+        self.retry("authenticate", 1, |mut c| {
+            let req = request(
+                pb::AuthenticateRequest {
+                    username: username.to_string(),
+                    password: password.to_string(),
+                    protocol: pb::Protocol::Smtp.into(),
+                    remote_ip: remote_ip.to_string(),
+                    session_id: sid.to_string(),
+                },
+                sid,
+                t,
+            );
+            async move {
+                let resp = c.accounts.authenticate(req).await?.into_inner();
+                match AuthStatus::try_from(resp.status) {
+                    Ok(AuthStatus::Ok) => Ok(AuthOutcome::Ok {
+                        user_id: resp.user_id,
+                        address: resp.address,
+                    }),
+                    Ok(AuthStatus::Failed) => Ok(AuthOutcome::Failed),
+                    Ok(AuthStatus::Throttled) => Ok(AuthOutcome::Throttled),
+                    _ => Err(StoreError::Protocol),
+                }
+            }
+        })
+        .await
+    }
+
+    /// `Accounts.CheckSender`.
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn check_sender(
+        &self,
+        user_id: u64,
+        address: &str,
+        sid: &str,
+    ) -> Result<bool, StoreError> {
+        let t = self.timeout;
+        self.retry("check_sender", self.attempts, |mut c| {
+            let req = request(
+                pb::CheckSenderRequest {
+                    user_id,
+                    address: address.to_string(),
+                },
+                sid,
+                t,
+            );
+            async move { Ok(c.accounts.check_sender(req).await?.into_inner().allowed) }
+        })
+        .await
+    }
+
+    /// `Queue.Enqueue`: the header, then `parts` concatenated, in chunks of
+    /// at most [`CHUNK_SIZE`]. Retried with the header's idempotency key, so
+    /// a retry after an unknown outcome never makes a second job.
+    ///
+    /// # Errors
+    /// Store failure after all attempts.
+    pub async fn enqueue(
+        &self,
+        header: pb::EnqueueHeader,
+        parts: &[&[u8]],
+        sid: &str,
+    ) -> Result<pb::EnqueueResponse, StoreError> {
+        let t = self.timeout;
+        self.retry("enqueue", self.attempts, |mut c| {
+            let mut msgs =
+                Vec::with_capacity(2 + parts.iter().map(|p| p.len()).sum::<usize>() / CHUNK_SIZE);
+            msgs.push(pb::EnqueueRequest {
+                part: Some(pb::enqueue_request::Part::Header(header.clone())),
+            });
+            let mut chunk: Vec<u8> = Vec::new();
+            for part in parts {
+                let mut rest = *part;
+                while !rest.is_empty() {
+                    let take = (CHUNK_SIZE - chunk.len()).min(rest.len());
+                    chunk.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if chunk.len() == CHUNK_SIZE {
+                        msgs.push(pb::EnqueueRequest {
+                            part: Some(pb::enqueue_request::Part::Data(std::mem::take(&mut chunk))),
+                        });
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                msgs.push(pb::EnqueueRequest {
+                    part: Some(pb::enqueue_request::Part::Data(chunk)),
+                });
+            }
+            let req = request(tokio_stream::iter(msgs), sid, t);
+            async move { Ok(c.queue.enqueue(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Readiness: the store answers a cheap call.
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        let req = request(pb::ListDomainsRequest {}, "readyz", Duration::from_secs(2));
+        match tokio::time::timeout(Duration::from_secs(2), c.accounts.list_domains(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(s.into()),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+}
