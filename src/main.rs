@@ -3,6 +3,8 @@
 //! run one image with the service as the command; each service crate also
 //! builds its own binary with the same `run` function.
 
+mod tools;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,6 +28,14 @@ enum Service {
     Delivery(delivery::Config),
     /// The admin CLI.
     Mailctl(mailctl::Cli),
+    /// Writes a self-signed certificate (tls.crt, tls.key) for development.
+    #[command(name = "tls-cert")]
+    TlsCert(tools::TlsCertArgs),
+    /// Exits 0 when an HTTP URL answers 200 (container health checks).
+    Probe {
+        /// e.g. http://127.0.0.1:7001/readyz
+        url: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,8 +44,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        if let Service::Mailctl(c) = cli.service {
-            return mailctl::run(c, &mut std::io::stdout()).await;
+        match cli.service {
+            Service::Mailctl(c) => return mailctl::run(c, &mut std::io::stdout()).await,
+            Service::TlsCert(a) => return tools::tls_cert(&a),
+            Service::Probe { url } => return tools::probe(&url).await,
+            _ => {}
         }
         service_kit::init_tracing(&cli.log);
         let shutdown = service_kit::shutdown_on_signals();
@@ -43,7 +56,7 @@ fn main() -> anyhow::Result<()> {
             Service::MailboxStore(c) => mailbox_store::run(c, shutdown).await,
             Service::SmtpIn(c) => smtp_in::run(c, shutdown).await,
             Service::Delivery(c) => delivery::run(c, shutdown).await,
-            Service::Mailctl(_) => Ok(()),
+            Service::Mailctl(_) | Service::TlsCert(_) | Service::Probe { .. } => Ok(()),
         }
     })
 }
