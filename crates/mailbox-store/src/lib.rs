@@ -38,6 +38,9 @@ use tokio::net::TcpListener;
 
 pub use error::{Result, StoreError};
 
+/// How long in-flight calls may run after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Embedded migrations (`crates/mailbox-store/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -214,14 +217,26 @@ impl Server {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         tracing::info!(addr = ?incoming.as_ref().local_addr().ok(), "mailbox-store serving");
         let sd = shutdown.clone();
-        let result = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(accounts)
             .add_service(mailboxes)
             .add_service(queue)
-            .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await })
-            .await;
+            .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await });
+        // On shutdown, in-flight calls get a grace period; long-lived Watch
+        // and Lease streams would otherwise hold the process forever.
+        let grace = shutdown.clone();
+        let result = tokio::select! {
+            r = server => r,
+            () = async move {
+                grace.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::info!("grace period over; closing remaining streams");
+                Ok(())
+            }
+        };
         shutdown.cancel();
         janitor.abort();
         let _ = health.await;
