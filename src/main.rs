@@ -24,6 +24,8 @@ enum Service {
     /// SMTP receiver: MX (25), submission (587) and submissions (465).
     #[command(name = "smtp-in")]
     SmtpIn(smtp_in::Config),
+    /// POP3 server: 110 (STLS) and 995 (implicit TLS).
+    Pop3(pop3::Config),
     /// Inbound queue worker: local delivery, relay hand-off, bounces.
     Delivery(delivery::Config),
     /// The admin CLI.
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         match cli.service {
             Service::MailboxStore(c) => mailbox_store::run(c, shutdown).await,
             Service::SmtpIn(c) => smtp_in::run(c, shutdown).await,
+            Service::Pop3(c) => pop3::run(c, shutdown).await,
             Service::Delivery(c) => delivery::run(c, shutdown).await,
             Service::Mailctl(_) | Service::TlsCert(_) | Service::Probe { .. } => Ok(()),
         }
