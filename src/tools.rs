@@ -36,10 +36,9 @@ pub fn tls_cert(a: &TlsCertArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
-    let names = vec![a.hostname.clone(), "localhost".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).context("generate certificate")?;
-    std::fs::write(&crt, certified.cert.pem()).context("write tls.crt")?;
-    std::fs::write(&key, certified.signing_key.serialize_pem()).context("write tls.key")?;
+    let (cert_pem, key_pem) = tls_kit::self_signed_pem(&a.hostname)?;
+    std::fs::write(&crt, cert_pem).context("write tls.crt")?;
+    std::fs::write(&key, key_pem).context("write tls.key")?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     if let Some(uid) = a.owner {

@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -25,8 +24,8 @@ use crate::session::{Outcome, Session, Shared, new_session_id};
 /// Time allowed for a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the rustls server configuration (ring provider, TLS 1.2 and 1.3)
-/// from PEM files, or from a freshly generated self-signed certificate when
+/// Builds the rustls server configuration (shared construction in
+/// `tls-kit`): PEM files, or a freshly generated self-signed certificate when
 /// `self_signed` is set explicitly. `Ok(None)` when neither is configured:
 /// then no STLS and no port 995.
 ///
@@ -38,35 +37,7 @@ pub fn tls_config(
     self_signed: bool,
     hostname: &str,
 ) -> anyhow::Result<Option<Arc<ServerConfig>>> {
-    let (certs, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) = match (cert, key) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("read certificates from {}", cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("parse certificates in {}", cert.display()))?;
-            anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("read private key {}", key.display()))?;
-            (certs, key)
-        }
-        (Some(_), None) | (None, Some(_)) => anyhow::bail!("--tls-cert and --tls-key go together"),
-        (None, None) if self_signed => {
-            let ck = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-                .context("generate self-signed certificate")?;
-            let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-                .map_err(|e| anyhow::anyhow!("self-signed key: {e}"))?;
-            (vec![ck.cert.der().clone()], key)
-        }
-        (None, None) => return Ok(None),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("TLS certificate and key")?;
-    Ok(Some(Arc::new(config)))
+    Ok(tls_kit::configure(cert, key, self_signed, hostname)?)
 }
 
 /// Connection limits shared by both listeners.
