@@ -67,3 +67,78 @@ async fn store_exits_zero_on_sigterm_even_with_open_watch_streams() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// SIGTERM to smtp-in while a client is in the middle of DATA: the client
+/// gets 421, and nothing of the half-sent message is in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_in_answers_421_mid_data_and_stores_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let store = test_kit::TestStore::start().await;
+    store.add_domain("example.org").await;
+    store.add_user("alice@example.org", "alice-password").await;
+    let mut smtp = test_kit::spawn_service(
+        &store,
+        &[
+            "--log",
+            "warn",
+            "smtp-in",
+            "--hostname",
+            "mx.test",
+            "--mx-listen",
+            "127.0.0.1:0",
+            "--submission-listen",
+            "off",
+            "--submissions-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--early-talker-delay-ms",
+            "0",
+        ],
+        &["mx"],
+    )
+    .await;
+    let mut c = tokio::net::TcpStream::connect(smtp.addr("mx"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut read_reply = async |c: &mut tokio::net::TcpStream| -> String {
+        let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(read_reply(&mut c).await.starts_with("220"));
+    for (cmd, code) in [
+        ("EHLO client.test\r\n", "250"),
+        ("MAIL FROM:<x@remote.test>\r\n", "250"),
+        ("RCPT TO:<alice@example.org>\r\n", "250"),
+        ("DATA\r\n", "354"),
+    ] {
+        c.write_all(cmd.as_bytes()).await.unwrap();
+        let r = read_reply(&mut c).await;
+        assert!(r.starts_with(code), "{cmd:?} -> {r:?}");
+    }
+    c.write_all(b"Subject: half\r\n\r\nthe first half of a message\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(smtp.child.id().unwrap()).await;
+    let r = read_reply(&mut c).await;
+    assert!(r.starts_with("421"), "{r:?}");
+    let status = tokio::time::timeout(Duration::from_secs(30), smtp.child.wait())
+        .await
+        .expect("smtp-in exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let jobs = store
+        .client()
+        .queue
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty(), "nothing half stored: {jobs:?}");
+}

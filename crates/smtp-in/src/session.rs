@@ -692,8 +692,19 @@ impl Session {
             BodyDecoder::new(Mode::Data, message_limit(&self.shared.limits, &txn.params));
         let mut spool = Spool::new(self.shared.spool.clone());
         let timeout = self.shared.limits.data_timeout;
+        let shutdown = self.shutdown.clone();
         loop {
-            let buf = conn.peek_some(timeout).await?;
+            // A shutdown mid-DATA ends the transaction with 421 (RFC 5321
+            // §3.8): nothing of the message is kept, the sender retries.
+            let buf = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    conn.send(&self.decorate(codes::shutting_down()));
+                    conn.close().await;
+                    return Ok(Flow::Exit(Exit::Closed));
+                }
+                buf = conn.peek_some(timeout) => buf?,
+            };
             let (n, end) = decoder.feed(buf, &mut spool.buf);
             conn.consume(n);
             account(&mut decoder, &mut spool);
