@@ -147,6 +147,7 @@ pub(crate) struct NewMessage<'a> {
     pub sent_date: Option<chrono::DateTime<chrono::Utc>>,
     pub flags: flags::FlagSet,
     pub structure: Vec<u8>,
+    pub crlf_size: i64,
 }
 
 /// Appends into a locked transaction: allocates the UID and MODSEQ, inserts,
@@ -171,8 +172,8 @@ pub(crate) async fn insert_message(
         return Err(StoreError::precondition("mailbox UID space exhausted"));
     }
     sqlx::query(
-        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(mailbox_id)
     .bind(uid)
@@ -184,6 +185,7 @@ pub(crate) async fn insert_message(
     .bind(&m.flags.keywords)
     .bind(modseq)
     .bind(&m.structure)
+    .bind(m.crlf_size)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1")
@@ -250,24 +252,26 @@ pub(crate) async fn collect_body<T, H>(
     Ok((header, data))
 }
 
-/// Hash and structure of a raw message, computed off the async runtime.
-pub(crate) async fn analyse(
-    data: Vec<u8>,
-) -> Result<(
-    Vec<u8>,
-    Vec<u8>,
-    Option<chrono::DateTime<chrono::Utc>>,
-    Vec<u8>,
-)> {
+/// What the store computes once when a message arrives.
+pub(crate) struct Analysed {
+    pub hash: Vec<u8>,
+    pub structure: Vec<u8>,
+    pub sent_date: Option<chrono::DateTime<chrono::Utc>>,
+    pub crlf_size: i64,
+    pub data: Vec<u8>,
+}
+
+/// Hash, structure and CRLF size of a raw message, computed off the async runtime.
+pub(crate) async fn analyse(data: Vec<u8>) -> Result<Analysed> {
     tokio::task::spawn_blocking(move || {
-        let hash = Sha256::digest(&data).to_vec();
         let parsed = structure::parse(&data);
-        (
-            hash,
-            parsed.structure.encode_to_vec(),
-            parsed.sent_date,
+        Analysed {
+            hash: Sha256::digest(&data).to_vec(),
+            structure: parsed.structure.encode_to_vec(),
+            sent_date: parsed.sent_date,
+            crlf_size: i64::try_from(mailstore_api::crlf_size(&data)).unwrap_or(0),
             data,
-        )
+        }
     })
     .await
     .map_err(|e| StoreError::Internal(e.to_string()))
@@ -403,8 +407,8 @@ pub(crate) async fn copy_in_tx(
         return Err(StoreError::precondition("mailbox UID space exhausted"));
     }
     sqlx::query(
-        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure) \
-         SELECT $1, $3 + o.ord - 1, m.blob_hash, m.size, m.internal_date, m.sent_date, m.flags, m.keywords, $4, m.structure \
+        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
+         SELECT $1, $3 + o.ord - 1, m.blob_hash, m.size, m.internal_date, m.sent_date, m.flags, m.keywords, $4, m.structure, m.crlf_size \
          FROM unnest($5::bigint[]) WITH ORDINALITY AS o(uid, ord) JOIN messages m ON m.mailbox_id = $2 AND m.uid = o.uid",
     )
     .bind(dst)
@@ -800,7 +804,13 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
             })
             .unwrap_or_else(chrono::Utc::now);
         let size = data.len() as i64;
-        let (hash, structure, sent_date, data) = analyse(data).await?;
+        let Analysed {
+            hash,
+            structure,
+            sent_date,
+            crlf_size,
+            data,
+        } = analyse(data).await?;
         let started = std::time::Instant::now();
         // One retry: a concurrent garbage collection may remove the blob
         // between our existence check and the message insert (FK violation).
@@ -819,6 +829,7 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
                 sent_date,
                 flags: fl.clone(),
                 structure: structure.clone(),
+                crlf_size,
             };
             match insert_message(&mut tx, mailbox_id, &msg).await {
                 Ok(r) => {
@@ -859,7 +870,7 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let sql = format!(
-                "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, m.blob_hash, \
+                "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, m.blob_hash, m.crlf_size, \
                  CASE WHEN $5 THEN m.structure ELSE NULL END AS structure \
                  FROM messages m WHERE m.mailbox_id = $1 AND m.modseq > $4 AND {} ORDER BY m.uid",
                 uid_filter(2, 3)
@@ -1222,6 +1233,7 @@ fn meta_row(r: &sqlx::postgres::PgRow) -> Result<pb::MessageMeta> {
             .transpose()
             .map_err(|e| StoreError::Internal(format!("stored structure: {e}")))?,
         blob_id: hex::encode(hash),
+        crlf_size: r.try_get::<i64, _>("crlf_size")?.max(0) as u64,
     })
 }
 

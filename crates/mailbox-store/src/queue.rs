@@ -208,13 +208,20 @@ async fn existing_job(conn: &mut PgConnection, kind: i16, key: &str) -> Result<O
 }
 
 /// Inserts a job row, its recipients and the QUEUED event; notifies workers.
+/// The stored message a job refers to, with what was computed from it once.
+struct Body<'a> {
+    hash: &'a [u8],
+    size: i64,
+    structure: &'a [u8],
+    sent_date: Option<chrono::DateTime<chrono::Utc>>,
+    crlf_size: i64,
+}
+
 async fn insert_job(
     conn: &mut PgConnection,
     h: &pb::EnqueueHeader,
     kind: i16,
-    hash: &[u8],
-    size: i64,
-    structure: &[u8],
+    body: &Body<'_>,
 ) -> Result<i64> {
     let not_before = h
         .not_before
@@ -230,14 +237,15 @@ async fn insert_job(
     };
     let job_id: i64 = sqlx::query_scalar(
         "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
-         smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+         smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
+         sent_date, crlf_size) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
     )
     .bind(kind)
     .bind(key)
-    .bind(hash)
-    .bind(size)
-    .bind(structure)
+    .bind(body.hash)
+    .bind(body.size)
+    .bind(body.structure)
     .bind(&h.mail_from)
     .bind(&h.envid)
     .bind(&h.ret)
@@ -250,6 +258,8 @@ async fn insert_job(
     .bind(parent)
     .bind(&dest)
     .bind(not_before)
+    .bind(body.sent_date)
+    .bind(body.crlf_size)
     .fetch_one(&mut *conn)
     .await?;
     let addrs: Vec<&str> = h.recipients.iter().map(|r| r.address.as_str()).collect();
@@ -270,9 +280,10 @@ async fn insert_job(
     .execute(&mut *conn)
     .await?;
     let detail = format!(
-        "from=<{}> rcpts={} size={size} ip={} sid={}",
+        "from=<{}> rcpts={} size={} ip={} sid={}",
         h.mail_from,
         h.recipients.len(),
+        body.size,
         h.client_ip,
         h.session_id
     );
@@ -343,11 +354,12 @@ pub async fn deliver(
         return Ok(r);
     }
     let address: String = rcpt.try_get("address")?;
-    let job =
-        sqlx::query("SELECT blob_hash, size, structure, created_at FROM queue_jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let job = sqlx::query(
+        "SELECT blob_hash, size, structure, sent_date, crlf_size FROM queue_jobs WHERE id = $1",
+    )
+    .bind(job_id)
+    .fetch_one(&mut *tx)
+    .await?;
     let parent_hash: Vec<u8> = job.try_get("blob_hash")?;
     let parent_size: i64 = job.try_get("size")?;
     let mut st = pb::MessageStructure::decode(job.try_get::<Vec<u8>, _>("structure")?.as_slice())
@@ -392,14 +404,20 @@ pub async fn deliver(
         h
     };
     structure::shift(&mut st, req.prefix.len() as u64);
-    let sent_date = None;
+    let parent_crlf: i64 = job.try_get("crlf_size")?;
     let msg = NewMessage {
         hash: &hash,
         size,
         internal_date: chrono::Utc::now(),
-        sent_date,
+        sent_date: job.try_get("sent_date")?,
         flags: fl,
         structure: st.encode_to_vec(),
+        // The prefix is CRLF-clean, so the CRLF size just adds up.
+        crlf_size: if parent_crlf > 0 {
+            parent_crlf + req.prefix.len() as i64
+        } else {
+            0
+        },
     };
     let resp = insert_message(&mut tx, mailbox_id, &msg).await?;
     sqlx::query(
@@ -520,7 +538,9 @@ impl pb::queue_server::Queue for QueueSvc {
                 }));
             }
             check_lease(&mut tx, parent, &h.parent_worker_id).await?;
-            let p = sqlx::query("SELECT blob_hash, size, structure FROM queue_jobs WHERE id = $1")
+            let p = sqlx::query(
+                "SELECT blob_hash, size, structure, sent_date, crlf_size FROM queue_jobs WHERE id = $1",
+            )
                 .bind(parent)
                 .fetch_one(&mut *tx)
                 .await
@@ -528,7 +548,14 @@ impl pb::queue_server::Queue for QueueSvc {
             let hash: Vec<u8> = p.try_get("blob_hash").map_err(StoreError::from)?;
             let size: i64 = p.try_get("size").map_err(StoreError::from)?;
             let st: Vec<u8> = p.try_get("structure").map_err(StoreError::from)?;
-            let job_id = insert_job(&mut tx, &h, kind, &hash, size, &st).await?;
+            let body = Body {
+                hash: &hash,
+                size,
+                structure: &st,
+                sent_date: p.try_get("sent_date").map_err(StoreError::from)?,
+                crlf_size: p.try_get("crlf_size").map_err(StoreError::from)?,
+            };
+            let job_id = insert_job(&mut tx, &h, kind, &body).await?;
             let idxs: Vec<i32> = h
                 .parent_recipient_indexes
                 .iter()
@@ -552,7 +579,14 @@ impl pb::queue_server::Queue for QueueSvc {
             }
         } else {
             let size = data.len() as i64;
-            let (hash, st, _, data) = analyse(data).await?;
+            let a = analyse(data).await?;
+            let body = Body {
+                hash: &a.hash,
+                size,
+                structure: &a.structure,
+                sent_date: a.sent_date,
+                crlf_size: a.crlf_size,
+            };
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -566,8 +600,8 @@ impl pb::queue_server::Queue for QueueSvc {
                         size: size as u64,
                     };
                 }
-                put_blob(&mut tx, &hash, &data).await?;
-                match insert_job(&mut tx, &h, kind, &hash, size, &st).await {
+                put_blob(&mut tx, &a.hash, &a.data).await?;
+                match insert_job(&mut tx, &h, kind, &body).await {
                     Ok(job_id) => match tx.commit().await {
                         Ok(()) => {
                             break pb::EnqueueResponse {

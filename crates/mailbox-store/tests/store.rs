@@ -287,6 +287,15 @@ async fn metadata_is_precomputed() {
     let meta = all_meta(&s, mb.id).await;
     assert_eq!(meta[0].uid, uid);
     assert_eq!(meta[0].size, raw.len() as u64);
+    assert_eq!(meta[0].crlf_size, raw.len() as u64, "CRLF-clean: same size");
+    let lf = s.append(user, "INBOX", b"Subject: lf\n\nbare\nlines").await;
+    let lf_meta = all_meta(&s, mb.id).await;
+    let lf_meta = lf_meta.iter().find(|m| m.uid == lf).unwrap();
+    assert_eq!(
+        lf_meta.crlf_size,
+        mailstore_api::crlf_size(b"Subject: lf\n\nbare\nlines")
+    );
+    assert_eq!(lf_meta.crlf_size, 28);
     let st = meta[0].structure.as_ref().unwrap();
     let env = st.envelope.as_ref().unwrap();
     assert_eq!(env.subject.as_deref(), Some(&b"hello"[..]));
@@ -684,6 +693,7 @@ async fn deliver_from_queue_is_exactly_once() {
         &body[root.body_offset as usize..root.end_offset as usize],
         b"body 7\r\n"
     );
+    assert_eq!(meta[0].crlf_size, body.len() as u64);
     let job = c
         .queue
         .clone()
@@ -986,7 +996,11 @@ async fn a_stopped_store_answers_nothing_and_a_restarted_one_keeps_the_data() {
     .await
     .expect("fails fast")
     .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
+        "{e:?}"
+    );
+    assert_eq!(mailstore_api::classify(&e), mailstore_api::Failure::Transient);
     s.restart().await;
     let mut again = None;
     for _ in 0..50 {

@@ -310,6 +310,8 @@ mod tests {
             let plain = unstuff(&out);
             assert_eq!(plain.len() as u64, octets, "{input:?}");
             assert_eq!(crlf_size(input), octets);
+            // The store precomputes the same number (MessageMeta.crlf_size).
+            assert_eq!(mailstore_api::crlf_size(input), octets, "{input:?}");
             // Every CR is followed by LF and every LF preceded by CR.
             for (i, &b) in plain.iter().enumerate() {
                 if b == b'\r' {

@@ -838,7 +838,13 @@ impl Session {
                     break 'outer;
                 }
                 let blob = blob_key(&m.blob_id);
-                let size = self.shared.sizes.get(blob);
+                // Precomputed by the store when the message arrived; older
+                // rows (0) are counted once and cached.
+                let size = if m.crlf_size > 0 {
+                    Some(m.crlf_size)
+                } else {
+                    self.shared.sizes.get(blob)
+                };
                 msgs.push(Msg {
                     uid: m.uid,
                     raw_size: m.size,

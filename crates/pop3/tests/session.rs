@@ -213,8 +213,8 @@ async fn implicit_tls_session() {
     assert!(caps.contains(&"USER".to_string()) && !caps.contains(&"STLS".to_string()));
     assert_eq!(c.cmd("STLS").await, "-ERR Already using TLS");
     c.login().await;
-    // The size is not known yet (no LIST/STAT before): no octet count.
-    assert_eq!(c.cmd("RETR 1").await, "+OK Message follows");
+    // The store precomputed the CRLF size: known even before LIST/STAT.
+    assert_eq!(c.cmd("RETR 1").await, format!("+OK {} octets", M1.len()));
     assert_eq!(c.body().await, M1);
     assert_eq!(c.cmd("RETR 1").await, format!("+OK {} octets", M1.len()));
     assert_eq!(c.body().await, M1);
