@@ -26,6 +26,8 @@ enum Service {
     SmtpIn(smtp_in::Config),
     /// POP3 server: 110 (STLS) and 995 (implicit TLS).
     Pop3(pop3::Config),
+    /// IMAP server: 143 (STARTTLS) and 993 (implicit TLS).
+    Imap(imap::Config),
     /// Inbound queue worker: local delivery, relay hand-off, bounces.
     Delivery(delivery::Config),
     /// The admin CLI.
@@ -58,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             Service::MailboxStore(c) => mailbox_store::run(c, shutdown).await,
             Service::SmtpIn(c) => smtp_in::run(c, shutdown).await,
             Service::Pop3(c) => pop3::run(c, shutdown).await,
+            Service::Imap(c) => imap::run(c, shutdown).await,
             Service::Delivery(c) => delivery::run(c, shutdown).await,
             Service::Mailctl(_) | Service::TlsCert(_) | Service::Probe { .. } => Ok(()),
         }

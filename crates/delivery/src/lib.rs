@@ -90,19 +90,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             rand::random::<u16>()
         )
     });
-    let probe = store.clone();
-    let readiness: service_kit::Readiness = Arc::new(move || {
-        let mut q = probe.queue.clone();
-        Box::pin(async move {
-            q.list_jobs(pb::ListJobsRequest {
-                limit: 1,
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("store: {}", e.message()))
-        })
-    });
+    let readiness = service_kit::store_readiness(store.clone());
     let health = HealthServer::bind(config.http_listen, readiness).await?;
     println!(
         "listening delivery-http={} worker={id}",

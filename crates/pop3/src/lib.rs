@@ -240,19 +240,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Some(addr) = listen_addr(&config.http_listen)? {
         // Ready when the store answers: without it no login can succeed.
         let store = server.shared.store.clone();
-        let ready: service_kit::Readiness = Arc::new(move || {
-            let mut accounts = store.accounts.clone();
-            Box::pin(async move {
-                let mut req = tonic::Request::new(mailstore_api::pb::ListDomainsRequest {});
-                req.set_timeout(Duration::from_secs(2));
-                match tokio::time::timeout(Duration::from_secs(2), accounts.list_domains(req)).await
-                {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(status)) => Err(format!("store: {}", status.code())),
-                    Err(_) => Err("store: timeout".to_string()),
-                }
-            })
-        });
+        let ready = service_kit::store_readiness(store);
         let health = service_kit::HealthServer::bind(addr, ready)
             .await
             .with_context(|| format!("bind health endpoint {addr}"))?;

@@ -81,6 +81,24 @@ pub fn init_tracing(args: &LogArgs) {
     };
 }
 
+/// Readiness of a service that needs the store: ready when the store
+/// answers a cheap call within two seconds.
+#[must_use]
+pub fn store_readiness(store: mailstore_api::StoreClient) -> Readiness {
+    std::sync::Arc::new(move || {
+        let mut accounts = store.accounts.clone();
+        Box::pin(async move {
+            let mut req = tonic::Request::new(mailstore_api::pb::ListDomainsRequest {});
+            req.set_timeout(std::time::Duration::from_secs(2));
+            match tokio::time::timeout(std::time::Duration::from_secs(2), accounts.list_domains(req)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(format!("store: {}", status.code())),
+                Err(_) => Err("store: timeout".to_string()),
+            }
+        })
+    })
+}
+
 static PROMETHEUS: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.

@@ -1,0 +1,303 @@
+//! Typed IMAP commands, as produced by [`crate::parser`] (RFC 3501 §6,
+//! RFC 9051 §6 and the extensions listed in the crate docs).
+
+/// One element of a sequence set (RFC 9051 §9 `seq-range`): `*` is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    /// First value; `None` = `*`.
+    pub first: Option<u32>,
+    /// Last value; `None` = `*`.
+    pub last: Option<u32>,
+}
+
+/// A parsed `sequence-set` (still unresolved: numbers may be sequence
+/// numbers or UIDs, `*` depends on the mailbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqSet(pub Vec<SeqRange>);
+
+/// A command with its tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub tag: String,
+    pub kind: CommandKind,
+}
+
+/// `STORE` operation (RFC 9051 §6.4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// `STATUS` data items (RFC 9051 §6.3.11, RFC 7162 HIGHESTMODSEQ, RFC 8438 SIZE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusItem {
+    Messages,
+    Recent,
+    UidNext,
+    UidValidity,
+    Unseen,
+    Deleted,
+    Size,
+    HighestModseq,
+}
+
+/// `LIST` selection options (RFC 5258 §3.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListSelect {
+    pub subscribed: bool,
+    pub recursive_match: bool,
+    pub special_use: bool,
+}
+
+/// `LIST` return options (RFC 5258 §3.2, RFC 5819, RFC 6154).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListReturn {
+    pub subscribed: bool,
+    pub children: bool,
+    pub special_use: bool,
+    pub status: Vec<StatusItem>,
+}
+
+/// ESEARCH return options (RFC 4731, RFC 9051 §6.4.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchReturn {
+    pub min: bool,
+    pub max: bool,
+    pub all: bool,
+    pub count: bool,
+}
+
+impl SearchReturn {
+    /// `RETURN ()` means `RETURN (ALL)` (RFC 4731 §3.1).
+    #[must_use]
+    pub fn normalised(mut self) -> Self {
+        if !(self.min || self.max || self.all || self.count) {
+            self.all = true;
+        }
+        self
+    }
+}
+
+/// A search key (RFC 9051 §6.4.4), before sequence numbers are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchKey {
+    All,
+    And(Vec<SearchKey>),
+    Or(Box<SearchKey>, Box<SearchKey>),
+    Not(Box<SearchKey>),
+    SeqSet(SeqSet),
+    Uid(SeqSet),
+    /// System flag or keyword that must be set.
+    Flag(String),
+    /// System flag or keyword that must not be set.
+    NoFlag(String),
+    Recent,
+    New,
+    Old,
+    /// Internal date: `[since, before)` in days since 1970-01-01.
+    Date {
+        since: Option<i64>,
+        before: Option<i64>,
+    },
+    /// `Date:` header, same convention.
+    SentDate {
+        since: Option<i64>,
+        before: Option<i64>,
+    },
+    Larger(u64),
+    Smaller(u64),
+    Header(String, String),
+    Body(String),
+    Text(String),
+    ModSeq(u64),
+}
+
+/// `BODY[...]` section text (RFC 9051 §6.4.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SectionText {
+    /// No text: the whole part (or message).
+    None,
+    Header,
+    HeaderFields {
+        not: bool,
+        fields: Vec<String>,
+    },
+    Text,
+    Mime,
+}
+
+/// A `section` with its part path and optional partial range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub part: Vec<u32>,
+    pub text: SectionText,
+}
+
+/// `FETCH` data items (RFC 9051 §6.4.5, RFC 3516 BINARY, RFC 7162 MODSEQ).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchAtt {
+    Uid,
+    Flags,
+    InternalDate,
+    Rfc822Size,
+    Envelope,
+    Body,
+    BodyStructure,
+    ModSeq,
+    /// `RFC822` = `BODY[]`, answered under its own name.
+    Rfc822,
+    Rfc822Header,
+    Rfc822Text,
+    BodySection {
+        peek: bool,
+        section: Section,
+        partial: Option<(u32, u32)>,
+    },
+    Binary {
+        peek: bool,
+        part: Vec<u32>,
+        partial: Option<(u32, u32)>,
+    },
+    BinarySize {
+        part: Vec<u32>,
+    },
+}
+
+/// One message of `APPEND`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendMessage {
+    pub flags: Vec<String>,
+    /// Seconds since the epoch.
+    pub date: Option<i64>,
+    pub data: Vec<u8>,
+}
+
+/// The commands this server understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandKind {
+    Capability,
+    Noop,
+    Logout,
+    StartTls,
+    Id,
+    Enable(Vec<String>),
+    Login {
+        user: Vec<u8>,
+        pass: Vec<u8>,
+    },
+    Authenticate {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
+    Select {
+        mailbox: Vec<u8>,
+        condstore: bool,
+        read_only: bool,
+    },
+    Create(Vec<u8>),
+    Delete(Vec<u8>),
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Subscribe(Vec<u8>),
+    Unsubscribe(Vec<u8>),
+    List {
+        reference: Vec<u8>,
+        patterns: Vec<Vec<u8>>,
+        select: ListSelect,
+        ret: ListReturn,
+        extended: bool,
+    },
+    Lsub {
+        reference: Vec<u8>,
+        pattern: Vec<u8>,
+    },
+    Namespace,
+    Status {
+        mailbox: Vec<u8>,
+        items: Vec<StatusItem>,
+    },
+    Append {
+        mailbox: Vec<u8>,
+        /// One message, or several with MULTIAPPEND (RFC 3502).
+        messages: Vec<AppendMessage>,
+    },
+    Idle,
+    Check,
+    Close,
+    Unselect,
+    Expunge {
+        uids: Option<SeqSet>,
+    },
+    Search {
+        uid: bool,
+        ret: Option<SearchReturn>,
+        key: SearchKey,
+    },
+    Fetch {
+        uid: bool,
+        set: SeqSet,
+        atts: Vec<FetchAtt>,
+        changed_since: Option<u64>,
+    },
+    Store {
+        uid: bool,
+        set: SeqSet,
+        op: StoreOp,
+        silent: bool,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    },
+    Copy {
+        uid: bool,
+        set: SeqSet,
+        mailbox: Vec<u8>,
+        is_move: bool,
+    },
+}
+
+impl CommandKind {
+    /// Command name for logs and metrics.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Capability => "CAPABILITY",
+            Self::Noop => "NOOP",
+            Self::Logout => "LOGOUT",
+            Self::StartTls => "STARTTLS",
+            Self::Id => "ID",
+            Self::Enable(_) => "ENABLE",
+            Self::Login { .. } => "LOGIN",
+            Self::Authenticate { .. } => "AUTHENTICATE",
+            Self::Select {
+                read_only: false, ..
+            } => "SELECT",
+            Self::Select {
+                read_only: true, ..
+            } => "EXAMINE",
+            Self::Create(_) => "CREATE",
+            Self::Delete(_) => "DELETE",
+            Self::Rename { .. } => "RENAME",
+            Self::Subscribe(_) => "SUBSCRIBE",
+            Self::Unsubscribe(_) => "UNSUBSCRIBE",
+            Self::List { .. } => "LIST",
+            Self::Lsub { .. } => "LSUB",
+            Self::Namespace => "NAMESPACE",
+            Self::Status { .. } => "STATUS",
+            Self::Append { .. } => "APPEND",
+            Self::Idle => "IDLE",
+            Self::Check => "CHECK",
+            Self::Close => "CLOSE",
+            Self::Unselect => "UNSELECT",
+            Self::Expunge { .. } => "EXPUNGE",
+            Self::Search { .. } => "SEARCH",
+            Self::Fetch { .. } => "FETCH",
+            Self::Store { .. } => "STORE",
+            Self::Copy { is_move: false, .. } => "COPY",
+            Self::Copy { is_move: true, .. } => "MOVE",
+        }
+    }
+}

@@ -1,0 +1,623 @@
+//! FETCH (RFC 9051 §6.4.5, §7.5.2), BINARY (RFC 3516) and CONDSTORE's
+//! CHANGEDSINCE / MODSEQ (RFC 7162 §3.1.4).
+//!
+//! Metadata comes from the store's `FetchMeta` stream in batches; bodies
+//! from `FetchBody` byte ranges computed from the stored structure, each
+//! written to the client as it arrives, so memory stays bounded by a batch
+//! of metadata plus one chunk whatever the size of `1:*`. Only BINARY
+//! (which must decode before it knows the length) and HEADER.FIELDS load
+//! one part at a time.
+
+use std::fmt::Write as _;
+
+use mailstore_api::pb;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::command::{FetchAtt, Section, SectionText, SeqSet};
+use crate::io::Io;
+use crate::response::{self, Code, Status, Tree, Vecw};
+use crate::session::{Session, store_error, uid_set};
+
+/// Which byte range of the raw message a section names.
+fn section_range(tree: &Tree<'_>, section: &Section, size: u64) -> Option<(u64, u64)> {
+    if tree.parts.is_empty() {
+        return match (&section.text, section.part.is_empty()) {
+            (SectionText::None, true) => Some((0, size)),
+            _ => None,
+        };
+    }
+    let i = tree.resolve(&section.part)?;
+    let p = &tree.parts[i];
+    let msg = |i: usize| -> usize {
+        // HEADER/TEXT of part n address the encapsulated message.
+        if section.part.is_empty() {
+            0
+        } else {
+            tree.inner(i).unwrap_or(usize::MAX)
+        }
+    };
+    let r = match &section.text {
+        SectionText::None if section.part.is_empty() => (0, size),
+        SectionText::None => (p.body_offset, p.end_offset),
+        SectionText::Mime => (p.header_offset, p.body_offset),
+        SectionText::Header | SectionText::HeaderFields { .. } => {
+            let m = tree.parts.get(msg(i))?;
+            (m.header_offset, m.body_offset)
+        }
+        SectionText::Text => {
+            let m = tree.parts.get(msg(i))?;
+            (m.body_offset, m.end_offset)
+        }
+    };
+    (r.0 <= r.1 && r.1 <= size).then_some(r)
+}
+
+/// The section spec as echoed in the response (`1.HEADER.FIELDS (A B)`).
+fn section_name(section: &Section) -> String {
+    let mut s = section
+        .part
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".");
+    let text = match &section.text {
+        SectionText::None => return s,
+        SectionText::Header => "HEADER".to_string(),
+        SectionText::Text => "TEXT".to_string(),
+        SectionText::Mime => "MIME".to_string(),
+        SectionText::HeaderFields { not, fields } => {
+            format!(
+                "HEADER.FIELDS{} ({})",
+                if *not { ".NOT" } else { "" },
+                fields.join(" ").to_ascii_uppercase()
+            )
+        }
+    };
+    if !s.is_empty() {
+        s.push('.');
+    }
+    s.push_str(&text);
+    s
+}
+
+/// Keeps (or drops, with `not`) the named fields of a header block, plus
+/// the blank line that ends it (RFC 9051 §6.4.5 HEADER.FIELDS).
+#[must_use]
+pub fn filter_header(raw: &[u8], fields: &[String], not: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        // One field: a line plus its continuation lines.
+        let mut end = i;
+        loop {
+            match raw[end..].iter().position(|&b| b == b'\n') {
+                Some(lf) => end += lf + 1,
+                None => {
+                    end = raw.len();
+                    break;
+                }
+            }
+            if !matches!(raw.get(end), Some(b' ' | b'\t')) {
+                break;
+            }
+        }
+        let field = &raw[i..end];
+        if field == b"\r\n" || field == b"\n" {
+            break;
+        }
+        let name_end = field.iter().position(|&b| b == b':').unwrap_or(field.len());
+        let name = String::from_utf8_lossy(&field[..name_end]);
+        let name = name.trim();
+        let listed = fields.iter().any(|f| f.eq_ignore_ascii_case(name));
+        if listed != not {
+            out.extend_from_slice(field);
+        }
+        i = end;
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Decodes a Content-Transfer-Encoding for BINARY (RFC 3516 §4.2);
+/// `None` for an unknown encoding.
+fn decode_cte(encoding: Option<&[u8]>, data: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let enc = encoding
+        .map(|e| String::from_utf8_lossy(e).trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match enc.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Some(data.to_vec()),
+        "base64" => {
+            let clean: Vec<u8> = data
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(&clean)
+                .or_else(|_| {
+                    base64::engine::general_purpose::STANDARD_NO_PAD.decode(clean.trim_ascii_end())
+                })
+                .ok()
+        }
+        "quoted-printable" => Some(decode_qp(data)),
+        _ => None,
+    }
+}
+
+fn decode_qp(data: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'=' {
+            if data.get(i + 1) == Some(&b'\r') && data.get(i + 2) == Some(&b'\n') {
+                i += 3;
+                continue;
+            }
+            if data.get(i + 1) == Some(&b'\n') {
+                i += 2;
+                continue;
+            }
+            if let (Some(a), Some(b)) = (
+                data.get(i + 1).and_then(|&c| hex(c)),
+                data.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                out.push(a * 16 + b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    out
+}
+
+fn needs_structure(a: &FetchAtt) -> bool {
+    match a {
+        FetchAtt::Envelope
+        | FetchAtt::Body
+        | FetchAtt::BodyStructure
+        | FetchAtt::Rfc822Header
+        | FetchAtt::Rfc822Text => true,
+        FetchAtt::BodySection { section, .. } => {
+            !section.part.is_empty() || section.text != SectionText::None
+        }
+        FetchAtt::Binary { part, .. } | FetchAtt::BinarySize { part } => !part.is_empty(),
+        _ => false,
+    }
+}
+
+fn sets_seen(a: &FetchAtt) -> bool {
+    matches!(
+        a,
+        FetchAtt::Rfc822
+            | FetchAtt::Rfc822Text
+            | FetchAtt::BodySection { peek: false, .. }
+            | FetchAtt::Binary { peek: false, .. }
+    )
+}
+
+impl Session {
+    /// Streams `length` bytes at `offset` of message `uid` as a literal.
+    async fn body_literal<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut Io<S>,
+        mailbox_id: u64,
+        uid: u32,
+        offset: u64,
+        length: u64,
+    ) -> std::io::Result<()> {
+        io.write(format!("{{{length}}}\r\n").as_bytes());
+        if length == 0 {
+            return Ok(());
+        }
+        let mut sent = 0u64;
+        let req = pb::FetchBodyRequest {
+            mailbox_id,
+            uid,
+            offset,
+            length,
+        };
+        match self.shared.store.mailboxes.clone().fetch_body(req).await {
+            Ok(s) => {
+                let mut s = s.into_inner();
+                loop {
+                    match s.message().await {
+                        Ok(Some(chunk)) => {
+                            let take =
+                                usize::try_from((length - sent).min(chunk.data.len() as u64))
+                                    .unwrap_or(0);
+                            io.write(&chunk.data[..take]);
+                            sent += take as u64;
+                            io.maybe_flush().await?;
+                            if sent >= length {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, uid, "body stream failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, uid, "fetch body failed"),
+        }
+        // The literal length is promised: pad if the store came up short
+        // (message expunged under us), so the protocol stays in sync.
+        if sent < length {
+            let pad = vec![b' '; usize::try_from(length - sent).unwrap_or(0)];
+            io.write(&pad);
+        }
+        Ok(())
+    }
+
+    /// Loads a (small, bounded by the message size limit) byte range.
+    async fn load_range(
+        &self,
+        mailbox_id: u64,
+        uid: u32,
+        offset: u64,
+        length: u64,
+    ) -> Option<Vec<u8>> {
+        if length == 0 {
+            return Some(Vec::new());
+        }
+        let req = pb::FetchBodyRequest {
+            mailbox_id,
+            uid,
+            offset,
+            length,
+        };
+        let mut s = self
+            .shared
+            .store
+            .mailboxes
+            .clone()
+            .fetch_body(req)
+            .await
+            .ok()?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Ok(Some(c)) = s.message().await {
+            out.extend_from_slice(&c.data);
+            if out.len() as u64 >= length {
+                break;
+            }
+        }
+        out.truncate(usize::try_from(length).unwrap_or(usize::MAX));
+        Some(out)
+    }
+
+    /// FETCH / UID FETCH.
+    pub(crate) async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        uid_cmd: bool,
+        set: &SeqSet,
+        atts: &[FetchAtt],
+        changed_since: Option<u64>,
+    ) -> std::io::Result<Status> {
+        if changed_since.is_some() {
+            self.enabled.condstore = true;
+        }
+        let condstore = self.enabled.condstore;
+        let utf8 = self.utf8();
+        let rev2 = self.enabled.rev2;
+        let mut client = self.shared.store.mailboxes.clone();
+        let Some(mb) = self.selected() else {
+            return Ok(Status::bad("No mailbox selected"));
+        };
+        let uids = mb.resolve(set, uid_cmd);
+        if uids.is_empty() {
+            return Ok(Status::ok("FETCH completed"));
+        }
+        let (mailbox_id, read_only, recent_floor) = (mb.id, mb.read_only, mb.recent_floor);
+        let with_structure = atts.iter().any(needs_structure);
+        // RFC 9051 §6.4.5: BODY[...] (not PEEK) sets \Seen; FLAGS then follow.
+        let mark_seen = !read_only && atts.iter().any(sets_seen);
+        let mut seen_before: Vec<u32> = Vec::new();
+        if mark_seen {
+            let unseen: Vec<u32> = uids
+                .iter()
+                .copied()
+                .filter(|u| {
+                    mb.seq_of(*u)
+                        .is_some_and(|s| !mb.flags[s as usize - 1].iter().any(|f| f == "\\Seen"))
+                })
+                .collect();
+            if !unseen.is_empty() {
+                let req = pb::StoreFlagsRequest {
+                    mailbox_id,
+                    uids: Some(uid_set(&unseen)),
+                    op: pb::FlagOp::Add as i32,
+                    flags: vec!["\\Seen".into()],
+                    unchanged_since: 0,
+                };
+                if let Err(e) = client.store_flags(req).await {
+                    return Ok(store_error(&e));
+                }
+            }
+            seen_before = unseen;
+        }
+        let mut items: Vec<FetchAtt> = atts.to_vec();
+        if uid_cmd && !items.contains(&FetchAtt::Uid) {
+            items.insert(0, FetchAtt::Uid);
+        }
+        if changed_since.is_some() && !items.contains(&FetchAtt::ModSeq) {
+            items.push(FetchAtt::ModSeq);
+        }
+        let req = pb::FetchMetaRequest {
+            mailbox_id,
+            uids: Some(uid_set(&uids)),
+            changed_since: changed_since.unwrap_or(0),
+            with_structure,
+        };
+        let mut stream = match client.fetch_meta(req).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => return Ok(store_error(&e)),
+        };
+        let mut unknown_cte = false;
+        loop {
+            let batch = match stream.message().await {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch meta stream failed");
+                    return Ok(store_error(&e));
+                }
+            };
+            for m in batch.messages {
+                let Some(mb) = self.selected() else { break };
+                let Some(seq) = mb.seq_of(m.uid) else {
+                    continue;
+                };
+                let idx = seq as usize - 1;
+                let flags_changed = seen_before.binary_search(&m.uid).is_ok();
+                mb.flags[idx].clone_from(&m.flags);
+                let recent = !rev2 && m.uid >= recent_floor;
+                let mut out: Vec<u8> = format!("* {seq} FETCH (").into_bytes();
+                let mut first = true;
+                let structure = m.structure.as_ref();
+                let parts: &[pb::BodyPart] = structure.map_or(&[], |s| s.parts.as_slice());
+                let tree = Tree::new(parts);
+                let mut list = items.clone();
+                if flags_changed && !list.contains(&FetchAtt::Flags) {
+                    list.push(FetchAtt::Flags);
+                }
+                for att in &list {
+                    if !first {
+                        out.push(b' ');
+                    }
+                    first = false;
+                    match att {
+                        FetchAtt::Uid => {
+                            let _ = write!(Vecw(&mut out), "UID {}", m.uid);
+                        }
+                        FetchAtt::Flags => {
+                            out.extend_from_slice(b"FLAGS ");
+                            response::flag_list(&mut out, &m.flags, recent);
+                        }
+                        FetchAtt::InternalDate => {
+                            out.extend_from_slice(b"INTERNALDATE ");
+                            out.extend_from_slice(
+                                response::date_time(m.internal_date.as_ref()).as_bytes(),
+                            );
+                        }
+                        FetchAtt::Rfc822Size => {
+                            let _ = write!(Vecw(&mut out), "RFC822.SIZE {}", m.size);
+                        }
+                        FetchAtt::ModSeq => {
+                            let _ = write!(Vecw(&mut out), "MODSEQ ({})", m.modseq);
+                        }
+                        FetchAtt::Envelope => {
+                            out.extend_from_slice(b"ENVELOPE ");
+                            let env = structure
+                                .and_then(|s| s.envelope.clone())
+                                .unwrap_or_default();
+                            response::envelope(&mut out, &env, utf8);
+                        }
+                        FetchAtt::Body | FetchAtt::BodyStructure => {
+                            let ext = *att == FetchAtt::BodyStructure;
+                            out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                            if parts.is_empty() {
+                                out.extend_from_slice(
+                                    b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
+                                );
+                            } else {
+                                tree.body(&mut out, 0, ext, utf8, 0);
+                            }
+                        }
+                        FetchAtt::Rfc822
+                        | FetchAtt::Rfc822Header
+                        | FetchAtt::Rfc822Text
+                        | FetchAtt::BodySection { .. } => {
+                            let Some((label, section, partial)) = body_item(att) else {
+                                continue;
+                            };
+                            out.extend_from_slice(label.as_bytes());
+                            out.push(b' ');
+                            let Some((start, end)) = section_range(&tree, &section, m.size) else {
+                                // RFC 9051 §6.4.5: a nonexistent section is empty.
+                                out.extend_from_slice(b"\"\"");
+                                continue;
+                            };
+                            if let SectionText::HeaderFields { not, fields } = &section.text {
+                                let raw = self
+                                    .load_range(mailbox_id, m.uid, start, end - start)
+                                    .await
+                                    .unwrap_or_default();
+                                let filtered = filter_header(&raw, fields, *not);
+                                let slice = apply_partial(&filtered, partial);
+                                let _ = write!(Vecw(&mut out), "{{{}}}\r\n", slice.len());
+                                out.extend_from_slice(slice);
+                                continue;
+                            }
+                            let (s, e) = match partial {
+                                Some((o, l)) => {
+                                    let s = start.saturating_add(u64::from(o)).min(end);
+                                    (s, s.saturating_add(u64::from(l)).min(end))
+                                }
+                                None => (start, end),
+                            };
+                            io.write(&out);
+                            out.clear();
+                            self.body_literal(io, mailbox_id, m.uid, s, e - s).await?;
+                        }
+                        FetchAtt::Binary { part, .. } | FetchAtt::BinarySize { part } => {
+                            let section = Section {
+                                part: part.clone(),
+                                text: SectionText::None,
+                            };
+                            let Some((start, end)) = section_range(&tree, &section, m.size) else {
+                                out.extend_from_slice(b"NIL");
+                                continue;
+                            };
+                            let enc = if part.is_empty() {
+                                None
+                            } else {
+                                tree.resolve(part)
+                                    .and_then(|i| tree.parts[i].encoding.clone())
+                            };
+                            let raw = self
+                                .load_range(mailbox_id, m.uid, start, end - start)
+                                .await
+                                .unwrap_or_default();
+                            let Some(decoded) = decode_cte(enc.as_deref(), &raw) else {
+                                unknown_cte = true;
+                                out.extend_from_slice(b"NIL");
+                                continue;
+                            };
+                            let name = part
+                                .iter()
+                                .map(u32::to_string)
+                                .collect::<Vec<_>>()
+                                .join(".");
+                            if let FetchAtt::Binary { partial, .. } = att {
+                                let slice = apply_partial(&decoded, *partial);
+                                let _ = write!(Vecw(&mut out), "BINARY[{name}]");
+                                if let Some((o, _)) = partial {
+                                    let _ = write!(Vecw(&mut out), "<{o}>");
+                                }
+                                let tilde = if slice.contains(&0) { "~" } else { "" };
+                                let _ = write!(Vecw(&mut out), " {tilde}{{{}}}\r\n", slice.len());
+                                out.extend_from_slice(slice);
+                            } else {
+                                let _ =
+                                    write!(Vecw(&mut out), "BINARY.SIZE[{name}] {}", decoded.len());
+                            }
+                        }
+                    }
+                }
+                if flags_changed && condstore && !list.contains(&FetchAtt::ModSeq) {
+                    let _ = write!(Vecw(&mut out), " MODSEQ ({})", m.modseq);
+                }
+                out.extend_from_slice(b")\r\n");
+                io.write(&out);
+                io.maybe_flush().await?;
+            }
+        }
+        if unknown_cte {
+            return Ok(Status::no("Unknown Content-Transfer-Encoding").with(Code::Cannot));
+        }
+        Ok(Status::ok("FETCH completed"))
+    }
+}
+
+/// A `<origin.length>` partial range.
+type Partial = Option<(u32, u32)>;
+
+/// The response label, section and partial range of a body item.
+fn body_item(att: &FetchAtt) -> Option<(String, Section, Partial)> {
+    let whole = |text| Section { part: vec![], text };
+    Some(match att {
+        FetchAtt::Rfc822 => ("RFC822".into(), whole(SectionText::None), None),
+        FetchAtt::Rfc822Header => ("RFC822.HEADER".into(), whole(SectionText::Header), None),
+        FetchAtt::Rfc822Text => ("RFC822.TEXT".into(), whole(SectionText::Text), None),
+        FetchAtt::BodySection {
+            section, partial, ..
+        } => {
+            let mut l = format!("BODY[{}]", section_name(section));
+            if let Some((o, _)) = partial {
+                let _ = write!(l, "<{o}>");
+            }
+            (l, section.clone(), *partial)
+        }
+        _ => return None,
+    })
+}
+
+fn apply_partial(data: &[u8], partial: Option<(u32, u32)>) -> &[u8] {
+    match partial {
+        Some((o, l)) => {
+            let s = (o as usize).min(data.len());
+            let e = s.saturating_add(l as usize).min(data.len());
+            &data[s..e]
+        }
+        None => data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields() {
+        let raw = b"From: a@b\r\nSubject: hi\r\n there\r\nTo: c@d\r\n\r\n";
+        assert_eq!(
+            filter_header(raw, &["subject".into()], false),
+            b"Subject: hi\r\n there\r\n\r\n"
+        );
+        assert_eq!(
+            filter_header(raw, &["subject".into()], true),
+            b"From: a@b\r\nTo: c@d\r\n\r\n"
+        );
+        assert_eq!(filter_header(b"", &["x".into()], false), b"\r\n");
+    }
+
+    #[test]
+    fn cte() {
+        assert_eq!(
+            decode_cte(Some(b"BASE64"), b"aGVs\r\nbG8=\r\n").as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert_eq!(
+            decode_cte(Some(b"quoted-printable"), b"a=3Db=\r\nc").as_deref(),
+            Some(&b"a=bc"[..])
+        );
+        assert_eq!(decode_cte(None, b"x").as_deref(), Some(&b"x"[..]));
+        assert_eq!(decode_cte(Some(b"x-uuencode"), b"x"), None);
+    }
+
+    #[test]
+    fn partials() {
+        assert_eq!(apply_partial(b"hello", Some((1, 3))), b"ell");
+        assert_eq!(apply_partial(b"hello", Some((10, 3))), b"");
+        assert_eq!(apply_partial(b"hello", Some((u32::MAX, u32::MAX))), b"");
+    }
+
+    #[test]
+    fn section_names() {
+        assert_eq!(
+            section_name(&Section {
+                part: vec![1, 2],
+                text: SectionText::Mime
+            }),
+            "1.2.MIME"
+        );
+        assert_eq!(
+            section_name(&Section {
+                part: vec![],
+                text: SectionText::HeaderFields {
+                    not: true,
+                    fields: vec!["a".into()]
+                }
+            }),
+            "HEADER.FIELDS.NOT (A)"
+        );
+    }
+}

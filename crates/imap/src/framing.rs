@@ -1,0 +1,315 @@
+//! Incremental framing of client input into complete commands (RFC 9051
+//! §2.2, §4.3 literals; RFC 7888 LITERAL+ / LITERAL-). Pure: bytes in,
+//! a decision out, no I/O.
+//!
+//! A command is a line that may end with a literal announcement `{n}` /
+//! `{n+}`, followed by `n` octets and the rest of the command, and so on.
+//! Every limit is checked here, *before* the server would send a `+`
+//! continuation: the line length, each literal's size, the number of
+//! literals and the total size of the command.
+
+/// Limits applied while framing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest line (the part of a command between literals), CRLF included.
+    pub max_line: usize,
+    /// Largest literal outside APPEND.
+    pub max_literal: u64,
+    /// Largest literal of an APPEND message (the message size limit).
+    pub max_append_literal: u64,
+    /// Largest whole command (lines and literals).
+    pub max_command: usize,
+    /// Most literals in one command.
+    pub max_literals: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line: 64 * 1024,
+            max_literal: 64 * 1024,
+            max_append_literal: 50 * 1024 * 1024,
+            max_command: 50 * 1024 * 1024 + 128 * 1024,
+            max_literals: 64,
+        }
+    }
+}
+
+/// What to do with the input buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Read more bytes.
+    Incomplete,
+    /// A synchronizing literal is announced and accepted: send `+ ...` and
+    /// read more. Returned once per literal.
+    Continue,
+    /// The first `len` bytes of the buffer are one complete command.
+    Complete(usize),
+    /// A literal is refused before `+` (RFC 7888 §4, RFC 9051 §7.1 TOOBIG):
+    /// the first `consume` bytes (the line up to the announcement) are to be
+    /// dropped and `tag` answered with `reply`. With a non-synchronizing
+    /// literal the client sends the data anyway: `close` is then true.
+    Reject {
+        consume: usize,
+        tag: Option<String>,
+        too_big: bool,
+        close: bool,
+    },
+    /// Fatal: a line or command that exceeds the limits; answer BAD and close.
+    TooLong,
+}
+
+/// Framing state carried between reads of one command.
+#[derive(Debug, Default, Clone)]
+pub struct Framer {
+    /// Bytes of the current command already scanned.
+    pos: usize,
+    /// Literals seen so far in the current command.
+    literals: usize,
+    /// End of the literal currently being waited for, if any.
+    literal_end: Option<usize>,
+}
+
+impl Framer {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets the current command (after it was consumed or rejected).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Examines `buf` (which starts at the current command) and decides.
+    /// `authenticated` selects the literal limit (no large literals before
+    /// login: ATTACKS.md #27).
+    pub fn advance(&mut self, buf: &[u8], limits: &Limits, authenticated: bool) -> Frame {
+        loop {
+            if let Some(end) = self.literal_end {
+                if buf.len() < end {
+                    return Frame::Incomplete;
+                }
+                self.pos = end;
+                self.literal_end = None;
+            }
+            let rest = &buf[self.pos..];
+            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                if rest.len() > limits.max_line || buf.len() > limits.max_command {
+                    return Frame::TooLong;
+                }
+                return Frame::Incomplete;
+            };
+            if lf + 1 > limits.max_line || self.pos + lf + 1 > limits.max_command {
+                return Frame::TooLong;
+            }
+            let line_end = self.pos + lf + 1;
+            let line = &rest[..lf];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some((size, sync)) = literal_announcement(line) else {
+                let len = line_end;
+                self.reset();
+                return Frame::Complete(len);
+            };
+            let limit = if !authenticated {
+                limits.max_literal.min(8 * 1024)
+            } else if is_append(buf) {
+                limits.max_append_literal
+            } else {
+                limits.max_literal
+            };
+            self.literals += 1;
+            let too_many = self.literals > limits.max_literals;
+            let total = (line_end as u64).saturating_add(size.unwrap_or(u64::MAX));
+            let fits =
+                size.is_some_and(|s| s <= limit) && total <= limits.max_command as u64 && !too_many;
+            if !fits {
+                let tag = first_word(buf);
+                let close = !sync;
+                self.reset();
+                return Frame::Reject {
+                    consume: line_end,
+                    tag,
+                    too_big: !too_many,
+                    close,
+                };
+            }
+            // `fits` implies the size is known and below usize limits.
+            let size = usize::try_from(size.unwrap_or(0)).unwrap_or(usize::MAX);
+            let end = line_end + size;
+            self.pos = line_end;
+            self.literal_end = Some(end);
+            if sync && buf.len() < end {
+                return Frame::Continue;
+            }
+        }
+    }
+}
+
+/// Parses a literal announcement at the end of a line: `{123}`, `{123+}`,
+/// `~{123}` (literal8). Returns the size (`None` when it overflows) and
+/// whether the literal is synchronizing.
+fn literal_announcement(line: &[u8]) -> Option<(Option<u64>, bool)> {
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let mut digits = &inner[open + 1..];
+    let sync = if let Some(d) = digits
+        .strip_suffix(b"+")
+        .or_else(|| digits.strip_suffix(b"-"))
+    {
+        digits = d;
+        false
+    } else {
+        true
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if digits.len() > 20 {
+        return Some((None, sync));
+    }
+    let mut n: Option<u64> = Some(0);
+    for d in digits {
+        n = n
+            .and_then(|v| v.checked_mul(10))
+            .and_then(|v| v.checked_add(u64::from(d - b'0')));
+    }
+    Some((n, sync))
+}
+
+fn first_word(buf: &[u8]) -> Option<String> {
+    let end = buf
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
+    let w = &buf[..end];
+    (!w.is_empty()
+        && w.len() <= 64
+        && w.iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'+' && b != b'{'))
+    .then(|| String::from_utf8_lossy(w).into_owned())
+}
+
+/// True when the command is `tag APPEND ...` (or `tag UID APPEND`, which
+/// does not exist, but costs nothing).
+fn is_append(buf: &[u8]) -> bool {
+    let mut words = buf.splitn(3, |&b| b == b' ');
+    let _tag = words.next();
+    words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"APPEND"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], auth: bool) -> Vec<Frame> {
+        let limits = Limits::default();
+        let mut f = Framer::new();
+        let mut out = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        // Feed one byte at a time: every split point is exercised.
+        for &b in input {
+            buf.push(b);
+            loop {
+                let r = f.advance(&buf, &limits, auth);
+                match r {
+                    Frame::Incomplete => break,
+                    Frame::Complete(n) => {
+                        buf.drain(..n);
+                        out.push(Frame::Complete(n));
+                    }
+                    Frame::Continue => {
+                        out.push(Frame::Continue);
+                        break;
+                    }
+                    other => {
+                        out.push(other);
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn simple_lines_and_pipelining() {
+        assert_eq!(
+            run(b"a NOOP\r\nb NOOP\r\n", false),
+            vec![Frame::Complete(8), Frame::Complete(8)]
+        );
+    }
+
+    #[test]
+    fn literal_needs_continuation_once() {
+        let r = run(b"a LOGIN {3}\r\nbob {2}\r\npw\r\n", false);
+        assert_eq!(
+            r,
+            vec![Frame::Continue, Frame::Continue, Frame::Complete(26)]
+        );
+    }
+
+    #[test]
+    fn non_sync_literal_needs_no_continuation() {
+        let r = run(b"a LOGIN {3+}\r\nbob pw\r\n", false);
+        assert_eq!(r, vec![Frame::Complete(22)]);
+    }
+
+    #[test]
+    fn literal_containing_crlf_and_braces() {
+        let r = run(b"a APPEND x {9}\r\n{1}\r\n\r\nab\r\n", true);
+        assert_eq!(r, vec![Frame::Continue, Frame::Complete(27)]);
+    }
+
+    #[test]
+    fn huge_literal_refused_before_continuation() {
+        let r = run(b"a LOGIN {4294967295}\r\n", false);
+        assert_eq!(
+            r,
+            vec![Frame::Reject {
+                consume: 22,
+                tag: Some("a".into()),
+                too_big: true,
+                close: false
+            }]
+        );
+        let r = run(b"a APPEND INBOX {5000000000+}\r\n", true);
+        assert!(matches!(r[0], Frame::Reject { close: true, .. }));
+        let r = run(b"a APPEND INBOX {99999999999999999999999}\r\n", true);
+        assert!(matches!(r[0], Frame::Reject { too_big: true, .. }));
+    }
+
+    #[test]
+    fn pre_auth_literals_are_small() {
+        let r = run(b"a LOGIN {9000}\r\n", false);
+        assert!(matches!(r[0], Frame::Reject { .. }));
+        let r = run(b"a LOGIN {9000}\r\n", true);
+        assert_eq!(r, vec![Frame::Continue]);
+    }
+
+    #[test]
+    fn long_line_is_fatal() {
+        let limits = Limits {
+            max_line: 100,
+            ..Limits::default()
+        };
+        let mut f = Framer::new();
+        let buf = vec![b'('; 200];
+        assert_eq!(f.advance(&buf, &limits, false), Frame::TooLong);
+    }
+
+    #[test]
+    fn too_many_literals() {
+        let limits = Limits {
+            max_literals: 2,
+            ..Limits::default()
+        };
+        let mut f = Framer::new();
+        let buf = b"a X {1+}\r\na {1+}\r\nb {1+}\r\nc\r\n";
+        assert!(matches!(
+            f.advance(buf, &limits, true),
+            Frame::Reject { too_big: false, .. }
+        ));
+    }
+}

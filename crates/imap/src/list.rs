@@ -1,0 +1,193 @@
+//! LIST and LSUB (RFC 9051 §6.3.9, RFC 3501 §6.3.9), with LIST-EXTENDED
+//! (RFC 5258), LIST-STATUS (RFC 5819) and SPECIAL-USE (RFC 6154).
+
+use std::collections::BTreeMap;
+
+use mailstore_api::pb;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::command::{ListReturn, ListSelect};
+use crate::io::Io;
+use crate::mailbox_name;
+use crate::mutf7;
+use crate::response::Status;
+use crate::session::{Session, store_error};
+
+/// One LIST candidate.
+#[derive(Default)]
+struct Entry {
+    mailbox: Option<pb::Mailbox>,
+    subscribed: bool,
+    has_children: bool,
+    /// A descendant is subscribed (RFC 5258 §3.5 CHILDINFO).
+    subscribed_child: bool,
+}
+
+impl Session {
+    /// Decodes a LIST pattern: mUTF-7 unless UTF-8 is on; wildcards pass.
+    fn pattern_in(&self, raw: &[u8]) -> String {
+        if self.utf8() {
+            String::from_utf8_lossy(raw).into_owned()
+        } else {
+            mutf7::decode(raw).unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned())
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn list<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        reference: &[u8],
+        patterns: &[Vec<u8>],
+        select: &ListSelect,
+        ret: &ListReturn,
+        extended: bool,
+        lsub: bool,
+    ) -> Status {
+        let Some(user_id) = self.user_id() else {
+            return Status::bad("Not authenticated");
+        };
+        let word = if lsub { "LSUB" } else { "LIST" };
+        // RFC 9051 §6.3.9: an empty pattern asks for the delimiter.
+        if !lsub && patterns.len() == 1 && patterns[0].is_empty() {
+            io.write(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
+            return Status::ok("LIST completed");
+        }
+        let reference = self.pattern_in(reference);
+        let pats: Vec<String> = patterns
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let p = self.pattern_in(p);
+                if reference.is_empty() || p.starts_with('/') {
+                    p
+                } else if reference.ends_with('/') {
+                    format!("{reference}{p}")
+                } else {
+                    format!("{reference}/{p}")
+                }
+            })
+            .collect();
+        let mut client = self.shared.store.mailboxes.clone();
+        let with_counts = !ret.status.is_empty();
+        let boxes = match client
+            .list_mailboxes(pb::ListMailboxesRequest {
+                user_id,
+                with_counts,
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().mailboxes,
+            Err(e) => return store_error(&e),
+        };
+        let want_subs = lsub || select.subscribed || ret.subscribed;
+        let subs = if want_subs {
+            match client
+                .list_subscriptions(pb::ListSubscriptionsRequest { user_id })
+                .await
+            {
+                Ok(r) => r.into_inner().names,
+                Err(e) => return store_error(&e),
+            }
+        } else {
+            Vec::new()
+        };
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        for mb in boxes {
+            let name = mb.name.clone();
+            let e = entries.entry(name.clone()).or_default();
+            e.subscribed |= mb.subscribed;
+            e.mailbox = Some(mb);
+            // Parents that do not exist are implied (\Noselect).
+            let mut cur = name.as_str();
+            while let Some(i) = cur.rfind('/') {
+                cur = &cur[..i];
+                entries.entry(cur.to_string()).or_default().has_children = true;
+            }
+        }
+        for s in &subs {
+            entries.entry(s.clone()).or_default().subscribed = true;
+        }
+        let subscribed: Vec<String> = entries
+            .iter()
+            .filter(|(_, e)| e.subscribed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &subscribed {
+            let mut cur = n.as_str();
+            while let Some(i) = cur.rfind('/') {
+                cur = &cur[..i];
+                entries.entry(cur.to_string()).or_default().subscribed_child = true;
+            }
+        }
+        // Fix up has_children for existing parents.
+        let names: Vec<String> = entries.keys().cloned().collect();
+        for n in &names {
+            let mut cur = n.as_str();
+            while let Some(i) = cur.rfind('/') {
+                cur = &cur[..i];
+                if let Some(e) = entries.get_mut(cur)
+                    && (e.mailbox.is_some() || e.subscribed)
+                {
+                    e.has_children = true;
+                }
+            }
+        }
+        for (name, e) in &entries {
+            if !pats.iter().any(|p| mailbox_name::matches(p, name)) {
+                continue;
+            }
+            let exists = e.mailbox.is_some();
+            let special = e
+                .mailbox
+                .as_ref()
+                .map(|m| m.special_use.clone())
+                .unwrap_or_default();
+            let childinfo = select.recursive_match && select.subscribed && e.subscribed_child;
+            if lsub || select.subscribed {
+                if !e.subscribed && !childinfo {
+                    continue;
+                }
+            } else if !exists && !e.has_children {
+                // Subscribed-only names are not shown by plain LIST.
+                continue;
+            }
+            if select.special_use && special.is_empty() {
+                continue;
+            }
+            let mut attrs: Vec<String> = Vec::new();
+            if !exists {
+                if extended && (select.subscribed || ret.subscribed) && !e.has_children {
+                    attrs.push("\\NonExistent".into());
+                } else {
+                    attrs.push("\\Noselect".into());
+                }
+            }
+            if !lsub {
+                attrs.push(if e.has_children {
+                    "\\HasChildren".into()
+                } else {
+                    "\\HasNoChildren".into()
+                });
+                if (select.subscribed || ret.subscribed) && e.subscribed {
+                    attrs.push("\\Subscribed".into());
+                }
+                if !special.is_empty() {
+                    attrs.push(format!("\\{special}"));
+                }
+            }
+            let mut line = format!("* {word} ({}) \"/\" ", attrs.join(" ")).into_bytes();
+            self.mailbox_out(&mut line, name);
+            if childinfo {
+                line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+            }
+            line.extend_from_slice(b"\r\n");
+            io.write(&line);
+            if let (false, Some(mb)) = (ret.status.is_empty(), &e.mailbox) {
+                let st = self.status_line(mb, &ret.status);
+                io.write(&st);
+            }
+        }
+        Status::ok(format!("{word} completed"))
+    }
+}
