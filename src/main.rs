@@ -30,6 +30,9 @@ enum Service {
     Imap(imap::Config),
     /// Inbound queue worker: local delivery, relay hand-off, bounces.
     Delivery(delivery::Config),
+    /// Outbound queue worker: MX routing, SMTP relay, retries, bounces.
+    #[command(name = "smtp-out")]
+    SmtpOut(smtp_out::Config),
     /// The admin CLI.
     Mailctl(mailctl::Cli),
     /// Writes a self-signed certificate (tls.crt, tls.key) for development.
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Service::Pop3(c) => pop3::run(c, shutdown).await,
             Service::Imap(c) => imap::run(c, shutdown).await,
             Service::Delivery(c) => delivery::run(c, shutdown).await,
+            Service::SmtpOut(c) => smtp_out::run(c, shutdown).await,
             Service::Mailctl(_) | Service::TlsCert(_) | Service::Probe { .. } => Ok(()),
         }
     })

@@ -15,44 +15,7 @@ pub enum Action {
     Keep,
 }
 
-/// The header fields of a message as (lower-cased name, unfolded value).
-#[derive(Debug, Default, Clone)]
-pub struct Headers(pub Vec<(String, String)>);
-
-impl Headers {
-    /// Parses the header block at the start of a raw message.
-    #[must_use]
-    pub fn parse(raw: &[u8]) -> Self {
-        let Some(msg) = mail_parser::MessageParser::default().parse_headers(raw) else {
-            return Self::default();
-        };
-        let Some(root) = msg.parts.first() else {
-            return Self::default();
-        };
-        let mut out = Vec::new();
-        for h in &root.headers {
-            let value = raw
-                .get(h.offset_start as usize..h.offset_end as usize)
-                .map(|v| {
-                    String::from_utf8_lossy(v)
-                        .replace(['\r', '\n'], "")
-                        .trim()
-                        .to_string()
-                })
-                .unwrap_or_default();
-            out.push((h.name.as_str().to_ascii_lowercase(), value));
-        }
-        Self(out)
-    }
-
-    /// Values of a field (case-insensitive name).
-    pub fn get<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use mail_dsn::Headers;
 
 /// A per-user rule program.
 pub trait Rules {

@@ -1,16 +1,14 @@
 //! Listeners, connection limits, implicit TLS (port 993, RFC 8314) and the
 //! STARTTLS swap (RFC 9051 §6.2.1).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use service_kit::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
@@ -20,60 +18,8 @@ use crate::session::{Exit, Session, Shared};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Connection limits shared by both listeners.
-#[derive(Debug)]
-pub struct Limits {
-    total: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
-    max_per_ip: u32,
-}
-
-impl Limits {
-    /// At most `total` connections, `per_ip` from one address.
-    #[must_use]
-    pub fn new(total: usize, per_ip: u32) -> Arc<Self> {
-        Arc::new(Self {
-            total: Arc::new(Semaphore::new(total)),
-            per_ip: Mutex::new(HashMap::new()),
-            max_per_ip: per_ip,
-        })
-    }
-
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let permit = self.total.clone().try_acquire_owned().ok()?;
-        let mut map = self.per_ip.lock().ok()?;
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            limits: self.clone(),
-            ip,
-            _permit: permit,
-        })
-    }
-}
-
-/// Held for the life of one connection.
-struct Slot {
-    limits: Arc<Limits>,
-    ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.limits.per_ip.lock()
-            && let Some(n) = map.get_mut(&self.ip)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
+/// Connection limits shared by both listeners (total and per client IP).
+pub type Limits = service_kit::ConnLimits;
 
 /// Everything a connection needs.
 #[derive(Clone)]
@@ -89,33 +35,21 @@ pub fn new_session_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Accepts connections until shutdown.
+/// Accepts connections until shutdown; sessions get the BYE themselves.
 pub async fn accept_loop(
     server: Server,
     listener: TcpListener,
     implicit_tls: bool,
     shutdown: Shutdown,
 ) {
-    let tasks = tokio_util::task::TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let server = server.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move { handle_tcp(server, tcp, peer, implicit_tls, shutdown).await });
-    }
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+    let sd = shutdown.clone();
+    service_kit::accept_loop(
+        listener,
+        shutdown,
+        Duration::from_secs(10),
+        move |tcp, peer| handle_tcp(server.clone(), tcp, peer, implicit_tls, sd.clone()),
+    )
+    .await;
 }
 
 async fn handle_tcp(
@@ -125,7 +59,7 @@ async fn handle_tcp(
     implicit_tls: bool,
     shutdown: Shutdown,
 ) {
-    let Some(slot) = server.limits.admit(peer.ip()) else {
+    let Ok(slot) = server.limits.admit(peer.ip()) else {
         metrics::counter!("imap_connections_refused_total").increment(1);
         if !implicit_tls {
             let bye = Status::bye("Too many connections, try again later")
@@ -202,32 +136,5 @@ where
             session.serve(&mut io, false, shutdown).await?;
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_ip_limit() {
-        let l = Limits::new(10, 2);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let a = l.admit(ip);
-        let b = l.admit(ip);
-        assert!(a.is_some() && b.is_some());
-        assert!(l.admit(ip).is_none());
-        assert!(l.admit("192.0.2.2".parse().unwrap_or(ip)).is_some());
-        drop(a);
-        assert!(l.admit(ip).is_some());
-    }
-
-    #[test]
-    fn total_limit() {
-        let l = Limits::new(1, 5);
-        let ip: IpAddr = IpAddr::from([192, 0, 2, 1]);
-        let a = l.admit(ip);
-        assert!(a.is_some());
-        assert!(l.admit(IpAddr::from([192, 0, 2, 2])).is_none());
     }
 }

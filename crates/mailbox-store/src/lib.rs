@@ -218,8 +218,8 @@ impl Server {
         // TCP_NODELAY on every accepted connection: without it, small
         // streamed responses wait ~40 ms for Nagle + delayed ACK.
         // (Server::tcp_nodelay does not apply to serve_with_incoming.)
-        let incoming = tonic::transport::server::TcpIncoming::from(self.grpc)
-            .with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let sd = shutdown.clone();
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -778,7 +778,7 @@ impl pb::queue_server::Queue for QueueSvc {
         match pb::FinishOutcome::try_from(req.outcome) {
             Ok(pb::FinishOutcome::Done) => {
                 sqlx::query(
-                    "UPDATE queue_recipients SET state = $2, updated_at = now() WHERE job_id = $1 AND state IN (1, 4)",
+                    "UPDATE queue_recipients SET state = $2, updated_at = now() WHERE job_id = $1 AND state = 1",
                 )
                 .bind(job_id)
                 .bind(pb::RecipientState::Delivered as i16)
@@ -801,16 +801,24 @@ impl pb::queue_server::Queue for QueueSvc {
                     .as_ref()
                     .and_then(from_pb_ts)
                     .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::minutes(5));
-                sqlx::query(
+                let kind: i16 = sqlx::query_scalar(
                     "UPDATE queue_jobs SET lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, next_attempt_at = $2, \
-                     last_error = $3, updated_at = now() WHERE id = $1",
+                     last_error = $3, updated_at = now() WHERE id = $1 RETURNING kind",
                 )
                 .bind(job_id)
                 .bind(at)
                 .bind(&reason)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
+                // Waiting Lease calls recompute their wake-up time: this
+                // retry may be due before anything they knew of.
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(QUEUE_CHANNEL)
+                    .bind(kind.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
                 event(
                     &mut tx,
                     job_id,

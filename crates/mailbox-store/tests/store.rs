@@ -1000,7 +1000,10 @@ async fn a_stopped_store_answers_nothing_and_a_restarted_one_keeps_the_data() {
         matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
         "{e:?}"
     );
-    assert_eq!(mailstore_api::classify(&e), mailstore_api::Failure::Transient);
+    assert_eq!(
+        mailstore_api::classify(&e),
+        mailstore_api::Failure::Transient
+    );
     s.restart().await;
     let mut again = None;
     for _ in 0..50 {

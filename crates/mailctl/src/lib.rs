@@ -5,6 +5,8 @@
 //! retry, and database migrations. Everything but `migrate` goes through the
 //! store's gRPC API with the shared token.
 
+pub mod dkim;
+
 use std::io::{BufRead as _, IsTerminal as _};
 
 use anyhow::{Context as _, bail};
@@ -35,6 +37,9 @@ pub enum Command {
     /// The inbound and outbound mail queues.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// DKIM signing keys: prints the DNS TXT record to publish.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
     /// Apply database migrations directly (the store also does this on start).
     Migrate {
         /// PostgreSQL URL.
@@ -99,6 +104,31 @@ pub enum AliasCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum DkimCmd {
+    /// Create the domain's first signing key (active at once).
+    Generate {
+        domain: String,
+        /// rsa (rsa-sha256, 2048 bits; the default) or ed25519 (RFC 8463).
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// Selector (default sYYYYMMDD).
+        #[arg(long)]
+        selector: Option<String>,
+    },
+    /// The domain's keys and the TXT records to publish.
+    Show { domain: String },
+    /// A new key becomes the signing key; the old one stays listed (keep its
+    /// DNS record until mail signed with it has been delivered).
+    Rotate {
+        domain: String,
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        #[arg(long)]
+        selector: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum QueueCmd {
     /// List jobs.
     List {
@@ -117,6 +147,104 @@ pub enum QueueCmd {
     Retry { id: u64 },
     /// Delete a job.
     Rm { id: u64 },
+}
+
+async fn dkim_command(
+    c: &StoreClient,
+    cmd: DkimCmd,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let list = |domain: &str| {
+        let mut a = c.accounts.clone();
+        let domain = domain.to_string();
+        async move {
+            a.list_dkim_keys(pb::ListDkimKeysRequest {
+                domain,
+                include_private: false,
+                active_only: false,
+            })
+            .await
+            .map(|r| r.into_inner().keys)
+            .map_err(status)
+        }
+    };
+    match cmd {
+        DkimCmd::Show { domain } => {
+            let keys = list(&domain).await?;
+            if keys.is_empty() {
+                writeln!(
+                    out,
+                    "no DKIM key for {domain}: mailctl dkim generate {domain}"
+                )?;
+            }
+            for k in keys {
+                let state = if k.active {
+                    "active (signing)"
+                } else {
+                    "inactive"
+                };
+                writeln!(out, "{} {} {state}", k.selector, k.algorithm)?;
+                writeln!(
+                    out,
+                    "{}",
+                    dkim::zone_line(&k.selector, &k.domain, &k.dns_txt)
+                )?;
+            }
+        }
+        DkimCmd::Generate {
+            domain,
+            algorithm,
+            selector,
+        }
+        | DkimCmd::Rotate {
+            domain,
+            algorithm,
+            selector,
+        } => {
+            let existing = list(&domain).await?;
+            let rotating = !existing.is_empty();
+            let selector = match selector {
+                Some(s) => s,
+                None => (0..100)
+                    .map(dkim::default_selector)
+                    .find(|s| !existing.iter().any(|k| &k.selector == s))
+                    .context("no free selector")?,
+            };
+            let key = dkim::generate(&algorithm)?;
+            let stored = c
+                .accounts
+                .clone()
+                .put_dkim_key(pb::PutDkimKeyRequest {
+                    domain: domain.clone(),
+                    selector,
+                    algorithm: key.algorithm.to_string(),
+                    private_key: key.private_pem,
+                    public_key: key.public_b64,
+                    activate: true,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(
+                out,
+                "DKIM key {} ({}) for {} is now the signing key.",
+                stored.selector, stored.algorithm, stored.domain
+            )?;
+            writeln!(out, "Publish this DNS record:")?;
+            writeln!(
+                out,
+                "{}",
+                dkim::zone_line(&stored.selector, &stored.domain, &stored.dns_txt)
+            )?;
+            if rotating {
+                writeln!(
+                    out,
+                    "Keep the records of the older keys until mail signed with them has been delivered."
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
@@ -436,6 +564,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
                 .map_err(status)?;
             writeln!(out, "job {id} removed")?;
         }
+        Command::Dkim(cmd) => dkim_command(&c, cmd, out).await?,
         Command::Migrate { .. } => unreachable!("handled above"),
     }
     out.flush()?;

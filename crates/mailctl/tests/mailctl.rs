@@ -91,6 +91,54 @@ async fn domains_users_aliases_and_queue() {
             .contains("sales@example.org\talice@example.org")
     );
     assert!(run(&["alias", "rm", "sales@example.org"], None).0);
+    // DKIM: generate prints the record; rotate makes a new signing key and
+    // keeps the old one listed; the store holds the private keys.
+    let (ok, out, err) = run(
+        &[
+            "dkim",
+            "generate",
+            "example.org",
+            "--algorithm",
+            "ed25519",
+            "--selector",
+            "one",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("one._domainkey.example.org. IN TXT ( \"v=DKIM1; k=ed25519; p="),
+        "{out}"
+    );
+    let (ok, out, err) = run(
+        &["dkim", "rotate", "example.org", "--selector", "two"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("two._domainkey.example.org. IN TXT ( \"v=DKIM1; k=rsa; p="),
+        "{out}"
+    );
+    let show = run(&["dkim", "show", "example.org"], None).1;
+    assert!(
+        show.contains("one ed25519-sha256 inactive") && show.contains("two rsa-sha256 active"),
+        "{show}"
+    );
+    let keys = s
+        .client()
+        .accounts
+        .list_dkim_keys(mailstore_api::pb::ListDkimKeysRequest {
+            domain: "example.org".into(),
+            include_private: true,
+            active_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].selector, "two");
+    assert!(keys[0].private_key.contains("BEGIN PRIVATE KEY"));
     let job = test_kit::enqueue(
         &s.client(),
         "k",

@@ -2,10 +2,9 @@
 //! RFC 2595 §4) and 995 (implicit TLS, RFC 8314 §3.3), the STLS swap, and the
 //! connection limits (total and per client IP).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,7 +12,6 @@ use anyhow::Context as _;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -40,70 +38,19 @@ pub fn tls_config(
     Ok(tls_kit::configure(cert, key, self_signed, hostname)?)
 }
 
-/// Connection limits shared by both listeners.
-#[derive(Debug)]
-pub struct Limits {
-    total: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
-    max_per_ip: u32,
-}
+/// Connection limits shared by both listeners (total and per client IP).
+pub type Limits = service_kit::ConnLimits;
 
-impl Limits {
-    /// At most `total` connections, `per_ip` from one address.
-    #[must_use]
-    pub fn new(total: usize, per_ip: u32) -> Arc<Self> {
-        Arc::new(Self {
-            total: Arc::new(Semaphore::new(total)),
-            per_ip: Mutex::new(HashMap::new()),
-            max_per_ip: per_ip,
-        })
-    }
-
-    /// A slot for one connection from `ip`, or the reply to refuse it with.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
-        let Ok(permit) = self.total.clone().try_acquire_owned() else {
-            return Err(Reply::err_code(
-                RespCode::SysTemp,
-                "Too many connections, try again later",
-            ));
-        };
-        let mut map = self
-            .per_ip
-            .lock()
-            .map_err(|_| Reply::err_code(RespCode::SysTemp, "Try again later"))?;
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err(Reply::err_code(
-                RespCode::SysTemp,
-                "Too many connections from your address, try again later",
-            ));
+/// The reply refusing a connection over the limits (RFC 2449 SYS/TEMP).
+fn refusal(why: service_kit::Refused) -> Reply {
+    match why {
+        service_kit::Refused::Total => {
+            Reply::err_code(RespCode::SysTemp, "Too many connections, try again later")
         }
-        *n += 1;
-        Ok(Slot {
-            limits: self.clone(),
-            ip,
-            _permit: permit,
-        })
-    }
-}
-
-/// Held for the life of one connection.
-struct Slot {
-    limits: Arc<Limits>,
-    ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.limits.per_ip.lock()
-            && let Some(n) = map.get_mut(&self.ip)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
+        service_kit::Refused::PerIp => Reply::err_code(
+            RespCode::SysTemp,
+            "Too many connections from your address, try again later",
+        ),
     }
 }
 
@@ -119,34 +66,21 @@ pub struct Server {
 }
 
 /// Accepts connections until shutdown. `implicit_tls`: port 995 behaviour.
+/// Sessions got their goodbye from the shutdown token; they get a moment.
 pub async fn accept_loop(
     server: Server,
     listener: TcpListener,
     implicit_tls: bool,
     shutdown: CancellationToken,
 ) {
-    let tasks = tokio_util::task::TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let server = server.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move { handle_tcp(server, tcp, peer, implicit_tls, shutdown).await });
-    }
-    tasks.close();
-    // Sessions got their goodbye from the shutdown token; give them a moment.
-    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+    let sd = shutdown.clone();
+    service_kit::accept_loop(
+        listener,
+        shutdown,
+        Duration::from_secs(10),
+        move |tcp, peer| handle_tcp(server.clone(), tcp, peer, implicit_tls, sd.clone()),
+    )
+    .await;
 }
 
 async fn handle_tcp(
@@ -158,7 +92,8 @@ async fn handle_tcp(
 ) {
     let slot = match server.limits.admit(peer.ip()) {
         Ok(slot) => slot,
-        Err(reply) => {
+        Err(why) => {
+            let reply = refusal(why);
             metrics::counter!("pop3_connections_refused_total").increment(1);
             if !implicit_tls {
                 let _ =
@@ -240,24 +175,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_per_ip_and_total() {
-        let limits = Limits::new(3, 2);
-        let a: IpAddr = "192.0.2.1".parse().expect("ip");
-        let b: IpAddr = "192.0.2.2".parse().expect("ip");
-        let a1 = limits.admit(a).expect("first");
-        let a2 = limits.admit(a).expect("second");
-        let refused = limits.admit(a).err().expect("third from a refused");
+    fn refusals_name_the_limit() {
         assert_eq!(
-            refused.to_bytes(),
+            refusal(service_kit::Refused::PerIp).to_bytes(),
             b"-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n"
         );
-        let b1 = limits.admit(b).expect("other address");
-        // Total of 3 reached.
-        assert!(limits.admit(b).is_err());
-        drop(a1);
-        let _a3 = limits.admit(a).expect("slot freed on drop");
-        drop((a2, b1));
-        assert_eq!(limits.per_ip.lock().expect("lock").get(&b), None);
+        assert_eq!(
+            refusal(service_kit::Refused::Total).to_bytes(),
+            b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+        );
     }
 
     #[test]

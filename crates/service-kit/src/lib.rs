@@ -4,11 +4,13 @@
 //! `/readyz` and `/metrics` (Prometheus text format) each service exposes.
 
 pub mod http;
+pub mod listen;
 pub mod shutdown;
 
 use std::sync::OnceLock;
 
 pub use http::{HealthServer, Readiness};
+pub use listen::{ConnLimits, ConnSlot, Refused, accept_loop};
 pub use shutdown::{Shutdown, shutdown_on_signals};
 
 /// How a service reaches the store. Flattened into every service's config.
@@ -90,7 +92,12 @@ pub fn store_readiness(store: mailstore_api::StoreClient) -> Readiness {
         Box::pin(async move {
             let mut req = tonic::Request::new(mailstore_api::pb::ListDomainsRequest {});
             req.set_timeout(std::time::Duration::from_secs(2));
-            match tokio::time::timeout(std::time::Duration::from_secs(2), accounts.list_domains(req)).await {
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                accounts.list_domains(req),
+            )
+            .await
+            {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(status)) => Err(format!("store: {}", status.code())),
                 Err(_) => Err("store: timeout".to_string()),

@@ -1,0 +1,143 @@
+//! smtp-out flags (each also an environment variable).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use service_kit::StoreArgs;
+
+/// smtp-out configuration.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// This worker's name in leases and the event log (default: host-pid-random).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Our host name: EHLO argument, DSN Reporting-MTA and MAILER-DAEMON domain.
+    #[arg(long, env = "EPISTOLE_HOSTNAME", default_value = "localhost")]
+    pub hostname: String,
+    /// Jobs leased per request.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_BATCH", default_value_t = 32)]
+    pub batch: u32,
+    /// Jobs in progress at once (across all destinations).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_MAX_IN_FLIGHT", default_value_t = 128)]
+    pub max_in_flight: usize,
+    /// Connections at once to one destination domain (per worker).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_PER_DESTINATION", default_value_t = 2)]
+    pub per_destination: usize,
+    /// Messages sent over one connection before it is closed.
+    #[arg(
+        long,
+        env = "EPISTOLE_SMTP_OUT_MESSAGES_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub messages_per_connection: u32,
+    /// Lease duration (renewed while a job is worked on).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_LEASE_MS", default_value_t = 60_000)]
+    pub lease_ms: u64,
+    /// A job leased this many times without finishing is quarantined (poison).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_MAX_UNFINISHED", default_value_t = 5)]
+    pub max_unfinished: u32,
+    /// DNS server (IP:PORT) for MX and address lookups; default: /etc/resolv.conf.
+    #[arg(long, env = "EPISTOLE_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
+    /// DNS query timeout, milliseconds.
+    #[arg(long, env = "EPISTOLE_DNS_TIMEOUT_MS", default_value_t = 5_000)]
+    pub dns_timeout_ms: u64,
+    /// TCP port of remote MX hosts (25; other values are for tests).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_PORT", default_value_t = 25)]
+    pub smtp_port: u16,
+    /// Smarthost for a domain, `DOMAIN=HOST[:PORT]`; `*=HOST[:PORT]` for all
+    /// domains. Repeatable (comma-separated in the environment).
+    #[arg(long = "relay", env = "EPISTOLE_SMTP_OUT_RELAY", value_delimiter = ',')]
+    pub relays: Vec<String>,
+    /// Credentials for a smarthost named in `--relay`: `HOST=USER:PASSWORD_FILE`
+    /// (AUTH PLAIN, only ever sent inside TLS). Repeatable.
+    #[arg(
+        long = "relay-auth",
+        env = "EPISTOLE_SMTP_OUT_RELAY_AUTH",
+        value_delimiter = ','
+    )]
+    pub relay_auth: Vec<String>,
+    /// Retry delays after each failed attempt (`30s,5m,1h,…`); the last repeats.
+    #[arg(
+        long,
+        env = "EPISTOLE_SMTP_OUT_RETRY_SCHEDULE",
+        value_delimiter = ',',
+        value_parser = parse_duration,
+        default_value = "5m,10m,30m,1h,2h,4h"
+    )]
+    pub retry_schedule: Vec<Duration>,
+    /// A message still undelivered this long after it was queued bounces.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_GIVE_UP_AFTER", value_parser = parse_duration, default_value = "5d")]
+    pub give_up_after: Duration,
+    /// A "delayed" DSN (RFC 3464, when NOTIFY allows) once a message is this old.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_DELAY_NOTICE_AFTER", value_parser = parse_duration, default_value = "4h")]
+    pub delay_notice_after: Duration,
+    /// TCP connect timeout.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub connect_timeout: Duration,
+    /// Time limit for the greeting and each command reply (RFC 5321 §4.5.3.2: 5 min).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_COMMAND_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
+    pub command_timeout: Duration,
+    /// Time limit for the reply to the final `.` (RFC 5321 §4.5.3.2: 10 min).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_DATA_TIMEOUT", value_parser = parse_duration, default_value = "10m")]
+    pub data_timeout: Duration,
+    /// Never use STARTTLS (for tests and broken peers; default is opportunistic TLS).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_STARTTLS")]
+    pub no_starttls: bool,
+    /// DKIM key for a domain, `DOMAIN=SELECTOR:PEM_PATH` (RSA or Ed25519,
+    /// PKCS#8 or PKCS#1). Repeatable (comma-separated in the environment).
+    /// A first step: keys move into the store with `mailctl dkim`.
+    #[arg(
+        long = "dkim-key",
+        env = "EPISTOLE_SMTP_OUT_DKIM_KEYS",
+        value_delimiter = ','
+    )]
+    pub dkim_keys: Vec<String>,
+    /// HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_HTTP", default_value = "127.0.0.1:7031")]
+    pub http_listen: SocketAddr,
+}
+
+/// Parses `90`, `90s`, `15m`, `4h`, `5d`, `250ms`.
+///
+/// # Errors
+/// A message for clap.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = |k: u64| {
+        n.checked_mul(k)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} too large"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(432_000)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}
