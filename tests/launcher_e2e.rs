@@ -9,6 +9,38 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncBufReadExt as _;
 
+/// On any failure: kill what the launcher started, including its PostgreSQL
+/// (pg_ctl puts the server in a session of its own).
+struct Cleanup {
+    pgid: u32,
+    var: std::path::PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.pgid)])
+            .status();
+        let data = self.var.join("pg/data");
+        if data.join("postmaster.pid").exists() {
+            let pg_ctl = std::fs::read_dir("/usr/lib/postgresql")
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(Result::ok)
+                .map(|e| e.path().join("bin/pg_ctl"))
+                .unwrap_or_else(|| "pg_ctl".into());
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_ctl)
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.var);
+    }
+}
+
 fn alive_in_group(pgid: u32) -> Vec<String> {
     let out = Command::new("ps")
         .args(["-eo", "pgid=,pid=,comm="])
@@ -27,9 +59,15 @@ async fn start_send_read_ctrl_c_nothing_left_running() {
     std::fs::create_dir_all(&var).unwrap();
     let offset = 10_000 + (std::process::id() % 150) * 100;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/run");
-    let mut std_cmd = Command::new("bash");
+    // As from a terminal: SIGINT at its default disposition, even when this
+    // test itself runs with SIGINT ignored (a background job of a shell).
+    let mut std_cmd = Command::new("python3");
     std_cmd
-        .arg(script)
+        .args([
+            "-c",
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp('bash', ['bash', sys.argv[1]])",
+            script,
+        ])
         .env("EPISTOLE_BIN", env!("CARGO_BIN_EXE_epistole"))
         .env("EPISTOLE_VAR", &var)
         .env("EPISTOLE_PORT_OFFSET", offset.to_string())
@@ -42,6 +80,10 @@ async fn start_send_read_ctrl_c_nothing_left_running() {
         .process_group(0);
     let mut child = tokio::process::Command::from(std_cmd).spawn().unwrap();
     let pgid = child.id().unwrap();
+    let _cleanup = Cleanup {
+        pgid,
+        var: var.clone(),
+    };
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut banner = String::new();
     loop {
@@ -102,10 +144,11 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
     // Ctrl-C: SIGINT to the whole foreground process group, as a terminal does.
-    Command::new("kill")
-        .args(["-INT", &format!("-{pgid}")])
+    let sent = Command::new("kill")
+        .args(["-INT", "--", &format!("-{pgid}")])
         .status()
         .unwrap();
+    assert!(sent.success(), "SIGINT to the launcher's process group");
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
         .expect("launcher exits after Ctrl-C")

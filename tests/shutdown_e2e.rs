@@ -142,3 +142,55 @@ async fn smtp_in_answers_421_mid_data_and_stores_nothing() {
         .jobs;
     assert!(jobs.is_empty(), "nothing half stored: {jobs:?}");
 }
+
+/// SIGTERM to imap while a client IDLEs: the client gets `* BYE` and the
+/// process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_says_bye_to_an_idling_client_on_sigterm() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let store = test_kit::TestStore::start().await;
+    store.add_domain("example.org").await;
+    store.add_user("alice@example.org", "alice-password").await;
+    let mut imap = test_kit::spawn_service(
+        &store,
+        &[
+            "--log",
+            "warn",
+            "imap",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "off",
+            "--allow-plaintext-auth",
+        ],
+        &["imap"],
+    )
+    .await;
+    let mut c = tokio::net::TcpStream::connect(imap.addr("imap"))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    let mut until = async |c: &mut tokio::net::TcpStream, seen: &mut String, want: &str| {
+        while !seen.contains(want) {
+            let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("waiting for {want:?}, got {seen:?}"))
+                .unwrap();
+            assert!(n > 0, "closed before {want:?}: {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    until(&mut c, &mut seen, "* OK").await;
+    c.write_all(b"a LOGIN alice@example.org alice-password\r\nb SELECT INBOX\r\nc IDLE\r\n")
+        .await
+        .unwrap();
+    until(&mut c, &mut seen, "+ ").await;
+    sigterm(imap.child.id().unwrap()).await;
+    until(&mut c, &mut seen, "* BYE").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), imap.child.wait())
+        .await
+        .expect("imap exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
