@@ -80,7 +80,7 @@ mod tests {
         assert_eq!(super::crlf_size(b"a\n"), 3);
         assert_eq!(super::crlf_size(b"a\r"), 3);
         assert_eq!(super::crlf_size(b"a"), 3);
-        assert_eq!(super::crlf_size(b"a\n\rb"), 7);
+        assert_eq!(super::crlf_size(b"a\n\rb"), 8);
         assert_eq!(super::crlf_size(b"\r\r\n"), 4);
     }
 }
