@@ -502,37 +502,8 @@ impl Worker {
             original_headers: header_block,
             now: chrono::Utc::now(),
         });
-        let key = format!(
-            "dsn:{}:{}",
-            job.id,
-            wanted
-                .iter()
-                .map(|f| f.recipient.address.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        let header = pb::EnqueueHeader {
-            kind: pb::QueueKind::Inbound as i32,
-            idempotency_key: key.chars().take(250).collect(),
-            mail_from: String::new(),
-            recipients: vec![pb::Recipient {
-                address: job.mail_from.clone(),
-                orcpt: String::new(),
-                notify: pb::Notify::Never as u32,
-            }],
-            body_type: "8BITMIME".into(),
-            session_id: job.session_id.clone(),
-            size: raw.len() as u64,
-            ..Default::default()
-        };
-        let msgs = vec![
-            pb::EnqueueRequest {
-                part: Some(pb::enqueue_request::Part::Header(header)),
-            },
-            pb::EnqueueRequest {
-                part: Some(pb::enqueue_request::Part::Data(raw)),
-            },
-        ];
+        let key = mail_dsn::idempotency_key("dsn", job.id, &wanted);
+        let msgs = mail_dsn::enqueue_requests(job, key, raw);
         let dsn_job = self
             .store
             .queue

@@ -268,6 +268,49 @@ pub fn status_of(reason: &str, default: &str) -> String {
     }
 }
 
+/// The idempotency key of a DSN: one per job, kind and recipient set, so a
+/// re-leased job (or a second delay notice) finds the first one.
+#[must_use]
+pub fn idempotency_key(tag: &str, job_id: u64, failures: &[Failure]) -> String {
+    let rcpts: Vec<&str> = failures
+        .iter()
+        .map(|f| f.recipient.address.as_str())
+        .collect();
+    format!("{tag}:{job_id}:{}", rcpts.join(","))
+        .chars()
+        .take(250)
+        .collect()
+}
+
+/// The Enqueue stream for a DSN: an inbound job from the null sender `<>`
+/// (RFC 5321 §4.5.5) to the original envelope sender, asking for no DSN
+/// about itself.
+#[must_use]
+pub fn enqueue_requests(job: &pb::Job, key: String, raw: Vec<u8>) -> Vec<pb::EnqueueRequest> {
+    let header = pb::EnqueueHeader {
+        kind: pb::QueueKind::Inbound as i32,
+        idempotency_key: key,
+        mail_from: String::new(),
+        recipients: vec![pb::Recipient {
+            address: job.mail_from.clone(),
+            orcpt: String::new(),
+            notify: pb::Notify::Never as u32,
+        }],
+        body_type: "8BITMIME".into(),
+        session_id: job.session_id.clone(),
+        size: raw.len() as u64,
+        ..Default::default()
+    };
+    vec![
+        pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Header(header)),
+        },
+        pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Data(raw)),
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
