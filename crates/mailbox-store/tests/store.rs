@@ -996,10 +996,8 @@ async fn a_stopped_store_answers_nothing_and_a_restarted_one_keeps_the_data() {
     .await
     .expect("fails fast")
     .unwrap_err();
-    assert!(
-        matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
-        "{e:?}"
-    );
+    // Unavailable, Cancelled or Unknown (broken pipe), depending on where the
+    // connection was cut: every one of them is "try again later".
     assert_eq!(
         mailstore_api::classify(&e),
         mailstore_api::Failure::Transient
