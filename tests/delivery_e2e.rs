@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mail_parser::MimeHeaders as _;
 use mailstore_api::pb;
-use test_kit::{TestStore, collect_body, enqueue};
+use test_kit::{TestStore, collect_body, enqueue, jobs, subjects, wait_until};
 
 struct Proc(Child);
 
@@ -45,70 +45,6 @@ fn delivery(store: &TestStore, worker: &str, lease_ms: u64) -> Proc {
 
 fn message(subject: &str) -> Vec<u8> {
     format!("From: sender@remote.test\r\nTo: someone@example.org\r\nSubject: {subject}\r\nMessage-ID: <{subject}@remote.test>\r\n\r\nHello {subject}\r\n").into_bytes()
-}
-
-async fn subjects(store: &TestStore, user: u64, mailbox: &str) -> Vec<String> {
-    let c = store.client();
-    let Ok(mb) = c
-        .mailboxes
-        .clone()
-        .get_mailbox(pb::GetMailboxRequest {
-            user_id: user,
-            name: mailbox.into(),
-            claim_recent: false,
-        })
-        .await
-    else {
-        return Vec::new();
-    };
-    let mut s = c
-        .mailboxes
-        .clone()
-        .fetch_meta(pb::FetchMetaRequest {
-            mailbox_id: mb.into_inner().id,
-            with_structure: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(b) = s.message().await.unwrap() {
-        for m in b.messages {
-            let env = m.structure.unwrap().envelope.unwrap();
-            out.push(String::from_utf8_lossy(&env.subject.unwrap_or_default()).into_owned());
-        }
-    }
-    out
-}
-
-async fn jobs(store: &TestStore, kind: pb::QueueKind, state: pb::JobState) -> Vec<pb::JobSummary> {
-    store
-        .client()
-        .queue
-        .clone()
-        .list_jobs(pb::ListJobsRequest {
-            kind: kind as i32,
-            state: state as i32,
-            limit: 10_000,
-            after_id: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn setup() -> (TestStore, u64, u64) {

@@ -167,53 +167,6 @@ async fn smtp_out(store: &TestStore, dns: SocketAddr, port: u16, worker: &str) -
     Proc(child)
 }
 
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn subjects(store: &TestStore, user: u64) -> Vec<String> {
-    let c = store.client();
-    let Ok(mb) = c
-        .mailboxes
-        .clone()
-        .get_mailbox(pb::GetMailboxRequest {
-            user_id: user,
-            name: "INBOX".into(),
-            claim_recent: false,
-        })
-        .await
-    else {
-        return Vec::new();
-    };
-    let mut s = c
-        .mailboxes
-        .clone()
-        .fetch_meta(pb::FetchMetaRequest {
-            mailbox_id: mb.into_inner().id,
-            with_structure: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(b) = s.message().await.unwrap() {
-        for m in b.messages {
-            let env = m.structure.unwrap().envelope.unwrap();
-            out.push(String::from_utf8_lossy(&env.subject.unwrap_or_default()).into_owned());
-        }
-    }
-    out
-}
-
 async fn outbound_jobs(store: &TestStore) -> Vec<pb::JobSummary> {
     store
         .client()
@@ -257,7 +210,7 @@ async fn relayed_through_mx_lookup_and_refusal_bounces_to_the_senders_inbox() {
     .unwrap();
     let _d = delivery(&store).await;
     let _o = smtp_out(&store, dns.addr, port, "out-1").await;
-    wait_until(
+    test_kit::wait_until(
         "the remote MX to get the message",
         Duration::from_secs(60),
         || {
@@ -266,11 +219,11 @@ async fn relayed_through_mx_lookup_and_refusal_bounces_to_the_senders_inbox() {
         },
     )
     .await;
-    wait_until(
+    test_kit::wait_until(
         "the DSN in alice's INBOX",
         Duration::from_secs(60),
         || async {
-            subjects(&store, alice)
+            test_kit::subjects(&store, alice, "INBOX")
                 .await
                 .iter()
                 .any(|s| s.contains("Undelivered"))
@@ -283,13 +236,13 @@ async fn relayed_through_mx_lookup_and_refusal_bounces_to_the_senders_inbox() {
     let wire = String::from_utf8_lossy(&got[0].2);
     assert!(wire.contains("see you\r\n..\r\nat noon\r\n.\r\n"), "{wire}");
     // Both outbound jobs are finished, with the results recorded.
-    wait_until("outbound jobs done", Duration::from_secs(30), || async {
+    test_kit::wait_until("outbound jobs done", Duration::from_secs(30), || async {
         let jobs = outbound_jobs(&store).await;
         jobs.len() == 2 && jobs.iter().all(|j| j.state == pb::JobState::Done as i32)
     })
     .await;
     assert_eq!(
-        subjects(&store, alice)
+        test_kit::subjects(&store, alice, "INBOX")
             .await
             .iter()
             .filter(|s| s.contains("Undelivered"))
@@ -339,7 +292,7 @@ async fn killed_mid_transfer_then_restarted_delivers_without_loss() {
         .into_inner()
         .job_id;
     let mut first = smtp_out(&store, dns.addr, port, "out-killed").await;
-    wait_until("the first transfer", Duration::from_secs(60), || {
+    test_kit::wait_until("the first transfer", Duration::from_secs(60), || {
         let n = inbox.lock().unwrap().len();
         async move { n >= 1 }
     })
@@ -347,7 +300,7 @@ async fn killed_mid_transfer_then_restarted_delivers_without_loss() {
     // SIGKILL while the remote holds the reply to the final dot.
     first.0.kill().await.unwrap();
     let _second = smtp_out(&store, dns.addr, port, "out-restarted").await;
-    wait_until(
+    test_kit::wait_until(
         "delivery after restart",
         Duration::from_secs(60),
         || async {
@@ -596,7 +549,7 @@ async fn postfix_receives_from_smtp_out_and_relays_into_smtp_in() {
     let _d = delivery(&store).await;
     let limit = Duration::from_secs(90);
     let start = Instant::now();
-    while !subjects(&store, bob)
+    while !test_kit::subjects(&store, bob, "INBOX")
         .await
         .iter()
         .any(|s| s == "via postfix")
@@ -906,11 +859,11 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
     )
     .await;
     assert!(sent.contains("SENT"));
-    wait_until(
+    test_kit::wait_until(
         "the message in bob's INBOX on B",
         Duration::from_secs(90),
         || async {
-            subjects(&b, bob)
+            test_kit::subjects(&b, bob, "INBOX")
                 .await
                 .iter()
                 .any(|s| s == "across installations")

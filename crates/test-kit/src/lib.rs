@@ -606,3 +606,79 @@ pub async fn spawn_service(store: &TestStore, args: &[&str], expect: &[&str]) ->
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     ServiceProcess { child, addrs }
 }
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: std::time::Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The Subject of every message in a user's mailbox, in UID order (empty
+/// when the mailbox does not exist).
+pub async fn subjects(store: &TestStore, user: u64, mailbox: &str) -> Vec<String> {
+    let c = store.client();
+    let Ok(mb) = c
+        .mailboxes
+        .clone()
+        .get_mailbox(pb::GetMailboxRequest {
+            user_id: user,
+            name: mailbox.into(),
+            claim_recent: false,
+        })
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut s = c
+        .mailboxes
+        .clone()
+        .fetch_meta(pb::FetchMetaRequest {
+            mailbox_id: mb.into_inner().id,
+            with_structure: true,
+            ..Default::default()
+        })
+        .await
+        .expect("fetch meta")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(b) = s.message().await.expect("meta batch") {
+        for m in b.messages {
+            let subject = m
+                .structure
+                .and_then(|s| s.envelope)
+                .and_then(|e| e.subject)
+                .unwrap_or_default();
+            out.push(String::from_utf8_lossy(&subject).into_owned());
+        }
+    }
+    out
+}
+
+/// Queue jobs of a kind and state (`Unspecified` = any), up to 10,000.
+pub async fn jobs(
+    store: &TestStore,
+    kind: pb::QueueKind,
+    state: pb::JobState,
+) -> Vec<pb::JobSummary> {
+    store
+        .client()
+        .queue
+        .clone()
+        .list_jobs(pb::ListJobsRequest {
+            kind: kind as i32,
+            state: state as i32,
+            limit: 10_000,
+            after_id: 0,
+        })
+        .await
+        .expect("list jobs")
+        .into_inner()
+        .jobs
+}
