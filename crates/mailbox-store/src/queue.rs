@@ -971,7 +971,6 @@ impl pb::queue_server::Queue for QueueSvc {
     ) -> Result<Response<pb::AddEventResponse>, Status> {
         let req = req.into_inner();
         let job_id = id(req.job_id, "job")?;
-        let attrs: serde_json_map::Map = req.attributes.into_iter().collect();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO events (job_id, kind, source, recipient, detail, attributes) VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING id",
         )
@@ -980,7 +979,7 @@ impl pb::queue_server::Queue for QueueSvc {
         .bind(&req.source)
         .bind(&req.recipient)
         .bind(&req.detail)
-        .bind(serde_json_map::to_json(&attrs))
+        .bind(serde_json::to_string(&req.attributes).unwrap_or_else(|_| "{}".into()))
         .fetch_one(self.pool())
         .await
         .map_err(StoreError::from)?;
@@ -1080,96 +1079,9 @@ async fn list_events(pool: &PgPool, job_id: i64) -> Result<Vec<pb::Event>> {
                 source: r.try_get("source")?,
                 recipient: r.try_get("recipient")?,
                 detail: r.try_get("detail")?,
-                attributes: serde_json_map::from_json(&attrs),
+                // A flat object of strings, as AddEvent wrote it.
+                attributes: serde_json::from_str(&attrs).unwrap_or_default(),
             })
         })
         .collect()
-}
-
-/// Event attributes are a flat string map; stored as a JSON object. A tiny
-/// encoder/decoder for exactly that shape keeps serde_json out of the build.
-mod serde_json_map {
-    use std::collections::HashMap;
-
-    pub type Map = Vec<(String, String)>;
-
-    fn esc(s: &str, out: &mut String) {
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-
-    pub fn to_json(m: &Map) -> String {
-        let mut out = String::from("{");
-        for (i, (k, v)) in m.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            esc(k, &mut out);
-            out.push(':');
-            esc(v, &mut out);
-        }
-        out.push('}');
-        out
-    }
-
-    /// Parses PostgreSQL's canonical jsonb text of a flat string object.
-    pub fn from_json(s: &str) -> HashMap<String, String> {
-        let mut out = HashMap::new();
-        let mut chars = s.chars().peekable();
-        let mut strings = Vec::new();
-        while let Some(c) = chars.next() {
-            if c == '"' {
-                let mut cur = String::new();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => match chars.next() {
-                            Some('n') => cur.push('\n'),
-                            Some('t') => cur.push('\t'),
-                            Some('r') => cur.push('\r'),
-                            Some('u') => {
-                                let hex: String = chars.by_ref().take(4).collect();
-                                if let Some(ch) =
-                                    u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
-                                {
-                                    cur.push(ch);
-                                }
-                            }
-                            Some(o) => cur.push(o),
-                            None => break,
-                        },
-                        c => cur.push(c),
-                    }
-                }
-                strings.push(cur);
-            }
-        }
-        let mut it = strings.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            out.insert(k, v);
-        }
-        out
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn round_trip() {
-            let m = vec![
-                ("mx".to_string(), "a \"b\"\n".to_string()),
-                ("ip".into(), "192.0.2.1".into()),
-            ];
-            let back = super::from_json(&super::to_json(&m));
-            assert_eq!(back.get("mx").map(String::as_str), Some("a \"b\"\n"));
-            assert_eq!(back.get("ip").map(String::as_str), Some("192.0.2.1"));
-        }
-    }
 }

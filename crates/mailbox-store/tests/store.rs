@@ -1015,3 +1015,64 @@ async fn a_stopped_store_answers_nothing_and_a_restarted_one_keeps_the_data() {
     }
     assert_eq!(again.expect("store back").domains[0].name, "example.org");
 }
+
+#[tokio::test]
+async fn event_attributes_round_trip_and_oversized_messages_are_refused_before_data() {
+    let (s, user) = setup().await;
+    let c = s.client();
+    let job = enqueue(&c, "ev", "x@example.net", &["alice@example.org"], &msg(1))
+        .await
+        .unwrap()
+        .job_id;
+    let attrs: std::collections::HashMap<String, String> = [
+        (
+            "mx".to_string(),
+            "a \"quoted\"\nline \\ and ünïcode".to_string(),
+        ),
+        ("ip".to_string(), "192.0.2.1".to_string()),
+    ]
+    .into();
+    c.queue
+        .clone()
+        .add_event(pb::AddEventRequest {
+            job_id: job,
+            kind: pb::EventKind::Attempt as i32,
+            source: "smtp-out/w".into(),
+            recipient: "alice@example.org".into(),
+            detail: "250 ok".into(),
+            attributes: attrs.clone(),
+        })
+        .await
+        .unwrap();
+    let events = c
+        .queue
+        .clone()
+        .list_events(pb::ListEventsRequest { job_id: job })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let attempt = events
+        .iter()
+        .find(|e| e.kind == pb::EventKind::Attempt as i32)
+        .unwrap();
+    assert_eq!(attempt.attributes, attrs);
+    // The declared size is checked against the limit before any data.
+    let header = pb::AppendRequest {
+        part: Some(pb::append_request::Part::Header(pb::AppendHeader {
+            user_id: user,
+            mailbox: "INBOX".into(),
+            flags: vec![],
+            internal_date: None,
+            size: 1 << 40,
+        })),
+    };
+    let e = c
+        .mailboxes
+        .clone()
+        .append(futures::stream::iter([header]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange);
+    assert_eq!(inbox(&s, user).await.messages, 0);
+}
