@@ -37,6 +37,9 @@ pub enum Command {
     /// The inbound and outbound mail queues.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Per-user filter rules applied at delivery (header contains → folder).
+    #[command(subcommand)]
+    Filter(FilterCmd),
     /// DKIM signing keys: prints the DNS TXT record to publish.
     #[command(subcommand)]
     Dkim(DkimCmd),
@@ -100,6 +103,26 @@ pub enum AliasCmd {
     Rm {
         source: String,
         target: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FilterCmd {
+    /// File messages whose HEADER contains TEXT (case-insensitive) into FOLDER.
+    Add {
+        address: String,
+        header: String,
+        contains: String,
+        folder: String,
+        /// Rules apply in ascending position; the first match wins.
+        #[arg(long, default_value_t = 0)]
+        position: i32,
+    },
+    List {
+        address: String,
+    },
+    Rm {
+        id: u64,
     },
 }
 
@@ -565,6 +588,58 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
             writeln!(out, "job {id} removed")?;
         }
         Command::Dkim(cmd) => dkim_command(&c, cmd, out).await?,
+        Command::Filter(FilterCmd::Add {
+            address,
+            header,
+            contains,
+            folder,
+            position,
+        }) => {
+            let f = c
+                .accounts
+                .clone()
+                .add_filter(pb::AddFilterRequest {
+                    address,
+                    position,
+                    header,
+                    contains,
+                    folder,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(
+                out,
+                "filter {} added: {} contains {:?} -> {}",
+                f.id, f.header, f.contains, f.folder
+            )?;
+        }
+        Command::Filter(FilterCmd::List { address }) => {
+            let r = c
+                .accounts
+                .clone()
+                .list_filters(pb::ListFiltersRequest {
+                    key: Some(pb::list_filters_request::Key::Address(address)),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for f in r.filters {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}",
+                    f.id, f.position, f.header, f.contains, f.folder
+                )?;
+            }
+        }
+        Command::Filter(FilterCmd::Rm { id }) => {
+            c.accounts
+                .clone()
+                .delete_filter(pb::DeleteFilterRequest { id })
+                .await
+                .map_err(status)?;
+            writeln!(out, "filter {id} removed")?;
+        }
         Command::Migrate { .. } => unreachable!("handled above"),
     }
     out.flush()?;

@@ -91,6 +91,28 @@ async fn domains_users_aliases_and_queue() {
             .contains("sales@example.org\talice@example.org")
     );
     assert!(run(&["alias", "rm", "sales@example.org"], None).0);
+    let (ok, out, err) = run(
+        &[
+            "filter",
+            "add",
+            "alice@example.org",
+            "List-Id",
+            "weekly",
+            "Archive",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("-> Archive"), "{out}");
+    let listed = run(&["filter", "list", "alice@example.org"], None).1;
+    assert!(listed.contains("\tList-Id\tweekly\tArchive"), "{listed}");
+    let id = listed.split('\t').next().unwrap().to_string();
+    assert!(tokio::task::block_in_place(|| mailctl(s, &["filter", "rm", &id], None)).0);
+    assert!(
+        run(&["filter", "list", "alice@example.org"], None)
+            .1
+            .is_empty()
+    );
     // DKIM: generate prints the record; rotate makes a new signing key and
     // keeps the old one listed; the store holds the private keys.
     let (ok, out, err) = run(
