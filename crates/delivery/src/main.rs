@@ -1,19 +1,10 @@
-//! delivery binary: flags → `delivery::run`.
+//! `delivery` binary: flags → `delivery::run` until SIGTERM or Ctrl-C (the
+//! multi-call `epistole delivery` runs the same function).
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(name = "delivery", version)]
-struct Cli {
-    #[command(flatten)]
-    log: service_kit::LogArgs,
-    #[command(flatten)]
-    config: delivery::Config,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    service_kit::init_tracing(&cli.log);
-    delivery::run(cli.config, service_kit::shutdown_on_signals()).await
+fn main() -> anyhow::Result<()> {
+    service_kit::service_main::<delivery::Config, _, _>(
+        "delivery",
+        "Epistole inbound queue worker: local delivery, relay hand-off, bounces",
+        delivery::run,
+    )
 }

@@ -36,15 +36,12 @@ pub mod response;
 pub mod search;
 pub mod session;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use service_kit::{LogArgs, Shutdown, StoreArgs};
-use tokio::net::TcpListener;
+use service_kit::{Security, Shutdown, StoreArgs, Tls};
 
 pub use session::{Session, SessionConfig, Shared};
 
@@ -76,21 +73,6 @@ pub struct Config {
         default_value = "localhost"
     )]
     pub hostname: String,
-    /// PEM file with the certificate chain.
-    #[arg(long = "tls-cert", env = "EPISTOLE_IMAP_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM file with the private key.
-    #[arg(long = "tls-key", env = "EPISTOLE_IMAP_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Development only: generate a self-signed certificate at start.
-    #[arg(long = "tls-self-signed", env = "EPISTOLE_IMAP_TLS_SELF_SIGNED")]
-    pub tls_self_signed: bool,
-    /// Allow LOGIN and AUTHENTICATE without TLS (loopback tests only).
-    #[arg(
-        long = "allow-plaintext-auth",
-        env = "EPISTOLE_IMAP_ALLOW_PLAINTEXT_AUTH"
-    )]
-    pub allow_plaintext_auth: bool,
     /// Delay before answering a failed login, in milliseconds.
     #[arg(
         long = "auth-failure-delay-ms",
@@ -142,27 +124,21 @@ pub struct Config {
         default_value_t = 50
     )]
     pub max_sessions_per_user: u32,
-    /// Maximum concurrent connections.
-    #[arg(
-        long = "max-connections",
-        env = "EPISTOLE_IMAP_MAX_CONNECTIONS",
-        default_value_t = 5000
-    )]
-    pub max_connections: usize,
-    /// Maximum concurrent connections from one IP address.
-    #[arg(
-        long = "max-connections-per-ip",
-        env = "EPISTOLE_IMAP_MAX_CONNECTIONS_PER_IP",
-        default_value_t = 50
-    )]
-    pub max_connections_per_ip: u32,
+    /// TLS, plaintext-auth permission and connection limits.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
     /// Store connection.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Logging.
-    #[command(flatten)]
-    pub log: LogArgs,
 }
+
+service_kit::listener_args!(
+    /// imap's listener flags (`EPISTOLE_IMAP_*`).
+    ListenerArgs,
+    "EPISTOLE_IMAP",
+    max_connections = 5000,
+    per_ip = 50
+);
 
 impl Config {
     /// The session settings this configuration implies.
@@ -181,7 +157,7 @@ impl Config {
             .saturating_add(self.max_line * 2);
         Ok(SessionConfig {
             tls_available,
-            allow_plaintext_auth: self.allow_plaintext_auth,
+            allow_plaintext_auth: self.listener.allow_plaintext_auth,
             auth_failure_delay: Duration::from_millis(self.auth_failure_delay_ms),
             max_auth_failures: 3,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
@@ -200,15 +176,6 @@ impl Config {
     }
 }
 
-fn listen_addr(s: &str) -> anyhow::Result<Option<SocketAddr>> {
-    if s.eq_ignore_ascii_case("off") || s.is_empty() {
-        return Ok(None);
-    }
-    s.parse()
-        .map(Some)
-        .with_context(|| format!("invalid listen address {s:?}"))
-}
-
 /// Runs the imap service until `shutdown`.
 ///
 /// Prints `listening imap=ADDR` and `listening imaps=ADDR` on stdout once
@@ -218,69 +185,35 @@ fn listen_addr(s: &str) -> anyhow::Result<Option<SocketAddr>> {
 /// # Errors
 /// Invalid configuration, TLS files, or a listener that cannot be bound.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    service_kit::init_tracing(&config.log);
-    let tls = tls_kit::configure(
-        config.tls_cert.as_deref(),
-        config.tls_key.as_deref(),
-        config.tls_self_signed,
-        &config.hostname,
-    )
-    .context("TLS configuration")?;
-    let plain_addr = listen_addr(&config.listen)?;
-    let tls_addr = listen_addr(&config.listen_tls)?;
-    if tls.is_none() && tls_addr.is_some() {
-        tracing::warn!("no TLS certificate configured: port 993 and STARTTLS are off");
-    }
+    let tls = config
+        .listener
+        .tls(&config.hostname)
+        .context("TLS configuration")?;
     let store = config.store.client().context("store client")?;
     let session_config = config.session_config(tls.is_some())?;
     let server = conn::Server {
-        shared: Arc::new(Shared::new(session_config, store)),
-        acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
-        limits: conn::Limits::new(config.max_connections, config.max_connections_per_ip),
+        shared: Arc::new(Shared::new(session_config, store.clone())),
+        acceptor: tls.map(|t| Tls::new(t, "imap")),
     };
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut announce = Vec::new();
-    if let Some(addr) = plain_addr {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind imap listener {addr}"))?;
-        announce.push(format!("listening imap={}", l.local_addr()?));
-        tasks.spawn(conn::accept_loop(
-            server.clone(),
-            l,
-            false,
-            shutdown.clone(),
-        ));
-    }
-    if let (Some(addr), Some(_)) = (tls_addr, &server.acceptor) {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind imaps listener {addr}"))?;
-        announce.push(format!("listening imaps={}", l.local_addr()?));
-        tasks.spawn(conn::accept_loop(server.clone(), l, true, shutdown.clone()));
-    }
-    anyhow::ensure!(!tasks.is_empty(), "no listener configured");
-    if let Some(addr) = config.http_listen {
-        let ready = service_kit::store_readiness(server.shared.store.clone());
-        let health = service_kit::HealthServer::bind(addr, ready)
-            .await
-            .with_context(|| format!("bind health endpoint {addr}"))?;
-        announce.push(format!("listening http={}", health.local_addr()?));
-        let s = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = health.serve(s).await {
-                tracing::warn!(error = %e, "health endpoint failed");
-            }
-        });
-    }
-    {
-        let mut stdout = std::io::stdout().lock();
-        for line in &announce {
-            tracing::info!("{line}");
-            writeln!(stdout, "{line}")?;
-        }
-        stdout.flush()?;
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    let http = config
+        .http_listen
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    let service = service_kit::Service::bind(
+        &[
+            ("imap", Security::Plain, &config.listen),
+            ("imaps", Security::ImplicitTls, &config.listen_tls),
+        ],
+        server.acceptor.is_some(),
+        &http,
+        service_kit::store_readiness(store),
+    )
+    .await?;
+    service
+        .serve(
+            Arc::new(server),
+            config.listener.limits(),
+            shutdown,
+            Duration::from_secs(10),
+        )
+        .await
 }

@@ -1,17 +1,10 @@
-//! Stand-alone `imap` binary (the multi-call `epistole imap` does the same).
+//! `imap` binary: flags → `imap::run` until SIGTERM or Ctrl-C (the
+//! multi-call `epistole imap` runs the same function).
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(name = "imap", about = "Epistole IMAP server")]
-struct Cli {
-    #[command(flatten)]
-    config: imap::Config,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
-    imap::run(cli.config, service_kit::shutdown_on_signals()).await
+fn main() -> anyhow::Result<()> {
+    service_kit::service_main::<imap::Config, _, _>(
+        "imap",
+        "Epistole IMAP server (143 with STARTTLS, 993)",
+        imap::run,
+    )
 }

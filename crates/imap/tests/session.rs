@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap::conn::{Limits, Server, serve_connection};
+use imap::conn::{Server, serve_connection};
 use imap::session::{SessionConfig, Shared};
 use service_kit::Shutdown;
 use test_kit::TestStore;
@@ -19,7 +19,7 @@ const MSG2: &[u8] = b"From: =?UTF-8?B?SsO8cmdlbg==?= <j@example.org>\r\nTo: bob@
 struct Env {
     store: TestStore,
     user: u64,
-    tls: tokio_rustls::TlsAcceptor,
+    tls: service_kit::Tls,
     cert: rustls_pki_types::CertificateDer<'static>,
 }
 
@@ -28,7 +28,7 @@ async fn env() -> Env {
     store.add_domain("example.org").await;
     let user = store.add_user("bob@example.org", "secret").await;
     let (config, cert) = tls_kit::self_signed("localhost").unwrap();
-    let tls = tokio_rustls::TlsAcceptor::from(config);
+    let tls = service_kit::Tls::new(config, "imap");
     Env {
         store,
         user,
@@ -123,7 +123,6 @@ fn connect_shared(
     let server = Server {
         shared,
         acceptor: Some(env.tls.clone()),
-        limits: Limits::new(100, 100),
     };
     tokio::spawn(async move {
         let _ = serve_connection(

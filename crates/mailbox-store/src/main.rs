@@ -1,19 +1,10 @@
-//! mailbox-store binary: flags → `mailbox_store::run`.
+//! `mailbox-store` binary: flags → `mailbox_store::run` until SIGTERM or Ctrl-C (the
+//! multi-call `epistole mailbox-store` runs the same function).
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(name = "mailbox-store", version)]
-struct Cli {
-    #[command(flatten)]
-    log: service_kit::LogArgs,
-    #[command(flatten)]
-    config: mailbox_store::Config,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    service_kit::init_tracing(&cli.log);
-    mailbox_store::run(cli.config, service_kit::shutdown_on_signals()).await
+fn main() -> anyhow::Result<()> {
+    service_kit::service_main::<mailbox_store::Config, _, _>(
+        "mailbox-store",
+        "Epistole store: accounts, mailboxes, messages and queues over PostgreSQL",
+        mailbox_store::run,
+    )
 }

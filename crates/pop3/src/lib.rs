@@ -24,15 +24,11 @@ mod lock;
 pub mod proto;
 pub mod session;
 
-use std::io::Write as _;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use service_kit::{Shutdown, StoreArgs};
-use tokio::net::TcpListener;
+use service_kit::{Security, Shutdown, StoreArgs, Tls};
 
 pub use session::{Session, SessionConfig, Shared};
 
@@ -68,21 +64,6 @@ pub struct Config {
         default_value = "localhost"
     )]
     pub hostname: String,
-    /// PEM file with the certificate chain.
-    #[arg(long = "tls-cert", env = "EPISTOLE_POP3_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM file with the private key.
-    #[arg(long = "tls-key", env = "EPISTOLE_POP3_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Development only: generate a self-signed certificate at start.
-    #[arg(long = "tls-self-signed", env = "EPISTOLE_POP3_TLS_SELF_SIGNED")]
-    pub tls_self_signed: bool,
-    /// Allow USER/PASS and AUTH without TLS (loopback tests only).
-    #[arg(
-        long = "allow-plaintext-auth",
-        env = "EPISTOLE_POP3_ALLOW_PLAINTEXT_AUTH"
-    )]
-    pub allow_plaintext_auth: bool,
     /// Delay before answering a failed login, in milliseconds.
     #[arg(
         long = "auth-failure-delay-ms",
@@ -104,20 +85,6 @@ pub struct Config {
         default_value_t = 10
     )]
     pub max_errors: u32,
-    /// Maximum concurrent connections.
-    #[arg(
-        long = "max-connections",
-        env = "EPISTOLE_POP3_MAX_CONNECTIONS",
-        default_value_t = 2000
-    )]
-    pub max_connections: usize,
-    /// Maximum concurrent connections from one IP address.
-    #[arg(
-        long = "max-connections-per-ip",
-        env = "EPISTOLE_POP3_MAX_CONNECTIONS_PER_IP",
-        default_value_t = 20
-    )]
-    pub max_connections_per_ip: u32,
     /// Lifetime of the maildrop lock in seconds (refreshed while the session
     /// lives; a crashed replica's lock expires after this).
     #[arg(
@@ -140,10 +107,21 @@ pub struct Config {
         default_value_t = 100_000
     )]
     pub max_messages: usize,
+    /// TLS, plaintext-auth permission and connection limits.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
     /// Store connection.
     #[command(flatten)]
     pub store: StoreArgs,
 }
+
+service_kit::listener_args!(
+    /// pop3's listener flags (`EPISTOLE_POP3_*`).
+    ListenerArgs,
+    "EPISTOLE_POP3",
+    max_connections = 2000,
+    per_ip = 20
+);
 
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
@@ -167,15 +145,6 @@ impl Config {
     }
 }
 
-fn listen_addr(s: &str) -> anyhow::Result<Option<SocketAddr>> {
-    if s.eq_ignore_ascii_case("off") || s.is_empty() {
-        return Ok(None);
-    }
-    s.parse()
-        .map(Some)
-        .with_context(|| format!("invalid listen address {s:?}"))
-}
-
 /// Runs the pop3 service until `shutdown`.
 ///
 /// Prints `listening pop3=ADDR` and `listening pop3s=ADDR` on stdout once
@@ -186,21 +155,14 @@ fn listen_addr(s: &str) -> anyhow::Result<Option<SocketAddr>> {
 /// Invalid configuration, TLS files, or a listener that cannot be bound.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     config.validate()?;
-    let tls = conn::tls_config(
-        config.tls_cert.as_deref(),
-        config.tls_key.as_deref(),
-        config.tls_self_signed,
-        &config.hostname,
-    )?;
-    let plain_addr = listen_addr(&config.listen)?;
-    let tls_addr = listen_addr(&config.listen_tls)?;
-    if tls.is_none() && tls_addr.is_some() {
-        tracing::warn!("no TLS certificate configured: port 995 and STLS are off");
-    }
+    let tls = config
+        .listener
+        .tls(&config.hostname)
+        .context("TLS configuration")?;
     let store = config.store.client().context("store client")?;
     let session_config = SessionConfig {
         stls_available: tls.is_some(),
-        allow_plaintext_auth: config.allow_plaintext_auth,
+        allow_plaintext_auth: config.listener.allow_plaintext_auth,
         auth_failure_delay: Duration::from_millis(config.auth_failure_delay_ms),
         command_timeout: Duration::from_secs(config.command_timeout_secs),
         max_errors: config.max_errors,
@@ -210,56 +172,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         max_messages: config.max_messages,
     };
     let server = conn::Server {
-        shared: Arc::new(Shared::new(session_config, store)),
-        acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
-        limits: conn::Limits::new(config.max_connections, config.max_connections_per_ip),
+        shared: Arc::new(Shared::new(session_config, store.clone())),
+        acceptor: tls.map(|t| Tls::new(t, "pop3")),
     };
-
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut announce = Vec::new();
-    if let Some(addr) = plain_addr {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind pop3 listener {addr}"))?;
-        announce.push(format!("listening pop3={}", l.local_addr()?));
-        tasks.spawn(conn::accept_loop(
-            server.clone(),
-            l,
-            false,
-            shutdown.clone(),
-        ));
-    }
-    if let (Some(addr), Some(_)) = (tls_addr, &server.acceptor) {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind pop3s listener {addr}"))?;
-        announce.push(format!("listening pop3s={}", l.local_addr()?));
-        tasks.spawn(conn::accept_loop(server.clone(), l, true, shutdown.clone()));
-    }
-    anyhow::ensure!(!tasks.is_empty(), "no listener configured");
-    if let Some(addr) = listen_addr(&config.http_listen)? {
-        // Ready when the store answers: without it no login can succeed.
-        let store = server.shared.store.clone();
-        let ready = service_kit::store_readiness(store);
-        let health = service_kit::HealthServer::bind(addr, ready)
-            .await
-            .with_context(|| format!("bind health endpoint {addr}"))?;
-        announce.push(format!("listening http={}", health.local_addr()?));
-        let s = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = health.serve(s).await {
-                tracing::warn!(error = %e, "health endpoint failed");
-            }
-        });
-    }
-    {
-        let mut stdout = std::io::stdout().lock();
-        for line in &announce {
-            tracing::info!("{line}");
-            writeln!(stdout, "{line}")?;
-        }
-        stdout.flush()?;
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    let service = service_kit::Service::bind(
+        &[
+            ("pop3", Security::Plain, &config.listen),
+            ("pop3s", Security::ImplicitTls, &config.listen_tls),
+        ],
+        server.acceptor.is_some(),
+        &config.http_listen,
+        service_kit::store_readiness(store),
+    )
+    .await?;
+    service
+        .serve(
+            Arc::new(server),
+            config.listener.limits(),
+            shutdown,
+            Duration::from_secs(10),
+        )
+        .await
 }

@@ -1,26 +1,10 @@
-//! `pop3` binary: parses the configuration and runs the service until
-//! SIGTERM / Ctrl-C (the multi-call `epistole pop3` does the same).
+//! `pop3` binary: flags → `pop3::run` until SIGTERM or Ctrl-C (the
+//! multi-call `epistole pop3` runs the same function).
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    name = "pop3",
-    version,
-    about = "Epistole POP3 server (110 with STLS, 995)"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: pop3::Config,
-    #[command(flatten)]
-    log: service_kit::LogArgs,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    service_kit::init_tracing(&cli.log);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = service_kit::metrics_handle();
-    pop3::run(cli.config, service_kit::shutdown_on_signals()).await
+fn main() -> anyhow::Result<()> {
+    service_kit::service_main::<pop3::Config, _, _>(
+        "pop3",
+        "Epistole POP3 server (110 with STLS, 995)",
+        pop3::run,
+    )
 }

@@ -3,14 +3,23 @@
 //! fanned out to every task, and the small HTTP endpoint with `/healthz`,
 //! `/readyz` and `/metrics` (Prometheus text format) each service exposes.
 
+mod args;
 pub mod http;
 pub mod listen;
+mod service;
 pub mod shutdown;
 
+use std::future::Future;
 use std::sync::OnceLock;
 
+pub use {rustls, tls_kit};
+
 pub use http::{HealthServer, Readiness};
-pub use listen::{ConnLimits, ConnSlot, Refused, accept_loop};
+pub use listen::{
+    BoxFuture, ConnLimits, ConnSlot, ConnectionInfo, Endpoint, HandshakeError, Protocol, Refused,
+    Security, Tls, TlsInfo, new_connection_id,
+};
+pub use service::{Service, StartError};
 pub use shutdown::{Shutdown, shutdown_on_signals};
 
 /// How a service reaches the store. Flattened into every service's config.
@@ -120,4 +129,41 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The `main` of a service's own binary: parses `--help`-documented flags
+/// (the service's `Config` plus logging), installs tracing, the ring TLS
+/// provider and the metrics recorder, and runs the service until SIGTERM or
+/// Ctrl-C. The multi-call `epistole` binary does the same per subcommand.
+///
+/// # Errors
+/// Whatever the service's start-up returns.
+pub fn service_main<C, F, Fut>(
+    name: &'static str,
+    about: &'static str,
+    run: F,
+) -> anyhow::Result<()>
+where
+    C: clap::Args,
+    F: FnOnce(C, Shutdown) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    use clap::{Args as _, FromArgMatches as _};
+    let command = LogArgs::augment_args(C::augment_args(
+        clap::Command::new(name)
+            .about(about)
+            .version(env!("CARGO_PKG_VERSION")),
+    ));
+    let matches = command.get_matches();
+    let config = C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let log = LogArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        init_tracing(&log);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = metrics_handle();
+        run(config, shutdown_on_signals()).await
+    })
 }

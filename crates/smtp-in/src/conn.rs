@@ -1,12 +1,15 @@
-//! One connection from accept to close: the span with session id and peer,
-//! the early-talker check, implicit TLS (port 465) and the STARTTLS switch.
+//! smtp-in on the shared listener (`service_kit::listen`): one connection
+//! from admission to close — the early-talker check, implicit TLS (port
+//! 465) and the STARTTLS switch. Binding, limits, the connection span and
+//! drain are the listener's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_kit::Shutdown;
+use service_kit::{BoxFuture, ConnectionInfo, Protocol, Refused, Shutdown};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument as _;
 
@@ -14,8 +17,48 @@ use crate::io::{Conn, ConnError};
 use crate::proto::codes;
 use crate::session::{Exit, ListenerKind, Session, Shared, TlsInfo, new_session_id};
 
-/// A TLS handshake must finish within this time.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// smtp-in as the shared listener sees it.
+pub struct Smtp {
+    /// Session rules, store backend, TLS.
+    pub shared: Arc<Shared>,
+    /// Per-connection options.
+    pub options: ConnOptions,
+}
+
+impl Protocol for Smtp {
+    fn name(&self) -> &'static str {
+        "smtp_in"
+    }
+
+    /// `421 4.7.0` to a connection over the limits (not on 465: that would
+    /// need a TLS handshake first; the listener simply closes it).
+    fn refusal(&self, _why: Refused) -> Vec<u8> {
+        codes::too_many_connections().to_wire().into_bytes()
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        info: ConnectionInfo,
+        shutdown: Shutdown,
+    ) -> BoxFuture {
+        let kind = match info.endpoint {
+            "submission" => ListenerKind::Submission,
+            "submissions" => ListenerKind::Submissions,
+            _ => ListenerKind::Mx,
+        };
+        let shared = self.shared.clone();
+        Box::pin(run_session(
+            tcp,
+            info.peer,
+            info.id,
+            kind,
+            shared,
+            self.options,
+            shutdown,
+        ))
+    }
+}
 
 /// Per-connection options that are not session rules.
 #[derive(Debug, Clone, Copy)]
@@ -39,17 +82,28 @@ pub async fn handle<S>(
 {
     let sid = new_session_id();
     let span = tracing::info_span!("smtp", sid = %sid, peer = %peer, listener = kind.name());
-    async move {
-        tracing::info!("connected");
-        let mut session = Session::new(shared.clone(), kind, peer, sid, shutdown);
-        let result = serve(stream, &mut session, &shared, kind, options).await;
-        match result {
-            Ok(exit) => tracing::info!(?exit, "disconnected"),
-            Err(e) => tracing::info!(error = %e, "connection ended"),
-        }
+    run_session(stream, peer, sid, kind, shared, options, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn run_session<S>(
+    stream: S,
+    peer: SocketAddr,
+    sid: String,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    options: ConnOptions,
+    shutdown: Shutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    tracing::info!("connected");
+    let mut session = Session::new(shared.clone(), kind, peer, sid, shutdown);
+    match serve(stream, &mut session, &shared, kind, options).await {
+        Ok(exit) => tracing::info!(?exit, "disconnected"),
+        Err(e) => tracing::info!(error = %e, "connection ended"),
     }
-    .instrument(span)
-    .await;
 }
 
 async fn serve<S>(
@@ -64,8 +118,8 @@ where
 {
     if kind == ListenerKind::Submissions {
         // RFC 8314 §3.3: TLS first, then the SMTP greeting.
-        let tls = handshake(shared, stream).await?;
-        return serve_tls(tls, session).await;
+        let (tls, info) = handshake(shared, stream).await?;
+        return serve_tls(tls, info, session).await;
     }
     let mut conn = Conn::new(stream);
     if kind == ListenerKind::Mx && !options.early_talker_delay.is_zero() {
@@ -95,45 +149,42 @@ where
                     "discarded plaintext bytes pipelined after STARTTLS"
                 );
             }
-            let tls = handshake(shared, raw).await?;
-            serve_tls(tls, session).await
+            let (tls, info) = handshake(shared, raw).await?;
+            serve_tls(tls, info, session).await
         }
         exit => Ok(exit),
     }
 }
 
-async fn handshake<S>(shared: &Shared, stream: S) -> Result<TlsStream<S>, ConnError>
+async fn handshake<S>(
+    shared: &Shared,
+    stream: S,
+) -> Result<(TlsStream<S>, service_kit::TlsInfo), ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let acceptor = shared
+    let tls = shared
         .tls
-        .clone()
+        .as_ref()
         .ok_or_else(|| ConnError::Io(std::io::Error::other("TLS not configured")))?;
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => Ok(tls),
-        Ok(Err(e)) => {
-            metrics::counter!("smtp_in_tls_handshake_failures_total").increment(1);
-            Err(ConnError::Io(e))
-        }
-        Err(_) => Err(ConnError::Timeout),
+    match tls.accept(stream).await {
+        Ok((tls, info)) => Ok((tls, info)),
+        Err(service_kit::HandshakeError::Io(e)) => Err(ConnError::Io(e)),
+        Err(service_kit::HandshakeError::Timeout) => Err(ConnError::Timeout),
     }
 }
 
-async fn serve_tls<S>(tls: TlsStream<S>, session: &mut Session) -> Result<Exit, ConnError>
+async fn serve_tls<S>(
+    tls: TlsStream<S>,
+    negotiated: service_kit::TlsInfo,
+    session: &mut Session,
+) -> Result<Exit, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let info = {
-        let (_, server) = tls.get_ref();
-        TlsInfo {
-            version: server
-                .protocol_version()
-                .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
-            cipher: server
-                .negotiated_cipher_suite()
-                .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
-        }
+    let info = TlsInfo {
+        version: negotiated.version,
+        cipher: negotiated.cipher,
     };
     tracing::info!(version = %info.version, cipher = %info.cipher, "TLS established");
     let implicit = session_needs_greeting(session);

@@ -27,20 +27,14 @@ pub mod proto;
 pub mod received;
 pub mod session;
 pub mod store;
-pub mod tls;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use service_kit::{HealthServer, Shutdown, StoreArgs};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::task::TaskTracker;
+use service_kit::{Security, Shutdown, StoreArgs};
+use tokio::sync::Semaphore;
 
 pub use session::{Limits, ListenerKind, Shared};
 
@@ -86,29 +80,6 @@ pub struct Config {
         default_value = "127.0.0.1:7025"
     )]
     pub http_listen: String,
-    /// TLS certificate chain (PEM).
-    #[arg(
-        long = "tls-cert",
-        env = "EPISTOLE_SMTP_TLS_CERT",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    #[arg(long = "tls-key", env = "EPISTOLE_SMTP_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Development only: generate a self-signed certificate at start-up.
-    #[arg(
-        long = "tls-self-signed",
-        env = "EPISTOLE_SMTP_TLS_SELF_SIGNED",
-        conflicts_with = "tls_cert"
-    )]
-    pub tls_self_signed: bool,
-    /// Testing only: offer AUTH on submission without TLS.
-    #[arg(
-        long = "allow-plaintext-auth",
-        env = "EPISTOLE_SMTP_ALLOW_PLAINTEXT_AUTH"
-    )]
-    pub allow_plaintext_auth: bool,
     /// Largest message in octets (advertised with SIZE, enforced while receiving).
     #[arg(long = "max-message-size", env = "EPISTOLE_SMTP_MAX_MESSAGE_SIZE", default_value_t = 25 * 1024 * 1024)]
     pub max_message_size: u64,
@@ -154,20 +125,6 @@ pub struct Config {
         default_value_t = 180
     )]
     pub data_timeout_secs: u64,
-    /// Connections in total.
-    #[arg(
-        long = "max-connections",
-        env = "EPISTOLE_SMTP_MAX_CONNECTIONS",
-        default_value_t = 1000
-    )]
-    pub max_connections: usize,
-    /// Connections per client IP.
-    #[arg(
-        long = "max-connections-per-ip",
-        env = "EPISTOLE_SMTP_MAX_CONNECTIONS_PER_IP",
-        default_value_t = 20
-    )]
-    pub max_connections_per_ip: usize,
     /// Memory for message content being received, all sessions together, in MiB.
     #[arg(
         long = "spool-memory-mb",
@@ -203,7 +160,18 @@ pub struct Config {
         default_value_t = 30
     )]
     pub drain_timeout_secs: u64,
+    /// TLS, plaintext-auth permission and connection limits.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
 }
+
+service_kit::listener_args!(
+    /// smtp-in's listener flags (`EPISTOLE_SMTP_*`).
+    ListenerArgs,
+    "EPISTOLE_SMTP",
+    max_connections = 1000,
+    per_ip = 20
+);
 
 impl Config {
     /// Defaults for everything, all listeners on 127.0.0.1 port 0 (tests).
@@ -219,10 +187,6 @@ impl Config {
             submission_listen: "127.0.0.1:0".into(),
             submissions_listen: "127.0.0.1:0".into(),
             http_listen: "off".into(),
-            tls_cert: None,
-            tls_key: None,
-            tls_self_signed: true,
-            allow_plaintext_auth: false,
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             max_errors: 20,
@@ -230,13 +194,15 @@ impl Config {
             error_delay_ms: 0,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
-            max_connections: 1000,
-            max_connections_per_ip: 20,
             spool_memory_mb: 1024,
             store_timeout_ms: 30_000,
             store_attempts: 3,
             early_talker_delay_ms: 0,
             drain_timeout_secs: 30,
+            listener: ListenerArgs {
+                tls_self_signed: true,
+                ..ListenerArgs::defaults()
+            },
         }
     }
 
@@ -253,77 +219,11 @@ impl Config {
     }
 }
 
-fn parse_listen(s: &str) -> anyhow::Result<Option<SocketAddr>> {
-    if s.is_empty() || s.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    s.parse()
-        .map(Some)
-        .with_context(|| format!("bad listen address {s:?}"))
-}
-
-/// Connection counters (total and per IP).
-struct ConnLimits {
-    total: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
-}
-
-/// Held for the life of a connection; gives its slots back on drop.
-struct ConnGuard {
-    limits: Arc<ConnLimits>,
-    ip: IpAddr,
-    _total: OwnedSemaphorePermit,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        metrics::gauge!("smtp_in_connections_active").decrement(1.0);
-        let mut map = self
-            .limits
-            .per_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl ConnLimits {
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, &'static str> {
-        let total = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| "total")?;
-        let mut map = self
-            .per_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err("per_ip");
-        }
-        *n += 1;
-        metrics::gauge!("smtp_in_connections_active").increment(1.0);
-        Ok(ConnGuard {
-            limits: self.clone(),
-            ip,
-            _total: total,
-        })
-    }
-}
-
 /// smtp-in with its listeners bound, ready to serve.
 pub struct Server {
-    listeners: Vec<(ListenerKind, TcpListener)>,
-    health: Option<HealthServer>,
+    service: service_kit::Service,
     shared: Arc<Shared>,
-    limits: Arc<ConnLimits>,
+    limits: Arc<service_kit::ConnLimits>,
     options: conn::ConnOptions,
     drain: Duration,
 }
@@ -334,14 +234,13 @@ impl Server {
     /// # Errors
     /// Bad configuration, unreadable certificates, or an address in use.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::from_pem_files(cert, key)?),
-            _ if config.tls_self_signed => {
-                tracing::warn!("using a generated self-signed certificate (development only)");
-                Some(tls::self_signed(&config.hostname)?.0)
-            }
-            _ => None,
-        };
+        let tls = config
+            .listener
+            .tls(&config.hostname)
+            .context("TLS configuration")?;
+        if tls.is_some() && config.listener.tls_cert.is_none() {
+            tracing::warn!("using a generated self-signed certificate (development only)");
+        }
         let client = config.store.client().context("store client")?;
         let backend = store::Backend::new(
             client,
@@ -356,61 +255,45 @@ impl Server {
             hostname: config.hostname.clone(),
             limits: config.limits(),
             backend: backend.clone(),
-            tls,
-            allow_plaintext_auth: config.allow_plaintext_auth,
+            tls: tls.map(|t| service_kit::Tls::new(t, "smtp_in")),
+            allow_plaintext_auth: config.listener.allow_plaintext_auth,
             spool: Arc::new(Semaphore::new(spool_kib)),
         });
-        let mut listeners = Vec::new();
-        for (kind, addr) in [
-            (ListenerKind::Mx, &config.mx_listen),
-            (ListenerKind::Submission, &config.submission_listen),
-            (ListenerKind::Submissions, &config.submissions_listen),
-        ] {
-            let Some(addr) = parse_listen(addr)? else {
-                continue;
-            };
-            if kind == ListenerKind::Submissions && shared.tls.is_none() {
-                anyhow::bail!(
-                    "the submissions listener (implicit TLS) needs --tls-cert/--tls-key or --tls-self-signed"
-                );
-            }
-            if kind == ListenerKind::Submission
-                && shared.tls.is_none()
-                && !config.allow_plaintext_auth
-            {
-                tracing::warn!("submission listener without TLS: AUTH will never be offered");
-            }
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("bind smtp-in {} listener on {addr}", kind.name()))?;
-            listeners.push((kind, listener));
+        if shared.tls.is_none()
+            && !config.listener.allow_plaintext_auth
+            && !service_kit::listen::parse_listen(&config.submission_listen)
+                .map_err(anyhow::Error::msg)?
+                .is_empty()
+        {
+            tracing::warn!("submission listener without TLS: AUTH will never be offered");
         }
-        anyhow::ensure!(!listeners.is_empty(), "no listener configured");
-        let health = match parse_listen(&config.http_listen)? {
-            Some(addr) => {
-                let readiness: service_kit::Readiness = Arc::new(move || {
-                    let backend = backend.clone();
-                    Box::pin(async move { backend.ping().await.map_err(|e| e.to_string()) })
-                });
-                Some(
-                    HealthServer::bind(addr, readiness)
-                        .await
-                        .context("bind health endpoint")?,
-                )
-            }
-            None => None,
-        };
+        let readiness: service_kit::Readiness = Arc::new(move || {
+            let backend = backend.clone();
+            Box::pin(async move { backend.ping().await.map_err(|e| e.to_string()) })
+        });
+        let service = service_kit::Service::bind(
+            &[
+                (ListenerKind::Mx.name(), Security::Plain, &config.mx_listen),
+                (
+                    ListenerKind::Submission.name(),
+                    Security::Plain,
+                    &config.submission_listen,
+                ),
+                (
+                    ListenerKind::Submissions.name(),
+                    Security::ImplicitTls,
+                    &config.submissions_listen,
+                ),
+            ],
+            shared.tls.is_some(),
+            &config.http_listen,
+            readiness,
+        )
+        .await?;
         Ok(Self {
-            listeners,
-            health,
+            service,
             shared,
-            limits: Arc::new(ConnLimits {
-                total: Arc::new(Semaphore::new(
-                    config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-                )),
-                per_ip: Mutex::new(HashMap::new()),
-                max_per_ip: config.max_connections_per_ip.max(1),
-            }),
+            limits: config.listener.limits(),
             options: conn::ConnOptions {
                 early_talker_delay: Duration::from_millis(config.early_talker_delay_ms),
             },
@@ -418,98 +301,28 @@ impl Server {
         })
     }
 
-    /// The bound addresses (useful with port 0), with the health endpoint
-    /// reported as `None` kind.
+    /// The bound addresses (useful with port 0); the health endpoint is
+    /// `http`.
     #[must_use]
     pub fn local_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        let mut out: Vec<(&'static str, SocketAddr)> = self
-            .listeners
-            .iter()
-            .filter_map(|(kind, l)| l.local_addr().ok().map(|a| (kind.name(), a)))
-            .collect();
-        if let Some(addr) = self.health.as_ref().and_then(|h| h.local_addr().ok()) {
-            out.push(("http", addr));
-        }
-        out
+        self.service.local_addrs()
     }
 
-    /// Accepts connections until `shutdown`, then lets sessions finish
-    /// (each idle one is told `421 4.3.2`) for up to the drain timeout.
+    /// Announces the addresses, accepts connections until `shutdown`, then
+    /// lets sessions finish (each idle one is told `421 4.3.2`) for up to
+    /// the drain timeout.
     ///
     /// # Errors
     /// Currently none after a successful bind; kept for future listeners.
     pub async fn serve(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let tracker = TaskTracker::new();
-        if let Some(health) = self.health {
-            let s = shutdown.clone();
-            tracker.spawn(async move {
-                if let Err(e) = health.serve(s).await {
-                    tracing::error!(error = %e, "health endpoint failed");
-                }
-            });
-        }
-        for (kind, listener) in self.listeners {
-            let shared = self.shared.clone();
-            let limits = self.limits.clone();
-            let shutdown = shutdown.clone();
-            let options = self.options;
-            let sessions = tracker.clone();
-            tracker.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        a = listener.accept() => a,
-                    };
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    metrics::counter!("smtp_in_connections_total", "listener" => kind.name()).increment(1);
-                    match limits.admit(peer.ip()) {
-                        Ok(guard) => {
-                            let shared = shared.clone();
-                            let shutdown = shutdown.clone();
-                            sessions.spawn(async move {
-                                let _guard = guard;
-                                conn::handle(stream, peer, kind, shared, options, shutdown).await;
-                            });
-                        }
-                        Err(reason) => {
-                            metrics::counter!("smtp_in_connections_rejected_total", "reason" => reason).increment(1);
-                            tracing::info!(%peer, reason, "connection refused: limit");
-                            sessions.spawn(refuse(stream, kind));
-                        }
-                    }
-                }
-            });
-        }
-        shutdown.cancelled().await;
-        tracker.close();
-        if tokio::time::timeout(self.drain, tracker.wait())
+        let protocol = Arc::new(conn::Smtp {
+            shared: self.shared,
+            options: self.options,
+        });
+        self.service
+            .serve(protocol, self.limits, shutdown, self.drain)
             .await
-            .is_err()
-        {
-            tracing::warn!("sessions still running after the drain timeout; exiting");
-        }
-        Ok(())
     }
-}
-
-/// `421` to a connection over the limits (not on 465: that would need a
-/// TLS handshake first; the connection is simply closed).
-async fn refuse(mut stream: TcpStream, kind: ListenerKind) {
-    if kind != ListenerKind::Submissions {
-        let reply = proto::codes::too_many_connections().to_wire();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
-    }
-    let _ = stream.shutdown().await;
 }
 
 /// Runs smtp-in until `shutdown`. Prints `listening <name>=<addr>` for each
@@ -518,15 +331,5 @@ async fn refuse(mut stream: TcpStream, kind: ListenerKind) {
 /// # Errors
 /// Start-up failures (bad configuration, TLS files, bind).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let server = Server::bind(&config).await?;
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        for (name, addr) in server.local_addrs() {
-            tracing::info!(%addr, "listening {name}");
-            let _ = writeln!(out, "listening {name}={addr}");
-        }
-        let _ = out.flush();
-    }
-    server.serve(shutdown).await
+    Server::bind(&config).await?.serve(shutdown).await
 }

@@ -1,26 +1,10 @@
-//! `smtp-in` binary: parses the configuration and runs the service until
-//! SIGTERM / Ctrl-C. Everything else lives in the library.
+//! `smtp-in` binary: flags → `smtp_in::run` until SIGTERM or Ctrl-C (the
+//! multi-call `epistole smtp-in` runs the same function).
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    name = "smtp-in",
-    version,
-    about = "Epistole SMTP receiver (MX, submission, submissions)"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: smtp_in::Config,
-    #[command(flatten)]
-    log: service_kit::LogArgs,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    service_kit::init_tracing(&cli.log);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = service_kit::metrics_handle();
-    smtp_in::run(cli.config, service_kit::shutdown_on_signals()).await
+fn main() -> anyhow::Result<()> {
+    service_kit::service_main::<smtp_in::Config, _, _>(
+        "smtp-in",
+        "Epistole SMTP receiver (MX, submission, submissions)",
+        smtp_in::run,
+    )
 }

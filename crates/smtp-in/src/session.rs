@@ -102,7 +102,7 @@ pub struct Shared {
     /// The store.
     pub backend: Backend,
     /// TLS, when configured (STARTTLS and port 465).
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<service_kit::Tls>,
     /// Allow AUTH without TLS (loopback testing only).
     pub allow_plaintext_auth: bool,
     /// Server-wide budget for spooled message content, in KiB permits.

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 async fn per_ip_limit_and_graceful_shutdown() {
     let store = TestStore::start().await;
     let mut config = smtp_in::Config::new(&store.grpc_url, &store.token);
-    config.max_connections_per_ip = 2;
+    config.listener.max_connections_per_ip = 2;
     let server = smtp_in::Server::bind(&config).await.unwrap();
     let addrs = server.local_addrs();
     let mx = addrs.iter().find(|(n, _)| *n == "mx").unwrap().1;

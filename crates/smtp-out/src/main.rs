@@ -1,19 +1,10 @@
-//! smtp-out binary: flags → `smtp_out::run`.
+//! `smtp-out` binary: flags → `smtp_out::run` until SIGTERM or Ctrl-C (the
+//! multi-call `epistole smtp-out` runs the same function).
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(name = "smtp-out", version)]
-struct Cli {
-    #[command(flatten)]
-    log: service_kit::LogArgs,
-    #[command(flatten)]
-    config: smtp_out::Config,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    service_kit::init_tracing(&cli.log);
-    smtp_out::run(cli.config, service_kit::shutdown_on_signals()).await
+fn main() -> anyhow::Result<()> {
+    service_kit::service_main::<smtp_out::Config, _, _>(
+        "smtp-out",
+        "Epistole outbound queue worker: MX routing, SMTP relay, retries, bounces",
+        smtp_out::run,
+    )
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailstore_api::pb;
-use pop3::conn::{self, Limits, Server};
+use pop3::conn::{self, Server};
 use pop3::session::{SessionConfig, Shared, new_session_id};
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader,
@@ -85,13 +85,12 @@ impl Env {
 
     pub fn with_store(store: test_kit::TestStore, user_id: u64, cfg: SessionConfig) -> Self {
         let (cert_dir, cert, key, tls_client) = tls_files();
-        let tls = conn::tls_config(Some(&cert), Some(&key), false, "localhost")
+        let tls = tls_kit::configure(Some(&cert), Some(&key), false, "localhost")
             .unwrap()
             .unwrap();
         let server = Server {
             shared: Arc::new(Shared::new(cfg, store.client())),
-            acceptor: Some(tokio_rustls::TlsAcceptor::from(tls)),
-            limits: Limits::new(100, 100),
+            acceptor: Some(service_kit::Tls::new(tls, "pop3")),
         };
         Self {
             store,

@@ -51,7 +51,8 @@ impl Harness {
         let store = TestStore::start().await;
         store.add_domain(DOMAIN).await;
         let alice_id = store.add_user(ALICE, ALICE_PW).await;
-        let (acceptor, cert) = smtp_in::tls::self_signed("mx.test").unwrap();
+        let (config, cert) = tls_kit::self_signed("mx.test").unwrap();
+        let acceptor = service_kit::Tls::new(config, "smtp_in");
         let forwarder = Forwarder::start(store.grpc_addr).await;
         let client = mailstore_api::connect(&forwarder.url, &store.token).unwrap();
         let shared = Arc::new(Shared {

@@ -1,0 +1,73 @@
+//! Flags every protocol service shares, generated per service so each keeps
+//! its own environment variable names (`EPISTOLE_IMAP_TLS_CERT`, …).
+
+/// Declares a service's listener flags: TLS material, plaintext-auth
+/// permission, and connection limits, with `env` names under `$prefix`
+/// and the given default limits. The struct has `tls()` (the rustls
+/// configuration, if any) and `limits()` (the shared [`crate::ConnLimits`]).
+#[macro_export]
+macro_rules! listener_args {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal, max_connections = $total:expr, per_ip = $per_ip:expr) => {
+        $(#[$meta])*
+        #[derive(clap::Args, Debug, Clone)]
+        pub struct $name {
+            /// PEM file with the TLS certificate chain.
+            #[arg(long = "tls-cert", env = concat!($prefix, "_TLS_CERT"))]
+            pub tls_cert: Option<std::path::PathBuf>,
+            /// PEM file with the TLS private key.
+            #[arg(long = "tls-key", env = concat!($prefix, "_TLS_KEY"))]
+            pub tls_key: Option<std::path::PathBuf>,
+            /// Development only: generate a self-signed certificate at start.
+            #[arg(long = "tls-self-signed", env = concat!($prefix, "_TLS_SELF_SIGNED"), conflicts_with = "tls_cert")]
+            pub tls_self_signed: bool,
+            /// Testing only: allow authentication without TLS.
+            #[arg(long = "allow-plaintext-auth", env = concat!($prefix, "_ALLOW_PLAINTEXT_AUTH"))]
+            pub allow_plaintext_auth: bool,
+            /// Connections in total.
+            #[arg(long = "max-connections", env = concat!($prefix, "_MAX_CONNECTIONS"), default_value_t = $total)]
+            pub max_connections: usize,
+            /// Connections from one client IP address.
+            #[arg(long = "max-connections-per-ip", env = concat!($prefix, "_MAX_CONNECTIONS_PER_IP"), default_value_t = $per_ip)]
+            pub max_connections_per_ip: u32,
+        }
+
+        impl $name {
+            /// Test defaults: no TLS files, self-signed allowed by the caller.
+            #[must_use]
+            pub fn defaults() -> Self {
+                Self {
+                    tls_cert: None,
+                    tls_key: None,
+                    tls_self_signed: false,
+                    allow_plaintext_auth: false,
+                    max_connections: $total,
+                    max_connections_per_ip: $per_ip,
+                }
+            }
+
+            /// The TLS server configuration these flags describe: PEM files
+            /// when both are given, a self-signed certificate for `hostname`
+            /// when explicitly asked, else none.
+            ///
+            /// # Errors
+            /// Half a configuration, unreadable files, generation failure.
+            pub fn tls(
+                &self,
+                hostname: &str,
+            ) -> Result<Option<std::sync::Arc<$crate::rustls::ServerConfig>>, $crate::tls_kit::TlsError> {
+                $crate::tls_kit::configure(
+                    self.tls_cert.as_deref(),
+                    self.tls_key.as_deref(),
+                    self.tls_self_signed,
+                    hostname,
+                )
+            }
+
+            /// The connection limits these flags describe.
+            #[must_use]
+            pub fn limits(&self) -> std::sync::Arc<$crate::ConnLimits> {
+                $crate::ConnLimits::new(self.max_connections, self.max_connections_per_ip)
+            }
+        }
+    };
+}
