@@ -1,7 +1,7 @@
 //! The selected mailbox as this session sees it (RFC 9051 §2.3.1.2:
 //! sequence numbers are per session), and how it is kept in step with
 //! changes made elsewhere: the store's `Watch` stream marks it dirty, and
-//! [`Session::sync`] reports EXPUNGE, EXISTS, RECENT and FLAGS at the
+//! `Session::sync` reports EXPUNGE, EXISTS, RECENT and FLAGS at the
 //! points RFC 9051 §7.4.1 allows.
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //!
 //! This module holds the session, its states and the read loop (framing,
 //! limits, timeouts, error counting). Which command is allowed in which
-//! state, and which handler runs it, is decided in [`crate::cmd`]; the
+//! state, and which handler runs it, is decided in `crate::cmd`; the
 //! selected mailbox's view and its resynchronisation live in
 //! [`crate::selected`].
 

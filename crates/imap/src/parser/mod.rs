@@ -3,7 +3,7 @@
 //! typed [`Command`] or an error out. Pure, no I/O, no allocation beyond
 //! the command's own size; recursion (search keys, lists) is bounded.
 //!
-//! Layout: [`lexer`] (cursor, strings, literals, sequence sets, flags) and
+//! Layout: `lexer` (cursor, strings, literals, sequence sets, flags) and
 //! one module per grammar area; this module holds the command table.
 
 mod append;
