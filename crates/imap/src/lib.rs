@@ -18,23 +18,28 @@
 //! the points RFC 9051 §7.4.1 allows.
 //!
 //! Layout: [`framing`] (incremental command framing with limits) and
-//! [`parser`] (the grammar) are pure; [`response`] serialises every reply;
-//! [`session`] is the state machine with the handlers, plus [`fetch`],
-//! [`search`] and [`list`]; [`conn`] owns listeners, limits and the TLS swap (configuration from
-//! the shared `tls-kit` crate: rustls with ring).
+//! [`parser`] (the grammar) are pure; [`response`] serialises every reply
+//! from the crate's own types in [`model`]; [`session`] is the state
+//! machine and read loop, [`selected`] the selected mailbox's view and its
+//! resync; `cmd` holds the per-state command table, the dispatcher and
+//! one module per command family; [`store`] is the only module that talks
+//! to the store and sees its protobuf types; [`conn`] owns listeners,
+//! limits and the TLS swap (configuration from the shared `tls-kit` crate:
+//! rustls with ring).
 
+mod cmd;
 pub mod command;
 pub mod conn;
-pub mod fetch;
 pub mod framing;
 pub mod io;
-pub mod list;
 pub mod mailbox_name;
+pub mod model;
 pub mod mutf7;
 pub mod parser;
 pub mod response;
-pub mod search;
+pub mod selected;
 pub mod session;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use mailstore_api::pb;
+use crate::model::{Address, BodyPart, Envelope, Param};
 
 /// Status of a tagged or untagged status response (RFC 9051 §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,7 +246,7 @@ pub fn encode_word(s: &[u8], utf8: bool) -> Vec<u8> {
         .into_bytes()
 }
 
-fn address_list(out: &mut Vec<u8>, list: &[pb::ImapAddress], utf8: bool) {
+fn address_list(out: &mut Vec<u8>, list: &[Address], utf8: bool) {
     if list.is_empty() {
         out.extend_from_slice(b"NIL");
         return;
@@ -268,7 +268,7 @@ fn address_list(out: &mut Vec<u8>, list: &[pb::ImapAddress], utf8: bool) {
 }
 
 /// `envelope` (RFC 9051 §7.5.2) from the store's precomputed envelope.
-pub fn envelope(out: &mut Vec<u8>, e: &pb::Envelope, utf8: bool) {
+pub fn envelope(out: &mut Vec<u8>, e: &Envelope, utf8: bool) {
     out.push(b'(');
     nstring(out, e.date.as_deref(), utf8);
     out.push(b' ');
@@ -288,7 +288,7 @@ fn upper(out: &mut Vec<u8>, s: &str) {
     string(out, s.to_ascii_uppercase().as_bytes(), false);
 }
 
-fn params(out: &mut Vec<u8>, ps: &[pb::Param], utf8: bool) {
+fn params(out: &mut Vec<u8>, ps: &[Param], utf8: bool) {
     if ps.is_empty() {
         out.extend_from_slice(b"NIL");
         return;
@@ -308,13 +308,13 @@ fn params(out: &mut Vec<u8>, ps: &[pb::Param], utf8: bool) {
 /// The structure of one message with child indexes, for walking the flat
 /// pre-order list of parts.
 pub struct Tree<'a> {
-    pub parts: &'a [pb::BodyPart],
+    pub parts: &'a [BodyPart],
     pub children: Vec<Vec<usize>>,
 }
 
 impl<'a> Tree<'a> {
     #[must_use]
-    pub fn new(parts: &'a [pb::BodyPart]) -> Self {
+    pub fn new(parts: &'a [BodyPart]) -> Self {
         let mut children = vec![Vec::new(); parts.len()];
         for (i, p) in parts.iter().enumerate() {
             if let Some(parent) = p.parent
@@ -427,7 +427,7 @@ impl<'a> Tree<'a> {
         out.push(b')');
     }
 
-    fn ext_tail(&self, out: &mut Vec<u8>, p: &pb::BodyPart, utf8: bool) {
+    fn ext_tail(&self, out: &mut Vec<u8>, p: &BodyPart, utf8: bool) {
         out.push(b' ');
         match &p.disposition {
             Some(d) => {
@@ -477,12 +477,79 @@ pub fn flag_list(out: &mut Vec<u8>, flags: &[String], recent: bool) {
     out.push(b')');
 }
 
+/// `* n EXPUNGE` (RFC 9051 §7.5.1).
+#[must_use]
+pub fn expunge(seq: usize) -> Vec<u8> {
+    format!("* {seq} EXPUNGE\r\n").into_bytes()
+}
+
+/// `* n EXISTS` (RFC 9051 §7.4.1).
+#[must_use]
+pub fn exists(n: usize) -> Vec<u8> {
+    format!("* {n} EXISTS\r\n").into_bytes()
+}
+
+/// `* n RECENT` (RFC 3501 §7.3.2; not sent to IMAP4rev2 clients).
+#[must_use]
+pub fn recent(n: usize) -> Vec<u8> {
+    format!("* {n} RECENT\r\n").into_bytes()
+}
+
+/// `* seq FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])`: a flag change, after
+/// STORE or found by a resync (RFC 9051 §7.5.2, RFC 7162 §3.1.4).
+#[must_use]
+pub fn flags_fetch(
+    seq: usize,
+    uid: Option<u32>,
+    flags: &[String],
+    recent: bool,
+    modseq: Option<u64>,
+) -> Vec<u8> {
+    let mut line = format!("* {seq} FETCH (").into_bytes();
+    if let Some(uid) = uid {
+        let _ = write!(Vecw(&mut line), "UID {uid} ");
+    }
+    line.extend_from_slice(b"FLAGS ");
+    flag_list(&mut line, flags, recent);
+    if let Some(m) = modseq {
+        let _ = write!(Vecw(&mut line), " MODSEQ ({m})");
+    }
+    line.extend_from_slice(b")\r\n");
+    line
+}
+
 /// `date-time` (RFC 9051 §9): `"dd-Mon-yyyy hh:mm:ss +zzzz"`, in UTC.
 #[must_use]
-pub fn date_time(ts: Option<&prost_types::Timestamp>) -> String {
-    let secs = ts.map_or(0, |t| t.seconds);
+pub fn date_time(secs: Option<i64>) -> String {
+    let secs = secs.unwrap_or(0);
     let dt = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
     dt.format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string()
+}
+
+/// A UID list in the order given (COPYUID pairs source and destination
+/// positionally, so no sorting), ranges compressed where consecutive.
+#[must_use]
+pub fn uid_list(uids: &[u32]) -> String {
+    let mut s = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = uids[i];
+        }
+        if !s.is_empty() {
+            s.push(',');
+        }
+        if start == end {
+            s.push_str(&start.to_string());
+        } else {
+            s.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    s
 }
 
 /// Compresses sorted UIDs (or sequence numbers) into a sequence set.
@@ -554,13 +621,33 @@ mod tests {
     }
 
     #[test]
+    fn untagged_data() {
+        assert_eq!(expunge(3), b"* 3 EXPUNGE\r\n");
+        assert_eq!(exists(0), b"* 0 EXISTS\r\n");
+        assert_eq!(recent(2), b"* 2 RECENT\r\n");
+        assert_eq!(
+            flags_fetch(2, Some(7), &["\\Seen".into()], true, Some(9)),
+            b"* 2 FETCH (UID 7 FLAGS (\\Seen \\Recent) MODSEQ (9))\r\n"
+        );
+        assert_eq!(
+            flags_fetch(1, None, &[], false, None),
+            b"* 1 FETCH (FLAGS ())\r\n"
+        );
+    }
+
+    #[test]
+    fn uid_lists_keep_order() {
+        assert_eq!(uid_list(&[5, 6, 2]), "5:6,2");
+    }
+
+    #[test]
     fn seq_sets() {
         assert_eq!(seq_set_string(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
         assert_eq!(seq_set_string(&[]), "");
     }
 
-    fn part(parent: Option<u32>, section: &str, t: &str, s: &str, multipart: bool) -> pb::BodyPart {
-        pb::BodyPart {
+    fn part(parent: Option<u32>, section: &str, t: &str, s: &str, multipart: bool) -> BodyPart {
+        BodyPart {
             parent,
             section: section.into(),
             media_type: t.into(),
@@ -574,7 +661,7 @@ mod tests {
     fn resolve_sections() {
         // multipart/mixed: 1 text/plain, 2 message/rfc822 (single part inside), 3 multipart/alternative (3.1, 3.2)
         let mut m = part(Some(0), "2", "message", "rfc822", false);
-        m.envelope = Some(pb::Envelope::default());
+        m.envelope = Some(Envelope::default());
         let parts = vec![
             part(None, "", "multipart", "mixed", true),
             part(Some(0), "1", "text", "plain", false),
@@ -605,7 +692,7 @@ mod tests {
     #[test]
     fn bodystructure_single() {
         let mut p = part(None, "", "text", "plain", false);
-        p.params = vec![pb::Param {
+        p.params = vec![Param {
             name: b"charset".to_vec(),
             value: b"us-ascii".to_vec(),
         }];

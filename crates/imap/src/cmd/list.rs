@@ -1,22 +1,24 @@
 //! LIST and LSUB (RFC 9051 §6.3.9, RFC 3501 §6.3.9), with LIST-EXTENDED
-//! (RFC 5258), LIST-STATUS (RFC 5819) and SPECIAL-USE (RFC 6154).
+//! (RFC 5258), LIST-STATUS (RFC 5819) and SPECIAL-USE (RFC 6154); STATUS
+//! (RFC 9051 §6.3.11, RFC 8438 SIZE) and NAMESPACE (RFC 2342).
 
 use std::collections::BTreeMap;
 
-use mailstore_api::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::command::{ListReturn, ListSelect};
+use crate::command::{ListReturn, ListSelect, StatusItem};
 use crate::io::Io;
 use crate::mailbox_name;
+use crate::model::MailboxInfo;
 use crate::mutf7;
 use crate::response::Status;
-use crate::session::{Session, store_error};
+use crate::session::Session;
+use crate::store::store_error;
 
 /// One LIST candidate.
 #[derive(Default)]
 struct Entry {
-    mailbox: Option<pb::Mailbox>,
+    mailbox: Option<MailboxInfo>,
     subscribed: bool,
     has_children: bool,
     /// A descendant is subscribed (RFC 5258 §3.5 CHILDINFO).
@@ -34,7 +36,8 @@ impl Session {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn list<S: AsyncRead + AsyncWrite + Unpin>(
+    /// LIST and LSUB.
+    pub(super) async fn list<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut Io<S>,
         reference: &[u8],
@@ -68,25 +71,16 @@ impl Session {
                 }
             })
             .collect();
-        let mut client = self.shared.store.mailboxes.clone();
+        let store = self.store();
         let with_counts = !ret.status.is_empty();
-        let boxes = match client
-            .list_mailboxes(pb::ListMailboxesRequest {
-                user_id,
-                with_counts,
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().mailboxes,
+        let boxes = match store.list_mailboxes(user_id, with_counts).await {
+            Ok(r) => r,
             Err(e) => return store_error(&e),
         };
         let want_subs = lsub || select.subscribed || ret.subscribed;
         let subs = if want_subs {
-            match client
-                .list_subscriptions(pb::ListSubscriptionsRequest { user_id })
-                .await
-            {
-                Ok(r) => r.into_inner().names,
+            match store.list_subscriptions(user_id).await {
+                Ok(r) => r,
                 Err(e) => return store_error(&e),
             }
         } else {
@@ -189,5 +183,60 @@ impl Session {
             }
         }
         Status::ok(format!("{word} completed"))
+    }
+
+    /// NAMESPACE (RFC 2342): one personal namespace, "/" separated.
+    pub(super) fn namespace<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>) -> Status {
+        io.write(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+        Status::ok("NAMESPACE completed")
+    }
+
+    /// `* STATUS name (items)` from a store mailbox.
+    pub(crate) fn status_line(&self, mb: &MailboxInfo, items: &[StatusItem]) -> Vec<u8> {
+        let mut out = b"* STATUS ".to_vec();
+        self.mailbox_out(&mut out, &mb.name);
+        out.extend_from_slice(b" (");
+        for (i, it) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            let s = match it {
+                StatusItem::Messages => format!("MESSAGES {}", mb.messages),
+                StatusItem::Recent => format!("RECENT {}", mb.recent),
+                StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
+                StatusItem::Unseen => format!("UNSEEN {}", mb.unseen),
+                StatusItem::Deleted => format!("DELETED {}", mb.deleted),
+                StatusItem::Size => format!("SIZE {}", mb.size),
+                StatusItem::HighestModseq => format!("HIGHESTMODSEQ {}", mb.highestmodseq),
+            };
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(b")\r\n");
+        out
+    }
+
+    /// STATUS (RFC 9051 §6.3.11).
+    pub(super) async fn status<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        raw: &[u8],
+        items: &[StatusItem],
+    ) -> Status {
+        let Some(user_id) = self.user().map(|u| u.id) else {
+            return Status::bad("Not authenticated");
+        };
+        let name = match self.mailbox_in(raw) {
+            Ok(n) => n,
+            Err(st) => return st,
+        };
+        match self.store().get_mailbox(user_id, &name, false).await {
+            Ok(mb) => {
+                let line = self.status_line(&mb, items);
+                io.write(&line);
+                Status::ok("STATUS completed")
+            }
+            Err(e) => store_error(&e),
+        }
     }
 }

@@ -5,27 +5,15 @@
 
 use std::fmt::Write as _;
 
-use mailstore_api::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::{SearchKey, SearchReturn};
 use crate::io::Io;
+use crate::model::Query;
 use crate::response::{self, Status};
-use crate::session::{Selected, Session, store_error, uid_set};
-
-fn key(k: pb::search_key::Key) -> pb::SearchKey {
-    pb::SearchKey { key: Some(k) }
-}
-
-fn uids_key(uids: &[u32]) -> pb::SearchKey {
-    use pb::search_key::Key;
-    if uids.is_empty() {
-        // An empty UidSet means "all" to the store: say "none" instead.
-        key(Key::Not(Box::new(key(Key::All(true)))))
-    } else {
-        key(Key::Uids(uid_set(uids)))
-    }
-}
+use crate::selected::Selected;
+use crate::session::Session;
+use crate::store::store_error;
 
 fn has_modseq(k: &SearchKey) -> bool {
     match k {
@@ -37,57 +25,56 @@ fn has_modseq(k: &SearchKey) -> bool {
     }
 }
 
-/// Converts a parsed key for the store (bounded recursion: the parser
-/// limits nesting depth).
-fn convert(k: &SearchKey, mb: &Selected) -> pb::SearchKey {
-    use pb::search_key::Key;
-    let recent: Vec<u32> = mb
-        .uids
-        .iter()
-        .copied()
-        .filter(|&u| u >= mb.recent_floor)
-        .collect();
-    let range = |since: &Option<i64>, before: &Option<i64>| pb::DateRange {
-        since_day: *since,
-        before_day: *before,
+/// Converts a parsed key into the program the store evaluates (bounded
+/// recursion: the parser limits nesting depth).
+fn convert(k: &SearchKey, mb: &Selected) -> Query {
+    let recent = || -> Vec<u32> {
+        mb.uids
+            .iter()
+            .copied()
+            .filter(|&u| u >= mb.recent_floor)
+            .collect()
     };
     match k {
-        SearchKey::All => key(Key::All(true)),
-        SearchKey::And(v) => key(Key::AllOf(pb::SearchKeys {
-            keys: v.iter().map(|k| convert(k, mb)).collect(),
-        })),
-        SearchKey::Or(a, b) => key(Key::AnyOf(pb::SearchKeys {
-            keys: vec![convert(a, mb), convert(b, mb)],
-        })),
-        SearchKey::Not(a) => key(Key::Not(Box::new(convert(a, mb)))),
-        SearchKey::SeqSet(s) => uids_key(&mb.resolve(s, false)),
-        SearchKey::Uid(s) => uids_key(&mb.resolve(s, true)),
-        SearchKey::Flag(f) if f == "\\Recent" => uids_key(&recent),
-        SearchKey::NoFlag(f) if f == "\\Recent" => key(Key::Not(Box::new(uids_key(&recent)))),
-        SearchKey::Flag(f) => key(Key::HasFlag(f.clone())),
-        SearchKey::NoFlag(f) => key(Key::LacksFlag(f.clone())),
-        SearchKey::Recent => uids_key(&recent),
-        SearchKey::New => key(Key::AllOf(pb::SearchKeys {
-            keys: vec![uids_key(&recent), key(Key::LacksFlag("\\Seen".into()))],
-        })),
-        SearchKey::Old => key(Key::Not(Box::new(uids_key(&recent)))),
-        SearchKey::Date { since, before } => key(Key::InternalDate(range(since, before))),
-        SearchKey::SentDate { since, before } => key(Key::SentDate(range(since, before))),
-        SearchKey::Larger(n) => key(Key::Larger(*n)),
-        SearchKey::Smaller(n) => key(Key::Smaller(*n)),
-        SearchKey::Header(f, v) => key(Key::Header(pb::HeaderMatch {
+        SearchKey::All => Query::All,
+        SearchKey::And(v) => Query::AllOf(v.iter().map(|k| convert(k, mb)).collect()),
+        SearchKey::Or(a, b) => Query::AnyOf(vec![convert(a, mb), convert(b, mb)]),
+        SearchKey::Not(a) => Query::Not(Box::new(convert(a, mb))),
+        SearchKey::SeqSet(s) => Query::Uids(mb.resolve(s, false)),
+        SearchKey::Uid(s) => Query::Uids(mb.resolve(s, true)),
+        SearchKey::Flag(f) if f == "\\Recent" => Query::Uids(recent()),
+        SearchKey::NoFlag(f) if f == "\\Recent" => Query::Not(Box::new(Query::Uids(recent()))),
+        SearchKey::Flag(f) => Query::HasFlag(f.clone()),
+        SearchKey::NoFlag(f) => Query::LacksFlag(f.clone()),
+        SearchKey::Recent => Query::Uids(recent()),
+        SearchKey::New => Query::AllOf(vec![
+            Query::Uids(recent()),
+            Query::LacksFlag("\\Seen".into()),
+        ]),
+        SearchKey::Old => Query::Not(Box::new(Query::Uids(recent()))),
+        SearchKey::Date { since, before } => Query::InternalDate {
+            since: *since,
+            before: *before,
+        },
+        SearchKey::SentDate { since, before } => Query::SentDate {
+            since: *since,
+            before: *before,
+        },
+        SearchKey::Larger(n) => Query::Larger(*n),
+        SearchKey::Smaller(n) => Query::Smaller(*n),
+        SearchKey::Header(f, v) => Query::Header {
             field: f.clone(),
             value: v.clone(),
-        })),
-        SearchKey::Body(s) => key(Key::Body(s.clone())),
-        SearchKey::Text(s) => key(Key::Text(s.clone())),
-        SearchKey::ModSeq(n) => key(Key::ModseqMin(*n)),
+        },
+        SearchKey::Body(s) => Query::Body(s.clone()),
+        SearchKey::Text(s) => Query::Text(s.clone()),
+        SearchKey::ModSeq(n) => Query::ModSeqMin(*n),
     }
 }
 
 impl Session {
     /// SEARCH / UID SEARCH.
-    pub(crate) async fn search<S: AsyncRead + AsyncWrite + Unpin>(
+    pub(super) async fn search<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut Io<S>,
         tag: &str,
@@ -105,16 +92,12 @@ impl Session {
                 .rev2
                 .then(|| SearchReturn::default().normalised())
         });
-        let mut client = self.shared.store.mailboxes.clone();
+        let store = self.store();
         let Some(mb) = self.selected() else {
             return Status::bad("No mailbox selected");
         };
-        let req = pb::SearchRequest {
-            mailbox_id: mb.id,
-            key: Some(convert(k, mb)),
-        };
-        let r = match client.search(req).await {
-            Ok(r) => r.into_inner(),
+        let r = match store.search(mb.id, &convert(k, mb)).await {
+            Ok(r) => r,
             Err(e) => return store_error(&e),
         };
         // Only messages this session knows about; numbers as asked.

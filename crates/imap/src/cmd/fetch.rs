@@ -1,4 +1,4 @@
-//! FETCH (RFC 9051 §6.4.5, §7.5.2), BINARY (RFC 3516) and CONDSTORE's
+//! FETCH and UID FETCH (RFC 9051 §6.4.5, §7.5.2), BINARY (RFC 3516) and CONDSTORE's
 //! CHANGEDSINCE / MODSEQ (RFC 7162 §3.1.4).
 //!
 //! Metadata comes from the store's `FetchMeta` stream in batches; bodies
@@ -10,13 +10,14 @@
 
 use std::fmt::Write as _;
 
-use mailstore_api::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::{FetchAtt, Section, SectionText, SeqSet};
 use crate::io::Io;
+use crate::model::{BodyPart, FlagOp};
 use crate::response::{self, Code, Status, Tree, Vecw};
-use crate::session::{Session, store_error, uid_set};
+use crate::session::Session;
+use crate::store::store_error;
 
 /// Which byte range of the raw message a section names.
 fn section_range(tree: &Tree<'_>, section: &Section, size: u64) -> Option<(u64, u64)> {
@@ -214,36 +215,30 @@ impl Session {
             return Ok(());
         }
         let mut sent = 0u64;
-        let req = pb::FetchBodyRequest {
-            mailbox_id,
-            uid,
-            offset,
-            length,
-        };
-        match self.shared.store.mailboxes.clone().fetch_body(req).await {
-            Ok(s) => {
-                let mut s = s.into_inner();
-                loop {
-                    match s.message().await {
-                        Ok(Some(chunk)) => {
-                            let take =
-                                usize::try_from((length - sent).min(chunk.data.len() as u64))
-                                    .unwrap_or(0);
-                            io.write(&chunk.data[..take]);
-                            sent += take as u64;
-                            io.maybe_flush().await?;
-                            if sent >= length {
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, uid, "body stream failed");
+        match self
+            .store()
+            .fetch_body(mailbox_id, uid, offset, length)
+            .await
+        {
+            Ok(mut s) => loop {
+                match s.next_chunk().await {
+                    Ok(Some(chunk)) => {
+                        let take =
+                            usize::try_from((length - sent).min(chunk.len() as u64)).unwrap_or(0);
+                        io.write(&chunk[..take]);
+                        sent += take as u64;
+                        io.maybe_flush().await?;
+                        if sent >= length {
                             break;
                         }
                     }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, uid, "body stream failed");
+                        break;
+                    }
                 }
-            }
+            },
             Err(e) => tracing::warn!(error = %e, uid, "fetch body failed"),
         }
         // The literal length is promised: pad if the store came up short
@@ -266,24 +261,14 @@ impl Session {
         if length == 0 {
             return Some(Vec::new());
         }
-        let req = pb::FetchBodyRequest {
-            mailbox_id,
-            uid,
-            offset,
-            length,
-        };
         let mut s = self
-            .shared
-            .store
-            .mailboxes
-            .clone()
-            .fetch_body(req)
+            .store()
+            .fetch_body(mailbox_id, uid, offset, length)
             .await
-            .ok()?
-            .into_inner();
+            .ok()?;
         let mut out = Vec::new();
-        while let Ok(Some(c)) = s.message().await {
-            out.extend_from_slice(&c.data);
+        while let Ok(Some(c)) = s.next_chunk().await {
+            out.extend_from_slice(&c);
             if out.len() as u64 >= length {
                 break;
             }
@@ -293,7 +278,7 @@ impl Session {
     }
 
     /// FETCH / UID FETCH.
-    pub(crate) async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(
+    pub(super) async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut Io<S>,
         uid_cmd: bool,
@@ -307,7 +292,7 @@ impl Session {
         let condstore = self.enabled.condstore;
         let utf8 = self.utf8();
         let rev2 = self.enabled.rev2;
-        let mut client = self.shared.store.mailboxes.clone();
+        let store = self.store();
         let Some(mb) = self.selected() else {
             return Ok(Status::bad("No mailbox selected"));
         };
@@ -330,14 +315,11 @@ impl Session {
                 })
                 .collect();
             if !unseen.is_empty() {
-                let req = pb::StoreFlagsRequest {
-                    mailbox_id,
-                    uids: Some(uid_set(&unseen)),
-                    op: pb::FlagOp::Add as i32,
-                    flags: vec!["\\Seen".into()],
-                    unchanged_since: 0,
-                };
-                if let Err(e) = client.store_flags(req).await {
+                let seen = vec!["\\Seen".into()];
+                if let Err(e) = store
+                    .store_flags(mailbox_id, &unseen, FlagOp::Add, seen, 0)
+                    .await
+                {
                     return Ok(store_error(&e));
                 }
             }
@@ -350,19 +332,21 @@ impl Session {
         if changed_since.is_some() && !items.contains(&FetchAtt::ModSeq) {
             items.push(FetchAtt::ModSeq);
         }
-        let req = pb::FetchMetaRequest {
-            mailbox_id,
-            uids: Some(uid_set(&uids)),
-            changed_since: changed_since.unwrap_or(0),
-            with_structure,
-        };
-        let mut stream = match client.fetch_meta(req).await {
-            Ok(s) => s.into_inner(),
+        let stream = store
+            .fetch_meta(
+                mailbox_id,
+                Some(&uids),
+                changed_since.unwrap_or(0),
+                with_structure,
+            )
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s,
             Err(e) => return Ok(store_error(&e)),
         };
         let mut unknown_cte = false;
         loop {
-            let batch = match stream.message().await {
+            let batch = match stream.next_batch().await {
                 Ok(Some(b)) => b,
                 Ok(None) => break,
                 Err(e) => {
@@ -370,7 +354,7 @@ impl Session {
                     return Ok(store_error(&e));
                 }
             };
-            for m in batch.messages {
+            for m in batch {
                 let Some(mb) = self.selected() else { break };
                 let Some(seq) = mb.seq_of(m.uid) else {
                     continue;
@@ -382,7 +366,7 @@ impl Session {
                 let mut out: Vec<u8> = format!("* {seq} FETCH (").into_bytes();
                 let mut first = true;
                 let structure = m.structure.as_ref();
-                let parts: &[pb::BodyPart] = structure.map_or(&[], |s| s.parts.as_slice());
+                let parts: &[BodyPart] = structure.map_or(&[], |s| s.parts.as_slice());
                 let tree = Tree::new(parts);
                 let mut list = items.clone();
                 if flags_changed && !list.contains(&FetchAtt::Flags) {
@@ -403,9 +387,7 @@ impl Session {
                         }
                         FetchAtt::InternalDate => {
                             out.extend_from_slice(b"INTERNALDATE ");
-                            out.extend_from_slice(
-                                response::date_time(m.internal_date.as_ref()).as_bytes(),
-                            );
+                            out.extend_from_slice(response::date_time(m.internal_date).as_bytes());
                         }
                         FetchAtt::Rfc822Size => {
                             let _ = write!(Vecw(&mut out), "RFC822.SIZE {}", m.size);

@@ -1,0 +1,255 @@
+//! Command handlers, one module per command family, and the dispatcher.
+//!
+//! [`allowed`] is the per-state command table (RFC 9051 §6): it is asked
+//! once, before dispatch, so handlers can rely on the state they run in.
+//! Handlers return a typed [`Status`] for the tagged reply and write
+//! untagged data through [`Io`] with the serialisers of
+//! [`crate::response`].
+
+mod append;
+mod auth;
+mod copy_move;
+mod expunge;
+mod fetch;
+mod idle;
+mod list;
+mod mailbox;
+mod misc;
+mod search;
+mod select;
+mod store;
+
+use std::sync::atomic::Ordering;
+
+use service_kit::Shutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::command::{Command, CommandKind, ListReturn, ListSelect};
+use crate::io::Io;
+use crate::response::{Code, Kind, Status};
+use crate::session::{Exit, Session, State};
+
+/// Which commands are allowed in which state (RFC 9051 §6).
+fn allowed(kind: &CommandKind, state: &State) -> bool {
+    use CommandKind as C;
+    match kind {
+        C::Capability | C::Noop | C::Logout | C::Id => true,
+        C::StartTls | C::Login { .. } | C::Authenticate { .. } => {
+            matches!(state, State::NotAuthenticated)
+        }
+        C::Enable(_)
+        | C::Select { .. }
+        | C::Create(_)
+        | C::Delete(_)
+        | C::Rename { .. }
+        | C::Subscribe(_)
+        | C::Unsubscribe(_)
+        | C::List { .. }
+        | C::Lsub { .. }
+        | C::Namespace
+        | C::Status { .. }
+        | C::Append { .. }
+        | C::Idle => matches!(state, State::Authenticated { .. } | State::Selected { .. }),
+        C::Check
+        | C::Close
+        | C::Unselect
+        | C::Expunge { .. }
+        | C::Search { .. }
+        | C::Fetch { .. }
+        | C::Store { .. }
+        | C::Copy { .. } => matches!(state, State::Selected { .. }),
+    }
+}
+
+fn status_label(k: Kind) -> &'static str {
+    match k {
+        Kind::Ok => "ok",
+        Kind::No => "no",
+        Kind::Bad => "bad",
+        Kind::Bye => "bye",
+    }
+}
+
+/// What a handler asks of the dispatcher besides its tagged reply.
+enum Outcome {
+    /// Send this tagged status (after a resync if one is due).
+    Reply(Status),
+    /// Send this tagged status without the post-command resync (the
+    /// handler just synchronised, or the mailbox changed).
+    ReplyNoSync(Status),
+    /// The handler wrote its own tagged reply; the session goes on or ends.
+    Done(Option<Exit>),
+}
+
+impl Session {
+    /// Runs one parsed command: the state check, the handler, the
+    /// untagged updates due after it, and the tagged reply.
+    pub(crate) async fn dispatch<S>(
+        &mut self,
+        io: &mut Io<S>,
+        cmd: Command,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<Option<Exit>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Command { tag, kind } = cmd;
+        if !allowed(&kind, &self.state) {
+            let st = if matches!(kind, CommandKind::StartTls) && self.tls {
+                Status::bad("Already in TLS")
+            } else {
+                Status::bad(format!("{} not allowed now", kind.name()))
+            };
+            io.write(&st.encode(Some(&tag)));
+            return Ok(self.count_error().then_some(Exit::Closed));
+        }
+        let name = kind.name();
+        tracing::debug!(command = name, "command");
+        // Untagged updates may not be sent during FETCH, STORE and SEARCH
+        // (RFC 9051 §7.5.1 EXPUNGE rule); UID variants are fine.
+        let may_sync = !matches!(
+            kind,
+            CommandKind::Fetch { uid: false, .. }
+                | CommandKind::Store { uid: false, .. }
+                | CommandKind::Search { uid: false, .. }
+        );
+        let outcome = self.run(io, &tag, kind, shutdown).await?;
+        let (status, may_sync) = match outcome {
+            Outcome::Reply(st) => (st, may_sync),
+            Outcome::ReplyNoSync(st) => (st, false),
+            Outcome::Done(exit) => return Ok(exit),
+        };
+        if may_sync && status.kind != Kind::Bad {
+            let dirty = self
+                .selected()
+                .and_then(|m| m.watch.as_ref())
+                .is_some_and(|w| w.dirty.load(Ordering::Acquire));
+            if dirty {
+                self.sync(io, true).await;
+            }
+        }
+        // Server-side failures carry the session id, so a user's report
+        // can be found in the logs.
+        let mut status = status;
+        if matches!(status.code, Some(Code::ServerBug | Code::Unavailable)) {
+            status.text = format!("{} (session {})", status.text, self.sid);
+        }
+        if self.auth_exhausted() && status.kind != Kind::Ok {
+            io.write(&status.encode(Some(&tag)));
+            io.write(&Status::bye("Too many authentication failures").encode(None));
+            io.flush().await?;
+            return Ok(Some(Exit::Closed));
+        }
+        metrics::counter!("imap_commands_total", "command" => name, "status" => status_label(status.kind)).increment(1);
+        if status.kind == Kind::Bad && self.count_error() {
+            io.write(&status.encode(Some(&tag)));
+            return self.too_many_errors(io).await.map(Some);
+        }
+        io.write(&status.encode(Some(&tag)));
+        Ok(None)
+    }
+
+    /// The handler of each command.
+    async fn run<S>(
+        &mut self,
+        io: &mut Io<S>,
+        tag: &str,
+        kind: CommandKind,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<Outcome>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        use Outcome::{Done, Reply, ReplyNoSync};
+        Ok(match kind {
+            CommandKind::Capability => Reply(self.capability(io)),
+            CommandKind::Noop | CommandKind::Check => ReplyNoSync(self.noop(io).await),
+            CommandKind::Logout => Done(self.logout(io, tag).await?),
+            CommandKind::StartTls => match self.starttls(io, tag).await? {
+                Ok(exit) => Done(Some(exit)),
+                Err(st) => Reply(st),
+            },
+            CommandKind::Id => Reply(Self::id(io)),
+            CommandKind::Enable(caps) => Reply(self.enable(io, &caps)),
+            CommandKind::Login { user, pass } => Reply(self.login(&user, &pass).await),
+            CommandKind::Authenticate { mechanism, initial } => {
+                Reply(self.authenticate(io, &mechanism, initial).await?)
+            }
+            CommandKind::Select {
+                mailbox,
+                condstore,
+                read_only,
+            } => ReplyNoSync(self.select(io, &mailbox, condstore, read_only).await),
+            CommandKind::Create(name) => Reply(self.create(&name).await),
+            CommandKind::Delete(name) => Reply(self.delete(&name).await),
+            CommandKind::Rename { from, to } => Reply(self.rename(&from, &to).await),
+            CommandKind::Subscribe(name) => Reply(self.subscribe(&name, true).await),
+            CommandKind::Unsubscribe(name) => Reply(self.subscribe(&name, false).await),
+            CommandKind::List {
+                reference,
+                patterns,
+                select,
+                ret,
+                extended,
+            } => Reply(
+                self.list(io, &reference, &patterns, &select, &ret, extended, false)
+                    .await,
+            ),
+            CommandKind::Lsub { reference, pattern } => {
+                let select = ListSelect {
+                    subscribed: true,
+                    ..Default::default()
+                };
+                Reply(
+                    self.list(
+                        io,
+                        &reference,
+                        &[pattern],
+                        &select,
+                        &ListReturn::default(),
+                        false,
+                        true,
+                    )
+                    .await,
+                )
+            }
+            CommandKind::Namespace => Reply(Self::namespace(io)),
+            CommandKind::Status { mailbox, items } => {
+                Reply(self.status(io, &mailbox, &items).await)
+            }
+            CommandKind::Append { mailbox, messages } => {
+                Reply(self.append(io, &mailbox, messages).await)
+            }
+            CommandKind::Idle => Done(self.idle(io, tag, shutdown).await?),
+            CommandKind::Close => ReplyNoSync(self.close(true).await),
+            CommandKind::Unselect => ReplyNoSync(self.close(false).await),
+            CommandKind::Expunge { uids } => Reply(self.expunge(io, uids.as_ref()).await),
+            CommandKind::Search { uid, ret, key } => {
+                Reply(self.search(io, tag, uid, ret, &key).await)
+            }
+            CommandKind::Fetch {
+                uid,
+                set,
+                atts,
+                changed_since,
+            } => Reply(self.fetch(io, uid, &set, &atts, changed_since).await?),
+            CommandKind::Store {
+                uid,
+                set,
+                op,
+                silent,
+                flags,
+                unchanged_since,
+            } => Reply(
+                self.store_flags(io, uid, &set, op, silent, &flags, unchanged_since)
+                    .await,
+            ),
+            CommandKind::Copy {
+                uid,
+                set,
+                mailbox,
+                is_move,
+            } => Reply(self.copy(io, uid, &set, &mailbox, is_move).await),
+        })
+    }
+}

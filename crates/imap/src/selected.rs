@@ -1,0 +1,304 @@
+//! The selected mailbox as this session sees it (RFC 9051 §2.3.1.2:
+//! sequence numbers are per session), and how it is kept in step with
+//! changes made elsewhere: the store's `Watch` stream marks it dirty, and
+//! `Session::sync` reports EXPUNGE, EXISTS, RECENT and FLAGS at the
+//! points RFC 9051 §7.4.1 allows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+
+use crate::command::SeqSet;
+use crate::io::Io;
+use crate::response;
+use crate::session::Session;
+
+/// The selected mailbox: this session's view of it (RFC 9051 §2.3.1.2:
+/// sequence numbers are per session).
+pub struct Selected {
+    pub id: u64,
+    pub name: String,
+    pub read_only: bool,
+    pub uidvalidity: u32,
+    /// UIDs in sequence-number order (index + 1 = sequence number).
+    pub uids: Vec<u32>,
+    /// Flags known to the client, parallel to `uids`.
+    pub flags: Vec<Vec<String>>,
+    /// UIDs at or above this are \Recent for this session.
+    pub recent_floor: u32,
+    /// Highest MODSEQ of the changes this session has reported.
+    pub flags_mark: u64,
+    /// MODSEQ up to which expunges have been reported.
+    pub expunge_mark: u64,
+    pub watch: Option<Watch>,
+}
+
+impl Selected {
+    /// Sequence number of `uid`, if the client knows it.
+    #[must_use]
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.uids
+            .binary_search(&uid)
+            .ok()
+            .map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX))
+    }
+
+    /// Resolves a sequence set (or UID set with `uid`) to the UIDs of
+    /// messages the client knows, ascending, without duplicates. Work is
+    /// bounded by the set's size and the mailbox's (ATTACKS.md #33).
+    #[must_use]
+    pub fn resolve(&self, set: &SeqSet, uid: bool) -> Vec<u32> {
+        let n = self.uids.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut idx_ranges: Vec<(usize, usize)> = Vec::with_capacity(set.0.len());
+        let last_uid = self.uids[n - 1];
+        for r in &set.0 {
+            if uid {
+                let a = r.first.unwrap_or(last_uid);
+                let b = r.last.unwrap_or(last_uid);
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                let start = self.uids.partition_point(|&u| u < lo);
+                let end = self.uids.partition_point(|&u| u <= hi);
+                if start < end {
+                    idx_ranges.push((start, end));
+                }
+            } else {
+                let a = r.first.map_or(n, |v| v as usize);
+                let b = r.last.map_or(n, |v| v as usize);
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                let hi = hi.min(n);
+                if lo >= 1 && lo <= hi {
+                    idx_ranges.push((lo - 1, hi));
+                }
+            }
+        }
+        idx_ranges.sort_unstable();
+        let mut out = Vec::new();
+        let mut next = 0usize;
+        for (s, e) in idx_ranges {
+            let s = s.max(next);
+            if s < e {
+                out.extend_from_slice(&self.uids[s..e]);
+                next = e;
+            }
+        }
+        out
+    }
+}
+
+/// The store's change stream for the selected mailbox (IDLE, NOOP).
+pub struct Watch {
+    pub notify: Arc<Notify>,
+    pub dirty: Arc<AtomicBool>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    /// Starts following the store's change stream for the mailbox and
+    /// waits (bounded) for its READY, so nothing committed after the
+    /// snapshot SELECT takes next can be missed.
+    pub(crate) async fn start_watch(&self, user_id: u64, mailbox_id: u64) -> Option<Watch> {
+        let notify = Arc::new(Notify::new());
+        let dirty = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(self.store().watch_loop(
+            user_id,
+            mailbox_id,
+            notify.clone(),
+            dirty.clone(),
+            ready_tx,
+        ));
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(3), ready_rx).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!("store watch not ready; will resync when it is");
+        }
+        Some(Watch {
+            notify,
+            dirty,
+            task,
+        })
+    }
+
+    /// Reports changes made by others: EXPUNGE (when `allow_expunge`),
+    /// EXISTS/RECENT for new messages, FETCH FLAGS for changed ones
+    /// (RFC 9051 §5.2, §7.4.1).
+    pub(crate) async fn sync<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        allow_expunge: bool,
+    ) {
+        let rev2 = self.enabled.rev2;
+        let condstore = self.enabled.condstore;
+        let store = self.store();
+        let user_id = self.user_id().unwrap_or(0);
+        let Some(mb) = self.selected() else { return };
+        if let Some(w) = &mb.watch {
+            w.dirty.store(false, Ordering::Release);
+        }
+        // The new watermark is the mailbox's HIGHESTMODSEQ *before* the
+        // queries: taking the largest MODSEQ seen in the (batched, not
+        // snapshot-consistent) results could skip a change committed while
+        // they streamed. Changes seen twice are filtered by the flag cache.
+        let new_mark = match store.get_mailbox(user_id, &mb.name, false).await {
+            Ok(m) => {
+                let hms = m.highestmodseq;
+                // Every append, flag change and expunge raises the
+                // mailbox's HIGHESTMODSEQ: unchanged means nothing to report.
+                if hms <= mb.flags_mark && (hms <= mb.expunge_mark || !allow_expunge) {
+                    return;
+                }
+                hms.max(mb.flags_mark)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mailbox snapshot failed");
+                mb.flags_mark
+            }
+        };
+        if allow_expunge {
+            let mark = new_mark;
+            match store.list_expunged(mb.id, mb.expunge_mark).await {
+                Ok(mut gone) => {
+                    gone.sort_unstable();
+                    for uid in gone {
+                        if let Ok(i) = mb.uids.binary_search(&uid) {
+                            mb.uids.remove(i);
+                            mb.flags.remove(i);
+                            io.write(&response::expunge(i + 1));
+                        }
+                    }
+                    mb.expunge_mark = mark;
+                }
+                Err(e) => tracing::warn!(error = %e, "list expunged failed"),
+            }
+        }
+        let mut changed: Vec<(u32, u64)> = Vec::new();
+        let before = mb.uids.len();
+        match store.fetch_meta(mb.id, None, mb.flags_mark, false).await {
+            Ok(mut s) => {
+                let mut complete = false;
+                loop {
+                    let batch = match s.next_batch().await {
+                        Ok(Some(b)) => b,
+                        Ok(None) => {
+                            complete = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fetch meta stream failed");
+                            break;
+                        }
+                    };
+                    for m in batch {
+                        match mb.uids.binary_search(&m.uid) {
+                            Ok(i) => {
+                                if mb.flags[i] != m.flags {
+                                    mb.flags[i] = m.flags;
+                                    changed.push((m.uid, m.modseq));
+                                }
+                            }
+                            Err(i) if i == mb.uids.len() => {
+                                mb.uids.push(m.uid);
+                                mb.flags.push(m.flags);
+                            }
+                            // A UID below the newest that we never saw: it was
+                            // committed out of order; too late to show it.
+                            Err(_) => {}
+                        }
+                    }
+                }
+                if complete {
+                    mb.flags_mark = new_mark;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "fetch meta failed"),
+        }
+        if mb.uids.len() != before {
+            io.write(&response::exists(mb.uids.len()));
+            if !rev2 {
+                let recent = mb.uids.iter().filter(|&&u| u >= mb.recent_floor).count();
+                io.write(&response::recent(recent));
+            }
+        }
+        for (uid, modseq) in changed {
+            let Some(seq) = mb.seq_of(uid) else { continue };
+            let i = seq as usize - 1;
+            io.write(&response::flags_fetch(
+                seq as usize,
+                Some(uid),
+                &mb.flags[i],
+                !rev2 && uid >= mb.recent_floor,
+                condstore.then_some(modseq),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::SeqRange;
+
+    fn sel(uids: &[u32]) -> Selected {
+        Selected {
+            id: 1,
+            name: "INBOX".into(),
+            read_only: false,
+            uidvalidity: 1,
+            uids: uids.to_vec(),
+            flags: vec![Vec::new(); uids.len()],
+            recent_floor: u32::MAX,
+            flags_mark: 0,
+            expunge_mark: 0,
+            watch: None,
+        }
+    }
+
+    fn set(v: &[(Option<u32>, Option<u32>)]) -> SeqSet {
+        SeqSet(
+            v.iter()
+                .map(|&(first, last)| SeqRange { first, last })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn resolve_sets() {
+        let s = sel(&[3, 5, 9, 10]);
+        assert_eq!(
+            s.resolve(&set(&[(Some(1), None)]), false),
+            vec![3, 5, 9, 10]
+        );
+        assert_eq!(
+            s.resolve(&set(&[(Some(2), Some(3)), (Some(1), Some(1))]), false),
+            vec![3, 5, 9]
+        );
+        assert_eq!(s.resolve(&set(&[(Some(4), Some(9))]), true), vec![5, 9]);
+        // RFC 9051 §6.4.8: n:* includes the last UID even when n is larger.
+        assert_eq!(s.resolve(&set(&[(Some(100), None)]), true), vec![10]);
+        assert_eq!(
+            s.resolve(&set(&[(Some(5), Some(7))]), false),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            sel(&[]).resolve(&set(&[(Some(1), None)]), true),
+            Vec::<u32>::new()
+        );
+        // 1:4294967295 over and over: bounded work, no overflow.
+        let big = set(&vec![(Some(1), Some(u32::MAX)); 10_000]);
+        assert_eq!(s.resolve(&big, false), vec![3, 5, 9, 10]);
+        assert_eq!(s.resolve(&big, true), vec![3, 5, 9, 10]);
+    }
+}
