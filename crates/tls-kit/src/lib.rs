@@ -2,7 +2,7 @@
 //!
 //! One way to build the TLS server configuration of every listener (SMTP
 //! STARTTLS/465, IMAP STARTTLS/993, POP3 STLS/995): rustls with the ring
-//! provider only (TOOLCHAIN.md: two providers in one process panic at run
+//! provider only (docs/design.md K2: two providers in one process panic at run
 //! time), TLS 1.2 and 1.3, certificate chain and key from PEM files, or a
 //! self-signed certificate generated on start — only when explicitly asked
 //! for, for development.
