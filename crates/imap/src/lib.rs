@@ -217,6 +217,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .serve(
             Arc::new(server),
             config.listener.limits(),
+            config.listener.proxy().map_err(anyhow::Error::msg)?,
             shutdown,
             Duration::from_secs(10),
         )

@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use service_kit::{BoxFuture, ConnectionInfo, Protocol, Refused, Security, Shutdown, Tls};
+use service_kit::{
+    BoxFuture, ClientStream, ConnectionInfo, Protocol, Refused, Security, Shutdown, Tls,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::proto::{Reply, RespCode};
 use crate::session::{Outcome, Session, Shared};
@@ -46,7 +47,7 @@ impl Protocol for Server {
 
     fn serve(
         self: Arc<Self>,
-        tcp: TcpStream,
+        tcp: ClientStream,
         info: ConnectionInfo,
         shutdown: Shutdown,
     ) -> BoxFuture {

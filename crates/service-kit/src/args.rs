@@ -29,6 +29,14 @@ macro_rules! listener_args {
             /// Connections from one client IP address.
             #[arg(long = "max-connections-per-ip", env = concat!($prefix, "_MAX_CONNECTIONS_PER_IP"), default_value_t = $per_ip)]
             pub max_connections_per_ip: u32,
+            /// Networks of load balancers whose PROXY protocol headers (v1/v2)
+            /// are believed, comma-separated (`10.0.0.0/8,fd00::/8`); they must
+            /// send one. Empty: none.
+            #[arg(long = "proxy-trusted", env = concat!($prefix, "_PROXY_TRUSTED"), default_value = "")]
+            pub proxy_trusted: String,
+            /// Refuse clients that do not come through a trusted proxy.
+            #[arg(long = "proxy-required", env = concat!($prefix, "_PROXY_REQUIRED"))]
+            pub proxy_required: bool,
         }
 
         impl $name {
@@ -42,6 +50,8 @@ macro_rules! listener_args {
                     allow_plaintext_auth: false,
                     max_connections: $total,
                     max_connections_per_ip: $per_ip,
+                    proxy_trusted: String::new(),
+                    proxy_required: false,
                 }
             }
 
@@ -61,6 +71,14 @@ macro_rules! listener_args {
                     self.tls_self_signed,
                     hostname,
                 )
+            }
+
+            /// The PROXY protocol policy these flags describe.
+            ///
+            /// # Errors
+            /// A malformed network, or `--proxy-required` without networks.
+            pub fn proxy(&self) -> Result<$crate::ProxyPolicy, String> {
+                $crate::ProxyPolicy::new(&self.proxy_trusted, self.proxy_required)
             }
 
             /// The connection limits these flags describe.

@@ -6,6 +6,7 @@
 mod args;
 pub mod http;
 pub mod listen;
+pub mod proxy;
 mod service;
 pub mod shutdown;
 
@@ -19,6 +20,7 @@ pub use listen::{
     BoxFuture, ConnLimits, ConnSlot, ConnectionInfo, Endpoint, HandshakeError, Protocol, Refused,
     Security, Tls, TlsInfo, new_connection_id,
 };
+pub use proxy::{ClientStream, ProxyPolicy};
 pub use service::{Service, StartError};
 pub use shutdown::{Shutdown, shutdown_on_signals};
 

@@ -26,6 +26,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::Instrument as _;
 
 use crate::Shutdown;
+use crate::proxy::{ClientStream, ProxyError, ProxyPolicy};
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,7 +374,7 @@ pub trait Protocol: Send + Sync + 'static {
     /// connection's span; must say goodbye itself when `shutdown` fires.
     fn serve(
         self: Arc<Self>,
-        tcp: TcpStream,
+        stream: ClientStream,
         info: ConnectionInfo,
         shutdown: Shutdown,
     ) -> BoxFuture;
@@ -387,6 +388,7 @@ pub async fn serve<P: Protocol>(
     protocol: Arc<P>,
     endpoints: Vec<Endpoint>,
     limits: Arc<ConnLimits>,
+    proxy: Arc<ProxyPolicy>,
     shutdown: Shutdown,
     drain: Duration,
 ) {
@@ -398,6 +400,7 @@ pub async fn serve<P: Protocol>(
                 name: endpoint.name,
                 security: endpoint.security,
                 limits: limits.clone(),
+                proxy: proxy.clone(),
                 shutdown: shutdown.clone(),
                 sessions: tasks.clone(),
             };
@@ -416,6 +419,7 @@ struct AcceptLoop<P> {
     name: &'static str,
     security: Security,
     limits: Arc<ConnLimits>,
+    proxy: Arc<ProxyPolicy>,
     shutdown: Shutdown,
     sessions: tokio_util::task::TaskTracker,
 }
@@ -451,46 +455,89 @@ impl<P: Protocol> AcceptLoop<P> {
     fn connection(
         &self,
         mut tcp: TcpStream,
-        info: ConnectionInfo,
+        mut info: ConnectionInfo,
     ) -> impl Future<Output = ()> + use<P> {
         let proto = self.protocol.name();
-        let admitted = self.limits.admit(info.peer.ip());
         let protocol = self.protocol.clone();
+        let limits = self.limits.clone();
+        let proxy = self.proxy.clone();
         let shutdown = self.shutdown.clone();
-        let span = tracing::info_span!(
-            "conn",
-            proto,
-            sid = %info.id,
-            peer = %info.peer,
-            endpoint = info.endpoint,
-        );
         async move {
-            match admitted {
-                Ok(slot) => {
-                    metrics::counter!(format!("{proto}_connections_total"), "endpoint" => info.endpoint)
-                        .increment(1);
-                    let active = metrics::gauge!(format!("{proto}_connections_active"));
-                    active.increment(1.0);
-                    tracing::debug!("connected");
-                    protocol.serve(tcp, info, shutdown).await;
-                    tracing::debug!("disconnected");
-                    active.decrement(1.0);
-                    drop(slot);
-                }
-                Err(why) => {
-                    metrics::counter!(format!("{proto}_connections_refused_total"), "reason" => why.as_str())
-                        .increment(1);
-                    tracing::info!(reason = why.as_str(), "connection refused: limit");
-                    if info.security == Security::Plain {
-                        let bytes = protocol.refusal(why);
-                        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&bytes))
-                            .await;
+            let via = info.peer;
+            let stream = if proxy.trusts(via.ip()) {
+                let header =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::proxy::read_header(&mut tcp))
+                        .await
+                        .map_err(|_| ProxyError::Missing)
+                        .and_then(|r| r)
+                        .and_then(|h| crate::proxy::decode(&h));
+                match header {
+                    Ok(Some((client, ours))) => {
+                        info.peer = client;
+                        info.local = ours;
                     }
-                    let _ = tcp.shutdown().await;
+                    Ok(None) => {}
+                    Err(e) => {
+                        metrics::counter!(format!("{proto}_connections_refused_total"), "reason" => "proxy_header")
+                            .increment(1);
+                        tracing::info!(%via, error = %e, "connection refused: PROXY header");
+                        return;
+                    }
                 }
-            }
+                ClientStream::plain(tcp)
+            } else if proxy.required {
+                metrics::counter!(format!("{proto}_connections_refused_total"), "reason" => "not_proxied")
+                    .increment(1);
+                tracing::info!(%via, "connection refused: not through a trusted proxy");
+                return;
+            } else {
+                ClientStream::guarded(tcp)
+            };
+            let span = tracing::info_span!(
+                "conn",
+                proto,
+                sid = %info.id,
+                peer = %info.peer,
+                endpoint = info.endpoint,
+            );
+            admit_and_serve(protocol, limits, stream, info, shutdown)
+                .instrument(span)
+                .await;
         }
-        .instrument(span)
+    }
+}
+
+async fn admit_and_serve<P: Protocol>(
+    protocol: Arc<P>,
+    limits: Arc<ConnLimits>,
+    mut stream: ClientStream,
+    info: ConnectionInfo,
+    shutdown: Shutdown,
+) {
+    let proto = protocol.name();
+    match limits.admit(info.peer.ip()) {
+        Ok(slot) => {
+            metrics::counter!(format!("{proto}_connections_total"), "endpoint" => info.endpoint)
+                .increment(1);
+            let active = metrics::gauge!(format!("{proto}_connections_active"));
+            active.increment(1.0);
+            tracing::debug!("connected");
+            protocol.serve(stream, info, shutdown).await;
+            tracing::debug!("disconnected");
+            active.decrement(1.0);
+            drop(slot);
+        }
+        Err(why) => {
+            metrics::counter!(format!("{proto}_connections_refused_total"), "reason" => why.as_str())
+                .increment(1);
+            tracing::info!(reason = why.as_str(), "connection refused: limit");
+            if info.security == Security::Plain {
+                let bytes = protocol.refusal(why);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), stream.write_all(&bytes)).await;
+            }
+            let _ = stream.shutdown().await;
+        }
     }
 }
 
@@ -563,7 +610,7 @@ mod tests {
         }
         fn serve(
             self: Arc<Self>,
-            mut tcp: TcpStream,
+            mut tcp: ClientStream,
             info: ConnectionInfo,
             shutdown: Shutdown,
         ) -> BoxFuture {
@@ -588,6 +635,7 @@ mod tests {
             Arc::new(Echo),
             vec![ep],
             ConnLimits::new(10, 1),
+            Arc::new(ProxyPolicy::default()),
             shutdown.clone(),
             Duration::from_secs(5),
         ));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::listen::{self, ConnLimits, Endpoint, Protocol, Security};
+use crate::proxy::ProxyPolicy;
 use crate::{HealthServer, Readiness, Shutdown};
 
 /// Why a service could not start.
@@ -106,6 +107,7 @@ impl Service {
         self,
         protocol: Arc<P>,
         limits: Arc<ConnLimits>,
+        proxy: ProxyPolicy,
         shutdown: Shutdown,
         drain: Duration,
     ) -> anyhow::Result<()> {
@@ -118,7 +120,15 @@ impl Service {
                 }
             })
         });
-        listen::serve(protocol, self.endpoints, limits, shutdown, drain).await;
+        listen::serve(
+            protocol,
+            self.endpoints,
+            limits,
+            Arc::new(proxy),
+            shutdown,
+            drain,
+        )
+        .await;
         if let Some(h) = health {
             let _ = h.await;
         }

@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_kit::{BoxFuture, ConnectionInfo, Protocol, Refused, Shutdown};
+use service_kit::{BoxFuture, ClientStream, ConnectionInfo, Protocol, Refused, Shutdown};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument as _;
 
@@ -38,7 +37,7 @@ impl Protocol for Smtp {
 
     fn serve(
         self: Arc<Self>,
-        tcp: TcpStream,
+        tcp: ClientStream,
         info: ConnectionInfo,
         shutdown: Shutdown,
     ) -> BoxFuture {

@@ -224,6 +224,7 @@ pub struct Server {
     service: service_kit::Service,
     shared: Arc<Shared>,
     limits: Arc<service_kit::ConnLimits>,
+    proxy: service_kit::ProxyPolicy,
     options: conn::ConnOptions,
     drain: Duration,
 }
@@ -294,6 +295,7 @@ impl Server {
             service,
             shared,
             limits: config.listener.limits(),
+            proxy: config.listener.proxy().map_err(anyhow::Error::msg)?,
             options: conn::ConnOptions {
                 early_talker_delay: Duration::from_millis(config.early_talker_delay_ms),
             },
@@ -320,7 +322,7 @@ impl Server {
             options: self.options,
         });
         self.service
-            .serve(protocol, self.limits, shutdown, self.drain)
+            .serve(protocol, self.limits, self.proxy, shutdown, self.drain)
             .await
     }
 }
