@@ -12,6 +12,7 @@ use crate::session::{Flow, Maildrop, Session, State};
 const SIZE_CONCURRENCY: usize = 4;
 
 impl Session {
+    /// The maildrop, in TRANSACTION state.
     pub(crate) fn maildrop(&self) -> Option<&Maildrop> {
         match &self.state {
             State::Transaction(d) => Some(d),

@@ -1,6 +1,5 @@
-//! Commands valid in more than one state or without effect: CAPA
-//! (RFC 2449 §5), and the answers to NOOP and UTF8 (RFC 6856) in the
-//! dispatcher.
+//! CAPA (RFC 2449 §5), valid in both states. NOOP (RFC 1939 §5) and UTF8
+//! (RFC 6856 §2) are one-line answers given by the dispatcher itself.
 
 use crate::session::{Session, State};
 
