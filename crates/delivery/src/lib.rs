@@ -10,7 +10,9 @@
 //! one RFC 3464 DSN to the envelope sender — never to `<>` and never for
 //! bounces or auto-replies. Every step lands in the message's event log.
 //!
-//! Any number of replicas may run: they coordinate only through leases.
+//! Any number of replicas may run: they coordinate only through leases
+//! (leasing and the per-job queue calls come from the `queue-worker` crate,
+//! shared with smtp-out).
 
 pub mod dsn;
 pub mod filter;

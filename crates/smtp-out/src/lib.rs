@@ -29,6 +29,12 @@
 //! Delivery is at-least-once: a worker killed after the remote's `250` to the
 //! final dot but before `SetRecipientResult` sends that message again on the
 //! next lease (RFC 5321 §6.1 accepts such duplicates over loss).
+//!
+//! Layout: this file starts the service (flags, DKIM keys and their reload);
+//! the private `worker` module is the lease loop and the per-destination
+//! lanes, `attempt` one delivery attempt of a job, `outcome` what follows
+//! from it (results, DSNs, retry or finish). Leasing, lease renewal and the
+//! per-job queue calls are the shared `queue-worker` crate's.
 
 pub mod client;
 pub mod config;
