@@ -20,6 +20,24 @@ impl Session {
         }
     }
 
+    /// A request for the whole body of message `uid` (streamed, so no
+    /// deadline: a large message may take long).
+    pub(crate) fn body_request(
+        &self,
+        mailbox_id: u64,
+        uid: u32,
+    ) -> tonic::Request<pb::FetchBodyRequest> {
+        self.req(
+            pb::FetchBodyRequest {
+                mailbox_id,
+                uid,
+                offset: 0,
+                length: 0,
+            },
+            false,
+        )
+    }
+
     /// Index of message `n` if it exists and is not marked deleted.
     pub(crate) fn lookup(&self, n: u32) -> Result<usize, Reply> {
         let Some(drop) = self.maildrop() else {
@@ -55,15 +73,7 @@ impl Session {
         }
         let results: Vec<(usize, Result<Option<u64>, tonic::Status>)> = futures::stream::iter(todo)
             .map(|(i, uid)| {
-                let req = self.req(
-                    pb::FetchBodyRequest {
-                        mailbox_id,
-                        uid,
-                        offset: 0,
-                        length: 0,
-                    },
-                    false,
-                );
+                let req = self.body_request(mailbox_id, uid);
                 let mut mailboxes = self.shared.store.mailboxes.clone();
                 async move {
                     let r = async {

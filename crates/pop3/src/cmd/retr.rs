@@ -1,7 +1,6 @@
 //! RETR and TOP (RFC 1939 §5, §7): the message body streamed from the store
 //! through the CRLF/dot-stuffing encoder.
 
-use mailstore_api::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::BodyEncoder;
@@ -30,15 +29,7 @@ impl Session {
             Some(d) => (d.mailbox_id, d.msgs[i].uid, d.msgs[i].size),
             None => return Ok(Flow::Continue),
         };
-        let req = self.req(
-            pb::FetchBodyRequest {
-                mailbox_id,
-                uid,
-                offset: 0,
-                length: 0,
-            },
-            false,
-        );
+        let req = self.body_request(mailbox_id, uid);
         let mut mailboxes = self.shared.store.mailboxes.clone();
         let first = match mailboxes.fetch_body(req).await {
             Ok(s) => {
