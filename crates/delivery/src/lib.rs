@@ -10,7 +10,9 @@
 //! one RFC 3464 DSN to the envelope sender — never to `<>` and never for
 //! bounces or auto-replies. Every step lands in the message's event log.
 //!
-//! Any number of replicas may run: they coordinate only through leases.
+//! Any number of replicas may run: they coordinate only through leases
+//! (leasing and the per-job queue calls come from the `queue-worker` crate,
+//! shared with smtp-out).
 
 pub mod dsn;
 pub mod filter;
@@ -21,8 +23,10 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use mailstore_api::{Failure as StoreFailure, StoreClient, classify, pb};
+use queue_worker::{Jobs, LeaseSpec, Leaser};
 use service_kit::{HealthServer, Shutdown, StoreArgs};
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::filter::Headers;
 
@@ -72,6 +76,8 @@ enum Outcome {
 struct Worker {
     store: StoreClient,
     id: String,
+    /// Per-job queue calls as this worker.
+    jobs: Jobs,
     config: Config,
 }
 
@@ -81,15 +87,7 @@ struct Worker {
 /// Bad store flags or an unbindable health port.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let store = config.store.client()?;
-    let id = config.worker_id.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        format!(
-            "{}-{}-{:04x}",
-            host.trim(),
-            std::process::id(),
-            rand::random::<u16>()
-        )
-    });
+    let id = queue_worker::worker_id(config.worker_id.as_deref());
     let readiness = service_kit::store_readiness(store.clone());
     let health = HealthServer::bind(config.http_listen, readiness).await?;
     println!(
@@ -97,7 +95,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         health.local_addr()?
     );
     let health = tokio::spawn(health.serve(shutdown.clone()));
-    let worker = Arc::new(Worker { store, id, config });
+    let jobs = Jobs::new(store.clone(), "delivery", id.clone());
+    let worker = Arc::new(Worker {
+        store,
+        id,
+        jobs,
+        config,
+    });
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = health.await;
@@ -109,46 +113,21 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(STEPS[(attempts.saturating_sub(1) as usize).min(STEPS.len() - 1)])
 }
 
-fn ts(d: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: d.timestamp(),
-        nanos: 0,
-    }
-}
-
 impl Worker {
     async fn run(self: &Arc<Self>, shutdown: Shutdown) {
-        let mut failures = 0u32;
         tracing::info!(worker = %self.id, "delivery worker started");
-        while !shutdown.is_cancelled() {
-            let req = pb::LeaseRequest {
-                kind: pb::QueueKind::Inbound as i32,
+        let mut leaser = Leaser::new(
+            self.store.clone(),
+            LeaseSpec {
+                kind: pb::QueueKind::Inbound,
                 worker_id: self.id.clone(),
-                max_jobs: self.config.batch,
                 lease_ttl_ms: self.config.lease_ms,
-                wait_ms: 20_000,
                 max_attempts: self.config.max_attempts,
-            };
-            let mut q = self.store.queue.clone();
-            let leased = tokio::select! {
-                r = q.lease(req) => r,
-                () = shutdown.cancelled() => break,
-            };
-            let jobs = match leased {
-                Ok(r) => {
-                    failures = 0;
-                    r.into_inner().jobs
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e.message(), "lease failed; backing off");
-                    let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                    continue;
-                }
+            },
+        );
+        while !shutdown.is_cancelled() {
+            let Some(jobs) = leaser.lease(self.config.batch, 20_000, &shutdown).await else {
+                break;
             };
             // A batch in progress is finished even on shutdown: the jobs are
             // leased to us, and finishing is quicker than waiting for expiry.
@@ -168,21 +147,10 @@ impl Worker {
     }
 
     async fn headers(&self, job: &pb::Job) -> Result<Vec<u8>, tonic::Status> {
-        let mut s = self
-            .store
-            .queue
-            .clone()
-            .read_message(pb::ReadMessageRequest {
-                job_id: job.id,
-                offset: 0,
-                length: HEADER_PEEK,
-            })
-            .await?
-            .into_inner();
-        let mut raw = Vec::new();
-        while let Some(c) = s.message().await? {
-            raw.extend_from_slice(&c.data);
-        }
+        let mut raw = self
+            .jobs
+            .read_message(job.id, HEADER_PEEK, u64::MAX, 0)
+            .await?;
         // Keep only the header block (up to the first empty line).
         let end = raw
             .windows(4)
@@ -195,21 +163,19 @@ impl Worker {
     }
 
     async fn process(&self, job: pb::Job) -> Result<(), tonic::Status> {
+        // The span follows the future across every await (a guard from
+        // `span.enter()` would leak it to whatever runs on the thread).
         let span = tracing::info_span!("job", id = job.id, sid = %job.session_id);
-        let _e = span.enter();
+        self.process_in_span(job).instrument(span).await
+    }
+
+    async fn process_in_span(&self, job: pb::Job) -> Result<(), tonic::Status> {
         let header_block = self.headers(&job).await?;
         let headers = Headers::parse(&header_block);
         let mut deferred = Vec::new();
         let mut failed = Vec::new();
         for r in &job.recipients {
-            let state =
-                pb::RecipientState::try_from(r.state).unwrap_or(pb::RecipientState::Pending);
-            if !matches!(
-                state,
-                pb::RecipientState::Pending
-                    | pb::RecipientState::Deferred
-                    | pb::RecipientState::Unspecified
-            ) {
+            if !queue_worker::is_pending(r) {
                 continue;
             }
             let Some(rcpt) = &r.recipient else { continue };
@@ -242,28 +208,21 @@ impl Worker {
         if !failed.is_empty() {
             self.bounce(&job, &headers, &header_block, &failed).await?;
         }
-        let mut q = self.store.queue.clone();
         if deferred.is_empty() {
-            q.finish_job(pb::FinishJobRequest {
-                job_id: job.id,
-                worker_id: self.id.clone(),
-                outcome: pb::FinishOutcome::Done as i32,
-                retry_at: None,
-                reason: String::new(),
-            })
-            .await?;
+            self.jobs
+                .finish(job.id, pb::FinishOutcome::Done, None, String::new())
+                .await
         } else {
             let at = chrono::Utc::now() + backoff(job.attempts);
-            q.finish_job(pb::FinishJobRequest {
-                job_id: job.id,
-                worker_id: self.id.clone(),
-                outcome: pb::FinishOutcome::Retry as i32,
-                retry_at: Some(ts(at)),
-                reason: deferred.join("; "),
-            })
-            .await?;
+            self.jobs
+                .finish(
+                    job.id,
+                    pb::FinishOutcome::Retry,
+                    Some(at),
+                    deferred.join("; "),
+                )
+                .await
         }
-        Ok(())
     }
 
     async fn result(
@@ -273,18 +232,9 @@ impl Worker {
         state: pb::RecipientState,
         detail: &str,
     ) -> Result<(), tonic::Status> {
-        self.store
-            .queue
-            .clone()
-            .set_recipient_result(pb::SetRecipientResultRequest {
-                job_id: job.id,
-                worker_id: self.id.clone(),
-                index,
-                state: state as i32,
-                detail: detail.to_string(),
-            })
-            .await?;
-        Ok(())
+        self.jobs
+            .set_result(job.id, index, state, detail.to_string())
+            .await
     }
 
     /// Hands recipients to the outbound queue, reusing the stored message.
@@ -511,17 +461,14 @@ impl Worker {
             .enqueue(futures::stream::iter(msgs))
             .await?
             .into_inner();
-        self.store
-            .queue
-            .clone()
-            .add_event(pb::AddEventRequest {
-                job_id: job.id,
-                kind: pb::EventKind::Bounced as i32,
-                source: format!("delivery/{}", self.id),
-                recipient: job.mail_from.clone(),
-                detail: format!("DSN queued as job {}", dsn_job.job_id),
-                attributes: std::collections::HashMap::new(),
-            })
+        self.jobs
+            .event(
+                job.id,
+                pb::EventKind::Bounced,
+                &job.mail_from,
+                format!("DSN queued as job {}", dsn_job.job_id),
+                std::collections::HashMap::new(),
+            )
             .await?;
         metrics::counter!("delivery_dsn_total").increment(1);
         Ok(())

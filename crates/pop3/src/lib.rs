@@ -15,14 +15,18 @@
 //! Layout: [`proto`] is the pure command grammar and the typed replies,
 //! [`body`] the pure CRLF/dot-stuffing encoder for message bodies,
 //! [`session`] the AUTHORIZATION → TRANSACTION → UPDATE state machine
-//! (generic over the byte stream), [`conn`] TLS, STLS, listeners and limits,
-//! and the private `lock` module the store-backed maildrop lock.
+//! (generic over the byte stream), the private `cmd` modules its command
+//! handlers (one per command family, with the per-state command table),
+//! [`conn`] TLS, STLS, listeners and limits, the private `lock` module the
+//! store-backed maildrop lock and `sizes` the process-wide CRLF-size cache.
 
 pub mod body;
+mod cmd;
 pub mod conn;
 mod lock;
 pub mod proto;
 pub mod session;
+mod sizes;
 
 use std::sync::Arc;
 use std::time::Duration;

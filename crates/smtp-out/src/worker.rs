@@ -1,0 +1,202 @@
+//! The worker loop: lease outbound jobs, group them by destination into
+//! lanes (one reused connection each, at most `--per-destination` per
+//! domain), and work the lanes concurrently while their leases are renewed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailstore_api::{StoreClient, pb};
+use queue_worker::{ActiveJobs, Jobs, LeaseSpec, Leaser};
+use service_kit::Shutdown;
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+use crate::attempt::Open;
+use crate::client::Timeouts;
+use crate::config::Config;
+use crate::dkim;
+use crate::route::Router;
+
+pub(crate) struct Worker {
+    pub(crate) store: StoreClient,
+    pub(crate) id: String,
+    pub(crate) config: Config,
+    pub(crate) router: Router,
+    pub(crate) tls: Option<tokio_rustls::TlsConnector>,
+    /// Signing keys: `--dkim-key` files plus the active keys in the store,
+    /// reloaded every minute (so `mailctl dkim rotate` needs no restart).
+    pub(crate) dkim: std::sync::RwLock<Arc<dkim::Signer>>,
+    /// Smarthost credentials by host name.
+    pub(crate) relay_auth: HashMap<String, Credentials>,
+    pub(crate) timeouts: Timeouts,
+    /// Per-destination connection limits.
+    pub(crate) destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per-job queue calls as this worker.
+    pub(crate) jobs: Jobs,
+    /// Jobs leased and being worked on (their leases are renewed).
+    pub(crate) active: Arc<ActiveJobs>,
+}
+
+/// AUTH credentials for one smarthost.
+pub(crate) struct Credentials {
+    pub(crate) user: String,
+    pub(crate) password: String,
+}
+
+/// The domain of an address, lower-cased, without a trailing dot.
+pub(crate) fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+impl Worker {
+    /// Leases and works jobs until shutdown, then lets lanes in progress
+    /// finish for a while.
+    pub(crate) async fn run(self: &Arc<Self>, shutdown: Shutdown) {
+        tracing::info!(worker = %self.id, "smtp-out worker started");
+        let slots = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let spec = LeaseSpec {
+            kind: pb::QueueKind::Outbound,
+            worker_id: self.id.clone(),
+            lease_ttl_ms: self.config.lease_ms,
+            max_attempts: self.config.max_unfinished,
+        };
+        let renew = tokio::spawn(queue_worker::renew_leases(
+            self.store.clone(),
+            spec.clone(),
+            self.active.clone(),
+            shutdown.clone(),
+        ));
+        let mut leaser = Leaser::new(self.store.clone(), spec);
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            // Wait for room before asking for work.
+            let room = tokio::select! {
+                p = slots.clone().acquire_owned() => p,
+                () = shutdown.cancelled() => break,
+            };
+            let Ok(room) = room else { break };
+            let free = slots.available_permits() + 1;
+            drop(room);
+            let want = u32::try_from(free)
+                .unwrap_or(u32::MAX)
+                .min(self.config.batch.max(1));
+            let Some(jobs) = leaser.lease(want, self.lease_wait_ms(), &shutdown).await else {
+                break;
+            };
+            if jobs.is_empty() {
+                continue;
+            }
+            metrics::counter!("smtp_out_leased_total").increment(jobs.len() as u64);
+            self.active.add(&jobs);
+            // Group by destination, then split each group into at most
+            // `per_destination` lanes, each with its own connection.
+            let mut groups: HashMap<String, Vec<pb::Job>> = HashMap::new();
+            for job in jobs {
+                let dest = if job.destination.is_empty() {
+                    job.recipients
+                        .first()
+                        .and_then(|r| r.recipient.as_ref())
+                        .map(|r| domain_of(&r.address))
+                        .unwrap_or_default()
+                } else {
+                    job.destination.to_ascii_lowercase()
+                };
+                groups.entry(dest).or_default().push(job);
+            }
+            for (dest, jobs) in groups {
+                let lanes = self.config.per_destination.max(1).min(jobs.len());
+                let mut split: Vec<Vec<pb::Job>> = (0..lanes).map(|_| Vec::new()).collect();
+                for (i, j) in jobs.into_iter().enumerate() {
+                    split[i % lanes].push(j);
+                }
+                for lane in split {
+                    let n = u32::try_from(lane.len()).unwrap_or(u32::MAX);
+                    let Ok(permit) = slots.clone().acquire_many_owned(n).await else {
+                        break;
+                    };
+                    let me = self.clone();
+                    let dest = dest.clone();
+                    let sd = shutdown.clone();
+                    tasks.spawn(async move {
+                        me.work_lane(&dest, lane, &sd).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        // Let lanes in progress finish for a while; the rest is re-leased
+        // by another worker when the lease expires.
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
+        }
+        renew.abort();
+        tracing::info!(worker = %self.id, "smtp-out worker stopped");
+    }
+
+    /// How long a Lease call waits for work. The store wakes a waiting
+    /// Lease on new jobs, but not on a retry time set by FinishJob while it
+    /// waits, so the wait is kept below the shortest retry delay.
+    fn lease_wait_ms(&self) -> u64 {
+        let shortest = self.config.retry_schedule.iter().min().map_or(20_000, |d| {
+            u64::try_from(d.as_millis() / 2).unwrap_or(20_000)
+        });
+        shortest.clamp(100, 20_000)
+    }
+
+    fn destination_limit(&self, dest: &str) -> Arc<Semaphore> {
+        let mut d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        if d.len() > 10_000 {
+            d.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        d.entry(dest.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_destination.max(1))))
+            .clone()
+    }
+
+    /// Works a lane of jobs for one destination over one reused connection.
+    async fn work_lane(&self, dest: &str, jobs: Vec<pb::Job>, shutdown: &Shutdown) {
+        let span = tracing::info_span!("destination", domain = %dest);
+        self.work_lane_inner(dest, jobs, shutdown)
+            .instrument(span)
+            .await;
+    }
+
+    async fn work_lane_inner(&self, dest: &str, jobs: Vec<pb::Job>, shutdown: &Shutdown) {
+        let limit = self.destination_limit(dest);
+        let _permit = limit.acquire_owned().await;
+        let route = self.router.route(dest).await;
+        let mut open: Option<Open> = None;
+        for job in jobs {
+            let id = job.id;
+            if shutdown.is_cancelled() {
+                // Not started: hand it back at once rather than holding the
+                // lease until it expires.
+                let _ = self
+                    .finish(
+                        &job,
+                        pb::FinishOutcome::Retry,
+                        Some(chrono::Utc::now()),
+                        "smtp-out worker shutting down",
+                    )
+                    .await;
+                self.active.remove(id);
+                continue;
+            }
+            if let Err(e) = self.work_job(dest, job, &route, &mut open).await {
+                tracing::warn!(job = id, error = %e.message(), "job left for retry after a store error");
+            }
+            self.active.remove(id);
+        }
+        if let Some(o) = open.take() {
+            o.conn.quit().await;
+        }
+    }
+}
