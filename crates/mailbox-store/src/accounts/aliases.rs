@@ -1,0 +1,117 @@
+//! Aliases and catch-alls (`@domain`).
+
+use mailstore_api::pb;
+use sqlx::Row;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Result, StoreError, sqlstate};
+use crate::names;
+
+use super::{AccountsSvc, domain_id};
+
+/// "local@domain" or "@domain" (catch-all).
+fn parse_alias_source(source: &str) -> Result<(String, String)> {
+    if let Some(d) = source.strip_prefix('@') {
+        return Ok((String::new(), names::domain(d)?));
+    }
+    names::address(source)
+}
+
+pub(super) async fn create_alias(
+    svc: &AccountsSvc,
+    req: Request<pb::CreateAliasRequest>,
+) -> Result<Response<pb::Alias>, Status> {
+    let req = req.into_inner();
+    let (local, domain) = parse_alias_source(&req.source)?;
+    let (tl, td) = names::address(&req.target)?;
+    let target = format!("{tl}@{td}");
+    let did = domain_id(svc.pool(), &domain)
+        .await?
+        .ok_or(StoreError::NotFound("domain"))?;
+    let res = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO aliases (domain_id, local_part, target) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(did)
+    .bind(&local)
+    .bind(&target)
+    .fetch_one(svc.pool())
+    .await;
+    let id = match res {
+        Ok(id) => id,
+        Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
+            return Err(StoreError::AlreadyExists("alias").into());
+        }
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
+    Ok(Response::new(pb::Alias {
+        id: id as u64,
+        source: format!("{local}@{domain}"),
+        target,
+    }))
+}
+
+pub(super) async fn delete_alias(
+    svc: &AccountsSvc,
+    req: Request<pb::DeleteAliasRequest>,
+) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+    let req = req.into_inner();
+    let (local, domain) = parse_alias_source(&req.source)?;
+    let did = domain_id(svc.pool(), &domain)
+        .await?
+        .ok_or(StoreError::NotFound("domain"))?;
+    let res = if req.target.is_empty() {
+        sqlx::query("DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2")
+            .bind(did)
+            .bind(&local)
+            .execute(svc.pool())
+            .await
+    } else {
+        let (tl, td) = names::address(&req.target)?;
+        sqlx::query("DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2 AND target = $3")
+            .bind(did)
+            .bind(&local)
+            .bind(format!("{tl}@{td}"))
+            .execute(svc.pool())
+            .await
+    }
+    .map_err(StoreError::from)?;
+    if res.rows_affected() == 0 {
+        return Err(StoreError::NotFound("alias").into());
+    }
+    Ok(Response::new(pb::DeleteAliasResponse {
+        deleted: u32::try_from(res.rows_affected()).unwrap_or(u32::MAX),
+    }))
+}
+
+pub(super) async fn list_aliases(
+    svc: &AccountsSvc,
+    req: Request<pb::ListAliasesRequest>,
+) -> Result<Response<pb::ListAliasesResponse>, Status> {
+    let domain = req.into_inner().domain;
+    let sql = "SELECT a.id, a.local_part, d.name, a.target FROM aliases a JOIN domains d ON d.id = a.domain_id \
+               WHERE ($1 = '' OR d.name = $1) ORDER BY d.name, a.local_part, a.target";
+    let d = if domain.is_empty() {
+        String::new()
+    } else {
+        names::domain(&domain)?
+    };
+    let rows = sqlx::query(sql)
+        .bind(d)
+        .fetch_all(svc.pool())
+        .await
+        .map_err(StoreError::from)?;
+    let aliases = rows
+        .iter()
+        .map(|r| {
+            let local: String = r.try_get("local_part")?;
+            let domain: String = r.try_get("name")?;
+            Ok(pb::Alias {
+                id: r.try_get::<i64, _>("id")? as u64,
+                source: format!("{local}@{domain}"),
+                target: r.try_get("target")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(StoreError::from)?;
+    Ok(Response::new(pb::ListAliasesResponse { aliases }))
+}

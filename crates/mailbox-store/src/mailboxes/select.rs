@@ -1,0 +1,93 @@
+//! SELECT/EXAMINE/STATUS data: one mailbox with its counts (RFC 9051 §6.3.1, §6.3.11).
+
+use mailstore_api::pb;
+use sqlx::{PgPool, Row};
+use tonic::{Request, Response, Status};
+
+use crate::error::{Result, StoreError};
+use crate::names;
+use crate::wire::id;
+
+use super::MailboxesSvc;
+
+pub(super) fn mailbox_row(r: &sqlx::postgres::PgRow, subscribed: bool) -> Result<pb::Mailbox> {
+    Ok(pb::Mailbox {
+        id: r.try_get::<i64, _>("id")? as u64,
+        user_id: r.try_get::<i64, _>("user_id")? as u64,
+        name: r.try_get("name")?,
+        special_use: r.try_get("special_use")?,
+        subscribed,
+        uidvalidity: r.try_get::<i64, _>("uidvalidity")? as u32,
+        uidnext: r.try_get::<i64, _>("uidnext")? as u32,
+        highestmodseq: r.try_get::<i64, _>("highestmodseq")? as u64,
+        recent_floor: r.try_get::<i64, _>("recent_floor")? as u32,
+        ..Default::default()
+    })
+}
+
+/// Fills message counts of a mailbox.
+pub(super) async fn counts(pool: &PgPool, mb: &mut pb::Mailbox) -> Result<()> {
+    let r = sqlx::query(
+        "SELECT count(*) AS n, \
+                count(*) FILTER (WHERE flags & 1 = 0) AS unseen, \
+                count(*) FILTER (WHERE flags & 8 <> 0) AS deleted, \
+                count(*) FILTER (WHERE uid >= $2) AS recent, \
+                COALESCE(sum(size), 0)::bigint AS size, \
+                COALESCE(min(uid) FILTER (WHERE flags & 1 = 0), 0) AS first_unseen \
+         FROM messages WHERE mailbox_id = $1",
+    )
+    .bind(mb.id as i64)
+    .bind(i64::from(mb.recent_floor))
+    .fetch_one(pool)
+    .await?;
+    mb.messages = r.try_get::<i64, _>("n")? as u32;
+    mb.unseen = r.try_get::<i64, _>("unseen")? as u32;
+    mb.deleted = r.try_get::<i64, _>("deleted")? as u32;
+    mb.recent = r.try_get::<i64, _>("recent")? as u32;
+    mb.size = r.try_get::<i64, _>("size")? as u64;
+    mb.first_unseen_uid = r.try_get::<i64, _>("first_unseen")? as u32;
+    Ok(())
+}
+
+pub(super) const MAILBOX_COLS: &str =
+    "id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, recent_floor";
+
+pub(super) async fn subscribed(pool: &PgPool, user_id: i64) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM subscriptions WHERE user_id = $1 ORDER BY name")
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+pub(super) async fn get_mailbox(
+    svc: &MailboxesSvc,
+    req: Request<pb::GetMailboxRequest>,
+) -> Result<Response<pb::Mailbox>, Status> {
+    let req = req.into_inner();
+    let uid = id(req.user_id, "user")?;
+    let name = names::mailbox(&req.name)?;
+    let row = if req.claim_recent {
+        // The claiming session sees [old floor, uidnext) as \Recent.
+        sqlx::query(
+            "UPDATE mailboxes m SET recent_floor = m.uidnext FROM (SELECT id, recent_floor AS old FROM mailboxes \
+             WHERE user_id = $1 AND name = $2 FOR UPDATE) o WHERE m.id = o.id \
+             RETURNING m.id, m.user_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq, o.old AS recent_floor",
+        )
+    } else {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MAILBOX_COLS} FROM mailboxes WHERE user_id = $1 AND name = $2"
+        )))
+    }
+    .bind(uid)
+    .bind(&name)
+    .fetch_optional(svc.pool())
+    .await
+    .map_err(StoreError::from)?
+    .ok_or(StoreError::NotFound("mailbox"))?;
+    let subs = subscribed(svc.pool(), uid).await?;
+    let mut mb = mailbox_row(&row, subs.contains(&name))?;
+    counts(svc.pool(), &mut mb).await?;
+    Ok(Response::new(mb))
+}
