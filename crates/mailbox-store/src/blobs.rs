@@ -13,15 +13,19 @@ pub const BODY_CHUNK: i64 = 256 * 1024;
 
 /// Ensures a blob exists (stored once per content).
 pub(crate) async fn put_blob(conn: &mut PgConnection, hash: &[u8], data: &[u8]) -> Result<()> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE hash = $1)")
-        .bind(hash)
-        .fetch_one(&mut *conn)
-        .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM blobs WHERE hash = $1) AS "exists!""#,
+        hash
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if !exists {
-        sqlx::query("INSERT INTO blobs (hash, size, data) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING")
-            .bind(hash)
-            .bind(data.len() as i64)
-            .bind(data)
+        sqlx::query!(
+"INSERT INTO blobs (hash, size, data) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+hash,
+data.len() as i64,
+data
+)
             .execute(&mut *conn)
             .await?;
     }
@@ -38,17 +42,17 @@ pub(crate) fn stream_blob(
 ) -> BoxStream<pb::BodyChunk> {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
-        let total: Option<i64> = match sqlx::query_scalar("SELECT size FROM blobs WHERE hash = $1")
-            .bind(&hash)
-            .fetch_optional(&pool)
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = tx.send(Err(StoreError::from(e).into())).await;
-                return;
-            }
-        };
+        let total: Option<i64> =
+            match sqlx::query_scalar!("SELECT size FROM blobs WHERE hash = $1", &hash)
+                .fetch_optional(&pool)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.send(Err(StoreError::from(e).into())).await;
+                    return;
+                }
+            };
         let Some(total) = total else {
             let _ = tx.send(Err(StoreError::NotFound("message").into())).await;
             return;
@@ -66,12 +70,13 @@ pub(crate) fn stream_blob(
         loop {
             let n = (end - pos).min(BODY_CHUNK);
             let data: Vec<u8> = if n > 0 {
-                match sqlx::query_scalar(
-                    "SELECT substring(data FROM $2::int FOR $3::int) FROM blobs WHERE hash = $1",
+                match sqlx::query_scalar!(
+                    // The offsets are bound as bigint and narrowed by PostgreSQL.
+                    r#"SELECT substring(data FROM $2::bigint::int FOR $3::bigint::int) AS "data!" FROM blobs WHERE hash = $1"#,
+                    &hash,
+                    pos + 1,
+                    n
                 )
-                .bind(&hash)
-                .bind(pos + 1)
-                .bind(n)
                 .fetch_one(&pool)
                 .await
                 {
@@ -105,12 +110,12 @@ pub(crate) async fn collect_garbage(pool: &PgPool, hashes: Vec<Vec<u8>>) {
     if hashes.is_empty() {
         return;
     }
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "DELETE FROM blobs b WHERE b.hash = ANY($1) \
          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.blob_hash = b.hash) \
          AND NOT EXISTS (SELECT 1 FROM queue_jobs q WHERE q.blob_hash = b.hash)",
+        &hashes
     )
-    .bind(&hashes)
     .execute(pool)
     .await;
     if let Err(e) = res {

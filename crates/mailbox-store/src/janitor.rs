@@ -16,15 +16,15 @@ pub async fn janitor(store: Arc<Store>, shutdown: service_kit::Shutdown) {
             () = shutdown.cancelled() => return,
         }
         let pool = &store.pool;
-        let _ = sqlx::query("DELETE FROM auth_failures WHERE at < now() - interval '1 hour'")
+        let _ = sqlx::query!("DELETE FROM auth_failures WHERE at < now() - interval '1 hour'")
             .execute(pool)
             .await;
-        let _ = sqlx::query("DELETE FROM locks WHERE expires_at < now() - interval '1 hour'")
+        let _ = sqlx::query!("DELETE FROM locks WHERE expires_at < now() - interval '1 hour'")
             .execute(pool)
             .await;
-        let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
-            "DELETE FROM queue_jobs WHERE state = 2 AND updated_at < now() - interval '7 days' RETURNING blob_hash",
-        )
+        let hashes: Vec<Vec<u8>> = sqlx::query_scalar!(
+"DELETE FROM queue_jobs WHERE state = 2 AND updated_at < now() - interval '7 days' RETURNING blob_hash"
+)
         .fetch_all(pool)
         .await
         .unwrap_or_default();

@@ -4,7 +4,7 @@
 use mailstore_api::pb;
 use prost::Message as _;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tonic::Streaming;
 
 use crate::error::{Result, StoreError};
@@ -12,9 +12,7 @@ use crate::notify::{MAILBOX_CHANNEL, MailboxChange};
 use crate::{flags, structure};
 
 pub(crate) async fn notify(conn: &mut PgConnection, c: MailboxChange) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(MAILBOX_CHANNEL)
-        .bind(c.payload())
+    sqlx::query!("SELECT pg_notify($1, $2)", MAILBOX_CHANNEL, c.payload())
         .execute(conn)
         .await?;
     Ok(())
@@ -25,19 +23,14 @@ pub(crate) async fn lock_mailbox(
     conn: &mut PgConnection,
     mailbox_id: i64,
 ) -> Result<(i64, i64, i64, i64)> {
-    let row = sqlx::query(
-        "SELECT user_id, uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = $1 FOR UPDATE",
-    )
-    .bind(mailbox_id)
+    let row = sqlx::query!(
+"SELECT user_id, uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = $1 FOR UPDATE",
+mailbox_id
+)
     .fetch_optional(conn)
     .await?
     .ok_or(StoreError::NotFound("mailbox"))?;
-    Ok((
-        row.try_get("user_id")?,
-        row.try_get("uidvalidity")?,
-        row.try_get("uidnext")?,
-        row.try_get("highestmodseq")?,
-    ))
+    Ok((row.user_id, row.uidvalidity, row.uidnext, row.highestmodseq))
 }
 
 pub(crate) async fn mailbox_id_by_name(
@@ -45,13 +38,13 @@ pub(crate) async fn mailbox_id_by_name(
     user_id: i64,
     name: &str,
 ) -> Result<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT id FROM mailboxes WHERE user_id = $1 AND name = $2")
-            .bind(user_id)
-            .bind(name)
-            .fetch_optional(conn)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        "SELECT id FROM mailboxes WHERE user_id = $1 AND name = $2",
+        user_id,
+        name
     )
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Everything needed to insert one message row.
@@ -73,41 +66,43 @@ pub(crate) async fn insert_message(
     m: &NewMessage<'_>,
 ) -> Result<pb::AppendResponse> {
     let (user_id, uidvalidity, _, _) = lock_mailbox(conn, mailbox_id).await?;
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 \
-         WHERE id = $1 RETURNING uidnext - 1 AS uid, highestmodseq, uidnext",
+         WHERE id = $1 RETURNING uidnext - 1 AS \"uid!\", highestmodseq, uidnext",
+        mailbox_id
     )
-    .bind(mailbox_id)
     .fetch_one(&mut *conn)
     .await?;
-    let uid: i64 = row.try_get("uid")?;
-    let modseq: i64 = row.try_get("highestmodseq")?;
-    let uidnext: i64 = row.try_get("uidnext")?;
+    let uid: i64 = row.uid;
+    let modseq: i64 = row.highestmodseq;
+    let uidnext: i64 = row.uidnext;
     if uid > i64::from(u32::MAX) {
         return Err(StoreError::precondition("mailbox UID space exhausted"));
     }
-    sqlx::query(
-        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
+    sqlx::query!(
+"INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(mailbox_id)
-    .bind(uid)
-    .bind(m.hash)
-    .bind(m.size)
-    .bind(m.internal_date)
-    .bind(m.sent_date)
-    .bind(m.flags.bits)
-    .bind(&m.flags.keywords)
-    .bind(modseq)
-    .bind(&m.structure)
-    .bind(m.crlf_size)
+mailbox_id,
+uid,
+m.hash,
+m.size,
+m.internal_date,
+m.sent_date,
+m.flags.bits,
+&m.flags.keywords,
+modseq,
+&m.structure,
+m.crlf_size
+)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1")
-        .bind(user_id)
-        .bind(m.size)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1",
+        user_id,
+        m.size
+    )
+    .execute(&mut *conn)
+    .await?;
     notify(
         conn,
         MailboxChange {

@@ -42,8 +42,8 @@ impl Server {
         let readiness: service_kit::Readiness = Arc::new(move || {
             let pool = ready_pool.clone();
             Box::pin(async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
+                sqlx::query_scalar!(r#"SELECT 1 AS "one!""#)
+                    .fetch_one(&pool)
                     .await
                     .map(|_| ())
                     .map_err(|e| format!("database: {e}"))

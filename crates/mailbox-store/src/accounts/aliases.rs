@@ -1,7 +1,6 @@
 //! Aliases and catch-alls (`@domain`).
 
 use mailstore_api::pb;
-use sqlx::Row;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError, sqlstate};
@@ -28,12 +27,12 @@ pub(super) async fn create_alias(
     let did = domain_id(svc.pool(), &domain)
         .await?
         .ok_or(StoreError::NotFound("domain"))?;
-    let res = sqlx::query_scalar::<_, i64>(
+    let res = sqlx::query_scalar!(
         "INSERT INTO aliases (domain_id, local_part, target) VALUES ($1, $2, $3) RETURNING id",
+        did,
+        &local,
+        &target
     )
-    .bind(did)
-    .bind(&local)
-    .bind(&target)
     .fetch_one(svc.pool())
     .await;
     let id = match res {
@@ -60,19 +59,23 @@ pub(super) async fn delete_alias(
         .await?
         .ok_or(StoreError::NotFound("domain"))?;
     let res = if req.target.is_empty() {
-        sqlx::query("DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2")
-            .bind(did)
-            .bind(&local)
-            .execute(svc.pool())
-            .await
+        sqlx::query!(
+            "DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2",
+            did,
+            &local
+        )
+        .execute(svc.pool())
+        .await
     } else {
         let (tl, td) = names::address(&req.target)?;
-        sqlx::query("DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2 AND target = $3")
-            .bind(did)
-            .bind(&local)
-            .bind(format!("{tl}@{td}"))
-            .execute(svc.pool())
-            .await
+        sqlx::query!(
+            "DELETE FROM aliases WHERE domain_id = $1 AND local_part = $2 AND target = $3",
+            did,
+            &local,
+            format!("{tl}@{td}")
+        )
+        .execute(svc.pool())
+        .await
     }
     .map_err(StoreError::from)?;
     if res.rows_affected() == 0 {
@@ -88,30 +91,26 @@ pub(super) async fn list_aliases(
     req: Request<pb::ListAliasesRequest>,
 ) -> Result<Response<pb::ListAliasesResponse>, Status> {
     let domain = req.into_inner().domain;
-    let sql = "SELECT a.id, a.local_part, d.name, a.target FROM aliases a JOIN domains d ON d.id = a.domain_id \
-               WHERE ($1 = '' OR d.name = $1) ORDER BY d.name, a.local_part, a.target";
     let d = if domain.is_empty() {
         String::new()
     } else {
         names::domain(&domain)?
     };
-    let rows = sqlx::query(sql)
-        .bind(d)
-        .fetch_all(svc.pool())
-        .await
-        .map_err(StoreError::from)?;
+    let rows = sqlx::query!(
+        "SELECT a.id, a.local_part, d.name, a.target FROM aliases a JOIN domains d ON d.id = a.domain_id \
+         WHERE ($1 = '' OR d.name = $1) ORDER BY d.name, a.local_part, a.target",
+        d
+    )
+    .fetch_all(svc.pool())
+    .await
+    .map_err(StoreError::from)?;
     let aliases = rows
-        .iter()
-        .map(|r| {
-            let local: String = r.try_get("local_part")?;
-            let domain: String = r.try_get("name")?;
-            Ok(pb::Alias {
-                id: r.try_get::<i64, _>("id")? as u64,
-                source: format!("{local}@{domain}"),
-                target: r.try_get("target")?,
-            })
+        .into_iter()
+        .map(|r| pb::Alias {
+            id: r.id as u64,
+            source: format!("{}@{}", r.local_part, r.name),
+            target: r.target,
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(StoreError::from)?;
+        .collect();
     Ok(Response::new(pb::ListAliasesResponse { aliases }))
 }

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use mailstore_api::pb;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError};
@@ -54,10 +54,10 @@ async fn verify_password(password: String, hash: String) -> bool {
 
 /// Counts a failed login from `ip` and tells whether the IP is now over the limit.
 async fn over_failure_limit(pool: &PgPool, ip: &str, limit: u32) -> Result<bool> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM auth_failures WHERE ip = $1 AND at > now() - interval '1 minute'",
+    let n: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM auth_failures WHERE ip = $1 AND at > now() - interval '1 minute'"#,
+        ip
     )
-    .bind(ip)
     .fetch_one(pool)
     .await?;
     Ok(n >= i64::from(limit))
@@ -85,19 +85,16 @@ pub(super) async fn authenticate(
         req.password
     };
     let user = match names::address(&req.username) {
-        Ok((local, domain)) => sqlx::query(
-            "SELECT u.id, u.password_hash, u.disabled FROM users u JOIN domains d ON d.id = u.domain_id \
+        Ok((local, domain)) => sqlx::query!(
+"SELECT u.id, u.password_hash, u.disabled FROM users u JOIN domains d ON d.id = u.domain_id \
              WHERE d.name = $1 AND u.local_part = $2",
-        )
-        .bind(&domain)
-        .bind(&local)
+&domain,
+&local
+)
         .fetch_optional(pool)
         .await
         .map_err(StoreError::from)?
-        .map(|r| -> Result<(i64, String, bool)> {
-            Ok((r.try_get("id")?, r.try_get("password_hash")?, r.try_get("disabled")?))
-        })
-        .transpose()?
+        .map(|r| (r.id, r.password_hash, r.disabled))
         .map(|(id, hash, disabled)| (id, hash, disabled, format!("{local}@{domain}"))),
         Err(_) => None,
     };
@@ -120,8 +117,7 @@ pub(super) async fn authenticate(
         _ => {
             metrics::counter!("store_auth_total", "result" => "failed").increment(1);
             if !ip.is_empty() {
-                sqlx::query("INSERT INTO auth_failures (ip) VALUES ($1)")
-                    .bind(&ip)
+                sqlx::query!("INSERT INTO auth_failures (ip) VALUES ($1)", &ip)
                     .execute(pool)
                     .await
                     .map_err(StoreError::from)?;

@@ -1,7 +1,6 @@
 //! DKIM signing keys per domain (RFC 6376).
 
 use mailstore_api::pb;
-use sqlx::Row;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError, sqlstate};
@@ -40,29 +39,30 @@ pub(super) async fn put_dkim_key(
         return Err(StoreError::invalid("PEM private key and base64 public key required").into());
     }
     let mut tx = svc.pool().begin().await.map_err(StoreError::from)?;
-    let did: i64 = sqlx::query_scalar("SELECT id FROM domains WHERE name = $1")
-        .bind(&domain)
+    let did: i64 = sqlx::query_scalar!("SELECT id FROM domains WHERE name = $1", &domain)
         .fetch_optional(&mut *tx)
         .await
         .map_err(StoreError::from)?
         .ok_or(StoreError::NotFound("domain"))?;
     if req.activate {
-        sqlx::query("UPDATE dkim_keys SET active = false WHERE domain_id = $1 AND active")
-            .bind(did)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+        sqlx::query!(
+            "UPDATE dkim_keys SET active = false WHERE domain_id = $1 AND active",
+            did
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
     }
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "INSERT INTO dkim_keys (domain_id, selector, algorithm, private_key, public_key, active) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at",
+        did,
+        &selector,
+        &req.algorithm,
+        &req.private_key,
+        &req.public_key,
+        req.activate
     )
-    .bind(did)
-    .bind(&selector)
-    .bind(&req.algorithm)
-    .bind(&req.private_key)
-    .bind(&req.public_key)
-    .bind(req.activate)
     .fetch_one(&mut *tx)
     .await;
     let row = match res {
@@ -81,7 +81,7 @@ pub(super) async fn put_dkim_key(
         private_key: String::new(),
         public_key: req.public_key,
         active: req.activate,
-        created_at: timestamp(row.try_get("created_at").map_err(StoreError::from)?),
+        created_at: timestamp(row.created_at),
     }))
 }
 
@@ -95,39 +95,39 @@ pub(super) async fn list_dkim_keys(
     } else {
         names::domain(&req.domain)?
     };
-    let rows = sqlx::query(
-        "SELECT d.name, k.selector, k.algorithm, k.private_key, k.public_key, k.active, k.created_at \
+    let rows = sqlx::query!(
+"SELECT d.name, k.selector, k.algorithm, k.private_key, k.public_key, k.active, k.created_at \
          FROM dkim_keys k JOIN domains d ON d.id = k.domain_id \
          WHERE ($1 = '' OR d.name = $1) AND (NOT $2 OR k.active) ORDER BY d.name, k.created_at, k.id",
-    )
-    .bind(&domain)
-    .bind(req.active_only)
+&domain,
+req.active_only
+)
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;
     let keys = rows
-        .iter()
+        .into_iter()
         .map(|r| {
-            let algorithm: String = r.try_get("algorithm")?;
-            let public_key: String = r.try_get("public_key")?;
+            let algorithm: String = r.algorithm;
+            let public_key: String = r.public_key;
             let k = if algorithm.starts_with("ed25519") {
                 "ed25519"
             } else {
                 "rsa"
             };
             Ok(pb::DkimKey {
-                domain: r.try_get("name")?,
-                selector: r.try_get("selector")?,
+                domain: r.name,
+                selector: r.selector,
                 private_key: if req.include_private {
-                    r.try_get("private_key")?
+                    r.private_key
                 } else {
                     String::new()
                 },
                 dns_txt: format!("v=DKIM1; k={k}; p={public_key}"),
                 algorithm,
                 public_key,
-                active: r.try_get("active")?,
-                created_at: timestamp(r.try_get("created_at")?),
+                active: r.active,
+                created_at: timestamp(r.created_at),
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -1,7 +1,6 @@
 //! Domains we receive mail for.
 
 use mailstore_api::pb;
-use sqlx::Row;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError, sqlstate};
@@ -15,10 +14,12 @@ pub(super) async fn create_domain(
     req: Request<pb::CreateDomainRequest>,
 ) -> Result<Response<pb::Domain>, Status> {
     let name = names::domain(&req.get_ref().name)?;
-    let row = sqlx::query("INSERT INTO domains (name) VALUES ($1) RETURNING id, created_at")
-        .bind(&name)
-        .fetch_one(svc.pool())
-        .await;
+    let row = sqlx::query!(
+        "INSERT INTO domains (name) VALUES ($1) RETURNING id, created_at",
+        &name
+    )
+    .fetch_one(svc.pool())
+    .await;
     let row = match row {
         Ok(r) => r,
         Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
@@ -27,9 +28,9 @@ pub(super) async fn create_domain(
         Err(e) => return Err(StoreError::from(e).into()),
     };
     Ok(Response::new(pb::Domain {
-        id: row.try_get::<i64, _>("id").map_err(StoreError::from)? as u64,
+        id: row.id as u64,
         name,
-        created_at: timestamp(row.try_get("created_at").map_err(StoreError::from)?),
+        created_at: timestamp(row.created_at),
     }))
 }
 
@@ -43,10 +44,10 @@ pub(super) async fn delete_domain(
         .await?
         .ok_or(StoreError::NotFound("domain"))?;
     if !req.force {
-        let users: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM users WHERE domain_id = $1) + (SELECT count(*) FROM aliases WHERE domain_id = $1)",
-        )
-        .bind(did)
+        let users: i64 = sqlx::query_scalar!(
+"SELECT (SELECT count(*) FROM users WHERE domain_id = $1) + (SELECT count(*) FROM aliases WHERE domain_id = $1) AS \"n!\"",
+did
+)
         .fetch_one(svc.pool())
         .await
         .map_err(StoreError::from)?;
@@ -54,8 +55,7 @@ pub(super) async fn delete_domain(
             return Err(StoreError::precondition("domain still has users or aliases").into());
         }
     }
-    sqlx::query("DELETE FROM domains WHERE id = $1")
-        .bind(did)
+    sqlx::query!("DELETE FROM domains WHERE id = $1", did)
         .execute(svc.pool())
         .await
         .map_err(StoreError::from)?;
@@ -66,17 +66,17 @@ pub(super) async fn list_domains(
     svc: &AccountsSvc,
     _req: Request<pb::ListDomainsRequest>,
 ) -> Result<Response<pb::ListDomainsResponse>, Status> {
-    let rows = sqlx::query("SELECT id, name, created_at FROM domains ORDER BY name")
+    let rows = sqlx::query!("SELECT id, name, created_at FROM domains ORDER BY name")
         .fetch_all(svc.pool())
         .await
         .map_err(StoreError::from)?;
     let domains = rows
-        .iter()
+        .into_iter()
         .map(|r| {
             Ok(pb::Domain {
-                id: r.try_get::<i64, _>("id")? as u64,
-                name: r.try_get("name")?,
-                created_at: timestamp(r.try_get("created_at")?),
+                id: r.id as u64,
+                name: r.name,
+                created_at: timestamp(r.created_at),
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()

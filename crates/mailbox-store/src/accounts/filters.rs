@@ -1,7 +1,6 @@
 //! Per-user delivery filter rules (header contains → folder).
 
 use mailstore_api::pb;
-use sqlx::Row;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError};
@@ -29,14 +28,14 @@ pub(super) async fn add_filter(
             StoreError::invalid("filter needs a header name and a value up to 1000 bytes").into(),
         );
     }
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO filters (user_id, position, header, contains, folder) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-    )
-    .bind(user)
-    .bind(req.position)
-    .bind(&req.header)
-    .bind(&req.contains)
-    .bind(&folder)
+    let id: i64 = sqlx::query_scalar!(
+"INSERT INTO filters (user_id, position, header, contains, folder) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+user,
+req.position,
+&req.header,
+&req.contains,
+&folder
+)
     .fetch_one(svc.pool())
     .await
     .map_err(StoreError::from)?;
@@ -61,23 +60,23 @@ pub(super) async fn list_filters(
         }
         None => return Err(StoreError::invalid("address or user_id required").into()),
     };
-    let rows = sqlx::query(
-        "SELECT id, position, header, contains, folder FROM filters WHERE user_id = $1 ORDER BY position, id",
-    )
-    .bind(user)
+    let rows = sqlx::query!(
+"SELECT id, position, header, contains, folder FROM filters WHERE user_id = $1 ORDER BY position, id",
+user
+)
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;
     let filters = rows
-        .iter()
+        .into_iter()
         .map(|r| {
             Ok(pb::Filter {
-                id: r.try_get::<i64, _>("id")? as u64,
+                id: r.id as u64,
                 user_id: user as u64,
-                position: r.try_get("position")?,
-                header: r.try_get("header")?,
-                contains: r.try_get("contains")?,
-                folder: r.try_get("folder")?,
+                position: r.position,
+                header: r.header,
+                contains: r.contains,
+                folder: r.folder,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
@@ -90,8 +89,7 @@ pub(super) async fn delete_filter(
     req: Request<pb::DeleteFilterRequest>,
 ) -> Result<Response<pb::DeleteFilterResponse>, Status> {
     let id = i64::try_from(req.get_ref().id).map_err(|_| StoreError::NotFound("filter"))?;
-    let n = sqlx::query("DELETE FROM filters WHERE id = $1")
-        .bind(id)
+    let n = sqlx::query!("DELETE FROM filters WHERE id = $1", id)
         .execute(svc.pool())
         .await
         .map_err(StoreError::from)?

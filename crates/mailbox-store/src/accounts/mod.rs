@@ -51,10 +51,11 @@ impl AccountsSvc {
 }
 
 async fn domain_id(pool: &PgPool, domain: &str) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar("SELECT id FROM domains WHERE name = $1")
-        .bind(domain)
-        .fetch_optional(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar!("SELECT id FROM domains WHERE name = $1", domain)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 #[tonic::async_trait]

@@ -26,11 +26,11 @@ enum Found {
 }
 
 async fn lookup_exact(pool: &PgPool, domain_id: i64, local: &str, domain: &str) -> Result<Found> {
-    if let Some(id) = sqlx::query_scalar::<_, i64>(
+    if let Some(id) = sqlx::query_scalar!(
         "SELECT id FROM users WHERE domain_id = $1 AND local_part = $2 AND NOT disabled",
+        domain_id,
+        local
     )
-    .bind(domain_id)
-    .bind(local)
     .fetch_optional(pool)
     .await?
     {
@@ -39,11 +39,11 @@ async fn lookup_exact(pool: &PgPool, domain_id: i64, local: &str, domain: &str) 
             address: format!("{local}@{domain}"),
         });
     }
-    let targets: Vec<String> = sqlx::query_scalar(
+    let targets: Vec<String> = sqlx::query_scalar!(
         "SELECT target FROM aliases WHERE domain_id = $1 AND local_part = $2 ORDER BY id",
+        domain_id,
+        local
     )
-    .bind(domain_id)
-    .bind(local)
     .fetch_all(pool)
     .await?;
     Ok(if targets.is_empty() {
@@ -182,11 +182,11 @@ pub(super) async fn check_sender(
                 let did = domain_id(svc.pool(), &domain).await?;
                 match did {
                     Some(did) => {
-                        let targets: Vec<String> = sqlx::query_scalar(
+                        let targets: Vec<String> = sqlx::query_scalar!(
                             "SELECT target FROM aliases WHERE domain_id = $1 AND local_part = $2",
+                            did,
+                            base
                         )
-                        .bind(did)
-                        .bind(base)
                         .fetch_all(svc.pool())
                         .await
                         .map_err(StoreError::from)?;

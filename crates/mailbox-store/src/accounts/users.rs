@@ -1,7 +1,7 @@
 //! Users: creation with the default mailboxes, passwords, lookup.
 
 use mailstore_api::pb;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError, sqlstate};
@@ -24,18 +24,17 @@ pub async fn create_user(
     }
     let hash = hash_password(password).await?;
     let mut tx = pool.begin().await?;
-    let did: i64 = sqlx::query_scalar("SELECT id FROM domains WHERE name = $1")
-        .bind(&domain)
+    let did: i64 = sqlx::query_scalar!("SELECT id FROM domains WHERE name = $1", &domain)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound("domain"))?;
-    let res = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO users (domain_id, local_part, password_hash, quota_bytes) VALUES ($1, $2, $3, $4) RETURNING id",
-    )
-    .bind(did)
-    .bind(&local)
-    .bind(&hash)
-    .bind(i64::try_from(quota).unwrap_or(i64::MAX))
+    let res = sqlx::query_scalar!(
+"INSERT INTO users (domain_id, local_part, password_hash, quota_bytes) VALUES ($1, $2, $3, $4) RETURNING id",
+did,
+&local,
+&hash,
+i64::try_from(quota).unwrap_or(i64::MAX)
+)
     .fetch_one(&mut *tx)
     .await;
     let id = match res {
@@ -46,60 +45,74 @@ pub async fn create_user(
         Err(e) => return Err(e.into()),
     };
     for (name, special) in DEFAULT_MAILBOXES {
-        sqlx::query("INSERT INTO mailboxes (user_id, name, special_use) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(name)
-            .bind(special)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO subscriptions (user_id, name) VALUES ($1, $2)")
-            .bind(id)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO mailboxes (user_id, name, special_use) VALUES ($1, $2, $3)",
+            id,
+            name,
+            special
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "INSERT INTO subscriptions (user_id, name) VALUES ($1, $2)",
+            id,
+            name
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     get_user_by_id(pool, id).await
 }
 
 pub(super) async fn get_user_by_id(pool: &PgPool, id: i64) -> Result<pb::User> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{USER_SELECT} WHERE u.id = $1"
-    )))
-    .bind(id)
+    let row = sqlx::query_as!(
+        UserRow,
+        "SELECT u.id, u.local_part, d.name AS domain, u.quota_bytes, u.used_bytes, u.disabled, u.created_at \
+         FROM users u JOIN domains d ON d.id = u.domain_id WHERE u.id = $1",
+        id
+    )
     .fetch_optional(pool)
     .await?
     .ok_or(StoreError::NotFound("user"))?;
-    user_from_row(&row)
+    Ok(row.into())
 }
 
 pub(super) async fn user_id_of(pool: &PgPool, address: &str) -> Result<i64> {
     let (local, domain) = names::address(address)?;
-    sqlx::query_scalar(
-        "SELECT u.id FROM users u JOIN domains d ON d.id = u.domain_id WHERE d.name = $1 AND u.local_part = $2",
-    )
-    .bind(&domain)
-    .bind(&local)
+    sqlx::query_scalar!(
+"SELECT u.id FROM users u JOIN domains d ON d.id = u.domain_id WHERE d.name = $1 AND u.local_part = $2",
+&domain,
+&local
+)
     .fetch_optional(pool)
     .await?
     .ok_or(StoreError::NotFound("user"))
 }
 
-fn user_from_row(row: &sqlx::postgres::PgRow) -> Result<pb::User> {
-    let local: String = row.try_get("local_part")?;
-    let domain: String = row.try_get("domain")?;
-    Ok(pb::User {
-        id: row.try_get::<i64, _>("id")? as u64,
-        address: format!("{local}@{domain}"),
-        quota_bytes: row.try_get::<i64, _>("quota_bytes")? as u64,
-        used_bytes: row.try_get::<i64, _>("used_bytes")?.max(0) as u64,
-        disabled: row.try_get("disabled")?,
-        created_at: timestamp(row.try_get("created_at")?),
-    })
+/// A user row joined with its domain.
+struct UserRow {
+    id: i64,
+    local_part: String,
+    domain: String,
+    quota_bytes: i64,
+    used_bytes: i64,
+    disabled: bool,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
-const USER_SELECT: &str = "SELECT u.id, u.local_part, d.name AS domain, u.quota_bytes, u.used_bytes, u.disabled, u.created_at \
-     FROM users u JOIN domains d ON d.id = u.domain_id";
+impl From<UserRow> for pb::User {
+    fn from(row: UserRow) -> Self {
+        pb::User {
+            id: row.id as u64,
+            address: format!("{}@{}", row.local_part, row.domain),
+            quota_bytes: row.quota_bytes as u64,
+            used_bytes: row.used_bytes.max(0) as u64,
+            disabled: row.disabled,
+            created_at: timestamp(row.created_at),
+        }
+    }
+}
 
 pub(super) async fn create_user_rpc(
     svc: &AccountsSvc,
@@ -118,12 +131,14 @@ pub(super) async fn set_password(
     let req = req.into_inner();
     let id = user_id_of(svc.pool(), &req.address).await?;
     let hash = hash_password(req.password).await?;
-    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-        .bind(id)
-        .bind(hash)
-        .execute(svc.pool())
-        .await
-        .map_err(StoreError::from)?;
+    sqlx::query!(
+        "UPDATE users SET password_hash = $2 WHERE id = $1",
+        id,
+        hash
+    )
+    .execute(svc.pool())
+    .await
+    .map_err(StoreError::from)?;
     Ok(Response::new(pb::SetPasswordResponse {}))
 }
 
@@ -132,8 +147,7 @@ pub(super) async fn delete_user(
     req: Request<pb::DeleteUserRequest>,
 ) -> Result<Response<pb::DeleteUserResponse>, Status> {
     let id = user_id_of(svc.pool(), &req.get_ref().address).await?;
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(id)
+    sqlx::query!("DELETE FROM users WHERE id = $1", id)
         .execute(svc.pool())
         .await
         .map_err(StoreError::from)?;
@@ -160,21 +174,25 @@ pub(super) async fn list_users(
 ) -> Result<Response<pb::ListUsersResponse>, Status> {
     let domain = req.into_inner().domain;
     let rows = if domain.is_empty() {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{USER_SELECT} ORDER BY d.name, u.local_part"
-        )))
+        sqlx::query_as!(
+            UserRow,
+            "SELECT u.id, u.local_part, d.name AS domain, u.quota_bytes, u.used_bytes, u.disabled, u.created_at \
+             FROM users u JOIN domains d ON d.id = u.domain_id ORDER BY d.name, u.local_part"
+        )
         .fetch_all(svc.pool())
         .await
     } else {
         let d = names::domain(&domain)?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{USER_SELECT} WHERE d.name = $1 ORDER BY u.local_part"
-        )))
-        .bind(d)
+        sqlx::query_as!(
+            UserRow,
+            "SELECT u.id, u.local_part, d.name AS domain, u.quota_bytes, u.used_bytes, u.disabled, u.created_at \
+             FROM users u JOIN domains d ON d.id = u.domain_id WHERE d.name = $1 ORDER BY u.local_part",
+            d
+        )
         .fetch_all(svc.pool())
         .await
     }
     .map_err(StoreError::from)?;
-    let users = rows.iter().map(user_from_row).collect::<Result<Vec<_>>>()?;
+    let users = rows.into_iter().map(pb::User::from).collect();
     Ok(Response::new(pb::ListUsersResponse { users }))
 }

@@ -1,7 +1,7 @@
 //! COPY and MOVE (RFC 9051 §6.4.7, §6.4.8), also used by RENAME INBOX.
 
 use mailstore_api::pb;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError};
@@ -11,7 +11,7 @@ use crate::notify::MailboxChange;
 use crate::wire::id;
 
 use super::expunge::remove_messages;
-use super::{MailboxesSvc, ranges, uid_filter};
+use super::{MailboxesSvc, ranges};
 
 /// Copies (and with `move_` removes) messages between mailboxes in one
 /// transaction; returns (uidvalidity, source uids, destination uids).
@@ -41,13 +41,12 @@ pub(crate) async fn copy_in_tx(
     }
     let user_id = src_info.0;
     let (lo, hi) = set.map_or((None, None), |(l, h)| (Some(l), Some(h)));
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT m.uid, m.size FROM messages m WHERE m.mailbox_id = $1 AND {} ORDER BY m.uid",
-        uid_filter(2, 3)
-    )))
-    .bind(src)
-    .bind(&lo)
-    .bind(&hi)
+    let rows = sqlx::query!(
+        "SELECT m.uid, m.size FROM messages m WHERE m.mailbox_id = $1 AND ($2::bigint[] IS NULL OR EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::bigint[]) AS r(a, b) WHERE m.uid BETWEEN r.a AND r.b)) ORDER BY m.uid",
+        src,
+        lo.as_deref(),
+        hi.as_deref()
+    )
     .fetch_all(&mut *conn)
     .await?;
     let mut resp = pb::CopyMessagesResponse {
@@ -59,38 +58,32 @@ pub(crate) async fn copy_in_tx(
         return Ok(resp);
     }
     let n = rows.len() as i64;
-    let src_uids: Vec<i64> = rows
-        .iter()
-        .map(|r| r.try_get("uid"))
-        .collect::<Result<_, _>>()?;
-    let total: i64 = rows
-        .iter()
-        .map(|r| r.try_get::<i64, _>("size").unwrap_or(0))
-        .sum();
-    let r = sqlx::query(
-        "UPDATE mailboxes SET uidnext = uidnext + $2, highestmodseq = highestmodseq + 1 WHERE id = $1 \
-         RETURNING uidnext - $2 AS first_uid, highestmodseq, uidnext",
-    )
-    .bind(dst)
-    .bind(n)
+    let src_uids: Vec<i64> = rows.iter().map(|r| r.uid).collect();
+    let total: i64 = rows.iter().map(|r| r.size).sum();
+    let r = sqlx::query!(
+"UPDATE mailboxes SET uidnext = uidnext + $2, highestmodseq = highestmodseq + 1 WHERE id = $1 \
+         RETURNING uidnext - $2 AS \"first_uid!\", highestmodseq, uidnext",
+dst,
+n
+)
     .fetch_one(&mut *conn)
     .await?;
-    let first_uid: i64 = r.try_get("first_uid")?;
-    let modseq: i64 = r.try_get("highestmodseq")?;
-    let uidnext: i64 = r.try_get("uidnext")?;
+    let first_uid: i64 = r.first_uid;
+    let modseq: i64 = r.highestmodseq;
+    let uidnext: i64 = r.uidnext;
     if uidnext - 1 > i64::from(u32::MAX) {
         return Err(StoreError::precondition("mailbox UID space exhausted"));
     }
-    sqlx::query(
-        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
+    sqlx::query!(
+"INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
          SELECT $1, $3 + o.ord - 1, m.blob_hash, m.size, m.internal_date, m.sent_date, m.flags, m.keywords, $4, m.structure, m.crlf_size \
          FROM unnest($5::bigint[]) WITH ORDINALITY AS o(uid, ord) JOIN messages m ON m.mailbox_id = $2 AND m.uid = o.uid",
-    )
-    .bind(dst)
-    .bind(src)
-    .bind(first_uid)
-    .bind(modseq)
-    .bind(&src_uids)
+dst,
+src,
+first_uid,
+modseq,
+&src_uids
+)
     .execute(&mut *conn)
     .await?;
     notify(
@@ -107,11 +100,13 @@ pub(crate) async fn copy_in_tx(
     if move_ {
         remove_messages(conn, src, user_id, &src_uids).await?;
     } else {
-        sqlx::query("UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1")
-            .bind(user_id)
-            .bind(total)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query!(
+            "UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1",
+            user_id,
+            total
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     resp.source_uids = src_uids.iter().map(|u| *u as u32).collect();
     resp.destination_uids = (0..n).map(|i| (first_uid + i) as u32).collect();

@@ -1,7 +1,7 @@
 //! EXPUNGE (RFC 9051 §6.4.3) and the expunged-UID log for QRESYNC (RFC 7162 §3.2.5).
 
 use mailstore_api::pb;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 
 use crate::blobs::collect_garbage;
@@ -10,7 +10,7 @@ use crate::messages::{lock_mailbox, notify};
 use crate::notify::MailboxChange;
 use crate::wire::id;
 
-use super::{MailboxesSvc, ranges, uid_filter};
+use super::{MailboxesSvc, ranges};
 
 /// Deletes messages of a locked mailbox, records them as expunged with a
 /// new MODSEQ, and notifies. Returns (expunged uids, modseq, blob hashes).
@@ -21,48 +21,52 @@ pub(crate) async fn remove_messages(
     uids: &[i64],
 ) -> Result<(Vec<i64>, i64, Vec<Vec<u8>>)> {
     if uids.is_empty() {
-        let ms: i64 = sqlx::query_scalar("SELECT highestmodseq FROM mailboxes WHERE id = $1")
-            .bind(mailbox_id)
-            .fetch_one(&mut *conn)
-            .await?;
+        let ms: i64 = sqlx::query_scalar!(
+            "SELECT highestmodseq FROM mailboxes WHERE id = $1",
+            mailbox_id
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         return Ok((Vec::new(), ms, Vec::new()));
     }
-    let modseq: i64 = sqlx::query_scalar(
-        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq",
-    )
-    .bind(mailbox_id)
+    let modseq: i64 = sqlx::query_scalar!(
+"UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq",
+mailbox_id
+)
     .fetch_one(&mut *conn)
     .await?;
-    let rows = sqlx::query(
-        "DELETE FROM messages WHERE mailbox_id = $1 AND uid = ANY($2) RETURNING uid, size, blob_hash",
-    )
-    .bind(mailbox_id)
-    .bind(uids)
+    let rows = sqlx::query!(
+"DELETE FROM messages WHERE mailbox_id = $1 AND uid = ANY($2) RETURNING uid, size, blob_hash",
+mailbox_id,
+uids
+)
     .fetch_all(&mut *conn)
     .await?;
     let mut gone = Vec::with_capacity(rows.len());
     let mut hashes = Vec::with_capacity(rows.len());
     let mut size = 0i64;
-    for r in &rows {
-        gone.push(r.try_get::<i64, _>("uid")?);
-        size += r.try_get::<i64, _>("size")?;
-        hashes.push(r.try_get::<Vec<u8>, _>("blob_hash")?);
+    for r in rows {
+        gone.push(r.uid);
+        size += r.size;
+        hashes.push(r.blob_hash);
     }
     gone.sort_unstable();
-    sqlx::query(
-        "INSERT INTO expunged (mailbox_id, uid, modseq) SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u \
+    sqlx::query!(
+"INSERT INTO expunged (mailbox_id, uid, modseq) SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u \
          ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq",
-    )
-    .bind(mailbox_id)
-    .bind(&gone)
-    .bind(modseq)
+mailbox_id,
+&gone,
+modseq
+)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE users SET used_bytes = GREATEST(0, used_bytes - $2) WHERE id = $1")
-        .bind(user_id)
-        .bind(size)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET used_bytes = GREATEST(0, used_bytes - $2) WHERE id = $1",
+        user_id,
+        size
+    )
+    .execute(&mut *conn)
+    .await?;
     notify(
         conn,
         MailboxChange {
@@ -89,13 +93,12 @@ pub(super) async fn expunge(
     let (lo, hi) = set.map_or((None, None), |(l, h)| (Some(l), Some(h)));
     let mut tx = svc.pool().begin().await.map_err(StoreError::from)?;
     let (user_id, ..) = lock_mailbox(&mut tx, mailbox_id).await?;
-    let uids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT m.uid FROM messages m WHERE m.mailbox_id = $1 AND m.flags & 8 <> 0 AND {} ORDER BY m.uid",
-        uid_filter(2, 3)
-    )))
-    .bind(mailbox_id)
-    .bind(&lo)
-    .bind(&hi)
+    let uids: Vec<i64> = sqlx::query_scalar!(
+        "SELECT m.uid FROM messages m WHERE m.mailbox_id = $1 AND m.flags & 8 <> 0 AND ($2::bigint[] IS NULL OR EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::bigint[]) AS r(a, b) WHERE m.uid BETWEEN r.a AND r.b)) ORDER BY m.uid",
+        mailbox_id,
+        lo.as_deref(),
+        hi.as_deref()
+    )
     .fetch_all(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -114,11 +117,11 @@ pub(super) async fn list_expunged(
 ) -> Result<Response<pb::ListExpungedResponse>, Status> {
     let req = req.into_inner();
     let mailbox_id = id(req.mailbox_id, "mailbox")?;
-    let uids: Vec<i64> = sqlx::query_scalar(
+    let uids: Vec<i64> = sqlx::query_scalar!(
         "SELECT uid FROM expunged WHERE mailbox_id = $1 AND modseq > $2 ORDER BY uid",
+        mailbox_id,
+        i64::try_from(req.since_modseq).unwrap_or(i64::MAX)
     )
-    .bind(mailbox_id)
-    .bind(i64::try_from(req.since_modseq).unwrap_or(i64::MAX))
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;

@@ -3,7 +3,6 @@
 use futures::StreamExt;
 use mailstore_api::pb;
 use prost::Message as _;
-use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -13,28 +12,38 @@ use crate::error::{Result, StoreError};
 use crate::flags;
 use crate::wire::{BoxStream, id, timestamp};
 
-use super::{MailboxesSvc, ranges, uid_filter};
+use super::{MailboxesSvc, ranges};
 
 /// Rows per FetchMeta batch, and bytes per body chunk.
 const META_BATCH: usize = 256;
 
-fn meta_row(r: &sqlx::postgres::PgRow) -> Result<pb::MessageMeta> {
-    let bits: i32 = r.try_get("flags")?;
-    let keywords: Vec<String> = r.try_get("keywords")?;
-    let structure: Option<Vec<u8>> = r.try_get("structure")?;
-    let hash: Vec<u8> = r.try_get("blob_hash")?;
+/// A message row as FetchMeta reads it (`structure` only when asked for).
+struct MetaRow {
+    uid: i64,
+    flags: i32,
+    keywords: Vec<String>,
+    internal_date: chrono::DateTime<chrono::Utc>,
+    size: i64,
+    modseq: i64,
+    blob_hash: Vec<u8>,
+    crlf_size: i64,
+    structure: Option<Vec<u8>>,
+}
+
+fn meta_row(r: MetaRow) -> Result<pb::MessageMeta> {
     Ok(pb::MessageMeta {
-        uid: r.try_get::<i64, _>("uid")? as u32,
-        flags: flags::render(bits, &keywords),
-        internal_date: timestamp(r.try_get("internal_date")?),
-        size: r.try_get::<i64, _>("size")? as u64,
-        modseq: r.try_get::<i64, _>("modseq")? as u64,
-        structure: structure
+        uid: r.uid as u32,
+        flags: flags::render(r.flags, &r.keywords),
+        internal_date: timestamp(r.internal_date),
+        size: r.size as u64,
+        modseq: r.modseq as u64,
+        structure: r
+            .structure
             .map(|s| pb::MessageStructure::decode(s.as_slice()))
             .transpose()
             .map_err(|e| StoreError::Internal(format!("stored structure: {e}")))?,
-        blob_id: hex::encode(hash),
-        crlf_size: r.try_get::<i64, _>("crlf_size")?.max(0) as u64,
+        blob_id: hex::encode(r.blob_hash),
+        crlf_size: r.crlf_size.max(0) as u64,
     })
 }
 
@@ -51,22 +60,21 @@ pub(super) async fn fetch_meta(
     let changed_since = i64::try_from(req.changed_since).unwrap_or(i64::MAX);
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
-        let sql = format!(
+        let mut rows = sqlx::query_as!(
+            MetaRow,
             "SELECT m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, m.blob_hash, m.crlf_size, \
              CASE WHEN $5 THEN m.structure ELSE NULL END AS structure \
-             FROM messages m WHERE m.mailbox_id = $1 AND m.modseq > $4 AND {} ORDER BY m.uid",
-            uid_filter(2, 3)
-        );
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(mailbox_id)
-            .bind(&lo)
-            .bind(&hi)
-            .bind(changed_since)
-            .bind(with_structure)
-            .fetch(&pool);
+             FROM messages m WHERE m.mailbox_id = $1 AND m.modseq > $4 AND ($2::bigint[] IS NULL OR EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::bigint[]) AS r(a, b) WHERE m.uid BETWEEN r.a AND r.b)) ORDER BY m.uid",
+            mailbox_id,
+            lo.as_deref(),
+            hi.as_deref(),
+            changed_since,
+            with_structure
+        )
+        .fetch(&pool);
         let mut batch = Vec::with_capacity(META_BATCH);
         while let Some(row) = rows.next().await {
-            let item = row.map_err(StoreError::from).and_then(|r| meta_row(&r));
+            let item = row.map_err(StoreError::from).and_then(meta_row);
             match item {
                 Ok(m) => batch.push(m),
                 Err(e) => {
@@ -98,14 +106,15 @@ pub(super) async fn fetch_body(
 ) -> Result<Response<BoxStream<pb::BodyChunk>>, Status> {
     let req = req.into_inner();
     let mailbox_id = id(req.mailbox_id, "mailbox")?;
-    let hash: Vec<u8> =
-        sqlx::query_scalar("SELECT blob_hash FROM messages WHERE mailbox_id = $1 AND uid = $2")
-            .bind(mailbox_id)
-            .bind(i64::from(req.uid))
-            .fetch_optional(svc.pool())
-            .await
-            .map_err(StoreError::from)?
-            .ok_or(StoreError::NotFound("message"))?;
+    let hash: Vec<u8> = sqlx::query_scalar!(
+        "SELECT blob_hash FROM messages WHERE mailbox_id = $1 AND uid = $2",
+        mailbox_id,
+        i64::from(req.uid)
+    )
+    .fetch_optional(svc.pool())
+    .await
+    .map_err(StoreError::from)?
+    .ok_or(StoreError::NotFound("message"))?;
     Ok(Response::new(stream_blob(
         svc.pool().clone(),
         hash,

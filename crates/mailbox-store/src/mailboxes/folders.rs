@@ -1,7 +1,6 @@
 //! Folder management: LIST, CREATE, DELETE, RENAME, SUBSCRIBE (RFC 9051 §6.3).
 
 use mailstore_api::pb;
-use sqlx::Row;
 use tonic::{Request, Response, Status};
 
 use crate::blobs::collect_garbage;
@@ -13,7 +12,7 @@ use crate::wire::id;
 
 use super::MailboxesSvc;
 use super::copy_move::copy_in_tx;
-use super::select::{MAILBOX_COLS, counts, mailbox_row, subscribed};
+use super::select::{MailboxRow, counts, mailbox_row, subscribed};
 
 fn user_change(user_id: i64) -> MailboxChange {
     MailboxChange {
@@ -31,23 +30,23 @@ pub(super) async fn list_mailboxes(
 ) -> Result<Response<pb::ListMailboxesResponse>, Status> {
     let req = req.into_inner();
     let uid = id(req.user_id, "user")?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {MAILBOX_COLS} FROM mailboxes WHERE user_id = $1 ORDER BY name"
-    )))
-    .bind(uid)
+    let rows = sqlx::query_as!(
+        MailboxRow,
+        "SELECT id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, recent_floor \
+         FROM mailboxes WHERE user_id = $1 ORDER BY name",
+        uid
+    )
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;
     let subs = subscribed(svc.pool(), uid).await?;
+    let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let name: String = r.try_get("name").map_err(StoreError::from)?;
-        let mut mb = mailbox_row(r, subs.binary_search(&name).is_ok())?;
-        let prefix = format!("{name}/");
-        mb.has_children = rows.iter().any(|o| {
-            o.try_get::<String, _>("name")
-                .is_ok_and(|n| n.starts_with(&prefix))
-        });
+    for r in rows {
+        let prefix = format!("{}/", r.name);
+        let subscribed = subs.binary_search(&r.name).is_ok();
+        let mut mb = mailbox_row(r, subscribed);
+        mb.has_children = names.iter().any(|n| n.starts_with(&prefix));
         if req.with_counts {
             counts(svc.pool(), &mut mb).await?;
         }
@@ -71,12 +70,14 @@ pub(super) async fn create_mailbox(
         return Err(StoreError::invalid("unknown special-use attribute").into());
     }
     let mut tx = svc.pool().begin().await.map_err(StoreError::from)?;
-    let res = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO mailboxes (user_id, name, special_use) VALUES ($1, $2, $3) RETURNING {MAILBOX_COLS}"
-    )))
-    .bind(uid)
-    .bind(&name)
-    .bind(&special)
+    let res = sqlx::query_as!(
+        MailboxRow,
+        "INSERT INTO mailboxes (user_id, name, special_use) VALUES ($1, $2, $3) \
+         RETURNING id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, recent_floor",
+        uid,
+        &name,
+        &special
+    )
     .fetch_one(&mut *tx)
     .await;
     let row = match res {
@@ -91,7 +92,7 @@ pub(super) async fn create_mailbox(
     };
     notify(&mut tx, user_change(uid)).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(Response::new(mailbox_row(&row, false)?))
+    Ok(Response::new(mailbox_row(row, false)))
 }
 
 pub(super) async fn delete_mailbox(
@@ -109,30 +110,27 @@ pub(super) async fn delete_mailbox(
         .await?
         .ok_or(StoreError::NotFound("mailbox"))?;
     lock_mailbox(&mut tx, mid).await?;
-    let rows = sqlx::query("DELETE FROM messages WHERE mailbox_id = $1 RETURNING size, blob_hash")
-        .bind(mid)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    let size: i64 = rows
-        .iter()
-        .map(|r| r.try_get::<i64, _>("size").unwrap_or(0))
-        .sum();
-    let hashes: Vec<Vec<u8>> = rows
-        .iter()
-        .filter_map(|r| r.try_get("blob_hash").ok())
-        .collect();
-    sqlx::query("DELETE FROM mailboxes WHERE id = $1")
-        .bind(mid)
+    let rows = sqlx::query!(
+        "DELETE FROM messages WHERE mailbox_id = $1 RETURNING size, blob_hash",
+        mid
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let size: i64 = rows.iter().map(|r| r.size).sum();
+    let hashes: Vec<Vec<u8>> = rows.into_iter().map(|r| r.blob_hash).collect();
+    sqlx::query!("DELETE FROM mailboxes WHERE id = $1", mid)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
-    sqlx::query("UPDATE users SET used_bytes = GREATEST(0, used_bytes - $2) WHERE id = $1")
-        .bind(uid)
-        .bind(size)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+    sqlx::query!(
+        "UPDATE users SET used_bytes = GREATEST(0, used_bytes - $2) WHERE id = $1",
+        uid,
+        size
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
     notify(&mut tx, user_change(uid)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     collect_garbage(svc.pool(), hashes).await;
@@ -160,23 +158,23 @@ pub(super) async fn rename_mailbox(
     if from == "INBOX" {
         // RFC 9051 §6.3.6: renaming INBOX moves its messages to the new
         // name and leaves INBOX in place, empty. Children stay.
-        let dst: i64 = sqlx::query_scalar(
+        let dst: i64 = sqlx::query_scalar!(
             "INSERT INTO mailboxes (user_id, name) VALUES ($1, $2) RETURNING id",
+            uid,
+            &to
         )
-        .bind(uid)
-        .bind(&to)
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from)?;
         copy_in_tx(&mut tx, src, None, dst, true).await?;
     } else {
-        let res = sqlx::query(
+        let res = sqlx::query!(
             "UPDATE mailboxes SET name = $3 || substr(name, length($2) + 1) \
              WHERE user_id = $1 AND (name = $2 OR starts_with(name, $2 || '/'))",
+            uid,
+            &from,
+            &to
         )
-        .bind(uid)
-        .bind(&from)
-        .bind(&to)
         .execute(&mut *tx)
         .await;
         if let Err(e) = res {
@@ -187,13 +185,13 @@ pub(super) async fn rename_mailbox(
             }
             .into());
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE subscriptions SET name = $3 || substr(name, length($2) + 1) \
              WHERE user_id = $1 AND (name = $2 OR starts_with(name, $2 || '/'))",
+            uid,
+            &from,
+            &to
         )
-        .bind(uid)
-        .bind(&from)
-        .bind(&to)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
@@ -210,23 +208,30 @@ pub(super) async fn set_subscription(
     let req = req.into_inner();
     let uid = id(req.user_id, "user")?;
     let name = names::mailbox(&req.name)?;
-    let q = if req.subscribed {
-        "INSERT INTO subscriptions (user_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-    } else {
-        "DELETE FROM subscriptions WHERE user_id = $1 AND name = $2"
-    };
-    sqlx::query(q)
-        .bind(uid)
-        .bind(&name)
+    let res = if req.subscribed {
+        sqlx::query!(
+            "INSERT INTO subscriptions (user_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            uid,
+            &name
+        )
         .execute(svc.pool())
         .await
-        .map_err(|e| {
-            if sqlstate(&e).as_deref() == Some("23503") {
-                StoreError::NotFound("user")
-            } else {
-                e.into()
-            }
-        })?;
+    } else {
+        sqlx::query!(
+            "DELETE FROM subscriptions WHERE user_id = $1 AND name = $2",
+            uid,
+            &name
+        )
+        .execute(svc.pool())
+        .await
+    };
+    res.map_err(|e| {
+        if sqlstate(&e).as_deref() == Some("23503") {
+            StoreError::NotFound("user")
+        } else {
+            e.into()
+        }
+    })?;
     Ok(Response::new(pb::SetSubscriptionResponse {}))
 }
 

@@ -17,14 +17,14 @@ pub(super) async fn acquire_lock(
         return Err(StoreError::invalid("lock name and owner required").into());
     }
     let ttl = i64::try_from(req.ttl_ms.clamp(1_000, 3_600_000)).unwrap_or(60_000);
-    let got: Option<String> = sqlx::query_scalar(
-        "INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, now() + $3 * interval '1 millisecond') \
+    let got: Option<String> = sqlx::query_scalar!(
+"INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
          ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
          WHERE locks.owner = EXCLUDED.owner OR locks.expires_at < now() RETURNING owner",
-    )
-    .bind(&req.name)
-    .bind(&req.owner)
-    .bind(ttl)
+&req.name,
+&req.owner,
+ttl
+)
     .fetch_optional(svc.pool())
     .await
     .map_err(StoreError::from)?;
@@ -38,11 +38,13 @@ pub(super) async fn release_lock(
     req: Request<pb::ReleaseLockRequest>,
 ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
     let req = req.into_inner();
-    sqlx::query("DELETE FROM locks WHERE name = $1 AND owner = $2")
-        .bind(&req.name)
-        .bind(&req.owner)
-        .execute(svc.pool())
-        .await
-        .map_err(StoreError::from)?;
+    sqlx::query!(
+        "DELETE FROM locks WHERE name = $1 AND owner = $2",
+        &req.name,
+        &req.owner
+    )
+    .execute(svc.pool())
+    .await
+    .map_err(StoreError::from)?;
     Ok(Response::new(pb::ReleaseLockResponse {}))
 }

@@ -44,6 +44,11 @@ impl MailboxesSvc {
 }
 
 /// A UID set as two arrays for `unnest`, validated and bounded.
+///
+/// Queries filter on it with this fragment, written out in each of them so
+/// that sqlx checks it at compile time (`$2`/`$3` bound to the two arrays,
+/// both NULL for "all messages"):
+/// `($2::bigint[] IS NULL OR EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::bigint[]) AS r(a, b) WHERE m.uid BETWEEN r.a AND r.b))`
 pub(crate) fn ranges(set: Option<&pb::UidSet>) -> Result<Option<(Vec<i64>, Vec<i64>)>> {
     let Some(set) = set else { return Ok(None) };
     if set.ranges.is_empty() {
@@ -64,13 +69,6 @@ pub(crate) fn ranges(set: Option<&pb::UidSet>) -> Result<Option<(Vec<i64>, Vec<i
         hi.push(i64::from(b));
     }
     Ok(Some((lo, hi)))
-}
-
-/// SQL fragment: `uid` within the ranges bound as $lo and $hi (or all when NULL).
-pub(crate) fn uid_filter(lo: usize, hi: usize) -> String {
-    format!(
-        "(${lo}::bigint[] IS NULL OR EXISTS (SELECT 1 FROM unnest(${lo}::bigint[], ${hi}::bigint[]) AS r(a, b) WHERE m.uid BETWEEN r.a AND r.b))"
-    )
 }
 
 #[tonic::async_trait]

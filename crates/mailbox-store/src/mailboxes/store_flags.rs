@@ -1,7 +1,6 @@
 //! STORE (RFC 9051 §6.4.6) with CONDSTORE's UNCHANGEDSINCE (RFC 7162 §3.2).
 
 use mailstore_api::pb;
-use sqlx::Row;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError};
@@ -10,7 +9,7 @@ use crate::messages::{lock_mailbox, notify};
 use crate::notify::MailboxChange;
 use crate::wire::id;
 
-use super::{MailboxesSvc, ranges, uid_filter};
+use super::{MailboxesSvc, ranges};
 
 pub(super) async fn store_flags(
     svc: &MailboxesSvc,
@@ -24,26 +23,25 @@ pub(super) async fn store_flags(
     let unchanged_since = i64::try_from(req.unchanged_since).unwrap_or(i64::MAX);
     let mut tx = svc.pool().begin().await.map_err(StoreError::from)?;
     let (user_id, _, _, mut highest) = lock_mailbox(&mut tx, mailbox_id).await?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT m.uid, m.flags, m.keywords, m.modseq FROM messages m WHERE m.mailbox_id = $1 AND {} ORDER BY m.uid",
-        uid_filter(2, 3)
-    )))
-    .bind(mailbox_id)
-    .bind(&lo)
-    .bind(&hi)
+    let rows = sqlx::query!(
+        "SELECT m.uid, m.flags, m.keywords, m.modseq FROM messages m WHERE m.mailbox_id = $1 AND ($2::bigint[] IS NULL OR EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::bigint[]) AS r(a, b) WHERE m.uid BETWEEN r.a AND r.b)) ORDER BY m.uid",
+        mailbox_id,
+        lo.as_deref(),
+        hi.as_deref()
+    )
     .fetch_all(&mut *tx)
     .await
     .map_err(StoreError::from)?;
     let mut resp = pb::StoreFlagsResponse::default();
     let mut to_change: Vec<(i64, flags::FlagSet)> = Vec::new();
     let mut unchanged: Vec<pb::FlagUpdate> = Vec::new();
-    for r in &rows {
-        let uid: i64 = r.try_get("uid").map_err(StoreError::from)?;
+    for r in rows {
+        let uid: i64 = r.uid;
         let cur = flags::FlagSet {
-            bits: r.try_get("flags").map_err(StoreError::from)?,
-            keywords: r.try_get("keywords").map_err(StoreError::from)?,
+            bits: r.flags,
+            keywords: r.keywords,
         };
-        let modseq: i64 = r.try_get("modseq").map_err(StoreError::from)?;
+        let modseq: i64 = r.modseq;
         // RFC 7162 §3.2: UNCHANGEDSINCE fails messages modified after it.
         if req.unchanged_since != 0 && modseq > unchanged_since {
             resp.modified.push(uid as u32);
@@ -61,8 +59,10 @@ pub(super) async fn store_flags(
         }
     }
     if !to_change.is_empty() {
-        highest = sqlx::query_scalar("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq")
-            .bind(mailbox_id)
+        highest = sqlx::query_scalar!(
+"UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq",
+mailbox_id
+)
             .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -73,16 +73,16 @@ pub(super) async fn store_flags(
             .iter()
             .map(|(_, f)| f.keywords.join(" "))
             .collect();
-        sqlx::query(
-            "UPDATE messages m SET flags = c.flags, keywords = COALESCE(string_to_array(NULLIF(c.kw, ''), ' ')::text[], '{}'), modseq = $5 \
+        sqlx::query!(
+"UPDATE messages m SET flags = c.flags, keywords = COALESCE(string_to_array(NULLIF(c.kw, ''), ' ')::text[], '{}'), modseq = $5 \
              FROM unnest($2::bigint[], $3::int[], $4::text[]) AS c(uid, flags, kw) \
              WHERE m.mailbox_id = $1 AND m.uid = c.uid",
-        )
-        .bind(mailbox_id)
-        .bind(&uids)
-        .bind(&bits)
-        .bind(&kws)
-        .bind(highest)
+mailbox_id,
+&uids,
+&bits,
+&kws,
+highest
+)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;

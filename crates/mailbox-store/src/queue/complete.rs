@@ -25,14 +25,14 @@ pub(super) async fn set_recipient_result(
     let mut tx = svc.pool().begin().await.map_err(StoreError::from)?;
     check_lease(&mut tx, job_id, &req.worker_id).await?;
     let detail: String = req.detail.chars().take(2_000).collect();
-    let address: Option<String> = sqlx::query_scalar(
-        "UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now() \
+    let address: Option<String> = sqlx::query_scalar!(
+"UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now() \
          WHERE job_id = $1 AND idx = $2 RETURNING address",
-    )
-    .bind(job_id)
-    .bind(i32::try_from(req.index).unwrap_or(-1))
-    .bind(state as i16)
-    .bind(&detail)
+job_id,
+i32::try_from(req.index).unwrap_or(-1),
+state as i16,
+&detail
+)
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -60,20 +60,20 @@ pub(super) async fn finish_job(
     check_lease(&mut tx, job_id, &req.worker_id).await?;
     match pb::FinishOutcome::try_from(req.outcome) {
         Ok(pb::FinishOutcome::Done) => {
-            sqlx::query(
-                "UPDATE queue_recipients SET state = $2, updated_at = now() WHERE job_id = $1 AND state = 1",
-            )
-            .bind(job_id)
-            .bind(pb::RecipientState::Delivered as i16)
+            sqlx::query!(
+"UPDATE queue_recipients SET state = $2, updated_at = now() WHERE job_id = $1 AND state = 1",
+job_id,
+pb::RecipientState::Delivered as i16
+)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-            sqlx::query(
-                "UPDATE queue_jobs SET state = 2, lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, \
+            sqlx::query!(
+"UPDATE queue_jobs SET state = 2, lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, \
                  last_error = $2, updated_at = now() WHERE id = $1",
-            )
-            .bind(job_id)
-            .bind(&reason)
+job_id,
+&reason
+)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -84,21 +84,19 @@ pub(super) async fn finish_job(
                 .as_ref()
                 .and_then(from_pb_ts)
                 .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::minutes(5));
-            let kind: i16 = sqlx::query_scalar(
-                "UPDATE queue_jobs SET lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, next_attempt_at = $2, \
+            let kind: i16 = sqlx::query_scalar!(
+"UPDATE queue_jobs SET lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, next_attempt_at = $2, \
                  last_error = $3, updated_at = now() WHERE id = $1 RETURNING kind",
-            )
-            .bind(job_id)
-            .bind(at)
-            .bind(&reason)
+job_id,
+at,
+&reason
+)
             .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::from)?;
             // Waiting Lease calls recompute their wake-up time: this
             // retry may be due before anything they knew of.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(QUEUE_CHANNEL)
-                .bind(kind.to_string())
+            sqlx::query!("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, kind.to_string())
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
@@ -113,11 +111,11 @@ pub(super) async fn finish_job(
             .await?;
         }
         Ok(pb::FinishOutcome::Quarantine) => {
-            sqlx::query(
-                "UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, last_error = $2, updated_at = now() WHERE id = $1",
-            )
-            .bind(job_id)
-            .bind(&reason)
+            sqlx::query!(
+"UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, last_error = $2, updated_at = now() WHERE id = $1",
+job_id,
+&reason
+)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;

@@ -3,7 +3,7 @@
 
 use mailstore_api::pb;
 use prost::Message as _;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 
 use crate::db::Store;
 use crate::error::{Result, StoreError};
@@ -31,27 +31,27 @@ pub async fn deliver(
     let pool = &store.pool;
     let mut tx = pool.begin().await?;
     check_lease(&mut tx, job_id, &req.worker_id).await?;
-    let rcpt = sqlx::query(
+    let rcpt = sqlx::query!(
         "SELECT address FROM queue_recipients WHERE job_id = $1 AND idx = $2 FOR UPDATE",
+        job_id,
+        idx
     )
-    .bind(job_id)
-    .bind(idx)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(StoreError::NotFound("recipient"))?;
-    let done = sqlx::query(
-        "SELECT mailbox_id, uid, uidvalidity, modseq FROM queue_deliveries WHERE job_id = $1 AND user_id = $2",
-    )
-    .bind(job_id)
-    .bind(user_id)
+    let done = sqlx::query!(
+"SELECT mailbox_id, uid, uidvalidity, modseq FROM queue_deliveries WHERE job_id = $1 AND user_id = $2",
+job_id,
+user_id
+)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(d) = done {
         let r = pb::AppendResponse {
-            mailbox_id: d.try_get::<i64, _>("mailbox_id")? as u64,
-            uidvalidity: d.try_get::<i64, _>("uidvalidity")? as u32,
-            uid: d.try_get::<i64, _>("uid")? as u32,
-            modseq: d.try_get::<i64, _>("modseq")? as u64,
+            mailbox_id: d.mailbox_id as u64,
+            uidvalidity: d.uidvalidity as u32,
+            uid: d.uid as u32,
+            modseq: d.modseq as u64,
             duplicate: true,
             size: 0,
         };
@@ -63,25 +63,27 @@ pub async fn deliver(
         }
         return Ok(r);
     }
-    let address: String = rcpt.try_get("address")?;
-    let job = sqlx::query(
+    let address: String = rcpt.address;
+    let job = sqlx::query!(
         "SELECT blob_hash, size, structure, sent_date, crlf_size FROM queue_jobs WHERE id = $1",
+        job_id
     )
-    .bind(job_id)
     .fetch_one(&mut *tx)
     .await?;
-    let parent_hash: Vec<u8> = job.try_get("blob_hash")?;
-    let parent_size: i64 = job.try_get("size")?;
-    let mut st = pb::MessageStructure::decode(job.try_get::<Vec<u8>, _>("structure")?.as_slice())
+    let parent_hash: Vec<u8> = job.blob_hash;
+    let parent_size: i64 = job.size;
+    let mut st = pb::MessageStructure::decode(job.structure.as_slice())
         .map_err(|e| StoreError::Internal(format!("stored structure: {e}")))?;
     let size = parent_size + req.prefix.len() as i64;
     if req.enforce_quota {
-        let (quota, used): (i64, i64) =
-            sqlx::query_as("SELECT quota_bytes, used_bytes FROM users WHERE id = $1")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound("user"))?;
+        let u = sqlx::query!(
+            "SELECT quota_bytes, used_bytes FROM users WHERE id = $1",
+            user_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound("user"))?;
+        let (quota, used) = (u.quota_bytes, u.used_bytes);
         if quota > 0 && used + size > quota {
             return Err(StoreError::OverQuota);
         }
@@ -102,24 +104,24 @@ pub async fn deliver(
     let hash: Vec<u8> = if req.prefix.is_empty() {
         parent_hash
     } else {
-        let h: Vec<u8> = sqlx::query_scalar(
-            "WITH src AS (SELECT $1::bytea || data AS d FROM blobs WHERE hash = $2), \
+        let h: Vec<u8> = sqlx::query_scalar!(
+"WITH src AS (SELECT $1::bytea || data AS d FROM blobs WHERE hash = $2), \
              ins AS (INSERT INTO blobs (hash, size, data) SELECT sha256(d), length(d), d FROM src ON CONFLICT (hash) DO NOTHING) \
-             SELECT sha256(d) FROM src",
-        )
-        .bind(&req.prefix)
-        .bind(&parent_hash)
+             SELECT sha256(d) AS \"hash!\" FROM src",
+&req.prefix,
+&parent_hash
+)
         .fetch_one(&mut *tx)
         .await?;
         h
     };
     structure::shift(&mut st, req.prefix.len() as u64);
-    let parent_crlf: i64 = job.try_get("crlf_size")?;
+    let parent_crlf: i64 = job.crlf_size;
     let msg = NewMessage {
         hash: &hash,
         size,
         internal_date: chrono::Utc::now(),
-        sent_date: job.try_get("sent_date")?,
+        sent_date: job.sent_date,
         flags: fl,
         structure: st.encode_to_vec(),
         // The prefix is CRLF-clean, so the CRLF size just adds up.
@@ -130,15 +132,15 @@ pub async fn deliver(
         },
     };
     let resp = insert_message(&mut tx, mailbox_id, &msg).await?;
-    sqlx::query(
-        "INSERT INTO queue_deliveries (job_id, user_id, mailbox_id, uid, uidvalidity, modseq) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(job_id)
-    .bind(user_id)
-    .bind(mailbox_id)
-    .bind(i64::from(resp.uid))
-    .bind(i64::from(resp.uidvalidity))
-    .bind(resp.modseq as i64)
+    sqlx::query!(
+"INSERT INTO queue_deliveries (job_id, user_id, mailbox_id, uid, uidvalidity, modseq) VALUES ($1, $2, $3, $4, $5, $6)",
+job_id,
+user_id,
+mailbox_id,
+i64::from(resp.uid),
+i64::from(resp.uidvalidity),
+resp.modseq as i64
+)
     .execute(&mut *tx)
     .await?;
     if req.complete_recipient {
@@ -171,19 +173,19 @@ async fn mark_delivered(
     r: &pb::AppendResponse,
     detail: &str,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now(), \
+    sqlx::query!(
+"UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now(), \
          delivered_mailbox_id = $5, delivered_uid = $6, delivered_uidvalidity = $7, delivered_modseq = $8 \
          WHERE job_id = $1 AND idx = $2",
-    )
-    .bind(job_id)
-    .bind(idx)
-    .bind(pb::RecipientState::Delivered as i16)
-    .bind(detail)
-    .bind(r.mailbox_id as i64)
-    .bind(i64::from(r.uid))
-    .bind(i64::from(r.uidvalidity))
-    .bind(r.modseq as i64)
+job_id,
+idx,
+pb::RecipientState::Delivered as i16,
+detail,
+r.mailbox_id as i64,
+i64::from(r.uid),
+i64::from(r.uidvalidity),
+r.modseq as i64
+)
     .execute(conn)
     .await?;
     Ok(())

@@ -2,7 +2,7 @@
 //! jobs reuse their parent's stored message.
 
 use mailstore_api::pb;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::put_blob;
@@ -45,14 +45,14 @@ async fn existing_job(conn: &mut PgConnection, kind: i16, key: &str) -> Result<O
     if key.is_empty() {
         return Ok(None);
     }
-    let row =
-        sqlx::query("SELECT id, size FROM queue_jobs WHERE kind = $1 AND idempotency_key = $2")
-            .bind(kind)
-            .bind(key)
-            .fetch_optional(conn)
-            .await?;
-    row.map(|r| Ok((r.try_get("id")?, r.try_get("size")?)))
-        .transpose()
+    let row = sqlx::query!(
+        "SELECT id, size FROM queue_jobs WHERE kind = $1 AND idempotency_key = $2",
+        kind,
+        key
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| Ok((r.id, r.size))).transpose()
 }
 
 /// The stored message a job refers to, with what was computed from it once.
@@ -83,48 +83,48 @@ async fn insert_job(
     } else {
         String::new()
     };
-    let job_id: i64 = sqlx::query_scalar(
-        "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
+    let job_id: i64 = sqlx::query_scalar!(
+"INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
          sent_date, crlf_size) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(body.hash)
-    .bind(body.size)
-    .bind(body.structure)
-    .bind(&h.mail_from)
-    .bind(&h.envid)
-    .bind(&h.ret)
-    .bind(&h.body_type)
-    .bind(h.smtputf8)
-    .bind(&h.client_ip)
-    .bind(&h.helo)
-    .bind(&h.authenticated_user)
-    .bind(&h.session_id)
-    .bind(parent)
-    .bind(&dest)
-    .bind(not_before)
-    .bind(body.sent_date)
-    .bind(body.crlf_size)
+kind,
+key,
+body.hash,
+body.size,
+body.structure,
+&h.mail_from,
+&h.envid,
+&h.ret,
+&h.body_type,
+h.smtputf8,
+&h.client_ip,
+&h.helo,
+&h.authenticated_user,
+&h.session_id,
+parent,
+&dest,
+not_before,
+body.sent_date,
+body.crlf_size
+)
     .fetch_one(&mut *conn)
     .await?;
-    let addrs: Vec<&str> = h.recipients.iter().map(|r| r.address.as_str()).collect();
-    let orcpts: Vec<&str> = h.recipients.iter().map(|r| r.orcpt.as_str()).collect();
+    let addrs: Vec<String> = h.recipients.iter().map(|r| r.address.clone()).collect();
+    let orcpts: Vec<String> = h.recipients.iter().map(|r| r.orcpt.clone()).collect();
     let notify: Vec<i32> = h
         .recipients
         .iter()
         .map(|r| i32::try_from(r.notify).unwrap_or(0))
         .collect();
-    sqlx::query(
-        "INSERT INTO queue_recipients (job_id, idx, address, orcpt, notify) \
+    sqlx::query!(
+"INSERT INTO queue_recipients (job_id, idx, address, orcpt, notify) \
          SELECT $1, (o.n - 1)::int, o.a, o.o, o.f FROM unnest($2::text[], $3::text[], $4::int[]) WITH ORDINALITY AS o(a, o, f, n)",
-    )
-    .bind(job_id)
-    .bind(&addrs)
-    .bind(&orcpts)
-    .bind(&notify)
+job_id,
+&addrs,
+&orcpts,
+&notify
+)
     .execute(&mut *conn)
     .await?;
     let detail = format!(
@@ -144,9 +144,7 @@ async fn insert_job(
         &detail,
     )
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(QUEUE_CHANNEL)
-        .bind(kind.to_string())
+    sqlx::query!("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, kind.to_string())
         .execute(&mut *conn)
         .await?;
     Ok(job_id)
@@ -183,22 +181,22 @@ pub(super) async fn enqueue(
             }));
         }
         check_lease(&mut tx, parent, &h.parent_worker_id).await?;
-        let p = sqlx::query(
+        let p = sqlx::query!(
             "SELECT blob_hash, size, structure, sent_date, crlf_size FROM queue_jobs WHERE id = $1",
+            parent
         )
-        .bind(parent)
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from)?;
-        let hash: Vec<u8> = p.try_get("blob_hash").map_err(StoreError::from)?;
-        let size: i64 = p.try_get("size").map_err(StoreError::from)?;
-        let st: Vec<u8> = p.try_get("structure").map_err(StoreError::from)?;
+        let hash: Vec<u8> = p.blob_hash;
+        let size: i64 = p.size;
+        let st: Vec<u8> = p.structure;
         let body = Body {
             hash: &hash,
             size,
             structure: &st,
-            sent_date: p.try_get("sent_date").map_err(StoreError::from)?,
-            crlf_size: p.try_get("crlf_size").map_err(StoreError::from)?,
+            sent_date: p.sent_date,
+            crlf_size: p.crlf_size,
         };
         let job_id = insert_job(&mut tx, &h, kind, &body).await?;
         let idxs: Vec<i32> = h
@@ -206,13 +204,13 @@ pub(super) async fn enqueue(
             .iter()
             .map(|i| i32::try_from(*i).unwrap_or(-1))
             .collect();
-        sqlx::query(
-            "UPDATE queue_recipients SET state = $3, detail = $4, updated_at = now() WHERE job_id = $1 AND idx = ANY($2)",
-        )
-        .bind(parent)
-        .bind(&idxs)
-        .bind(pb::RecipientState::Relayed as i16)
-        .bind(format!("relayed as job {job_id}"))
+        sqlx::query!(
+"UPDATE queue_recipients SET state = $3, detail = $4, updated_at = now() WHERE job_id = $1 AND idx = ANY($2)",
+parent,
+&idxs,
+pb::RecipientState::Relayed as i16,
+format!("relayed as job {job_id}")
+)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;

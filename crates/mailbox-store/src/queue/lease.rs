@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use mailstore_api::pb;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError};
 
 use super::events::event;
-use super::jobs::{JOB_COLS, job_recipients, job_row};
+use super::jobs::{JobRow, job_recipients, job_row};
 use super::{QueueSvc, kind_of};
 
 const DEFAULT_MAX_ATTEMPTS: i32 = 10;
@@ -31,14 +31,14 @@ async fn lease_once(
     let mut tx = pool.begin().await?;
     // Poison messages: a job whose previous leases all ended without a
     // FinishJob (worker crashed on it) is set aside, not handed out again.
-    let poisoned: Vec<i64> = sqlx::query_scalar(
-        "UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, \
+    let poisoned: Vec<i64> = sqlx::query_scalar!(
+"UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, \
          last_error = 'quarantined after ' || open_leases || ' unfinished attempts', updated_at = now() \
          WHERE id IN (SELECT id FROM queue_jobs WHERE kind = $1 AND state = 1 AND next_attempt_at <= now() AND open_leases >= $2 \
                       ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id",
-    )
-    .bind(kind)
-    .bind(max_attempts)
+kind,
+max_attempts
+)
     .fetch_all(&mut *tx)
     .await?;
     for id in &poisoned {
@@ -52,35 +52,32 @@ async fn lease_once(
         )
         .await?;
     }
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE queue_jobs SET lease_owner = $2, lease_expires_at = now() + $4 * interval '1 millisecond', \
-         next_attempt_at = now() + $4 * interval '1 millisecond', attempts = attempts + 1, open_leases = open_leases + 1, updated_at = now() \
+    let rows = sqlx::query_as!(
+        JobRow,
+        "UPDATE queue_jobs SET lease_owner = $2, lease_expires_at = now() + $4::bigint * interval '1 millisecond', \
+         next_attempt_at = now() + $4::bigint * interval '1 millisecond', attempts = attempts + 1, open_leases = open_leases + 1, updated_at = now() \
          WHERE id IN (SELECT id FROM queue_jobs WHERE kind = $1 AND state = 1 AND next_attempt_at <= now() \
                       ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-         RETURNING {JOB_COLS}"
-    )))
-    .bind(kind)
-    .bind(worker)
-    .bind(n)
-    .bind(ttl_ms)
+         RETURNING id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at, \
+         lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
+         lease_owner, last_error",
+        kind,
+        worker,
+        n,
+        ttl_ms
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = rows
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<Result<_, _>>()?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let mut rcpts = job_recipients(pool, &ids).await?;
     let mut jobs = rows
         .iter()
-        .map(|r| {
-            let id: i64 = r.try_get("id")?;
-            job_row(r, rcpts.remove(&id).unwrap_or_default())
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(|r| job_row(r, rcpts.remove(&r.id).unwrap_or_default()))
+        .collect::<Vec<_>>();
     jobs.sort_by_key(|j| j.id);
     Ok(jobs)
 }
@@ -114,10 +111,10 @@ pub(super) async fn lease(
             return Ok(Response::new(pb::LeaseResponse { jobs }));
         }
         // Sleep until a NOTIFY, the next scheduled retry or the deadline.
-        let next: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM (min(next_attempt_at) - now()))::float8 FROM queue_jobs WHERE kind = $1 AND state = 1",
-        )
-        .bind(kind)
+        let next: Option<f64> = sqlx::query_scalar!(
+"SELECT extract(epoch FROM (min(next_attempt_at) - now()))::float8 FROM queue_jobs WHERE kind = $1 AND state = 1",
+kind
+)
         .fetch_one(svc.pool())
         .await
         .map_err(StoreError::from)?;
@@ -144,13 +141,13 @@ pub(super) async fn renew_lease(
         .filter_map(|i| i64::try_from(*i).ok())
         .collect();
     let ttl = i64::try_from(req.lease_ttl_ms.clamp(1_000, 3_600_000)).unwrap_or(60_000);
-    let renewed: Vec<i64> = sqlx::query_scalar(
-        "UPDATE queue_jobs SET lease_expires_at = now() + $3 * interval '1 millisecond', next_attempt_at = now() + $3 * interval '1 millisecond' \
+    let renewed: Vec<i64> = sqlx::query_scalar!(
+"UPDATE queue_jobs SET lease_expires_at = now() + $3::bigint * interval '1 millisecond', next_attempt_at = now() + $3::bigint * interval '1 millisecond' \
          WHERE id = ANY($1) AND lease_owner = $2 AND state = 1 RETURNING id",
-    )
-    .bind(&ids)
-    .bind(&req.worker_id)
-    .bind(ttl)
+&ids,
+&req.worker_id,
+ttl
+)
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;

@@ -52,10 +52,10 @@ fn kind_of(k: i32) -> Result<i16> {
 
 /// Checks that `worker` holds the lease on a job, locking the job row.
 async fn check_lease(conn: &mut PgConnection, job_id: i64, worker: &str) -> Result<()> {
-    let owner: Option<Option<String>> = sqlx::query_scalar(
+    let owner: Option<Option<String>> = sqlx::query_scalar!(
         "SELECT lease_owner FROM queue_jobs WHERE id = $1 AND state = 1 FOR UPDATE",
+        job_id
     )
-    .bind(job_id)
     .fetch_optional(&mut *conn)
     .await?;
     match owner {
