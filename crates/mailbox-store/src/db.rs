@@ -1,6 +1,20 @@
 //! The database side of a store process: the connection pool, the embedded
 //! migrations, the shared [`Store`] state every service holds, and the
 //! SQLSTATE codes the services react to.
+//!
+//! Queries: every statement of the crate is a sqlx macro (`query!`,
+//! `query_as!`, `query_scalar!`), checked against the schema at compile time
+//! from the metadata in `crates/mailbox-store/.sqlx` (see `build.rs`), and
+//! re-checked against a migrated PostgreSQL by `scripts/check-sql` in CI.
+//! There are no queries built at run time; a new one would have to be listed
+//! here and exercised by a test, since nothing checks it before it runs.
+//!
+//! Transactions: services use `pool.begin()` / `commit()` directly. There is
+//! no generic retry on serialization failure (the store runs at READ
+//! COMMITTED and takes row locks instead, see `mailboxes`); the two inserts
+//! that can lose a race with a concurrent one (Append against blob garbage
+//! collection, Enqueue against the same idempotency key) retry themselves on
+//! [`FOREIGN_KEY_VIOLATION`] / [`UNIQUE_VIOLATION`].
 
 use std::time::Duration;
 
@@ -9,6 +23,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::Config;
+use crate::error::sqlstate;
 use crate::notify;
 
 /// Embedded migrations (`crates/mailbox-store/migrations`).
@@ -41,4 +56,14 @@ pub fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("apply migrations")?;
     Ok(())
+}
+
+/// SQLSTATE `unique_violation`.
+pub(crate) const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE `foreign_key_violation`.
+pub(crate) const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// Whether a database error carries SQLSTATE `code`.
+pub(crate) fn is_sqlstate(err: &sqlx::Error, code: &str) -> bool {
+    sqlstate(err).as_deref() == Some(code)
 }

@@ -3,7 +3,8 @@
 use mailstore_api::pb;
 use tonic::{Request, Response, Status};
 
-use crate::error::{Result, StoreError, sqlstate};
+use crate::db::{UNIQUE_VIOLATION, is_sqlstate};
+use crate::error::{Result, StoreError};
 use crate::names;
 
 use super::{AccountsSvc, domain_id};
@@ -37,7 +38,7 @@ pub(super) async fn create_alias(
     .await;
     let id = match res {
         Ok(id) => id,
-        Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
+        Err(e) if is_sqlstate(&e, UNIQUE_VIOLATION) => {
             return Err(StoreError::AlreadyExists("alias").into());
         }
         Err(e) => return Err(StoreError::from(e).into()),

@@ -3,7 +3,8 @@
 use mailstore_api::pb;
 use tonic::{Request, Response, Status};
 
-use crate::error::{Result, StoreError, sqlstate};
+use crate::db::{UNIQUE_VIOLATION, is_sqlstate};
+use crate::error::{Result, StoreError};
 use crate::names;
 use crate::wire::timestamp;
 
@@ -67,7 +68,7 @@ pub(super) async fn put_dkim_key(
     .await;
     let row = match res {
         Ok(r) => r,
-        Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
+        Err(e) if is_sqlstate(&e, UNIQUE_VIOLATION) => {
             return Err(StoreError::AlreadyExists("DKIM selector").into());
         }
         Err(e) => return Err(StoreError::from(e).into()),

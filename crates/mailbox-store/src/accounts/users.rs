@@ -4,7 +4,8 @@ use mailstore_api::pb;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::error::{Result, StoreError, sqlstate};
+use crate::db::{UNIQUE_VIOLATION, is_sqlstate};
+use crate::error::{Result, StoreError};
 use crate::names;
 use crate::wire::timestamp;
 
@@ -39,7 +40,7 @@ i64::try_from(quota).unwrap_or(i64::MAX)
     .await;
     let id = match res {
         Ok(id) => id,
-        Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
+        Err(e) if is_sqlstate(&e, UNIQUE_VIOLATION) => {
             return Err(StoreError::AlreadyExists("user"));
         }
         Err(e) => return Err(e.into()),

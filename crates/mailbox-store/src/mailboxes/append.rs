@@ -4,6 +4,7 @@ use mailstore_api::pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::put_blob;
+use crate::db::FOREIGN_KEY_VIOLATION;
 use crate::error::{Result, StoreError};
 use crate::messages::{
     Analysed, NewMessage, analyse, collect_body, insert_message, mailbox_id_by_name,
@@ -70,7 +71,9 @@ pub(super) async fn append(
                 tx.commit().await.map_err(StoreError::from)?;
                 break r;
             }
-            Err(StoreError::Internal(e)) if attempt < 3 && e.contains("23503") => continue,
+            Err(StoreError::Internal(e)) if attempt < 3 && e.contains(FOREIGN_KEY_VIOLATION) => {
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     };

@@ -4,7 +4,8 @@ use mailstore_api::pb;
 use tonic::{Request, Response, Status};
 
 use crate::blobs::collect_garbage;
-use crate::error::{Result, StoreError, sqlstate};
+use crate::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, is_sqlstate};
+use crate::error::{Result, StoreError};
 use crate::messages::{lock_mailbox, mailbox_id_by_name, notify};
 use crate::names;
 use crate::notify::MailboxChange;
@@ -82,10 +83,10 @@ pub(super) async fn create_mailbox(
     .await;
     let row = match res {
         Ok(r) => r,
-        Err(e) if sqlstate(&e).as_deref() == Some("23505") => {
+        Err(e) if is_sqlstate(&e, UNIQUE_VIOLATION) => {
             return Err(StoreError::AlreadyExists("mailbox").into());
         }
-        Err(e) if sqlstate(&e).as_deref() == Some("23503") => {
+        Err(e) if is_sqlstate(&e, FOREIGN_KEY_VIOLATION) => {
             return Err(StoreError::NotFound("user").into());
         }
         Err(e) => return Err(StoreError::from(e).into()),
@@ -178,7 +179,7 @@ pub(super) async fn rename_mailbox(
         .execute(&mut *tx)
         .await;
         if let Err(e) = res {
-            return Err(if sqlstate(&e).as_deref() == Some("23505") {
+            return Err(if is_sqlstate(&e, UNIQUE_VIOLATION) {
                 StoreError::AlreadyExists("mailbox")
             } else {
                 e.into()
@@ -226,7 +227,7 @@ pub(super) async fn set_subscription(
         .await
     };
     res.map_err(|e| {
-        if sqlstate(&e).as_deref() == Some("23503") {
+        if is_sqlstate(&e, FOREIGN_KEY_VIOLATION) {
             StoreError::NotFound("user")
         } else {
             e.into()

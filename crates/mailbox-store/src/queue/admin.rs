@@ -4,7 +4,8 @@ use mailstore_api::pb;
 use tonic::{Request, Response, Status};
 
 use crate::blobs::collect_garbage;
-use crate::error::{Result, StoreError, sqlstate};
+use crate::db::{FOREIGN_KEY_VIOLATION, is_sqlstate};
+use crate::error::{Result, StoreError};
 use crate::notify::QUEUE_CHANNEL;
 use crate::wire::{id, timestamp};
 
@@ -128,7 +129,7 @@ pub(super) async fn delete_job(
     .fetch_optional(svc.pool())
     .await
     .map_err(|e| {
-        if sqlstate(&e).as_deref() == Some("23503") {
+        if is_sqlstate(&e, FOREIGN_KEY_VIOLATION) {
             StoreError::precondition("job is referenced")
         } else {
             e.into()

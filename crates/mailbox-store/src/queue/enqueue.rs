@@ -6,7 +6,8 @@ use sqlx::PgConnection;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::put_blob;
-use crate::error::{Result, StoreError, sqlstate};
+use crate::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, is_sqlstate};
+use crate::error::{Result, StoreError};
 use crate::messages::{analyse, collect_body};
 use crate::notify::QUEUE_CHANNEL;
 use crate::wire::{from_pb_ts, id};
@@ -252,13 +253,15 @@ format!("relayed as job {job_id}")
                         };
                     }
                     // A concurrent enqueue with the same key won the race.
-                    Err(e) if sqlstate(&e).as_deref() == Some("23505") && attempt < 3 => {
+                    Err(e) if is_sqlstate(&e, UNIQUE_VIOLATION) && attempt < 3 => {
                         continue;
                     }
                     Err(e) => return Err(StoreError::from(e).into()),
                 },
                 Err(StoreError::Internal(e))
-                    if attempt < 3 && (e.starts_with("23505") || e.starts_with("23503")) =>
+                    if attempt < 3
+                        && (e.starts_with(UNIQUE_VIOLATION)
+                            || e.starts_with(FOREIGN_KEY_VIOLATION)) =>
                 {
                     continue;
                 }
