@@ -21,11 +21,11 @@ pub(crate) async fn put_blob(conn: &mut PgConnection, hash: &[u8], data: &[u8]) 
     .await?;
     if !exists {
         sqlx::query!(
-"INSERT INTO blobs (hash, size, data) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
-hash,
-data.len() as i64,
-data
-)
+            "INSERT INTO blobs (hash, size, data) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+            hash,
+            data.len() as i64,
+            data
+        )
             .execute(&mut *conn)
             .await?;
     }

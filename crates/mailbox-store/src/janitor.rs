@@ -23,8 +23,8 @@ pub async fn janitor(store: Arc<Store>, shutdown: service_kit::Shutdown) {
             .execute(pool)
             .await;
         let hashes: Vec<Vec<u8>> = sqlx::query_scalar!(
-"DELETE FROM queue_jobs WHERE state = 2 AND updated_at < now() - interval '7 days' RETURNING blob_hash"
-)
+            "DELETE FROM queue_jobs WHERE state = 2 AND updated_at < now() - interval '7 days' RETURNING blob_hash"
+        )
         .fetch_all(pool)
         .await
         .unwrap_or_default();

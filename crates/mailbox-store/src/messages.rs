@@ -24,9 +24,9 @@ pub(crate) async fn lock_mailbox(
     mailbox_id: i64,
 ) -> Result<(i64, i64, i64, i64)> {
     let row = sqlx::query!(
-"SELECT user_id, uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = $1 FOR UPDATE",
-mailbox_id
-)
+        "SELECT user_id, uidvalidity, uidnext, highestmodseq FROM mailboxes WHERE id = $1 FOR UPDATE",
+        mailbox_id
+    )
     .fetch_optional(conn)
     .await?
     .ok_or(StoreError::NotFound("mailbox"))?;
@@ -80,20 +80,20 @@ pub(crate) async fn insert_message(
         return Err(StoreError::precondition("mailbox UID space exhausted"));
     }
     sqlx::query!(
-"INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
+        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-mailbox_id,
-uid,
-m.hash,
-m.size,
-m.internal_date,
-m.sent_date,
-m.flags.bits,
-&m.flags.keywords,
-modseq,
-&m.structure,
-m.crlf_size
-)
+        mailbox_id,
+        uid,
+        m.hash,
+        m.size,
+        m.internal_date,
+        m.sent_date,
+        m.flags.bits,
+        &m.flags.keywords,
+        modseq,
+        &m.structure,
+        m.crlf_size
+    )
     .execute(&mut *conn)
     .await?;
     sqlx::query!(

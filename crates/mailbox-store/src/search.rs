@@ -50,11 +50,11 @@ pub async fn search(
 ) -> Result<pb::SearchResponse> {
     let with_body = needs_body(key, 0)?;
     let rows = sqlx::query!(
-"SELECT uid, flags, keywords, (internal_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS \"iday!\", \
+        "SELECT uid, flags, keywords, (internal_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS \"iday!\", \
          (sent_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS sday, size, modseq, blob_hash \
          FROM messages WHERE mailbox_id = $1 ORDER BY uid",
-mailbox_id
-)
+        mailbox_id
+    )
     .fetch_all(pool)
     .await?;
     let mut resp = pb::SearchResponse::default();

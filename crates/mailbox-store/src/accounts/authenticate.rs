@@ -86,11 +86,11 @@ pub(super) async fn authenticate(
     };
     let user = match names::address(&req.username) {
         Ok((local, domain)) => sqlx::query!(
-"SELECT u.id, u.password_hash, u.disabled FROM users u JOIN domains d ON d.id = u.domain_id \
+            "SELECT u.id, u.password_hash, u.disabled FROM users u JOIN domains d ON d.id = u.domain_id \
              WHERE d.name = $1 AND u.local_part = $2",
-&domain,
-&local
-)
+            &domain,
+            &local
+        )
         .fetch_optional(pool)
         .await
         .map_err(StoreError::from)?

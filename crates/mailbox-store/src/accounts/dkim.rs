@@ -97,12 +97,12 @@ pub(super) async fn list_dkim_keys(
         names::domain(&req.domain)?
     };
     let rows = sqlx::query!(
-"SELECT d.name, k.selector, k.algorithm, k.private_key, k.public_key, k.active, k.created_at \
+        "SELECT d.name, k.selector, k.algorithm, k.private_key, k.public_key, k.active, k.created_at \
          FROM dkim_keys k JOIN domains d ON d.id = k.domain_id \
          WHERE ($1 = '' OR d.name = $1) AND (NOT $2 OR k.active) ORDER BY d.name, k.created_at, k.id",
-&domain,
-req.active_only
-)
+        &domain,
+        req.active_only
+    )
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;
@@ -116,7 +116,7 @@ req.active_only
             } else {
                 "rsa"
             };
-            Ok(pb::DkimKey {
+            pb::DkimKey {
                 domain: r.name,
                 selector: r.selector,
                 private_key: if req.include_private {
@@ -129,9 +129,8 @@ req.active_only
                 public_key,
                 active: r.active,
                 created_at: timestamp(r.created_at),
-            })
+            }
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(StoreError::from)?;
+        .collect();
     Ok(Response::new(pb::ListDkimKeysResponse { keys }))
 }

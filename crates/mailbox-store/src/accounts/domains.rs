@@ -46,9 +46,9 @@ pub(super) async fn delete_domain(
         .ok_or(StoreError::NotFound("domain"))?;
     if !req.force {
         let users: i64 = sqlx::query_scalar!(
-"SELECT (SELECT count(*) FROM users WHERE domain_id = $1) + (SELECT count(*) FROM aliases WHERE domain_id = $1) AS \"n!\"",
-did
-)
+            "SELECT (SELECT count(*) FROM users WHERE domain_id = $1) + (SELECT count(*) FROM aliases WHERE domain_id = $1) AS \"n!\"",
+            did
+        )
         .fetch_one(svc.pool())
         .await
         .map_err(StoreError::from)?;
@@ -73,14 +73,11 @@ pub(super) async fn list_domains(
         .map_err(StoreError::from)?;
     let domains = rows
         .into_iter()
-        .map(|r| {
-            Ok(pb::Domain {
-                id: r.id as u64,
-                name: r.name,
-                created_at: timestamp(r.created_at),
-            })
+        .map(|r| pb::Domain {
+            id: r.id as u64,
+            name: r.name,
+            created_at: timestamp(r.created_at),
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(StoreError::from)?;
+        .collect();
     Ok(Response::new(pb::ListDomainsResponse { domains }))
 }

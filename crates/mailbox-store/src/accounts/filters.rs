@@ -29,13 +29,13 @@ pub(super) async fn add_filter(
         );
     }
     let id: i64 = sqlx::query_scalar!(
-"INSERT INTO filters (user_id, position, header, contains, folder) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-user,
-req.position,
-&req.header,
-&req.contains,
-&folder
-)
+        "INSERT INTO filters (user_id, position, header, contains, folder) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        user,
+        req.position,
+        &req.header,
+        &req.contains,
+        &folder
+    )
     .fetch_one(svc.pool())
     .await
     .map_err(StoreError::from)?;
@@ -61,26 +61,23 @@ pub(super) async fn list_filters(
         None => return Err(StoreError::invalid("address or user_id required").into()),
     };
     let rows = sqlx::query!(
-"SELECT id, position, header, contains, folder FROM filters WHERE user_id = $1 ORDER BY position, id",
-user
-)
+        "SELECT id, position, header, contains, folder FROM filters WHERE user_id = $1 ORDER BY position, id",
+        user
+    )
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;
     let filters = rows
         .into_iter()
-        .map(|r| {
-            Ok(pb::Filter {
-                id: r.id as u64,
-                user_id: user as u64,
-                position: r.position,
-                header: r.header,
-                contains: r.contains,
-                folder: r.folder,
-            })
+        .map(|r| pb::Filter {
+            id: r.id as u64,
+            user_id: user as u64,
+            position: r.position,
+            header: r.header,
+            contains: r.contains,
+            folder: r.folder,
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(StoreError::from)?;
+        .collect();
     Ok(Response::new(pb::ListFiltersResponse { filters }))
 }
 

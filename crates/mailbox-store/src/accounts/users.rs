@@ -30,12 +30,12 @@ pub async fn create_user(
         .await?
         .ok_or(StoreError::NotFound("domain"))?;
     let res = sqlx::query_scalar!(
-"INSERT INTO users (domain_id, local_part, password_hash, quota_bytes) VALUES ($1, $2, $3, $4) RETURNING id",
-did,
-&local,
-&hash,
-i64::try_from(quota).unwrap_or(i64::MAX)
-)
+        "INSERT INTO users (domain_id, local_part, password_hash, quota_bytes) VALUES ($1, $2, $3, $4) RETURNING id",
+        did,
+        &local,
+        &hash,
+        i64::try_from(quota).unwrap_or(i64::MAX)
+    )
     .fetch_one(&mut *tx)
     .await;
     let id = match res {
@@ -82,10 +82,10 @@ pub(super) async fn get_user_by_id(pool: &PgPool, id: i64) -> Result<pb::User> {
 pub(super) async fn user_id_of(pool: &PgPool, address: &str) -> Result<i64> {
     let (local, domain) = names::address(address)?;
     sqlx::query_scalar!(
-"SELECT u.id FROM users u JOIN domains d ON d.id = u.domain_id WHERE d.name = $1 AND u.local_part = $2",
-&domain,
-&local
-)
+        "SELECT u.id FROM users u JOIN domains d ON d.id = u.domain_id WHERE d.name = $1 AND u.local_part = $2",
+        &domain,
+        &local
+    )
     .fetch_optional(pool)
     .await?
     .ok_or(StoreError::NotFound("user"))

@@ -61,11 +61,11 @@ pub(crate) async fn copy_in_tx(
     let src_uids: Vec<i64> = rows.iter().map(|r| r.uid).collect();
     let total: i64 = rows.iter().map(|r| r.size).sum();
     let r = sqlx::query!(
-"UPDATE mailboxes SET uidnext = uidnext + $2, highestmodseq = highestmodseq + 1 WHERE id = $1 \
+        "UPDATE mailboxes SET uidnext = uidnext + $2, highestmodseq = highestmodseq + 1 WHERE id = $1 \
          RETURNING uidnext - $2 AS \"first_uid!\", highestmodseq, uidnext",
-dst,
-n
-)
+        dst,
+        n
+    )
     .fetch_one(&mut *conn)
     .await?;
     let first_uid: i64 = r.first_uid;
@@ -75,15 +75,15 @@ n
         return Err(StoreError::precondition("mailbox UID space exhausted"));
     }
     sqlx::query!(
-"INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
+        "INSERT INTO messages (mailbox_id, uid, blob_hash, size, internal_date, sent_date, flags, keywords, modseq, structure, crlf_size) \
          SELECT $1, $3 + o.ord - 1, m.blob_hash, m.size, m.internal_date, m.sent_date, m.flags, m.keywords, $4, m.structure, m.crlf_size \
          FROM unnest($5::bigint[]) WITH ORDINALITY AS o(uid, ord) JOIN messages m ON m.mailbox_id = $2 AND m.uid = o.uid",
-dst,
-src,
-first_uid,
-modseq,
-&src_uids
-)
+        dst,
+        src,
+        first_uid,
+        modseq,
+        &src_uids
+    )
     .execute(&mut *conn)
     .await?;
     notify(

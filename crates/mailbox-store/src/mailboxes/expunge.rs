@@ -30,16 +30,16 @@ pub(crate) async fn remove_messages(
         return Ok((Vec::new(), ms, Vec::new()));
     }
     let modseq: i64 = sqlx::query_scalar!(
-"UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq",
-mailbox_id
-)
+        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq",
+        mailbox_id
+    )
     .fetch_one(&mut *conn)
     .await?;
     let rows = sqlx::query!(
-"DELETE FROM messages WHERE mailbox_id = $1 AND uid = ANY($2) RETURNING uid, size, blob_hash",
-mailbox_id,
-uids
-)
+        "DELETE FROM messages WHERE mailbox_id = $1 AND uid = ANY($2) RETURNING uid, size, blob_hash",
+        mailbox_id,
+        uids
+    )
     .fetch_all(&mut *conn)
     .await?;
     let mut gone = Vec::with_capacity(rows.len());
@@ -52,12 +52,12 @@ uids
     }
     gone.sort_unstable();
     sqlx::query!(
-"INSERT INTO expunged (mailbox_id, uid, modseq) SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u \
+        "INSERT INTO expunged (mailbox_id, uid, modseq) SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u \
          ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq",
-mailbox_id,
-&gone,
-modseq
-)
+        mailbox_id,
+        &gone,
+        modseq
+    )
     .execute(&mut *conn)
     .await?;
     sqlx::query!(

@@ -18,13 +18,13 @@ pub(super) async fn acquire_lock(
     }
     let ttl = i64::try_from(req.ttl_ms.clamp(1_000, 3_600_000)).unwrap_or(60_000);
     let got: Option<String> = sqlx::query_scalar!(
-"INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
+        "INSERT INTO locks (name, owner, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
          ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
          WHERE locks.owner = EXCLUDED.owner OR locks.expires_at < now() RETURNING owner",
-&req.name,
-&req.owner,
-ttl
-)
+        &req.name,
+        &req.owner,
+        ttl
+    )
     .fetch_optional(svc.pool())
     .await
     .map_err(StoreError::from)?;

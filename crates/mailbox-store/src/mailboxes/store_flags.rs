@@ -60,9 +60,9 @@ pub(super) async fn store_flags(
     }
     if !to_change.is_empty() {
         highest = sqlx::query_scalar!(
-"UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq",
-mailbox_id
-)
+            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = $1 RETURNING highestmodseq",
+            mailbox_id
+        )
             .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -74,15 +74,15 @@ mailbox_id
             .map(|(_, f)| f.keywords.join(" "))
             .collect();
         sqlx::query!(
-"UPDATE messages m SET flags = c.flags, keywords = COALESCE(string_to_array(NULLIF(c.kw, ''), ' ')::text[], '{}'), modseq = $5 \
+            "UPDATE messages m SET flags = c.flags, keywords = COALESCE(string_to_array(NULLIF(c.kw, ''), ' ')::text[], '{}'), modseq = $5 \
              FROM unnest($2::bigint[], $3::int[], $4::text[]) AS c(uid, flags, kw) \
              WHERE m.mailbox_id = $1 AND m.uid = c.uid",
-mailbox_id,
-&uids,
-&bits,
-&kws,
-highest
-)
+            mailbox_id,
+            &uids,
+            &bits,
+            &kws,
+            highest
+        )
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;

@@ -92,10 +92,10 @@ pub(super) async fn retry_job(
     let job_id = id(req.get_ref().job_id, "job")?;
     let mut tx = svc.pool().begin().await.map_err(StoreError::from)?;
     let kind: Option<i16> = sqlx::query_scalar!(
-"UPDATE queue_jobs SET state = 1, next_attempt_at = now(), open_leases = 0, lease_owner = NULL, lease_expires_at = NULL, \
+        "UPDATE queue_jobs SET state = 1, next_attempt_at = now(), open_leases = 0, lease_owner = NULL, lease_expires_at = NULL, \
          updated_at = now() WHERE id = $1 AND state IN (1, 3) RETURNING kind",
-job_id
-)
+        job_id
+    )
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;

@@ -26,13 +26,13 @@ pub(super) async fn set_recipient_result(
     check_lease(&mut tx, job_id, &req.worker_id).await?;
     let detail: String = req.detail.chars().take(2_000).collect();
     let address: Option<String> = sqlx::query_scalar!(
-"UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now() \
+        "UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now() \
          WHERE job_id = $1 AND idx = $2 RETURNING address",
-job_id,
-i32::try_from(req.index).unwrap_or(-1),
-state as i16,
-&detail
-)
+        job_id,
+        i32::try_from(req.index).unwrap_or(-1),
+        state as i16,
+        &detail
+    )
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -61,19 +61,19 @@ pub(super) async fn finish_job(
     match pb::FinishOutcome::try_from(req.outcome) {
         Ok(pb::FinishOutcome::Done) => {
             sqlx::query!(
-"UPDATE queue_recipients SET state = $2, updated_at = now() WHERE job_id = $1 AND state = 1",
-job_id,
-pb::RecipientState::Delivered as i16
-)
+                "UPDATE queue_recipients SET state = $2, updated_at = now() WHERE job_id = $1 AND state = 1",
+                job_id,
+                pb::RecipientState::Delivered as i16
+            )
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
             sqlx::query!(
-"UPDATE queue_jobs SET state = 2, lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, \
+                "UPDATE queue_jobs SET state = 2, lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, \
                  last_error = $2, updated_at = now() WHERE id = $1",
-job_id,
-&reason
-)
+                job_id,
+                &reason
+            )
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -85,12 +85,12 @@ job_id,
                 .and_then(from_pb_ts)
                 .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::minutes(5));
             let kind: i16 = sqlx::query_scalar!(
-"UPDATE queue_jobs SET lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, next_attempt_at = $2, \
+                "UPDATE queue_jobs SET lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, next_attempt_at = $2, \
                  last_error = $3, updated_at = now() WHERE id = $1 RETURNING kind",
-job_id,
-at,
-&reason
-)
+                job_id,
+                at,
+                &reason
+            )
             .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -112,10 +112,10 @@ at,
         }
         Ok(pb::FinishOutcome::Quarantine) => {
             sqlx::query!(
-"UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, last_error = $2, updated_at = now() WHERE id = $1",
-job_id,
-&reason
-)
+                "UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, last_error = $2, updated_at = now() WHERE id = $1",
+                job_id,
+                &reason
+            )
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;

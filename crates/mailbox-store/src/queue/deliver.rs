@@ -40,10 +40,10 @@ pub async fn deliver(
     .await?
     .ok_or(StoreError::NotFound("recipient"))?;
     let done = sqlx::query!(
-"SELECT mailbox_id, uid, uidvalidity, modseq FROM queue_deliveries WHERE job_id = $1 AND user_id = $2",
-job_id,
-user_id
-)
+        "SELECT mailbox_id, uid, uidvalidity, modseq FROM queue_deliveries WHERE job_id = $1 AND user_id = $2",
+        job_id,
+        user_id
+    )
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(d) = done {
@@ -105,12 +105,12 @@ user_id
         parent_hash
     } else {
         let h: Vec<u8> = sqlx::query_scalar!(
-"WITH src AS (SELECT $1::bytea || data AS d FROM blobs WHERE hash = $2), \
+            "WITH src AS (SELECT $1::bytea || data AS d FROM blobs WHERE hash = $2), \
              ins AS (INSERT INTO blobs (hash, size, data) SELECT sha256(d), length(d), d FROM src ON CONFLICT (hash) DO NOTHING) \
              SELECT sha256(d) AS \"hash!\" FROM src",
-&req.prefix,
-&parent_hash
-)
+            &req.prefix,
+            &parent_hash
+        )
         .fetch_one(&mut *tx)
         .await?;
         h
@@ -133,14 +133,14 @@ user_id
     };
     let resp = insert_message(&mut tx, mailbox_id, &msg).await?;
     sqlx::query!(
-"INSERT INTO queue_deliveries (job_id, user_id, mailbox_id, uid, uidvalidity, modseq) VALUES ($1, $2, $3, $4, $5, $6)",
-job_id,
-user_id,
-mailbox_id,
-i64::from(resp.uid),
-i64::from(resp.uidvalidity),
-resp.modseq as i64
-)
+        "INSERT INTO queue_deliveries (job_id, user_id, mailbox_id, uid, uidvalidity, modseq) VALUES ($1, $2, $3, $4, $5, $6)",
+        job_id,
+        user_id,
+        mailbox_id,
+        i64::from(resp.uid),
+        i64::from(resp.uidvalidity),
+        resp.modseq as i64
+    )
     .execute(&mut *tx)
     .await?;
     if req.complete_recipient {
@@ -174,18 +174,18 @@ async fn mark_delivered(
     detail: &str,
 ) -> Result<()> {
     sqlx::query!(
-"UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now(), \
+        "UPDATE queue_recipients SET state = $3, detail = $4, attempts = attempts + 1, updated_at = now(), \
          delivered_mailbox_id = $5, delivered_uid = $6, delivered_uidvalidity = $7, delivered_modseq = $8 \
          WHERE job_id = $1 AND idx = $2",
-job_id,
-idx,
-pb::RecipientState::Delivered as i16,
-detail,
-r.mailbox_id as i64,
-i64::from(r.uid),
-i64::from(r.uidvalidity),
-r.modseq as i64
-)
+        job_id,
+        idx,
+        pb::RecipientState::Delivered as i16,
+        detail,
+        r.mailbox_id as i64,
+        i64::from(r.uid),
+        i64::from(r.uidvalidity),
+        r.modseq as i64
+    )
     .execute(conn)
     .await?;
     Ok(())

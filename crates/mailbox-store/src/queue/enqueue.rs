@@ -85,30 +85,30 @@ async fn insert_job(
         String::new()
     };
     let job_id: i64 = sqlx::query_scalar!(
-"INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
+        "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
          sent_date, crlf_size) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
-kind,
-key,
-body.hash,
-body.size,
-body.structure,
-&h.mail_from,
-&h.envid,
-&h.ret,
-&h.body_type,
-h.smtputf8,
-&h.client_ip,
-&h.helo,
-&h.authenticated_user,
-&h.session_id,
-parent,
-&dest,
-not_before,
-body.sent_date,
-body.crlf_size
-)
+        kind,
+        key,
+        body.hash,
+        body.size,
+        body.structure,
+        &h.mail_from,
+        &h.envid,
+        &h.ret,
+        &h.body_type,
+        h.smtputf8,
+        &h.client_ip,
+        &h.helo,
+        &h.authenticated_user,
+        &h.session_id,
+        parent,
+        &dest,
+        not_before,
+        body.sent_date,
+        body.crlf_size
+    )
     .fetch_one(&mut *conn)
     .await?;
     let addrs: Vec<String> = h.recipients.iter().map(|r| r.address.clone()).collect();
@@ -119,13 +119,13 @@ body.crlf_size
         .map(|r| i32::try_from(r.notify).unwrap_or(0))
         .collect();
     sqlx::query!(
-"INSERT INTO queue_recipients (job_id, idx, address, orcpt, notify) \
+        "INSERT INTO queue_recipients (job_id, idx, address, orcpt, notify) \
          SELECT $1, (o.n - 1)::int, o.a, o.o, o.f FROM unnest($2::text[], $3::text[], $4::int[]) WITH ORDINALITY AS o(a, o, f, n)",
-job_id,
-&addrs,
-&orcpts,
-&notify
-)
+        job_id,
+        &addrs,
+        &orcpts,
+        &notify
+    )
     .execute(&mut *conn)
     .await?;
     let detail = format!(
@@ -206,12 +206,12 @@ pub(super) async fn enqueue(
             .map(|i| i32::try_from(*i).unwrap_or(-1))
             .collect();
         sqlx::query!(
-"UPDATE queue_recipients SET state = $3, detail = $4, updated_at = now() WHERE job_id = $1 AND idx = ANY($2)",
-parent,
-&idxs,
-pb::RecipientState::Relayed as i16,
-format!("relayed as job {job_id}")
-)
+            "UPDATE queue_recipients SET state = $3, detail = $4, updated_at = now() WHERE job_id = $1 AND idx = ANY($2)",
+            parent,
+            &idxs,
+            pb::RecipientState::Relayed as i16,
+            format!("relayed as job {job_id}")
+        )
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;

@@ -33,9 +33,9 @@ pub(crate) async fn event(
 
 pub(super) async fn list_events(pool: &PgPool, job_id: i64) -> Result<Vec<pb::Event>> {
     let rows = sqlx::query!(
-"SELECT id, job_id, kind, at, source, recipient, detail, attributes::text AS \"attrs!\" FROM events WHERE job_id = $1 ORDER BY id",
-job_id
-)
+        "SELECT id, job_id, kind, at, source, recipient, detail, attributes::text AS \"attrs!\" FROM events WHERE job_id = $1 ORDER BY id",
+        job_id
+    )
         .fetch_all(pool)
         .await?;
     rows.into_iter()
@@ -63,14 +63,14 @@ pub(super) async fn add_event(
     let req = req.into_inner();
     let job_id = id(req.job_id, "job")?;
     let id: i64 = sqlx::query_scalar!(
-"INSERT INTO events (job_id, kind, source, recipient, detail, attributes) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb) RETURNING id",
-job_id,
-i16::try_from(req.kind).unwrap_or(0),
-&req.source,
-&req.recipient,
-&req.detail,
-serde_json::to_string(&req.attributes).unwrap_or_else(|_| "{}".into())
-)
+        "INSERT INTO events (job_id, kind, source, recipient, detail, attributes) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb) RETURNING id",
+        job_id,
+        i16::try_from(req.kind).unwrap_or(0),
+        &req.source,
+        &req.recipient,
+        &req.detail,
+        serde_json::to_string(&req.attributes).unwrap_or_else(|_| "{}".into())
+    )
     .fetch_one(svc.pool())
     .await
     .map_err(StoreError::from)?;

@@ -18,10 +18,10 @@ pub(super) async fn job_recipients(
     ids: &[i64],
 ) -> Result<HashMap<i64, Vec<pb::JobRecipient>>> {
     let rows = sqlx::query!(
-"SELECT job_id, idx, address, orcpt, notify, state, detail, attempts, updated_at FROM queue_recipients \
+        "SELECT job_id, idx, address, orcpt, notify, state, detail, attempts, updated_at FROM queue_recipients \
          WHERE job_id = ANY($1) ORDER BY job_id, idx",
-ids
-)
+        ids
+    )
     .fetch_all(pool)
     .await?;
     let mut out: HashMap<i64, Vec<pb::JobRecipient>> = HashMap::new();

@@ -32,13 +32,13 @@ async fn lease_once(
     // Poison messages: a job whose previous leases all ended without a
     // FinishJob (worker crashed on it) is set aside, not handed out again.
     let poisoned: Vec<i64> = sqlx::query_scalar!(
-"UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, \
+        "UPDATE queue_jobs SET state = 3, lease_owner = NULL, lease_expires_at = NULL, \
          last_error = 'quarantined after ' || open_leases || ' unfinished attempts', updated_at = now() \
          WHERE id IN (SELECT id FROM queue_jobs WHERE kind = $1 AND state = 1 AND next_attempt_at <= now() AND open_leases >= $2 \
                       ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id",
-kind,
-max_attempts
-)
+        kind,
+        max_attempts
+    )
     .fetch_all(&mut *tx)
     .await?;
     for id in &poisoned {
@@ -112,9 +112,9 @@ pub(super) async fn lease(
         }
         // Sleep until a NOTIFY, the next scheduled retry or the deadline.
         let next: Option<f64> = sqlx::query_scalar!(
-"SELECT extract(epoch FROM (min(next_attempt_at) - now()))::float8 FROM queue_jobs WHERE kind = $1 AND state = 1",
-kind
-)
+            "SELECT extract(epoch FROM (min(next_attempt_at) - now()))::float8 FROM queue_jobs WHERE kind = $1 AND state = 1",
+            kind
+        )
         .fetch_one(svc.pool())
         .await
         .map_err(StoreError::from)?;
@@ -142,12 +142,12 @@ pub(super) async fn renew_lease(
         .collect();
     let ttl = i64::try_from(req.lease_ttl_ms.clamp(1_000, 3_600_000)).unwrap_or(60_000);
     let renewed: Vec<i64> = sqlx::query_scalar!(
-"UPDATE queue_jobs SET lease_expires_at = now() + $3::bigint * interval '1 millisecond', next_attempt_at = now() + $3::bigint * interval '1 millisecond' \
+        "UPDATE queue_jobs SET lease_expires_at = now() + $3::bigint * interval '1 millisecond', next_attempt_at = now() + $3::bigint * interval '1 millisecond' \
          WHERE id = ANY($1) AND lease_owner = $2 AND state = 1 RETURNING id",
-&ids,
-&req.worker_id,
-ttl
-)
+        &ids,
+        &req.worker_id,
+        ttl
+    )
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;
