@@ -8,6 +8,9 @@
 //! re-checked against a migrated PostgreSQL by `scripts/check-sql` in CI.
 //! There are no queries built at run time; a new one would have to be listed
 //! here and exercised by a test, since nothing checks it before it runs.
+//! After adding or changing a query, run `scripts/check-sql --update` (or
+//! `cargo sqlx prepare` in this crate's directory with `DATABASE_URL` set)
+//! and commit the changed `.sqlx` files.
 //!
 //! Transactions: services use `pool.begin()` / `commit()` directly. There is
 //! no generic retry on serialization failure (the store runs at READ
