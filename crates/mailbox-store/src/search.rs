@@ -5,7 +5,7 @@
 use mail_parser::MessageParser;
 use mailstore_api::pb;
 use mailstore_api::pb::search_key::Key;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::error::{Result, StoreError};
 use crate::flags;
@@ -49,32 +49,32 @@ pub async fn search(
     key: &pb::SearchKey,
 ) -> Result<pb::SearchResponse> {
     let with_body = needs_body(key, 0)?;
-    let rows = sqlx::query(
-        "SELECT uid, flags, keywords, (internal_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS iday, \
+    let rows = sqlx::query!(
+        "SELECT uid, flags, keywords, (internal_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS \"iday!\", \
          (sent_date AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS sday, size, modseq, blob_hash \
          FROM messages WHERE mailbox_id = $1 ORDER BY uid",
+        mailbox_id
     )
-    .bind(mailbox_id)
     .fetch_all(pool)
     .await?;
     let mut resp = pb::SearchResponse::default();
-    for r in &rows {
+    for r in rows {
         let mut c = Candidate {
-            uid: r.try_get::<i64, _>("uid")? as u32,
-            bits: r.try_get("flags")?,
-            keywords: r.try_get("keywords")?,
-            internal_day: i64::from(r.try_get::<i32, _>("iday")?),
-            sent_day: r.try_get::<Option<i32>, _>("sday")?.map(i64::from),
-            size: r.try_get::<i64, _>("size")? as u64,
-            modseq: r.try_get::<i64, _>("modseq")? as u64,
-            hash: r.try_get("blob_hash")?,
+            uid: r.uid as u32,
+            bits: r.flags,
+            keywords: r.keywords,
+            internal_day: i64::from(r.iday),
+            sent_day: r.sday.map(i64::from),
+            size: r.size as u64,
+            modseq: r.modseq as u64,
+            hash: r.blob_hash,
             raw: None,
         };
         if with_body {
-            let data: Vec<u8> = sqlx::query_scalar("SELECT data FROM blobs WHERE hash = $1")
-                .bind(&c.hash)
-                .fetch_one(pool)
-                .await?;
+            let data: Vec<u8> =
+                sqlx::query_scalar!("SELECT data FROM blobs WHERE hash = $1", &c.hash)
+                    .fetch_one(pool)
+                    .await?;
             c.raw = Some(data);
         }
         if matches(&c, key) {

@@ -1,0 +1,202 @@
+//! Accounts service: domains, users, aliases, authentication, recipient
+//! lookup and resolution.
+
+mod domains;
+mod users;
+
+pub use authenticate::hash_password;
+pub use recipients::resolve;
+pub use users::create_user;
+mod aliases;
+mod authenticate;
+mod dkim;
+mod filters;
+mod recipients;
+
+use std::sync::{Arc, LazyLock};
+
+use mailstore_api::pb;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::db::Store;
+use crate::error::Result;
+
+use authenticate::DUMMY_HASH;
+
+/// The default folder set of a new user, with RFC 6154 SPECIAL-USE.
+pub const DEFAULT_MAILBOXES: [(&str, &str); 6] = [
+    ("INBOX", ""),
+    ("Sent", "Sent"),
+    ("Drafts", "Drafts"),
+    ("Trash", "Trash"),
+    ("Junk", "Junk"),
+    ("Archive", "Archive"),
+];
+
+pub struct AccountsSvc {
+    store: Arc<Store>,
+}
+
+impl AccountsSvc {
+    #[must_use]
+    pub fn new(store: Arc<Store>) -> Self {
+        LazyLock::force(&DUMMY_HASH);
+        Self { store }
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.store.pool
+    }
+}
+
+async fn domain_id(pool: &PgPool, domain: &str) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar!("SELECT id FROM domains WHERE name = $1", domain)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+#[tonic::async_trait]
+impl pb::accounts_server::Accounts for AccountsSvc {
+    async fn create_domain(
+        &self,
+        req: Request<pb::CreateDomainRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        domains::create_domain(self, req).await
+    }
+
+    async fn delete_domain(
+        &self,
+        req: Request<pb::DeleteDomainRequest>,
+    ) -> Result<Response<pb::DeleteDomainResponse>, Status> {
+        domains::delete_domain(self, req).await
+    }
+
+    async fn list_domains(
+        &self,
+        _req: Request<pb::ListDomainsRequest>,
+    ) -> Result<Response<pb::ListDomainsResponse>, Status> {
+        domains::list_domains(self, _req).await
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        users::create_user_rpc(self, req).await
+    }
+
+    async fn set_password(
+        &self,
+        req: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::SetPasswordResponse>, Status> {
+        users::set_password(self, req).await
+    }
+
+    async fn delete_user(
+        &self,
+        req: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        users::delete_user(self, req).await
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        users::get_user(self, req).await
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        users::list_users(self, req).await
+    }
+
+    async fn create_alias(
+        &self,
+        req: Request<pb::CreateAliasRequest>,
+    ) -> Result<Response<pb::Alias>, Status> {
+        aliases::create_alias(self, req).await
+    }
+
+    async fn delete_alias(
+        &self,
+        req: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        aliases::delete_alias(self, req).await
+    }
+
+    async fn list_aliases(
+        &self,
+        req: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        aliases::list_aliases(self, req).await
+    }
+
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        authenticate::authenticate(self, req).await
+    }
+
+    async fn lookup_recipient(
+        &self,
+        req: Request<pb::LookupRecipientRequest>,
+    ) -> Result<Response<pb::LookupRecipientResponse>, Status> {
+        recipients::lookup_recipient(self, req).await
+    }
+
+    async fn resolve_recipient(
+        &self,
+        req: Request<pb::ResolveRecipientRequest>,
+    ) -> Result<Response<pb::ResolveRecipientResponse>, Status> {
+        recipients::resolve_recipient(self, req).await
+    }
+
+    async fn check_sender(
+        &self,
+        req: Request<pb::CheckSenderRequest>,
+    ) -> Result<Response<pb::CheckSenderResponse>, Status> {
+        recipients::check_sender(self, req).await
+    }
+
+    async fn add_filter(
+        &self,
+        req: Request<pb::AddFilterRequest>,
+    ) -> Result<Response<pb::Filter>, Status> {
+        filters::add_filter(self, req).await
+    }
+
+    async fn list_filters(
+        &self,
+        req: Request<pb::ListFiltersRequest>,
+    ) -> Result<Response<pb::ListFiltersResponse>, Status> {
+        filters::list_filters(self, req).await
+    }
+
+    async fn put_dkim_key(
+        &self,
+        req: Request<pb::PutDkimKeyRequest>,
+    ) -> Result<Response<pb::DkimKey>, Status> {
+        dkim::put_dkim_key(self, req).await
+    }
+
+    async fn list_dkim_keys(
+        &self,
+        req: Request<pb::ListDkimKeysRequest>,
+    ) -> Result<Response<pb::ListDkimKeysResponse>, Status> {
+        dkim::list_dkim_keys(self, req).await
+    }
+
+    async fn delete_filter(
+        &self,
+        req: Request<pb::DeleteFilterRequest>,
+    ) -> Result<Response<pb::DeleteFilterResponse>, Status> {
+        filters::delete_filter(self, req).await
+    }
+}

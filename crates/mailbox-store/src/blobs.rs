@@ -1,0 +1,124 @@
+//! Content-addressed message blobs: stored once, streamed in chunks, and
+//! collected when nothing refers to them.
+
+use mailstore_api::pb;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{Result, StoreError};
+use crate::wire::BoxStream;
+
+pub const BODY_CHUNK: i64 = 256 * 1024;
+
+/// Ensures a blob exists (stored once per content).
+pub(crate) async fn put_blob(conn: &mut PgConnection, hash: &[u8], data: &[u8]) -> Result<()> {
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM blobs WHERE hash = $1) AS "exists!""#,
+        hash
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !exists {
+        sqlx::query!(
+            "INSERT INTO blobs (hash, size, data) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+            hash,
+            data.len() as i64,
+            data
+        )
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Streams a blob (or a byte range of it) in chunks, reading each chunk with
+/// `substring` so memory stays at one chunk however large the message.
+pub(crate) fn stream_blob(
+    pool: PgPool,
+    hash: Vec<u8>,
+    offset: u64,
+    length: u64,
+) -> BoxStream<pb::BodyChunk> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let total: Option<i64> =
+            match sqlx::query_scalar!("SELECT size FROM blobs WHERE hash = $1", &hash)
+                .fetch_optional(&pool)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.send(Err(StoreError::from(e).into())).await;
+                    return;
+                }
+            };
+        let Some(total) = total else {
+            let _ = tx.send(Err(StoreError::NotFound("message").into())).await;
+            return;
+        };
+        let start = i64::try_from(offset).unwrap_or(i64::MAX).min(total);
+        let end = if length == 0 {
+            total
+        } else {
+            start
+                .saturating_add(i64::try_from(length).unwrap_or(i64::MAX))
+                .min(total)
+        };
+        let mut pos = start;
+        let mut first = true;
+        loop {
+            let n = (end - pos).min(BODY_CHUNK);
+            let data: Vec<u8> = if n > 0 {
+                match sqlx::query_scalar!(
+                    // The offsets are bound as bigint and narrowed by PostgreSQL.
+                    r#"SELECT substring(data FROM $2::bigint::int FOR $3::bigint::int) AS "data!" FROM blobs WHERE hash = $1"#,
+                    &hash,
+                    pos + 1,
+                    n
+                )
+                .fetch_one(&pool)
+                .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send(Err(StoreError::from(e).into())).await;
+                        return;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            pos += data.len() as i64;
+            let chunk = pb::BodyChunk {
+                data,
+                total_size: if first { total as u64 } else { 0 },
+            };
+            first = false;
+            if tx.send(Ok(chunk)).await.is_err() || pos >= end || n == 0 {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// Deletes blobs no message and no queued job refers to any more. Best
+/// effort after commit: the foreign keys make it safe against a concurrent
+/// append that starts referring to the blob again (that delete then fails).
+pub(crate) async fn collect_garbage(pool: &PgPool, hashes: Vec<Vec<u8>>) {
+    if hashes.is_empty() {
+        return;
+    }
+    let res = sqlx::query!(
+        "DELETE FROM blobs b WHERE b.hash = ANY($1) \
+         AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.blob_hash = b.hash) \
+         AND NOT EXISTS (SELECT 1 FROM queue_jobs q WHERE q.blob_hash = b.hash)",
+        &hashes
+    )
+    .execute(pool)
+    .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "blob garbage collection skipped");
+    }
+}

@@ -1,0 +1,33 @@
+//! Periodic housekeeping of one store process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::blobs::collect_garbage;
+use crate::db::Store;
+
+/// Periodic housekeeping: old auth failures, expired locks, finished jobs
+/// past retention, and the blobs they leave behind.
+pub async fn janitor(store: Arc<Store>, shutdown: service_kit::Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let pool = &store.pool;
+        let _ = sqlx::query!("DELETE FROM auth_failures WHERE at < now() - interval '1 hour'")
+            .execute(pool)
+            .await;
+        let _ = sqlx::query!("DELETE FROM locks WHERE expires_at < now() - interval '1 hour'")
+            .execute(pool)
+            .await;
+        let hashes: Vec<Vec<u8>> = sqlx::query_scalar!(
+            "DELETE FROM queue_jobs WHERE state = 2 AND updated_at < now() - interval '7 days' RETURNING blob_hash"
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        collect_garbage(pool, hashes).await;
+    }
+}

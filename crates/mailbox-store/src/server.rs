@@ -1,0 +1,151 @@
+//! The gRPC server: binds the listeners, wires the three services behind the
+//! token check, runs the janitor, and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mailstore_api::pb;
+use service_kit::{HealthServer, Shutdown};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::db::{Store, migrate, pool};
+use crate::{accounts, auth, janitor, mailboxes, notify, queue};
+
+/// How long in-flight calls may run after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A store bound to its sockets, ready to serve.
+pub struct Server {
+    grpc: TcpListener,
+    health: HealthServer,
+    store: Arc<Store>,
+}
+
+impl Server {
+    /// Connects to the database, migrates, and binds the listeners.
+    ///
+    /// # Errors
+    /// On database, migration or bind failures.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let pool = pool(&config.database_url, config.db_connections)?;
+        if config.migrate {
+            migrate(&pool).await?;
+        }
+        let hub = notify::Hub::start(pool.clone());
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind gRPC listener {}", config.listen))?;
+        let ready_pool = pool.clone();
+        let readiness: service_kit::Readiness = Arc::new(move || {
+            let pool = ready_pool.clone();
+            Box::pin(async move {
+                sqlx::query_scalar!(r#"SELECT 1 AS "one!""#)
+                    .fetch_one(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("database: {e}"))
+            })
+        });
+        let health = HealthServer::bind(config.http_listen, readiness)
+            .await
+            .with_context(|| format!("bind HTTP listener {}", config.http_listen))?;
+        Ok(Self {
+            grpc,
+            health,
+            store: Arc::new(Store { pool, config, hub }),
+        })
+    }
+
+    /// The bound gRPC address.
+    ///
+    /// # Errors
+    /// If the socket has no local address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The bound HTTP address.
+    ///
+    /// # Errors
+    /// If the socket has no local address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.health.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// On a fatal transport error.
+    pub async fn serve(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let store = self.store;
+        let auth = auth::TokenCheck::new(&store.config.token);
+        let max = mailstore_api::client::MAX_MESSAGE_SIZE;
+        let accounts = pb::accounts_server::AccountsServer::with_interceptor(
+            accounts::AccountsSvc::new(store.clone()),
+            auth.clone(),
+        );
+        let mailboxes = tonic::service::interceptor::InterceptedService::new(
+            pb::mailboxes_server::MailboxesServer::new(mailboxes::MailboxesSvc::new(store.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            auth.clone(),
+        );
+        let queue = tonic::service::interceptor::InterceptedService::new(
+            pb::queue_server::QueueServer::new(queue::QueueSvc::new(store.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            auth,
+        );
+        let janitor = tokio::spawn(janitor::janitor(store.clone(), shutdown.clone()));
+        let health = tokio::spawn(self.health.serve(shutdown.clone()));
+        tracing::info!(addr = ?self.grpc.local_addr().ok(), "mailbox-store serving");
+        // TCP_NODELAY on every accepted connection: without it, small
+        // streamed responses wait ~40 ms for Nagle + delayed ACK.
+        // (Server::tcp_nodelay does not apply to serve_with_incoming.)
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let sd = shutdown.clone();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(accounts)
+            .add_service(mailboxes)
+            .add_service(queue)
+            .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await });
+        // On shutdown, in-flight calls get a grace period; long-lived Watch
+        // and Lease streams would otherwise hold the process forever.
+        let grace = shutdown.clone();
+        let result = tokio::select! {
+            r = server => r,
+            () = async move {
+                grace.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::info!("grace period over; closing remaining streams");
+                Ok(())
+            }
+        };
+        shutdown.cancel();
+        janitor.abort();
+        let _ = health.await;
+        store.hub.stop();
+        result.context("gRPC server")
+    }
+}
+
+/// Runs the store until shutdown (the binary's entry point).
+///
+/// # Errors
+/// On start-up or fatal serving errors.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    println!(
+        "listening grpc={} http={}",
+        server.grpc_addr()?,
+        server.http_addr()?
+    );
+    server.serve(shutdown).await
+}
