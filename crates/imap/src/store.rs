@@ -115,7 +115,7 @@ impl Store {
                 user_id: r.user_id,
                 address: r.address,
             },
-            Ok(pb::AuthStatus::Throttled) => AuthOutcome::Throttled,
+            Ok(pb::AuthStatus::Throttled | pb::AuthStatus::Unavailable) => AuthOutcome::Throttled,
             _ => AuthOutcome::Failed,
         })
     }

@@ -8,6 +8,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::accounts_client::AccountsClient;
+use crate::pb::guard_client::GuardClient;
 use crate::pb::mailboxes_client::MailboxesClient;
 use crate::pb::queue_client::QueueClient;
 
@@ -44,13 +45,16 @@ impl Interceptor for AuthInterceptor {
 
 type Authed = InterceptedService<Channel, AuthInterceptor>;
 
-/// Clients for the three store services over one (lazily connected,
+/// Clients for the store services over one (lazily connected,
 /// reconnecting) HTTP/2 channel. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StoreClient {
     pub accounts: AccountsClient<Authed>,
     pub mailboxes: MailboxesClient<Authed>,
     pub queue: QueueClient<Authed>,
+    /// Limits and marks shared by every replica (rate limits, bans, the
+    /// pre-greeting pass).
+    pub guard: GuardClient<Authed>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +91,9 @@ pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> 
         mailboxes: MailboxesClient::with_interceptor(channel.clone(), auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
-        queue: QueueClient::with_interceptor(channel, auth)
+        queue: QueueClient::with_interceptor(channel.clone(), auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        guard: GuardClient::with_interceptor(channel, auth),
     })
 }

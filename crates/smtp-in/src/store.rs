@@ -214,7 +214,9 @@ impl Backend {
                         address: resp.address,
                     }),
                     Ok(AuthStatus::Failed) => Ok(AuthOutcome::Failed),
-                    Ok(AuthStatus::Throttled) => Ok(AuthOutcome::Throttled),
+                    Ok(AuthStatus::Throttled | AuthStatus::Unavailable) => {
+                        Ok(AuthOutcome::Throttled)
+                    }
                     _ => Err(StoreError::Protocol),
                 }
             }

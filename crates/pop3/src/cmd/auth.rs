@@ -144,7 +144,7 @@ impl Session {
                 tracing::info!(user_id = resp.user_id, "authenticated");
                 self.open_maildrop(resp.user_id, out).await
             }
-            pb::AuthStatus::Throttled => {
+            pb::AuthStatus::Throttled | pb::AuthStatus::Unavailable => {
                 metrics::counter!("pop3_logins_total", "result" => "throttled").increment(1);
                 tokio::time::sleep(self.cfg().auth_failure_delay).await;
                 self.reply(
