@@ -127,6 +127,7 @@ pub enum Exit {
     Closed,
 }
 
+/// The user an AUTH exchange authenticated (RFC 4954).
 #[derive(Debug)]
 pub(crate) struct AuthUser {
     pub(crate) id: u64,
@@ -161,7 +162,9 @@ pub(crate) enum State {
 
 /// What the command loop does next.
 pub(crate) enum Flow {
+    /// Read the next command.
     Continue,
+    /// Leave the loop.
     Exit(Exit),
 }
 
