@@ -5,6 +5,9 @@
 //! responses, never to the null sender). Shared by `delivery` (local
 //! failures) and `smtp-out` (remote failures and delays), so both write the
 //! same report.
+//!
+//! Status codes are read with `mail-wire`'s RFC 3463 grammar, and the
+//! original header block gets its line ends made CRLF by `mail-wire` too.
 
 use std::fmt::Write as _;
 
@@ -236,15 +239,8 @@ pub fn build_with(r: &Report<'_>, action: Action) -> Vec<u8> {
         "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     );
     let mut out = m.into_bytes();
-    // The original header block, with every line ending made CRLF.
-    let mut prev = 0u8;
-    for &b in r.original_headers {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        prev = b;
-    }
+    // The original header block, with every bare LF made CRLF.
+    out.extend_from_slice(&mail_wire::crlf::bare_lf_to_crlf(r.original_headers));
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -252,20 +248,14 @@ pub fn build_with(r: &Report<'_>, action: Action) -> Vec<u8> {
     out
 }
 
-/// The enhanced status code at the start of a reason ("5.1.1 …"), or a default.
+/// The enhanced status code (RFC 3463 §2) at the start of a reason
+/// ("5.1.1 …"), or a default.
 #[must_use]
 pub fn status_of(reason: &str, default: &str) -> String {
     let first = reason.split_whitespace().next().unwrap_or("");
-    let parts: Vec<&str> = first.split('.').collect();
-    if parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        first.to_string()
-    } else {
-        default.to_string()
-    }
+    mail_wire::EnhancedStatus::parse(first)
+        .filter(|s| s.to_string() == first)
+        .map_or_else(|| default.to_string(), |s| s.to_string())
 }
 
 /// The idempotency key of a DSN: one per job, kind and recipient set, so a
@@ -426,5 +416,8 @@ mod tests {
         )));
         assert_eq!(status_of("5.2.2 mailbox full", "5.0.0"), "5.2.2");
         assert_eq!(status_of("no code", "5.0.0"), "5.0.0");
+        // RFC 3463 §2: class 2, 4 or 5; subject and detail 1–3 digits.
+        assert_eq!(status_of("9.1.1 odd", "5.0.0"), "5.0.0");
+        assert_eq!(status_of("5.1.1234 odd", "5.0.0"), "5.0.0");
     }
 }

@@ -21,6 +21,7 @@
 //! CR/LF policy); [`session`] the state machine; [`conn`] TLS and the
 //! STARTTLS switch; [`io`] buffered timed I/O; [`store`] the store calls.
 
+mod cmd;
 pub mod conn;
 pub mod io;
 pub mod proto;

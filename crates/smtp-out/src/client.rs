@@ -208,10 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             buf: Vec::new(),
             caps: Capabilities::default(),
             tls: None,
-            greeting: Reply {
-                code: 0,
-                lines: Vec::new(),
-            },
+            greeting: Reply::multi(0, None, Vec::new()),
             timeouts,
             dirty: false,
             transactions: 0,
@@ -338,10 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         use base64::Engine as _;
         let refuse = |text: &str| ClientError::Refused {
             stage: "AUTH",
-            reply: Reply {
-                code: 530,
-                lines: vec![text.to_string()],
-            },
+            reply: Reply::new(530, None, text.to_string()),
         };
         if self.tls.is_none() {
             return Err(refuse("5.7.0 not sending credentials without TLS"));

@@ -1,10 +1,11 @@
-//! SMTP command lines (RFC 5321 §4.1) and their ESMTP parameters: SIZE
-//! (RFC 1870), BODY (RFC 6152, RFC 3030), SMTPUTF8 (RFC 6531), DSN
-//! (RFC 3461: RET, ENVID, NOTIFY, ORCPT), AUTH (RFC 4954 §5).
+//! SMTP command lines (RFC 5321 §4.1). Paths and ESMTP parameters (SIZE,
+//! BODY, SMTPUTF8, DSN, AUTH) are parsed by `mail-wire`.
 //!
 //! Bytes in, [`Command`] or [`ParseError`] out: no I/O here.
 
-use super::address::{self, ForwardPath, PathError, ReversePath};
+use mail_wire::params::{self, ParamError};
+pub use mail_wire::params::{BodyType, MailParams, RcptParams, notify};
+use mail_wire::path::{self, ForwardPath, PathError, ReversePath};
 
 /// RFC 5321 §4.5.3.1.4 allows 512 octets for a command line; the DSN
 /// extension (RFC 3461 §5) adds up to 500 for ORCPT/ENVID. We accept 1000
@@ -12,12 +13,6 @@ use super::address::{self, ForwardPath, PathError, ReversePath};
 pub const MAX_COMMAND_LINE: usize = 1000;
 /// RFC 4954 §4: a SASL response line may be up to 12288 octets.
 pub const MAX_AUTH_LINE: usize = 12_288;
-/// RFC 3461 §4.4: ENVID at most 100 characters.
-pub const MAX_ENVID: usize = 100;
-/// RFC 3461 §4.2: ORCPT at most 500 characters.
-pub const MAX_ORCPT: usize = 500;
-/// Longest decimal number we parse for SIZE/BDAT (u64 has 20 digits).
-const MAX_DIGITS: usize = 20;
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,62 +91,6 @@ impl Command {
     }
 }
 
-/// BODY= values (RFC 6152 §2, RFC 3030 §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyType {
-    /// 7BIT.
-    SevenBit,
-    /// 8BITMIME.
-    EightBitMime,
-}
-
-impl BodyType {
-    /// The keyword as stored in the queue.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SevenBit => "7BIT",
-            Self::EightBitMime => "8BITMIME",
-        }
-    }
-}
-
-/// Parameters of MAIL FROM.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MailParams {
-    /// RFC 1870 declared size.
-    pub size: Option<u64>,
-    /// RFC 6152 BODY.
-    pub body: Option<BodyType>,
-    /// RFC 6531 SMTPUTF8.
-    pub smtputf8: bool,
-    /// RFC 3461 RET ("FULL" / "HDRS").
-    pub ret: Option<String>,
-    /// RFC 3461 ENVID (xtext, as received).
-    pub envid: Option<String>,
-}
-
-/// RFC 3461 §4.1 NOTIFY bits, the same values as `mailstore.v1.Notify`.
-pub mod notify {
-    /// NEVER.
-    pub const NEVER: u32 = 1;
-    /// SUCCESS.
-    pub const SUCCESS: u32 = 2;
-    /// FAILURE.
-    pub const FAILURE: u32 = 4;
-    /// DELAY.
-    pub const DELAY: u32 = 8;
-}
-
-/// Parameters of RCPT TO.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RcptParams {
-    /// Bit set of [`notify`] values; 0 when not given.
-    pub notify: u32,
-    /// RFC 3461 ORCPT, as received ("rfc822;user@example.org").
-    pub orcpt: Option<String>,
-}
-
 /// Why a command line was refused. Each maps to one reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -181,6 +120,18 @@ pub enum ParseError {
 impl From<PathError> for ParseError {
     fn from(e: PathError) -> Self {
         Self::Path(e)
+    }
+}
+
+impl From<ParamError> for ParseError {
+    fn from(e: ParamError) -> Self {
+        match e {
+            ParamError::Syntax => Self::Syntax,
+            ParamError::Unknown => Self::UnknownParam,
+            ParamError::BadValue => Self::BadParamValue,
+            ParamError::BodyType => Self::BodyType,
+            ParamError::TooBig => Self::TooBig,
+        }
     }
 }
 
@@ -252,119 +203,19 @@ fn split_keyword<'a>(rest: &'a str, keyword: &str) -> Result<(&'a str, &'a str),
         return Err(ParseError::Syntax);
     }
     let after = rest[keyword.len()..].trim_start_matches(' ');
-    let (inner, params) = address::split_path(after)?;
-    Ok((inner, params))
-}
-
-/// `key[=value]` pairs separated by spaces.
-fn params(s: &str) -> Result<Vec<(String, Option<&str>)>, ParseError> {
-    if !s.is_empty() && !s.starts_with(' ') {
-        return Err(ParseError::Syntax);
-    }
-    let mut out = Vec::new();
-    for p in s.split(' ').filter(|p| !p.is_empty()) {
-        let (k, v) = match p.find('=') {
-            Some(i) => (&p[..i], Some(&p[i + 1..])),
-            None => (p, None),
-        };
-        // RFC 5321 §4.1.2 esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
-        if k.is_empty()
-            || !k.starts_with(|c: char| c.is_ascii_alphanumeric())
-            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err(ParseError::Syntax);
-        }
-        let key = k.to_ascii_uppercase();
-        if out
-            .iter()
-            .any(|(seen, _): &(String, Option<&str>)| *seen == key)
-        {
-            return Err(ParseError::BadParamValue);
-        }
-        out.push((key, v));
-    }
-    if out.len() > 16 {
-        return Err(ParseError::Syntax);
-    }
-    Ok(out)
+    Ok(path::split_path(after)?)
 }
 
 fn parse_mail(rest: &str) -> Result<Command, ParseError> {
     let (inner, tail) = split_keyword(rest, "FROM:")?;
-    let mut p = MailParams::default();
-    for (key, value) in params(tail)? {
-        match (key.as_str(), value) {
-            ("SIZE", Some(v)) => {
-                p.size = Some(parse_number(v).map_err(|e| {
-                    if e == ParseError::TooBig {
-                        e
-                    } else {
-                        ParseError::BadParamValue
-                    }
-                })?)
-            }
-            ("BODY", Some(v)) => {
-                p.body = Some(match v.to_ascii_uppercase().as_str() {
-                    "7BIT" => BodyType::SevenBit,
-                    "8BITMIME" => BodyType::EightBitMime,
-                    _ => return Err(ParseError::BodyType),
-                });
-            }
-            ("SMTPUTF8", None) => p.smtputf8 = true,
-            ("RET", Some(v)) => {
-                let v = v.to_ascii_uppercase();
-                if v != "FULL" && v != "HDRS" {
-                    return Err(ParseError::BadParamValue);
-                }
-                p.ret = Some(v);
-            }
-            ("ENVID", Some(v)) => {
-                if v.len() > MAX_ENVID || !is_xtext(v) {
-                    return Err(ParseError::BadParamValue);
-                }
-                p.envid = Some(v.to_string());
-            }
-            // RFC 4954 §5: AUTH=<mailbox> is informational; we accept and
-            // ignore it (the authenticated identity comes from AUTH itself).
-            ("AUTH", Some(v)) => {
-                if !is_xtext(v) && v != "<>" {
-                    return Err(ParseError::BadParamValue);
-                }
-            }
-            ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH", None) | ("SMTPUTF8", Some(_)) => {
-                return Err(ParseError::BadParamValue);
-            }
-            _ => return Err(ParseError::UnknownParam),
-        }
-    }
-    let from = address::parse_reverse_path(inner, p.smtputf8)?;
+    let p = params::parse_mail(tail)?;
+    let from = path::parse_reverse_path(inner, p.smtputf8)?;
     Ok(Command::Mail { from, params: p })
 }
 
 fn parse_rcpt(rest: &str) -> Result<Command, ParseError> {
     let (inner, tail) = split_keyword(rest, "TO:")?;
-    let mut p = RcptParams::default();
-    for (key, value) in params(tail)? {
-        match (key.as_str(), value) {
-            ("NOTIFY", Some(v)) => p.notify = parse_notify(v)?,
-            ("ORCPT", Some(v)) => {
-                // RFC 3461 §4.2: addr-type ";" xtext
-                let ok = v.len() <= MAX_ORCPT
-                    && v.split_once(';').is_some_and(|(t, x)| {
-                        !t.is_empty()
-                            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                            && !x.is_empty()
-                            && is_xtext(x)
-                    });
-                if !ok {
-                    return Err(ParseError::BadParamValue);
-                }
-                p.orcpt = Some(v.to_string());
-            }
-            ("NOTIFY" | "ORCPT", None) => return Err(ParseError::BadParamValue),
-            _ => return Err(ParseError::UnknownParam),
-        }
-    }
+    let p = params::parse_rcpt(tail)?;
     Ok(Command::Rcpt {
         path: inner.to_string(),
         params: p,
@@ -376,70 +227,13 @@ fn parse_rcpt(rest: &str) -> Result<Command, ParseError> {
 /// # Errors
 /// See [`PathError`].
 pub fn parse_rcpt_path(inner: &str, smtputf8: bool) -> Result<ForwardPath, PathError> {
-    address::parse_forward_path(inner, smtputf8)
-}
-
-/// RFC 3461 §4.1: "NEVER" or a comma list of SUCCESS, FAILURE, DELAY.
-fn parse_notify(v: &str) -> Result<u32, ParseError> {
-    let mut bits = 0;
-    for item in v.split(',') {
-        let bit = match item.to_ascii_uppercase().as_str() {
-            "NEVER" => notify::NEVER,
-            "SUCCESS" => notify::SUCCESS,
-            "FAILURE" => notify::FAILURE,
-            "DELAY" => notify::DELAY,
-            _ => return Err(ParseError::BadParamValue),
-        };
-        if bits & bit != 0 {
-            return Err(ParseError::BadParamValue);
-        }
-        bits |= bit;
-    }
-    if bits & notify::NEVER != 0 && bits != notify::NEVER {
-        return Err(ParseError::BadParamValue);
-    }
-    Ok(bits)
-}
-
-/// RFC 3461 §4: xtext = *( xchar / hexchar ), xchar = %d33-42 / %d44-60 /
-/// %d62-126, hexchar = "+" 2(%d48-57 / %d65-70).
-fn is_xtext(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => {
-                let hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
-                if !(b.get(i + 1).copied().is_some_and(hex)
-                    && b.get(i + 2).copied().is_some_and(hex))
-                {
-                    return false;
-                }
-                i += 3;
-            }
-            33..=42 | 44..=60 | 62..=126 => i += 1,
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// A decimal number without sign; more digits than a u64 holds is
-/// [`ParseError::TooBig`].
-fn parse_number(s: &str) -> Result<u64, ParseError> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ParseError::Syntax);
-    }
-    if s.len() > MAX_DIGITS {
-        return Err(ParseError::TooBig);
-    }
-    s.parse::<u64>().map_err(|_| ParseError::TooBig)
+    path::parse_forward_path(inner, smtputf8)
 }
 
 /// RFC 3030 §2: `BDAT SP chunk-size [SP end-marker]`.
 fn parse_bdat(rest: &str) -> Result<Command, ParseError> {
     let mut parts = rest.split(' ');
-    let size = parse_number(parts.next().unwrap_or_default())?;
+    let size = params::parse_decimal(parts.next().unwrap_or_default())?;
     let last = match parts.next() {
         None => false,
         Some(m) if m.eq_ignore_ascii_case("LAST") => true,
@@ -454,7 +248,8 @@ fn parse_bdat(rest: &str) -> Result<Command, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::address::Mailbox;
+    use mail_wire::path::{Host, Mailbox};
+    use mail_wire::{Domain, LocalPart};
 
     fn p(s: &str) -> Result<Command, ParseError> {
         parse_command(s.as_bytes())
@@ -486,9 +281,8 @@ mod tests {
         let got = p("MAIL FROM:<a@B.example> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=QQ+2B1");
         let want = Command::Mail {
             from: ReversePath::Mailbox(Mailbox {
-                local: "a".into(),
-                domain: "b.example".into(),
-                literal: false,
+                local: LocalPart::new("a").expect("valid"),
+                host: Host::Domain(Domain::parse("b.example").expect("valid")),
             }),
             params: MailParams {
                 size: Some(1000),
@@ -655,15 +449,5 @@ mod tests {
         );
         assert_eq!(p("AUTH"), Err(ParseError::Syntax));
         assert_eq!(p("AUTH PLAIN a b"), Err(ParseError::Syntax));
-    }
-
-    #[test]
-    fn xtext() {
-        assert!(is_xtext("abc+2B"));
-        assert!(!is_xtext("abc+2"));
-        assert!(!is_xtext("abc+"));
-        assert!(!is_xtext("a b"));
-        assert!(!is_xtext("a=b"));
-        assert!(!is_xtext("+zz"));
     }
 }

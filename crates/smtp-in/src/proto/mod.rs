@@ -1,23 +1,23 @@
-//! The SMTP grammar, pure: bytes in, commands / replies / message content
-//! out. No tokio, no tonic here, so all of it is tested with plain unit
-//! tests (every case also split at every byte boundary where it matters).
+//! The receiver's SMTP grammar, pure: bytes in, commands / replies out. No
+//! tokio, no tonic here, so all of it is tested with plain unit tests. The
+//! vocabulary shared with the other services (paths, parameters, replies,
+//! SASL, the DATA decoder) is `mail-wire`; this module holds what only a
+//! receiver needs: command lines, line framing and its table of replies.
 
-pub mod address;
-pub mod body;
+pub mod codes;
 pub mod command;
 pub mod line;
-pub mod reply;
-pub mod sasl;
 
-pub use reply::{Reply, codes};
+pub use codes::Reply;
 
 /// Randomised tests (a cheap stand-in for fuzzing, seeded so failures
 /// reproduce): no input makes a parser panic, and every body survives a
 /// dot-stuffing round trip through the DATA decoder.
 #[cfg(test)]
 mod random_tests {
-    use super::body::{BodyDecoder, Mode};
     use super::{command, line};
+    use mail_wire::body::{BodyDecoder, Mode};
+    use mail_wire::{path, sasl};
 
     /// xorshift64*: deterministic, no dependency.
     struct Rng(u64);
@@ -79,9 +79,9 @@ mod random_tests {
             let _ = command::parse_command(&input);
             let _ = line::frame(&input, 64);
             if let Ok(s) = std::str::from_utf8(&input) {
-                let _ = super::address::parse_forward_path(s, rng.below(2) == 0);
-                let _ = super::address::parse_reverse_path(s, rng.below(2) == 0);
-                let _ = super::sasl::decode_plain(s);
+                let _ = path::parse_forward_path(s, rng.below(2) == 0);
+                let _ = path::parse_reverse_path(s, rng.below(2) == 0);
+                let _ = sasl::plain::decode_credentials(s);
             }
             let mut d = BodyDecoder::new(Mode::Data, 1 << 20);
             let mut out = Vec::new();

@@ -323,4 +323,32 @@ mod tests {
         assert_eq!(d.defect(), Some(Defect::LineTooLong));
         assert!(out.len() <= MAX_TEXT_LINE);
     }
+
+    /// What the outbound encoder sends, the inbound decoder takes back:
+    /// the message with every line end made CRLF, ended exactly at ".CRLF".
+    #[test]
+    fn encoder_round_trip() {
+        for raw in [
+            &b""[..],
+            b"a",
+            b"a\r\n.\r\nb",
+            b"a\n.\r\nb",
+            b"..x\r\n.y",
+            b"a\r.\rb\r",
+            b".\r\n",
+        ] {
+            let mut wire = crate::dotstuff::encode_all(raw);
+            let sent = wire.len();
+            wire.extend_from_slice(b"QUIT\r\n");
+            let (end, out, defect) = decode(Mode::Data, &wire);
+            assert_eq!(end, Some(sent), "{raw:?}");
+            assert_eq!(defect, None, "{raw:?}");
+            assert_eq!(out.len() as u64, crate::crlf::crlf_size(raw), "{raw:?}");
+            let mut want = crate::crlf::normalise_crlf(raw);
+            if !want.is_empty() && !want.ends_with(b"\r\n") {
+                want.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(out, want, "{raw:?}");
+        }
+    }
 }

@@ -9,42 +9,68 @@
 //! interpreted. Source routes (`<@a,@b:user@c>`) are parsed and dropped, as
 //! RFC 5321 §4.1.1.3 and Appendix C ask; what remains is validated normally.
 
-/// RFC 5321 §4.5.3.1.1: maximum local-part length.
-pub const MAX_LOCAL_PART: usize = 64;
-/// RFC 5321 §4.5.3.1.2: maximum domain length.
-pub const MAX_DOMAIN: usize = 255;
+use crate::address::{Domain, LocalPart, MAX_DOMAIN, MAX_LOCAL_PART, is_dot_string};
+
 /// RFC 5321 §4.5.3.1.3: maximum path length including the angle brackets.
 pub const MAX_PATH: usize = 256;
+
+/// The host part of a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A domain name.
+    Domain(Domain),
+    /// An address literal with its brackets, lower-cased (`[192.0.2.1]`,
+    /// RFC 5321 §4.1.3).
+    Literal(String),
+}
 
 /// A mailbox `local@domain`. The domain is lower-cased; the local part is
 /// kept as sent (RFC 5321 §2.4: only the receiving host interprets it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mailbox {
     /// Local part, unquoted.
-    pub local: String,
-    /// Domain name, lower-cased, or an address literal with its brackets.
-    pub domain: String,
-    /// The domain is an address literal (`[192.0.2.1]`).
-    pub literal: bool,
+    pub local: LocalPart,
+    /// Domain name or address literal.
+    pub host: Host,
 }
 
 impl Mailbox {
-    /// `local@domain`, the local part quoted again when it is not a
+    /// `local@domain` with the domain as the client wrote it, lower-cased
+    /// (U-labels kept), the local part quoted again when it is not a
     /// dot-string (only possible for senders, see [`parse_reverse_path`]).
     #[must_use]
     pub fn address(&self) -> String {
-        if is_dot_string(&self.local, true) {
-            format!("{}@{}", self.local, self.domain)
-        } else {
-            let quoted = self.local.replace('\\', "\\\\").replace('"', "\\\"");
-            format!("\"{quoted}\"@{}", self.domain)
+        format!("{}@{}", self.local.to_wire(), self.host_str())
+    }
+
+    /// The domain as written (lower-cased), or the literal with brackets.
+    #[must_use]
+    pub fn host_str(&self) -> &str {
+        match &self.host {
+            Host::Domain(d) => d.as_utf8(),
+            Host::Literal(l) => l,
+        }
+    }
+
+    /// The domain is an address literal (`[192.0.2.1]`).
+    #[must_use]
+    pub fn is_literal(&self) -> bool {
+        matches!(self.host, Host::Literal(_))
+    }
+
+    /// The domain, unless it is a literal.
+    #[must_use]
+    pub fn domain(&self) -> Option<&Domain> {
+        match &self.host {
+            Host::Domain(d) => Some(d),
+            Host::Literal(_) => None,
         }
     }
 
     /// True when any part is non-ASCII (needs SMTPUTF8).
     #[must_use]
     pub fn is_utf8(&self) -> bool {
-        !self.local.is_ascii() || !self.domain.is_ascii()
+        self.local.is_utf8() || !self.host_str().is_ascii()
     }
 }
 
@@ -202,6 +228,7 @@ fn finish_mailbox(local: String, domain: &str, utf8: bool) -> Result<Mailbox, Pa
     if local.len() > MAX_LOCAL_PART {
         return Err(PathError::TooLong);
     }
+    let local = LocalPart::new(local).map_err(|_| PathError::Syntax)?;
     if domain.starts_with('[') {
         // Address literal (RFC 5321 §4.1.3): valid syntax, but we neither
         // deliver to nor relay for literals.
@@ -217,15 +244,13 @@ fn finish_mailbox(local: String, domain: &str, utf8: bool) -> Result<Mailbox, Pa
         }
         return Ok(Mailbox {
             local,
-            domain: domain.to_ascii_lowercase(),
-            literal: true,
+            host: Host::Literal(domain.to_ascii_lowercase()),
         });
     }
     let domain = parse_domain(domain, utf8)?;
     Ok(Mailbox {
         local,
-        domain,
-        literal: false,
+        host: Host::Domain(domain),
     })
 }
 
@@ -253,24 +278,11 @@ fn parse_quoted(s: &str) -> Result<(String, &str), PathError> {
     Err(PathError::Syntax)
 }
 
-/// RFC 5322 atext, plus UTF-8 (RFC 6531 §3.3) when allowed.
-fn is_atext(c: char, utf8: bool) -> bool {
-    c.is_ascii_alphanumeric()
-        || "!#$%&'*+-/=?^_`{|}~".contains(c)
-        || (utf8 && !c.is_ascii() && !c.is_control())
-}
-
-/// `Dot-string = Atom *("." Atom)`.
-fn is_dot_string(s: &str, utf8: bool) -> bool {
-    !s.is_empty()
-        && s.split('.')
-            .all(|atom| !atom.is_empty() && atom.chars().all(|c| is_atext(c, utf8)))
-}
-
-/// Validates `Domain = sub-domain *("." sub-domain)` and lower-cases it.
+/// Validates `Domain = sub-domain *("." sub-domain)` (RFC 5321 §4.1.2;
+/// U-labels with SMTPUTF8, RFC 6531 §3.3) and makes a [`Domain`] of it.
 /// A trailing dot (absolute name) is reported as a relay trick: it names
 /// the same domain in a form a naive "is it ours?" comparison misses.
-fn parse_domain(s: &str, utf8: bool) -> Result<String, PathError> {
+fn parse_domain(s: &str, utf8: bool) -> Result<Domain, PathError> {
     if s.is_empty() {
         return Err(PathError::Syntax);
     }
@@ -296,7 +308,11 @@ fn parse_domain(s: &str, utf8: bool) -> Result<String, PathError> {
             return Err(PathError::Syntax);
         }
     }
-    Ok(s.to_lowercase())
+    // A U-label name that IDNA refuses cannot exist in the DNS.
+    Domain::parse(s).map_err(|e| match e {
+        crate::address::AddressError::TooLong => PathError::TooLong,
+        crate::address::AddressError::Syntax => PathError::Syntax,
+    })
 }
 
 #[cfg(test)]
@@ -311,9 +327,8 @@ mod tests {
 
     fn mbox(local: &str, domain: &str) -> ForwardPath {
         ForwardPath::Mailbox(Mailbox {
-            local: local.into(),
-            domain: domain.into(),
-            literal: false,
+            local: LocalPart::new(local).expect("valid local part"),
+            host: Host::Domain(Domain::parse(domain).expect("valid domain")),
         })
     }
 
@@ -376,7 +391,7 @@ mod tests {
         }
         // Literals parse, flagged, so the session refuses them.
         match fwd("<v@[192.0.2.1]>") {
-            Ok(ForwardPath::Mailbox(m)) => assert!(m.literal),
+            Ok(ForwardPath::Mailbox(m)) => assert!(m.is_literal()),
             other => panic!("{other:?}"),
         }
     }

@@ -1,0 +1,66 @@
+//! MAIL FROM (RFC 5321 §4.1.1.2): opens a transaction; on submission the
+//! sender must belong to the authenticated user.
+
+use mail_wire::path::ReversePath;
+
+use crate::proto::command::MailParams;
+use crate::proto::{Reply, codes};
+use crate::session::{Session, State, Transaction};
+
+impl Session {
+    pub(crate) async fn mail(&mut self, from: ReversePath, params: MailParams) -> Reply {
+        if params
+            .size
+            .is_some_and(|s| s > self.shared.limits.max_message_size)
+        {
+            // RFC 1870 §6.1.
+            return codes::too_big();
+        }
+        if let Some(user) = &self.auth {
+            // Submission: the envelope sender must be one of the user's
+            // addresses (CheckSender knows aliases).
+            let ReversePath::Mailbox(m) = &from else {
+                return codes::sender_not_owned();
+            };
+            match self
+                .shared
+                .backend
+                .check_sender(user.id, &m.address(), &self.sid)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(user = %user.address, sender = %m.address(), "sender not owned");
+                    return codes::sender_not_owned();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "CheckSender failed");
+                    return codes::store_unavailable();
+                }
+            }
+        }
+        self.transactions += 1;
+        let key = format!(
+            "smtp-in:{}:{}:{:016x}",
+            self.sid,
+            self.transactions,
+            rand::random::<u64>()
+        );
+        tracing::info!(from = %display_reverse(&from), "MAIL");
+        self.state = State::Mail(Transaction {
+            from,
+            params,
+            rcpts: Vec::new(),
+            key,
+            number: self.transactions,
+        });
+        codes::sender_ok()
+    }
+}
+
+fn display_reverse(p: &ReversePath) -> String {
+    match p {
+        ReversePath::Null => "<>".into(),
+        ReversePath::Mailbox(m) => m.address(),
+    }
+}
