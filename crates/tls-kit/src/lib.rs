@@ -7,10 +7,13 @@
 //! self-signed certificate generated on start — only when explicitly asked
 //! for, for development.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -44,11 +47,32 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Reads a PEM certificate chain and private key.
+/// Reads a PEM certificate chain and private key, and keeps watching
+/// them: every handshake first compares the files' modification time and
+/// size with what was loaded (two `stat` calls), and a changed pair is
+/// loaded before the handshake goes on — a renewed certificate (certbot,
+/// cert-manager's Secret volume swap) is used by the next connection
+/// without a restart. A new pair that does not load (half written, key and
+/// certificate not matching) is logged and the previous pair stays in use.
 ///
 /// # Errors
-/// Unreadable files, no certificate, no key, or a key that does not match.
+/// Unreadable files, no certificate, no key, or a key that does not match
+/// (at start-up: a service does not start with a broken pair).
 pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let resolver = ReloadingCert::load(cert, key)?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    Ok(Arc::new(config))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads and checks one certificate/key pair.
+fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let read = |path: &Path, e: &dyn std::fmt::Display| TlsError::Read {
         path: path.display().to_string(),
         detail: e.to_string(),
@@ -61,7 +85,66 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsE
         return Err(TlsError::NoCertificate(cert.display().to_string()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| read(key, &e))?;
-    server_config(chain, key_der)
+    Ok(CertifiedKey::from_der(chain, key_der, &provider())?)
+}
+
+/// Modification time and length of both files: what "changed" means.
+type Stamp = [(Option<SystemTime>, u64); 2];
+
+fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+/// The certificate resolver behind [`from_pem_files`].
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<(Option<Stamp>, Arc<CertifiedKey>)>,
+}
+
+impl ReloadingCert {
+    fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let before = stamp(cert, key);
+        let pair = load_pair(cert, key)?;
+        Ok(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            state: Mutex::new((before, Arc::new(pair))),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = stamp(&self.cert, &self.key);
+        if now.is_some() && now != state.0 {
+            match load_pair(&self.cert, &self.key) {
+                Ok(pair) => {
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                    state.1 = Arc::new(pair);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new TLS certificate not usable; keeping the previous one");
+                }
+            }
+            state.0 = now;
+        }
+        state.1.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
 }
 
 /// A self-signed certificate for `hostname`, `localhost` and `127.0.0.1`.
@@ -154,6 +237,74 @@ mod tests {
             from_pem_files(&dir.join("k.pem"), &dir.join("k.pem")),
             Err(TlsError::NoCertificate(_))
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
+
+    /// The server certificate a client sees in one in-memory handshake.
+    fn handshake(server: &Arc<ServerConfig>, roots: &RootCertStore) -> Vec<u8> {
+        let client_cfg = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut client = ClientConnection::new(Arc::new(client_cfg), name).expect("client");
+        let mut srv = ServerConnection::new(server.clone()).expect("server");
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).expect("client write");
+            srv.read_tls(&mut buf.as_slice()).expect("server read");
+            srv.process_new_packets().expect("server process");
+            let mut buf = Vec::new();
+            srv.write_tls(&mut buf).expect("server write");
+            client.read_tls(&mut buf.as_slice()).expect("client read");
+            client.process_new_packets().expect("client process");
+            if !client.is_handshaking() && !srv.is_handshaking() {
+                break;
+            }
+        }
+        client.peer_certificates().expect("certificate")[0]
+            .as_ref()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_replaced_certificate_is_used_by_the_next_handshake() {
+        let dir = std::env::temp_dir().join(format!("tls-kit-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let mut roots = RootCertStore::empty();
+        let mut ders = Vec::new();
+        for _ in 0..2 {
+            let certified = generate("localhost").expect("generate");
+            roots.add(certified.cert.der().clone()).expect("root");
+            ders.push((
+                certified.cert.der().as_ref().to_vec(),
+                certified.cert.pem(),
+                certified.signing_key.serialize_pem(),
+            ));
+        }
+        std::fs::write(&cert_path, &ders[0].1).expect("write");
+        std::fs::write(&key_path, &ders[0].2).expect("write");
+        let server = from_pem_files(&cert_path, &key_path).expect("config");
+        assert_eq!(handshake(&server, &roots), ders[0].0);
+
+        // Renewal: the next handshake presents the new certificate.
+        std::fs::write(&cert_path, &ders[1].1).expect("write");
+        std::fs::write(&key_path, &ders[1].2).expect("write");
+        assert_eq!(handshake(&server, &roots), ders[1].0);
+
+        // A broken new pair (key of the other certificate) keeps the last good one.
+        std::fs::write(&key_path, format!("{}\n", ders[0].2)).expect("write");
+        assert_eq!(handshake(&server, &roots), ders[1].0);
+        std::fs::write(&cert_path, "not a certificate").expect("write");
+        assert_eq!(handshake(&server, &roots), ders[1].0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
