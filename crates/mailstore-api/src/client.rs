@@ -61,6 +61,12 @@ pub struct StoreClient {
 pub enum StoreClientError {
     #[error("store token contains characters not allowed in a header")]
     BadToken,
+    #[error(
+        "no store token: set EPISTOLE_STORE_TOKEN (--store-token) or EPISTOLE_STORE_TOKEN_FILE (--store-token-file)"
+    )]
+    NoToken,
+    #[error("read store token file {0}: {1}")]
+    TokenFile(String, String),
     #[error("invalid store address {0:?}: {1}")]
     BadAddress(String, String),
 }
@@ -82,6 +88,9 @@ pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> 
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    if token.is_empty() {
+        return Err(StoreClientError::NoToken);
+    }
     let channel = endpoint.connect_lazy();
     let auth = AuthInterceptor::new(token)?;
     Ok(StoreClient {

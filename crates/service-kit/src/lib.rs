@@ -38,9 +38,14 @@ pub struct StoreArgs {
     #[arg(
         long = "store-token",
         env = "EPISTOLE_STORE_TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        default_value = ""
     )]
     pub token: String,
+    /// File holding the store token (a mounted secret), used when
+    /// --store-token is not given.
+    #[arg(long = "store-token-file", env = "EPISTOLE_STORE_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -53,12 +58,44 @@ impl std::fmt::Debug for StoreArgs {
 }
 
 impl StoreArgs {
+    /// Store arguments with a token given directly (tests, tools).
+    #[must_use]
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: token.into(),
+            token_file: None,
+        }
+    }
+
+    /// The token: `--store-token`, else the first line of
+    /// `--store-token-file`. Never empty.
+    ///
+    /// # Errors
+    /// Neither is given, the file cannot be read, or the token is empty.
+    pub fn token(&self) -> Result<String, mailstore_api::StoreClientError> {
+        if !self.token.is_empty() {
+            return Ok(self.token.clone());
+        }
+        let Some(path) = &self.token_file else {
+            return Err(mailstore_api::StoreClientError::NoToken);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            mailstore_api::StoreClientError::TokenFile(path.display().to_string(), e.to_string())
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        if token.is_empty() {
+            return Err(mailstore_api::StoreClientError::NoToken);
+        }
+        Ok(token)
+    }
+
     /// A lazily connecting client for the store.
     ///
     /// # Errors
-    /// On a malformed URL or token.
+    /// On a malformed URL, or a missing or malformed token.
     pub fn client(&self) -> Result<mailstore_api::StoreClient, mailstore_api::StoreClientError> {
-        mailstore_api::connect(&self.url, &self.token)
+        mailstore_api::connect(&self.url, &self.token()?)
     }
 }
 

@@ -179,10 +179,7 @@ impl Config {
     #[must_use]
     pub fn new(store_url: impl Into<String>, store_token: impl Into<String>) -> Self {
         Self {
-            store: StoreArgs {
-                url: store_url.into(),
-                token: store_token.into(),
-            },
+            store: StoreArgs::new(store_url.into(), store_token.into()),
             hostname: "mx.test".into(),
             mx_listen: "127.0.0.1:0".into(),
             submission_listen: "127.0.0.1:0".into(),

@@ -357,10 +357,7 @@ pub async fn free_port() -> u16 {
 
 pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_out::Config {
     smtp_out::Config {
-        store: StoreArgs {
-            url: store.grpc_url.clone(),
-            token: store.token.clone(),
-        },
+        store: StoreArgs::new(store.grpc_url.clone(), store.token.clone()),
         worker_id: Some(format!("test-{:08x}", rand::random::<u32>())),
         hostname: "out.a.test".into(),
         batch: 32,
