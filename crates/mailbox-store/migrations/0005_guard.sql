@@ -35,14 +35,14 @@ CREATE TABLE auth_throttle (
     failures      INTEGER NOT NULL DEFAULT 0,             -- in the current window
     window_start  TIMESTAMPTZ NOT NULL DEFAULT now(),
     strikes       INTEGER NOT NULL DEFAULT 0,             -- bans in this episode
-    banned_until  TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+    banned_until  TIMESTAMPTZ NOT NULL DEFAULT 'epoch',
     last_failure  TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, key)
 );
 CREATE INDEX auth_throttle_last ON auth_throttle (GREATEST(last_failure, banned_until));
 
 -- Records one failed login for (kind, key) and returns the end of the ban
--- it is under afterwards ('-infinity' when none). One call is one atomic
+-- it is under afterwards ('epoch' when none). One call is one atomic
 -- check-and-record: the row is locked, so concurrent failures are counted
 -- exactly and only one of them starts a ban. The rule (documented in
 -- accounts/authenticate.rs and the README):
@@ -60,7 +60,7 @@ DECLARE
     n TIMESTAMPTZ := now();
 BEGIN
     IF p_key IS NULL OR p_key = '' THEN
-        RETURN '-infinity';
+        RETURN 'epoch';
     END IF;
     INSERT INTO auth_throttle (kind, key) VALUES (p_kind, p_key) ON CONFLICT DO NOTHING;
     SELECT * INTO r FROM auth_throttle WHERE kind = p_kind AND key = p_key FOR UPDATE;

@@ -103,8 +103,8 @@ async fn record_failure(
     account: Option<&str>,
 ) -> Result<()> {
     sqlx::query!(
-        r#"SELECT auth_fail('ip', $1, $3, $4, $7, $8, $9) AS "ip",
-                  auth_fail('account', $2, $5, $6, $7, $8, $9) AS "account""#,
+        r#"SELECT auth_fail('ip', $1, $3, $4, $7, $8, $9) > now() AS "ip_banned",
+                  auth_fail('account', $2, $5, $6, $7, $8, $9) > now() AS "account_banned""#,
         ip,
         account,
         int(c.auth_failure_limit.max(1)),
