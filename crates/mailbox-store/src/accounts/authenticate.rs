@@ -184,7 +184,9 @@ pub(super) async fn authenticate(
         _ => match store.hasher.verify(password.clone(), hash.clone()).await {
             Ok(v) => v,
             Err(crate::hashing::Busy) => {
-                tracing::warn!(sid = %req.session_id, "password hashing queue full");
+                // Counted (store_hash_queue_full_total), logged at debug only: a
+                // flood must not become a log flood.
+                tracing::debug!(sid = %req.session_id, "password hashing queue full");
                 return Ok(answer(pb::AuthStatus::Unavailable, 1_000));
             }
         },
