@@ -27,6 +27,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::Config;
 use crate::error::sqlstate;
+use crate::hashing::{AuthCache, HashPool};
 use crate::notify;
 
 /// Embedded migrations (`crates/mailbox-store/migrations`).
@@ -37,6 +38,10 @@ pub struct Store {
     pub pool: PgPool,
     pub config: Config,
     pub hub: notify::Hub,
+    /// The bounded argon2 pool every password check and hash goes through.
+    pub hasher: HashPool,
+    /// Recently verified logins.
+    pub auth_cache: AuthCache,
 }
 
 /// Connects a pool to the database.

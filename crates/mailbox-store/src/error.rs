@@ -18,6 +18,10 @@ pub enum StoreError {
     TooLarge(u64),
     #[error("over quota")]
     OverQuota,
+    /// A count limit (e.g. mailboxes per user): RESOURCE_EXHAUSTED like a
+    /// quota, with its own message; the caller knows which limit its RPC has.
+    #[error("{0}")]
+    LimitReached(&'static str),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -79,6 +83,7 @@ impl From<StoreError> for Status {
                 Status::out_of_range(format!("message larger than {limit} bytes"))
             }
             StoreError::OverQuota => Status::resource_exhausted("over quota"),
+            StoreError::LimitReached(what) => Status::resource_exhausted(what),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "store unavailable");
                 Status::unavailable("store temporarily unavailable")

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use crate::blobs::collect_garbage;
 use crate::db::Store;
+use crate::guard;
 
-/// Periodic housekeeping: old auth failures, expired locks, finished jobs
+/// Periodic housekeeping: old auth failures and throttle rows, expired
+/// Guard counters and marks, the auth cache, expired locks, finished jobs
 /// past retention, and the blobs they leave behind.
 pub async fn janitor(store: Arc<Store>, shutdown: service_kit::Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(300));
@@ -16,9 +18,19 @@ pub async fn janitor(store: Arc<Store>, shutdown: service_kit::Shutdown) {
             () = shutdown.cancelled() => return,
         }
         let pool = &store.pool;
+        // `auth_failures` is no longer written (0005); this empties it.
         let _ = sqlx::query!("DELETE FROM auth_failures WHERE at < now() - interval '1 hour'")
             .execute(pool)
             .await;
+        // Throttle rows past their reset period carry nothing any more.
+        let _ = sqlx::query!(
+            "DELETE FROM auth_throttle WHERE GREATEST(last_failure, banned_until) < now() - make_interval(secs => $1)",
+            f64::from(store.config.auth_ban_reset_secs)
+        )
+        .execute(pool)
+        .await;
+        guard::collect_expired(pool).await;
+        store.auth_cache.sweep();
         let _ = sqlx::query!("DELETE FROM locks WHERE expires_at < now() - interval '1 hour'")
             .execute(pool)
             .await;

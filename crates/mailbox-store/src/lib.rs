@@ -22,17 +22,19 @@
 //! "uses"; every module may also use `error`):
 //!
 //! ```text
-//! server ──> accounts, mailboxes, queue, janitor, auth, config, db, notify
+//! server ──> accounts, mailboxes, queue, guard, janitor, auth, config, db,
+//!            hashing, notify
 //! mailboxes ──> queue (DeliverFromQueue), messages, blobs, search, db, wire,
 //!               names, flags, notify
-//! queue ──> messages, blobs, db, wire, names, flags, structure, notify
-//! accounts ──> db, wire, names
-//! janitor ──> blobs, db
+//! queue ──> messages, blobs, db, wire, names, flags, structure, notify, auth
+//! accounts ──> db, wire, names, auth, hashing, config
+//! guard ──> db, names
+//! janitor ──> blobs, db, guard
 //! messages ──> flags, structure, notify
 //! search ──> flags
 //! blobs ──> wire
-//! db ──> config, notify
-//! wire, names, flags, structure, notify, config, auth, error: leaves
+//! db ──> config, notify, hashing
+//! wire, names, flags, structure, notify, config, auth, hashing, error: leaves
 //! ```
 //!
 //! [`messages`] owns message insertion (UID and MODSEQ allocation, the row,
@@ -47,6 +49,8 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod flags;
+pub mod guard;
+pub mod hashing;
 pub mod janitor;
 pub mod mailboxes;
 pub mod messages;

@@ -69,6 +69,21 @@ pub fn address(raw: &str) -> Result<(String, String)> {
     Ok((local_part(l)?, domain(d)?))
 }
 
+/// The special-use folders every user gets (RFC 6154), by their canonical
+/// names. Another spelling of one of them ("junk", "TRASH") is refused for
+/// CREATE and RENAME: clients and users would take it for the special
+/// folder, and a `+junk` address (local parts are lower-cased) would file
+/// into the look-alike. INBOX in any case is INBOX itself (RFC 9051 §5.1).
+pub const SPECIAL_FOLDERS: [&str; 5] = ["Sent", "Drafts", "Trash", "Junk", "Archive"];
+
+/// Whether `name` is another spelling of a special folder's canonical name.
+#[must_use]
+pub fn special_lookalike(name: &str) -> bool {
+    SPECIAL_FOLDERS
+        .iter()
+        .any(|s| name.eq_ignore_ascii_case(s) && name != *s)
+}
+
 /// The canonical mailbox name: INBOX in any case is "INBOX".
 ///
 /// # Errors
@@ -96,9 +111,49 @@ pub fn mailbox(raw: &str) -> Result<String> {
     Ok(raw.to_string())
 }
 
+/// The key a client address is counted under: an IPv4 address as is
+/// (IPv4-mapped IPv6 too), an IPv6 address reduced to its first
+/// `v6_prefix` bits, written as `network/prefix`. An attacker holds a whole
+/// /64 (RFC 6177), so counting per /128 would give them 2^64 tries.
+/// None when `raw` is not an IP address (brackets and a zone are accepted).
+#[must_use]
+pub fn ip_key(raw: &str, v6_prefix: u8) -> Option<String> {
+    let s = raw.trim().trim_start_matches('[').trim_end_matches(']');
+    let s = s.split_once('%').map_or(s, |(a, _)| a);
+    match s.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(v4) => Some(v4.to_string()),
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Some(v4.to_string());
+            }
+            let bits = u32::from(v6_prefix.clamp(1, 128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+            Some(format!("{net}/{bits}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_keys() {
+        for (raw, prefix, want) in [
+            ("192.0.2.7", 64, Some("192.0.2.7")),
+            ("::ffff:192.0.2.7", 64, Some("192.0.2.7")),
+            ("2001:db8:1:2:3:4:5:6", 64, Some("2001:db8:1:2::/64")),
+            ("[2001:db8:1:2::9]", 64, Some("2001:db8:1:2::/64")),
+            ("fe80::1%eth0", 64, Some("fe80::/64")),
+            ("2001:db8:1:2:3:4:5:6", 48, Some("2001:db8:1::/48")),
+            ("2001:db8::1", 128, Some("2001:db8::1/128")),
+            ("alice@example.org", 64, None),
+            ("", 64, None),
+        ] {
+            assert_eq!(ip_key(raw, prefix).as_deref(), want, "{raw}");
+        }
+    }
 
     #[test]
     fn domains() {

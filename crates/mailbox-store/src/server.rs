@@ -1,4 +1,4 @@
-//! The gRPC server: binds the listeners, wires the three services behind the
+//! The gRPC server: binds the listeners, wires the four services behind the
 //! token check, runs the janitor, and drains on shutdown.
 
 use std::net::SocketAddr;
@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::db::{Store, migrate, pool};
-use crate::{accounts, auth, janitor, mailboxes, notify, queue};
+use crate::hashing::{AuthCache, HashPool};
+use crate::{accounts, auth, guard, janitor, mailboxes, notify, queue};
 
 /// How long in-flight calls may run after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -30,6 +31,15 @@ impl Server {
     /// # Errors
     /// On database, migration or bind failures.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        if config.admin_token.is_none() {
+            tracing::warn!(
+                "no --admin-token (EPISTOLE_STORE_ADMIN_TOKEN): administrative RPCs (users, domains, aliases, queue admin) are refused"
+            );
+        }
+        let hasher = HashPool::start(config.hash_threads, config.hash_queue)
+            .context("start password hashing threads")?;
+        let auth_cache = AuthCache::new(Duration::from_secs(u64::from(config.auth_cache_ttl_secs)));
         let pool = pool(&config.database_url, config.db_connections)?;
         if config.migrate {
             migrate(&pool).await?;
@@ -55,7 +65,13 @@ impl Server {
         Ok(Self {
             grpc,
             health,
-            store: Arc::new(Store { pool, config, hub }),
+            store: Arc::new(Store {
+                pool,
+                config,
+                hub,
+                hasher,
+                auth_cache,
+            }),
         })
     }
 
@@ -81,7 +97,7 @@ impl Server {
     /// On a fatal transport error.
     pub async fn serve(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let store = self.store;
-        let auth = auth::TokenCheck::new(&store.config.token);
+        let auth = auth::TokenCheck::new(&store.config.token, store.config.admin_token.as_deref());
         let max = mailstore_api::client::MAX_MESSAGE_SIZE;
         let accounts = pb::accounts_server::AccountsServer::with_interceptor(
             accounts::AccountsSvc::new(store.clone()),
@@ -97,6 +113,10 @@ impl Server {
             pb::queue_server::QueueServer::new(queue::QueueSvc::new(store.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+            auth.clone(),
+        );
+        let guard = pb::guard_server::GuardServer::with_interceptor(
+            guard::GuardSvc::new(store.clone()),
             auth,
         );
         let janitor = tokio::spawn(janitor::janitor(store.clone(), shutdown.clone()));
@@ -114,6 +134,7 @@ impl Server {
             .add_service(accounts)
             .add_service(mailboxes)
             .add_service(queue)
+            .add_service(guard)
             .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await });
         // On shutdown, in-flight calls get a grace period; long-lived Watch
         // and Lease streams would otherwise hold the process forever.

@@ -3,7 +3,10 @@
 //! The administrator's command line: domains, users (passwords read from a
 //! prompt or standard input, never from argv), aliases, queue inspection and
 //! retry, and database migrations. Everything but `migrate` goes through the
-//! store's gRPC API with the shared token.
+//! store's gRPC API with the store's **admin token**
+//! (`--store-admin-token`, `EPISTOLE_STORE_ADMIN_TOKEN`); when only the
+//! service token (`--store-token`) is given it is used, and the store then
+//! refuses the administrative commands (PERMISSION_DENIED).
 
 pub mod dkim;
 
@@ -18,9 +21,58 @@ use mailstore_api::{StoreClient, pb};
 #[command(name = "mailctl", version)]
 pub struct Cli {
     #[command(flatten)]
-    pub store: service_kit::StoreArgs,
+    pub store: StoreAccess,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How mailctl reaches the store.
+#[derive(clap::Args)]
+pub struct StoreAccess {
+    /// gRPC URL of the mailbox-store (any replica, or a load balancer).
+    #[arg(
+        long = "store-url",
+        env = "EPISTOLE_STORE_URL",
+        default_value = "http://127.0.0.1:7000"
+    )]
+    pub url: String,
+    /// The store's admin token (needed for everything but reading).
+    #[arg(
+        long = "store-admin-token",
+        env = "EPISTOLE_STORE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The store's service token, used when no admin token is given.
+    #[arg(
+        long = "store-token",
+        env = "EPISTOLE_STORE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for StoreAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreAccess")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreAccess {
+    /// The admin token if set (and not empty), else the service token.
+    ///
+    /// # Errors
+    /// When neither is set, or the token is not a valid header value.
+    pub fn client(&self) -> anyhow::Result<StoreClient> {
+        let token = [&self.admin_token, &self.token]
+            .into_iter()
+            .flatten()
+            .find(|t| !t.is_empty())
+            .context("set EPISTOLE_STORE_ADMIN_TOKEN (or --store-admin-token)")?;
+        Ok(mailstore_api::connect(&self.url, token)?)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -316,6 +368,13 @@ fn state_name(s: i32) -> &'static str {
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
+    if e.code() == tonic::Code::PermissionDenied {
+        return anyhow::anyhow!(
+            "{}: {} (set EPISTOLE_STORE_ADMIN_TOKEN or --store-admin-token to the store's admin token)",
+            e.code(),
+            e.message()
+        );
+    }
     anyhow::anyhow!("{}: {}", e.code(), e.message())
 }
 

@@ -7,10 +7,26 @@ use std::process::{Command, Stdio};
 use test_kit::TestStore;
 
 fn mailctl(store: &TestStore, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    mailctl_env(
+        store,
+        &[("EPISTOLE_STORE_TOKEN", &store.token)],
+        args,
+        stdin,
+    )
+}
+
+fn mailctl_env(
+    store: &TestStore,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailctl"))
         .args(args)
         .env("EPISTOLE_STORE_URL", &store.grpc_url)
-        .env("EPISTOLE_STORE_TOKEN", &store.token)
+        .env_remove("EPISTOLE_STORE_TOKEN")
+        .env_remove("EPISTOLE_STORE_ADMIN_TOKEN")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -202,4 +218,35 @@ async fn domains_users_aliases_and_queue() {
         String::from_utf8_lossy(&bad.stderr).contains("Unauthenticated")
             || String::from_utf8_lossy(&bad.stderr).contains("token")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_needed_for_administration() {
+    let store = TestStore::start().await;
+    let s = &store;
+    let svc = [("EPISTOLE_STORE_TOKEN", s.service_token.as_str())];
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        mailctl_env(s, &svc, &["domain", "add", "example.org"], None)
+    });
+    assert!(!ok);
+    assert!(err.contains("EPISTOLE_STORE_ADMIN_TOKEN"), "{err}");
+    // The service token still reads what the services read.
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| mailctl_env(s, &svc, &["domain", "list"], None));
+    assert!(ok, "{err}");
+    // The admin token wins over the service token when both are set.
+    let both = [
+        ("EPISTOLE_STORE_TOKEN", s.service_token.as_str()),
+        ("EPISTOLE_STORE_ADMIN_TOKEN", s.token.as_str()),
+    ];
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        mailctl_env(s, &both, &["domain", "add", "example.org"], None)
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains("example.org"));
+    // Neither token: a clear message.
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| mailctl_env(s, &[], &["domain", "list"], None));
+    assert!(!ok);
+    assert!(err.contains("EPISTOLE_STORE_ADMIN_TOKEN"), "{err}");
 }

@@ -267,10 +267,21 @@ pub struct TestStore {
     pub grpc_url: String,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin token: allows every RPC (what tests use for setup and
+    /// what `mailctl` holds).
     pub token: String,
+    /// The service token: what the protocol services and workers hold;
+    /// administrative RPCs are refused with it.
+    pub service_token: String,
     pub database_url: String,
+    tune: Tune,
     running: Option<Running>,
 }
+
+/// Adjusts the store's configuration before it starts.
+pub type Tune = fn(&mut mailbox_store::Config);
+
+fn no_tune(_: &mut mailbox_store::Config) {}
 
 struct Running {
     kill: tokio::sync::oneshot::Sender<()>,
@@ -280,13 +291,17 @@ struct Running {
 /// Starts a store on its own runtime thread; returns its addresses.
 fn launch(
     database_url: &str,
-    token: &str,
+    (admin_token, service_token): (&str, &str),
     listen: SocketAddr,
+    tune: Tune,
 ) -> Result<(SocketAddr, SocketAddr, Running), String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut config = mailbox_store::Config::new(database_url.to_string(), token.to_string());
+    let mut config =
+        mailbox_store::Config::new(database_url.to_string(), service_token.to_string());
+    config.admin_token = Some(admin_token.to_string());
     config.listen = listen;
+    tune(&mut config);
     let thread = std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -336,28 +351,42 @@ fn launch(
 impl TestStore {
     /// A fresh database and a store serving it.
     pub async fn start() -> Self {
-        let db = fresh_database().await;
-        Self::start_on(db, random_token(), SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::start_tuned(no_tune).await
     }
 
-    /// Another store process (replica) over the same database and token.
+    /// A fresh database and a store serving it, with its configuration
+    /// adjusted by `tune` (limits, hashing pool, …); replicas and restarts
+    /// keep the adjustment.
+    pub async fn start_tuned(tune: Tune) -> Self {
+        let db = fresh_database().await;
+        let tokens = (random_token(), random_token());
+        Self::start_on(db, tokens, SocketAddr::from(([127, 0, 0, 1], 0)), tune).await
+    }
+
+    /// Another store process (replica) over the same database and tokens.
     pub async fn replica(&self) -> Self {
         Self::start_on(
             self.database_url.clone(),
-            self.token.clone(),
+            (self.token.clone(), self.service_token.clone()),
             SocketAddr::from(([127, 0, 0, 1], 0)),
+            self.tune,
         )
         .await
     }
 
-    async fn start_on(database_url: String, token: String, listen: SocketAddr) -> Self {
+    async fn start_on(
+        database_url: String,
+        (token, service_token): (String, String),
+        listen: SocketAddr,
+        tune: Tune,
+    ) -> Self {
         service_kit::init_tracing(&service_kit::LogArgs {
             format: "text".into(),
             filter: "warn".into(),
         });
-        let (db, tk) = (database_url.clone(), token.clone());
+        let (db, tk, st) = (database_url.clone(), token.clone(), service_token.clone());
         let (grpc_addr, http_addr, running) =
-            tokio::task::spawn_blocking(move || launch(&db, &tk, listen))
+            tokio::task::spawn_blocking(move || launch(&db, (&tk, &st), listen, tune))
                 .await
                 .expect("launch thread")
                 .unwrap_or_else(|e| panic!("start mailbox-store: {e}"));
@@ -366,15 +395,23 @@ impl TestStore {
             grpc_addr,
             http_addr,
             token,
+            service_token,
             database_url,
+            tune,
             running: Some(running),
         }
     }
 
-    /// A client with the right token.
+    /// A client with the admin token (allowed everything).
     #[must_use]
     pub fn client(&self) -> StoreClient {
         mailstore_api::connect(&self.grpc_url, &self.token).expect("store client")
+    }
+
+    /// A client with the service token, as a protocol service holds it.
+    #[must_use]
+    pub fn service_client(&self) -> StoreClient {
+        mailstore_api::connect(&self.grpc_url, &self.service_token).expect("store client")
     }
 
     /// Kills the store as a crash would: the listener closes and every open
@@ -391,12 +428,14 @@ impl TestStore {
         self.stop().await;
         let mut last = String::new();
         for _ in 0..50 {
-            let (db, tk, addr) = (
+            let (db, tk, st, addr, tune) = (
                 self.database_url.clone(),
                 self.token.clone(),
+                self.service_token.clone(),
                 self.grpc_addr,
+                self.tune,
             );
-            match tokio::task::spawn_blocking(move || launch(&db, &tk, addr))
+            match tokio::task::spawn_blocking(move || launch(&db, (&tk, &st), addr, tune))
                 .await
                 .expect("launch thread")
             {

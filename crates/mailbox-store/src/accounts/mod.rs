@@ -19,6 +19,7 @@ use mailstore_api::pb;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
+use crate::auth::require_admin;
 use crate::db::Store;
 use crate::error::Result;
 
@@ -64,6 +65,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::CreateDomainRequest>,
     ) -> Result<Response<pb::Domain>, Status> {
+        require_admin(&req)?;
         domains::create_domain(self, req).await
     }
 
@@ -71,6 +73,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::DeleteDomainRequest>,
     ) -> Result<Response<pb::DeleteDomainResponse>, Status> {
+        require_admin(&req)?;
         domains::delete_domain(self, req).await
     }
 
@@ -85,6 +88,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        require_admin(&req)?;
         users::create_user_rpc(self, req).await
     }
 
@@ -92,6 +96,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
+        require_admin(&req)?;
         users::set_password(self, req).await
     }
 
@@ -99,6 +104,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        require_admin(&req)?;
         users::delete_user(self, req).await
     }
 
@@ -113,6 +119,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        require_admin(&req)?;
         users::list_users(self, req).await
     }
 
@@ -120,6 +127,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::CreateAliasRequest>,
     ) -> Result<Response<pb::Alias>, Status> {
+        require_admin(&req)?;
         aliases::create_alias(self, req).await
     }
 
@@ -127,6 +135,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::DeleteAliasRequest>,
     ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        require_admin(&req)?;
         aliases::delete_alias(self, req).await
     }
 
@@ -134,6 +143,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::ListAliasesRequest>,
     ) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        require_admin(&req)?;
         aliases::list_aliases(self, req).await
     }
 
@@ -169,6 +179,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::AddFilterRequest>,
     ) -> Result<Response<pb::Filter>, Status> {
+        require_admin(&req)?;
         filters::add_filter(self, req).await
     }
 
@@ -183,6 +194,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::PutDkimKeyRequest>,
     ) -> Result<Response<pb::DkimKey>, Status> {
+        require_admin(&req)?;
         dkim::put_dkim_key(self, req).await
     }
 
@@ -197,6 +209,7 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         &self,
         req: Request<pb::DeleteFilterRequest>,
     ) -> Result<Response<pb::DeleteFilterResponse>, Status> {
+        require_admin(&req)?;
         filters::delete_filter(self, req).await
     }
 }

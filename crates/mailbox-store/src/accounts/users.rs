@@ -9,12 +9,15 @@ use crate::error::{Result, StoreError};
 use crate::names;
 use crate::wire::timestamp;
 
+use crate::hashing::HashPool;
+
 use super::authenticate::hash_password;
 use super::{AccountsSvc, DEFAULT_MAILBOXES};
 
 /// Creates a user and its default mailboxes in one transaction.
 pub async fn create_user(
     pool: &PgPool,
+    hasher: &HashPool,
     address: &str,
     password: String,
     quota: u64,
@@ -23,7 +26,7 @@ pub async fn create_user(
     if local.contains('+') {
         return Err(StoreError::invalid("'+' is reserved for plus-addressing"));
     }
-    let hash = hash_password(password).await?;
+    let hash = hash_password(hasher, password).await?;
     let mut tx = pool.begin().await?;
     let did: i64 = sqlx::query_scalar!("SELECT id FROM domains WHERE name = $1", &domain)
         .fetch_optional(&mut *tx)
@@ -121,7 +124,14 @@ pub(super) async fn create_user_rpc(
 ) -> Result<Response<pb::User>, Status> {
     let req = req.into_inner();
     Ok(Response::new(
-        create_user(svc.pool(), &req.address, req.password, req.quota_bytes).await?,
+        create_user(
+            svc.pool(),
+            &svc.store.hasher,
+            &req.address,
+            req.password,
+            req.quota_bytes,
+        )
+        .await?,
     ))
 }
 
@@ -131,7 +141,7 @@ pub(super) async fn set_password(
 ) -> Result<Response<pb::SetPasswordResponse>, Status> {
     let req = req.into_inner();
     let id = user_id_of(svc.pool(), &req.address).await?;
-    let hash = hash_password(req.password).await?;
+    let hash = hash_password(&svc.store.hasher, req.password).await?;
     sqlx::query!(
         "UPDATE users SET password_hash = $2 WHERE id = $1",
         id,
@@ -140,6 +150,9 @@ pub(super) async fn set_password(
     .execute(svc.pool())
     .await
     .map_err(StoreError::from)?;
+    // Other replicas miss their cache by themselves: its key includes the
+    // stored hash (see `hashing`).
+    svc.store.auth_cache.forget_user(id);
     Ok(Response::new(pb::SetPasswordResponse {}))
 }
 
@@ -152,6 +165,7 @@ pub(super) async fn delete_user(
         .execute(svc.pool())
         .await
         .map_err(StoreError::from)?;
+    svc.store.auth_cache.forget_user(id);
     Ok(Response::new(pb::DeleteUserResponse {}))
 }
 

@@ -1,6 +1,21 @@
 //! Folder management: LIST, CREATE, DELETE, RENAME, SUBSCRIBE (RFC 9051 §6.3).
+//!
+//! Limits (threat model: resource exhaustion by an authenticated user):
+//! - at most `--max-mailboxes-per-user` (1000) mailboxes: CREATE (and the
+//!   RENAME of INBOX, which creates one) beyond answers RESOURCE_EXHAUSTED
+//!   ("mailbox limit reached"); IMAP answers `NO [LIMIT]` (RFC 5530);
+//! - a name that is another spelling of a special folder — the canonical
+//!   names in [`names::SPECIAL_FOLDERS`] or any of the user's mailboxes with
+//!   a SPECIAL-USE attribute (e.g. "spam" beside "Spam" \Junk) — is refused
+//!   (INVALID_ARGUMENT);
+//! - ListMailboxes returns at most the per-user limit (plus the default
+//!   folders) in one call; the store does no pattern matching, so nested
+//!   wildcards cost the IMAP service a bounded list.
+
+use std::collections::HashSet;
 
 use mailstore_api::pb;
+use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 
 use crate::blobs::collect_garbage;
@@ -31,29 +46,84 @@ pub(super) async fn list_mailboxes(
 ) -> Result<Response<pb::ListMailboxesResponse>, Status> {
     let req = req.into_inner();
     let uid = id(req.user_id, "user")?;
+    let cap = list_cap(svc.store.config.max_mailboxes_per_user);
     let rows = sqlx::query_as!(
         MailboxRow,
         "SELECT id, user_id, name, special_use, uidvalidity, uidnext, highestmodseq, recent_floor \
-         FROM mailboxes WHERE user_id = $1 ORDER BY name",
-        uid
+         FROM mailboxes WHERE user_id = $1 ORDER BY name LIMIT $2",
+        uid,
+        cap
     )
     .fetch_all(svc.pool())
     .await
     .map_err(StoreError::from)?;
     let subs = subscribed(svc.pool(), uid).await?;
-    let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    // Every proper ancestor of every name: has_children in O(n · depth).
+    let parents: HashSet<&str> = rows
+        .iter()
+        .flat_map(|r| {
+            r.name
+                .match_indices(names::DELIMITER)
+                .map(|(i, _)| &r.name[..i])
+        })
+        .collect();
+    let has_children: Vec<bool> = rows
+        .iter()
+        .map(|r| parents.contains(r.name.as_str()))
+        .collect();
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let prefix = format!("{}/", r.name);
+    for (r, has_children) in rows.into_iter().zip(has_children) {
         let subscribed = subs.binary_search(&r.name).is_ok();
         let mut mb = mailbox_row(r, subscribed);
-        mb.has_children = names.iter().any(|n| n.starts_with(&prefix));
+        mb.has_children = has_children;
         if req.with_counts {
             counts(svc.pool(), &mut mb).await?;
         }
         out.push(mb);
     }
     Ok(Response::new(pb::ListMailboxesResponse { mailboxes: out }))
+}
+
+/// Rows one ListMailboxes returns: the per-user limit plus the default folders.
+fn list_cap(max: u32) -> i64 {
+    i64::from(max) + names::SPECIAL_FOLDERS.len() as i64 + 1
+}
+
+/// Checks a name about to be created for user `uid` inside `tx`: not a
+/// special folder's look-alike, and (when `adds` a mailbox) the user below
+/// the mailbox limit. Locks the user row, so concurrent CREATEs of one user
+/// are counted exactly.
+async fn admit(conn: &mut PgConnection, uid: i64, name: &str, adds: bool, max: u32) -> Result<()> {
+    if names::special_lookalike(name) {
+        return Err(StoreError::invalid("reserved mailbox name"));
+    }
+    let lookalike = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM mailboxes WHERE user_id = $1 AND special_use <> ''
+                           AND lower(name) = lower($2) AND name <> $2) AS "x!""#,
+        uid,
+        name
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if lookalike {
+        return Err(StoreError::invalid("reserved mailbox name"));
+    }
+    if adds {
+        sqlx::query_scalar!("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE", uid)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::NotFound("user"))?;
+        let n = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM mailboxes WHERE user_id = $1"#,
+            uid
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if n >= i64::from(max) {
+            return Err(StoreError::LimitReached("mailbox limit reached"));
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn create_mailbox(
@@ -71,6 +141,14 @@ pub(super) async fn create_mailbox(
         return Err(StoreError::invalid("unknown special-use attribute").into());
     }
     let mut tx = svc.pool().begin().await.map_err(StoreError::from)?;
+    admit(
+        &mut tx,
+        uid,
+        &name,
+        true,
+        svc.store.config.max_mailboxes_per_user,
+    )
+    .await?;
     let res = sqlx::query_as!(
         MailboxRow,
         "INSERT INTO mailboxes (user_id, name, special_use) VALUES ($1, $2, $3) \
@@ -156,6 +234,8 @@ pub(super) async fn rename_mailbox(
     if mailbox_id_by_name(&mut tx, uid, &to).await?.is_some() {
         return Err(StoreError::AlreadyExists("mailbox").into());
     }
+    let max = svc.store.config.max_mailboxes_per_user;
+    admit(&mut tx, uid, &to, from == "INBOX", max).await?;
     if from == "INBOX" {
         // RFC 9051 §6.3.6: renaming INBOX moves its messages to the new
         // name and leaves INBOX in place, empty. Children stay.

@@ -115,6 +115,7 @@ impl pb::queue_server::Queue for QueueSvc {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        crate::auth::require_admin(&req)?;
         admin::list_jobs(self, req).await
     }
 
@@ -122,6 +123,7 @@ impl pb::queue_server::Queue for QueueSvc {
         &self,
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobDetail>, Status> {
+        crate::auth::require_admin(&req)?;
         admin::get_job(self, req).await
     }
 
@@ -129,6 +131,7 @@ impl pb::queue_server::Queue for QueueSvc {
         &self,
         req: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
+        crate::auth::require_admin(&req)?;
         admin::retry_job(self, req).await
     }
 
@@ -136,6 +139,7 @@ impl pb::queue_server::Queue for QueueSvc {
         &self,
         req: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        crate::auth::require_admin(&req)?;
         admin::delete_job(self, req).await
     }
 
@@ -150,6 +154,7 @@ impl pb::queue_server::Queue for QueueSvc {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        crate::auth::require_admin(&req)?;
         events::list_events_rpc(self, req).await
     }
 }
