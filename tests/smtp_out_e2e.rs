@@ -149,6 +149,9 @@ async fn smtp_out(store: &TestStore, dns: SocketAddr, port: u16, worker: &str) -
             "5s",
             "--data-timeout",
             "30s",
+            // The test MX servers are on loopback (refused by default).
+            "--allow-destination",
+            "127.0.0.0/8",
         ])
         .env("EPISTOLE_STORE_URL", &store.grpc_url)
         .env("EPISTOLE_STORE_TOKEN", &store.token)
@@ -838,6 +841,7 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
             &dns.addr.to_string(),
         ])
         .args(["--smtp-port", &port.to_string(), "--retry-schedule", "1s"])
+        .args(["--allow-destination", "127.0.0.0/8"])
         .env("EPISTOLE_STORE_URL", &a.grpc_url)
         .env("EPISTOLE_STORE_TOKEN", &a.token)
         .stdout(Stdio::null())

@@ -1,16 +1,43 @@
 //! One delivery attempt of a job: read (and DKIM-sign) the message, then
 //! for each recipient domain walk the route's hosts and addresses over a
 //! reused or new connection until one gives a transaction result.
+//!
+//! Per connection the message goes as stored (signed), or, to a server
+//! without 8BITMIME, converted to 7-bit and signed after the conversion
+//! ([`crate::downgrade`]). Under an MTA-STS `enforce` policy (RFC 8461
+//! §5) only matching MX hosts are tried, and only over TLS whose
+//! certificate is verified for the MX name; otherwise the recipients are
+//! deferred (`4.7.5`), never sent in the clear.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use mailstore_api::pb;
 use tokio::net::TcpStream;
 
-use crate::client::{self, ClientError, Connection, Envelope, RcptOutcome, Tls};
+use crate::client::{self, Capabilities, ClientError, Connection, Envelope, RcptOutcome, Tls};
+use crate::downgrade;
+use crate::mta_sts::{Mode, Policy};
 use crate::route::{Host, RouteError};
 use crate::worker::{Worker, domain_of};
+
+/// Where a destination's mail goes and under which MTA-STS policy.
+pub(crate) struct Plan {
+    pub(crate) route: Result<Vec<Host>, RouteError>,
+    pub(crate) sts: Option<Policy>,
+}
+
+/// One job's message in the forms it may be sent in.
+pub(crate) struct Payload {
+    /// As stored, unsigned.
+    original: Vec<u8>,
+    /// As stored, DKIM-signed when we hold a key (for 8BITMIME servers).
+    pub(crate) signed: Vec<u8>,
+    /// Converted to 7-bit, then signed (made on first need).
+    seven_bit: OnceLock<Result<Vec<u8>, String>>,
+    mail_from: String,
+}
 
 /// Largest message read from the store for sending.
 const MAX_MESSAGE: u64 = 256 * 1024 * 1024;
@@ -46,7 +73,7 @@ impl Worker {
         &self,
         dest: &str,
         job: pb::Job,
-        route: &Result<Vec<Host>, RouteError>,
+        plan: &Plan,
         open: &mut Option<Open>,
     ) -> Result<(), tonic::Status> {
         let pending: Vec<(usize, pb::Recipient)> = job
@@ -61,10 +88,11 @@ impl Worker {
         }
         let message = self.read_message(&job).await?;
         // RFC 6376: signed as sent (CRLF), once per attempt.
-        let signer = self.dkim.read().map(|g| g.clone()).ok();
-        let message = match signer {
-            Some(s) => s.sign(&message, &job.mail_from).unwrap_or(message),
-            None => message,
+        let payload = Payload {
+            signed: self.sign(&message, &job.mail_from),
+            original: message,
+            seven_bit: OnceLock::new(),
+            mail_from: job.mail_from.clone(),
         };
         // Recipients are grouped by domain: normally all are in `dest`
         // (delivery makes one job per recipient); any other domain gets its
@@ -81,12 +109,13 @@ impl Worker {
         let mut results = Vec::new();
         for (domain, group) in by_domain {
             let attempt = if domain == dest {
-                self.try_route(&job, &group, &message, route, open).await?
+                self.try_route(&job, &group, &payload, &domain, plan, open)
+                    .await?
             } else {
-                let other = self.router.route(&domain).await;
+                let other = self.plan(&domain).await;
                 let mut conn = None;
                 let a = self
-                    .try_route(&job, &group, &message, &other, &mut conn)
+                    .try_route(&job, &group, &payload, &domain, &other, &mut conn)
                     .await?;
                 if let Some(o) = conn {
                     o.conn.quit().await;
@@ -96,19 +125,73 @@ impl Worker {
             let remote_dsn = attempt.remote_dsn;
             results.extend(attempt.results.into_iter().map(|(i, o)| (i, o, remote_dsn)));
         }
-        self.conclude(&job, &pending, results, &message).await
+        self.conclude(&job, &pending, results, &payload.signed)
+            .await
     }
 
-    /// One attempt for recipients of one domain along `route`.
+    /// The route of `domain` and, for MX delivery, its MTA-STS policy.
+    pub(crate) async fn plan(&self, domain: &str) -> Plan {
+        let route = self.router.route(domain).await;
+        let sts = match (&self.mta_sts, &route) {
+            (Some(m), Ok(_)) if !self.router.is_smarthost(domain) => {
+                m.policy(&self.router, domain).await
+            }
+            _ => None,
+        };
+        Plan { route, sts }
+    }
+
+    fn sign(&self, message: &[u8], mail_from: &str) -> Vec<u8> {
+        let signer = self.dkim.read().map(|g| g.clone()).ok();
+        signer
+            .and_then(|s| s.sign(message, mail_from))
+            .unwrap_or_else(|| message.to_vec())
+    }
+
+    /// The bytes to send over a connection with `caps`, or the outcome
+    /// for every recipient when the message cannot go there.
+    fn body_for<'p>(
+        &self,
+        job: &pb::Job,
+        payload: &'p Payload,
+        caps: &Capabilities,
+    ) -> Result<&'p [u8], RcptOutcome> {
+        // RFC 6531 §3.2 / RFC 6532: UTF-8 header fields need SMTPUTF8;
+        // they cannot be converted (the envelope is checked by the client).
+        if job.smtputf8 && !caps.smtputf8 && downgrade::header_has_eight_bit(&payload.original) {
+            return Err(RcptOutcome::Failed(
+                "553 5.6.7 the message has internationalised (UTF-8) header fields and the remote server does not offer SMTPUTF8 (RFC 6531 §3.2)".into(),
+            ));
+        }
+        if caps.eight_bit_mime || !crate::dotstuff::has_eight_bit(&payload.signed) {
+            return Ok(&payload.signed);
+        }
+        // RFC 6152 §3: no 8-bit data without 8BITMIME: convert, then sign.
+        let converted = payload.seven_bit.get_or_init(|| {
+            let crlf = crate::dotstuff::normalise_crlf(&payload.original);
+            downgrade::to_seven_bit(&crlf)
+                .map(|m| self.sign(&m, &payload.mail_from))
+                .map_err(|e| e.to_string())
+        });
+        match converted {
+            Ok(m) => Ok(m),
+            Err(e) => Err(RcptOutcome::Failed(format!(
+                "554 5.6.3 the remote server does not offer 8BITMIME and the message cannot be converted to 7-bit: {e}"
+            ))),
+        }
+    }
+
+    /// One attempt for recipients of one domain along `plan`.
     async fn try_route(
         &self,
         job: &pb::Job,
         group: &[(usize, pb::Recipient)],
-        message: &[u8],
-        route: &Result<Vec<Host>, RouteError>,
+        payload: &Payload,
+        domain: &str,
+        plan: &Plan,
         open: &mut Option<Open>,
     ) -> Result<Attempt, tonic::Status> {
-        match route {
+        match &plan.route {
             Err(e) => {
                 self.event(
                     job,
@@ -129,7 +212,41 @@ impl Worker {
                     remote_dsn: false,
                 })
             }
-            Ok(hosts) => self.attempt(job, group, message, hosts, open).await,
+            Ok(hosts) => {
+                let enforce = plan.sts.as_ref().filter(|p| p.mode == Mode::Enforce);
+                let Some(p) = enforce else {
+                    return self
+                        .attempt(job, group, payload, hosts, plan.sts.as_ref(), open)
+                        .await;
+                };
+                // RFC 8461 §4.1: only MX hosts that match the policy.
+                let matching: Vec<Host> = hosts
+                    .iter()
+                    .filter(|h| p.matches(&h.name))
+                    .cloned()
+                    .collect();
+                if matching.is_empty() {
+                    let text = format!(
+                        "4.7.5 MTA-STS policy of {domain} (enforce): no MX host ({}) matches mx: {}",
+                        hosts
+                            .iter()
+                            .map(|h| h.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        p.mx.join(", ")
+                    );
+                    let attrs = HashMap::from([("mta_sts".to_string(), "enforce".to_string())]);
+                    self.event(job, pb::EventKind::Attempt, "", &text, attrs)
+                        .await?;
+                    let o = RcptOutcome::Deferred(format!("451 {text}"));
+                    return Ok(Attempt {
+                        results: group.iter().map(|(i, _)| (*i, o.clone())).collect(),
+                        remote_dsn: false,
+                    });
+                }
+                self.attempt(job, group, payload, &matching, Some(p), open)
+                    .await
+            }
         }
     }
 
@@ -139,10 +256,12 @@ impl Worker {
         &self,
         job: &pb::Job,
         pending: &[(usize, pb::Recipient)],
-        message: &[u8],
+        payload: &Payload,
         hosts: &[Host],
+        sts: Option<&Policy>,
         open: &mut Option<Open>,
     ) -> Result<Attempt, tonic::Status> {
+        let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
         let env = Envelope {
             mail_from: job.mail_from.clone(),
             recipients: pending.iter().map(|(_, r)| r.address.clone()).collect(),
@@ -157,6 +276,7 @@ impl Worker {
             }),
         };
         let mut errors: Vec<String> = Vec::new();
+        let mut policy_failures = 0;
         // The connection already open to one of these hosts goes first.
         let mut candidates: Vec<(&str, SocketAddr)> = hosts
             .iter()
@@ -179,7 +299,7 @@ impl Worker {
             let mut tried_fresh = !reusable;
             loop {
                 if open.is_none() {
-                    match self.connect(host, addr).await {
+                    match self.connect(host, addr, enforce).await {
                         Ok(conn) => {
                             *open = Some(Open {
                                 host: host.to_string(),
@@ -188,21 +308,48 @@ impl Worker {
                             });
                         }
                         Err(e) => {
+                            if matches!(e, ClientError::Policy(_)) {
+                                policy_failures += 1;
+                            }
                             let text = format!("{host}[{}]: {e}", addr.ip());
-                            self.attempt_event(job, host, addr, None, &text).await?;
+                            let note = sts.map(|p| (p.mode, None));
+                            self.attempt_event(job, host, addr, None, note, &text)
+                                .await?;
                             errors.push(text);
                             break;
                         }
                     }
                 }
                 let Some(o) = open.as_mut() else { break };
+                let message = match self.body_for(job, payload, &o.conn.caps) {
+                    Ok(m) => m,
+                    Err(outcome) => {
+                        let text = format!(
+                            "{host}[{}]: {}",
+                            addr.ip(),
+                            summarise(std::slice::from_ref(&outcome))
+                        );
+                        let tls = o.conn.tls.clone();
+                        self.attempt_event(job, host, addr, tls.as_ref(), None, &text)
+                            .await?;
+                        return Ok(Attempt {
+                            results: pending.iter().map(|(i, _)| (*i, outcome.clone())).collect(),
+                            remote_dsn: false,
+                        });
+                    }
+                };
                 match o.conn.send(&env, message).await {
                     Ok(outcomes) => {
                         let summary = summarise(&outcomes);
                         let tls = o.conn.tls.clone();
                         let name = o.host.clone();
                         let remote_dsn = o.conn.caps.dsn;
-                        self.attempt_event(job, &name, addr, tls.as_ref(), &summary)
+                        let note = sts.map(|p| (p.mode, sts_problem(p, &name, tls.as_ref())));
+                        if let Some((Mode::Testing, Some(problem))) = &note {
+                            // RFC 8461 §5: testing — deliver, report the failure.
+                            tracing::warn!(%name, %problem, "MTA-STS (testing) would have refused this host");
+                        }
+                        self.attempt_event(job, &name, addr, tls.as_ref(), note, &summary)
                             .await?;
                         let results = pending
                             .iter()
@@ -218,7 +365,7 @@ impl Worker {
                         let tls = o.conn.tls.clone();
                         *open = None;
                         let text = format!("{host}[{}]: {e}", addr.ip());
-                        self.attempt_event(job, host, addr, tls.as_ref(), &text)
+                        self.attempt_event(job, host, addr, tls.as_ref(), None, &text)
                             .await?;
                         errors.push(text);
                         // Lost after the data was sent: the remote may have
@@ -248,7 +395,15 @@ impl Worker {
                 }
             }
         }
-        let why = format!("451 4.4.1 all hosts failed: {}", errors.join("; "));
+        // Every host stopped by the MTA-STS policy: say so in the status.
+        let why = if policy_failures > 0 && policy_failures == errors.len() {
+            format!(
+                "451 4.7.5 MTA-STS policy not met by any host: {}",
+                errors.join("; ")
+            )
+        } else {
+            format!("451 4.4.1 all hosts failed: {}", errors.join("; "))
+        };
         let why: String = why.chars().take(1500).collect();
         Ok(Attempt {
             results: pending
@@ -260,16 +415,21 @@ impl Worker {
     }
 
     /// TCP connect, greeting, EHLO, STARTTLS; when the TLS handshake fails
-    /// the host is tried once more in plaintext (RFC 7435 opportunistic).
+    /// the host is tried once more in plaintext (RFC 7435 opportunistic),
+    /// except under an MTA-STS `enforce` policy (which also demands a
+    /// certificate verified for `host`, RFC 8461 §4.2) or with smarthost
+    /// credentials to send.
     async fn connect(
         &self,
         host: &str,
         addr: SocketAddr,
+        enforce: bool,
     ) -> Result<Connection<TcpStream>, ClientError> {
         let tls = self.tls.as_ref().map(|c| Tls {
             connector: c.clone(),
             server_name: rustls_pki_types::ServerName::try_from(host.to_string())
                 .unwrap_or_else(|_| rustls_pki_types::ServerName::from(addr.ip())),
+            verifier: Some(self.verifier.clone()),
         });
         let stream = self.tcp(addr).await?;
         let creds = self.relay_auth.get(&host.to_ascii_lowercase());
@@ -277,24 +437,58 @@ impl Worker {
             Connection::open(stream, &self.config.hostname, tls.as_ref(), self.timeouts).await;
         let mut conn = match opened {
             // Plaintext fallback, but never with credentials to send.
-            Err(ClientError::Tls(e)) if creds.is_none() => {
+            Err(ClientError::Tls(e)) if creds.is_none() && !enforce => {
                 tracing::info!(%host, %addr, error = %e, "TLS failed; retrying in plaintext");
                 let stream = self.tcp(addr).await?;
                 Connection::open(stream, &self.config.hostname, None, self.timeouts).await?
             }
             other => other?,
         };
+        if enforce {
+            let problem = match &conn.tls {
+                Some(t) if t.verified => None,
+                Some(t) => Some(t.verify_error.clone()),
+                None => Some("the server did not offer STARTTLS".to_string()),
+            };
+            if let Some(p) = problem {
+                conn.quit().await;
+                return Err(ClientError::Policy(format!(
+                    "4.7.5 MTA-STS policy (enforce) requires verified TLS: {p}"
+                )));
+            }
+        }
         if let Some(c) = creds {
-            conn.auth_plain(&c.user, &c.password).await?;
+            conn.auth_plain(&c.user, &c.password, self.config.relay_auth_unverified_tls)
+                .await?;
         }
         Ok(conn)
     }
 
     async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, ClientError> {
+        // The route already left refused addresses out; checked again here
+        // so that no path reaches the network without it.
+        if let Err(why) = self.router.policy().check(addr.ip()) {
+            return Err(ClientError::Connect(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is {why}", addr.ip()),
+            )));
+        }
         tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::Timeout("connect"))?
             .map_err(ClientError::Connect)
+    }
+}
+
+/// What an MTA-STS policy would object to in a delivery to `host`.
+fn sts_problem(p: &Policy, host: &str, tls: Option<&client::TlsInfo>) -> Option<String> {
+    if !p.matches(host) {
+        return Some(format!("MX host {host} does not match the policy"));
+    }
+    match tls {
+        None => Some("no TLS".into()),
+        Some(t) if !t.verified => Some(t.verify_error.clone()),
+        Some(_) => None,
     }
 }
 

@@ -21,7 +21,7 @@ mod tls;
 mod transaction;
 
 pub use envelope::{DsnParams, Envelope, xtext};
-pub use tls::opportunistic_tls;
+pub use tls::{Verifier, opportunistic_tls};
 
 /// Per-command time limits (RFC 5321 §4.5.3.2).
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +110,10 @@ pub enum ClientError {
     Protocol(#[from] ReplyError),
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
+    /// Our own policy stops here (MTA-STS `enforce` without verified TLS):
+    /// the text starts with the enhanced status code.
+    #[error("{0}")]
+    Policy(String),
     /// The server refused the session itself (greeting or EHLO/HELO).
     #[error("{stage} refused: {reply}")]
     Refused { stage: &'static str, reply: Reply },
@@ -120,6 +124,10 @@ pub enum ClientError {
 pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
+    /// The certificate chain is valid for the host name we asked for.
+    pub verified: bool,
+    /// Why it is not (empty when verified).
+    pub verify_error: String,
 }
 
 /// The plain or TLS stream under a connection.
@@ -190,6 +198,8 @@ pub struct Connection<S> {
 pub struct Tls {
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: ServerName<'static>,
+    /// Judges the presented certificate for [`TlsInfo::verified`].
+    pub verifier: Option<Verifier>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -243,7 +253,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .map_err(|_| ClientError::Timeout("TLS handshake"))?
                 .map_err(ClientError::Tls)?;
                 let (_, session) = stream.get_ref();
+                let verified = match (&tls.verifier, session.peer_certificates()) {
+                    (Some(v), Some(chain)) => v.verify(chain, &tls.server_name),
+                    (Some(_), None) => Err("no certificate presented".into()),
+                    (None, _) => Err("certificate not checked".into()),
+                };
                 c.tls = Some(TlsInfo {
+                    verified: verified.is_ok(),
+                    verify_error: verified.err().unwrap_or_default(),
                     version: session
                         .protocol_version()
                         .map(|v| format!("{v:?}"))
@@ -326,19 +343,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// RFC 4954 AUTH PLAIN (RFC 4616), for smarthosts: only inside TLS, so
-    /// the password never crosses the network in the clear.
+    /// the password never crosses the network in the clear, and (unless
+    /// `unverified_ok`) only when the certificate was verified, so a man in
+    /// the middle with a certificate of his own does not collect it.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] when TLS is missing, PLAIN is not offered or
-    /// the credentials are refused; I/O and protocol errors as elsewhere.
-    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+    /// [`ClientError::Refused`] when TLS is missing or unverified, PLAIN is
+    /// not offered or the credentials are refused; I/O and protocol errors
+    /// as elsewhere.
+    pub async fn auth_plain(
+        &mut self,
+        user: &str,
+        password: &str,
+        unverified_ok: bool,
+    ) -> Result<(), ClientError> {
         use base64::Engine as _;
         let refuse = |text: &str| ClientError::Refused {
             stage: "AUTH",
             reply: Reply::new(530, None, text.to_string()),
         };
-        if self.tls.is_none() {
+        let Some(tls) = &self.tls else {
             return Err(refuse("5.7.0 not sending credentials without TLS"));
+        };
+        if !tls.verified && !unverified_ok {
+            let text = format!(
+                "5.7.0 not sending credentials: {} (--ca-file, or --relay-auth-unverified-tls for a trusted local relay)",
+                tls.verify_error
+            );
+            return Err(refuse(&text));
         }
         if !self.caps.auth.iter().any(|m| m == "PLAIN") {
             return Err(refuse("5.7.4 the smarthost does not offer AUTH PLAIN"));

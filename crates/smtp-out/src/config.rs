@@ -59,6 +59,33 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub relay_auth: Vec<String>,
+    /// Send smarthost AUTH over TLS whose certificate was not verified.
+    /// Only for a trusted relay on a network you control: anyone in the
+    /// path can otherwise collect the password with any certificate.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_RELAY_AUTH_UNVERIFIED_TLS")]
+    pub relay_auth_unverified_tls: bool,
+    /// Ranges smtp-out may connect to although they are special-purpose
+    /// (loopback, RFC 1918, link-local, unique-local, …), as CIDR or single
+    /// addresses: for a smarthost on the local network, or tests.
+    /// Everything else special is refused (SSRF defence). Repeatable
+    /// (comma-separated in the environment).
+    #[arg(
+        long = "allow-destination",
+        env = "EPISTOLE_SMTP_OUT_ALLOW_DESTINATIONS",
+        value_delimiter = ','
+    )]
+    pub allow_destinations: Vec<String>,
+    /// Extra trust anchors (PEM) besides the Mozilla roots, for the
+    /// certificates smtp-out verifies: smarthosts it authenticates to,
+    /// MTA-STS policy hosts and MX hosts under an MTA-STS policy.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Do not look up MTA-STS policies (RFC 8461); TLS stays opportunistic.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_MTA_STS")]
+    pub no_mta_sts: bool,
+    /// TCP port of MTA-STS policy hosts (443; other values are for tests).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_MTA_STS_PORT", default_value_t = 443)]
+    pub mta_sts_port: u16,
     /// Retry delays after each failed attempt (`30s,5m,1h,…`); the last repeats.
     #[arg(
         long,

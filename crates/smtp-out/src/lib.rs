@@ -10,6 +10,14 @@
 //! - Routing ([`route`]): RFC 5321 §5.1 MX → implicit MX, RFC 7505 Null MX,
 //!   smarthosts, with hickory-resolver and a configurable DNS server. Every
 //!   MX host and address is tried before a recipient is deferred.
+//! - Safe destinations ([`destination`]): no connection to loopback,
+//!   private, link-local, metadata or other special-purpose addresses
+//!   unless `--allow-destination` names them.
+//! - MTA-STS ([`mta_sts`], RFC 8461): `enforce` policies make TLS verified
+//!   and MX names checked, or the mail waits; smarthost AUTH only over
+//!   verified TLS.
+//! - 8-bit content to a server without 8BITMIME is converted to 7-bit
+//!   ([`downgrade`]) before DKIM signing.
 //! - SMTP client ([`client`]): EHLO, opportunistic STARTTLS (RFC 3207),
 //!   PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8
 //!   (RFC 6531), dot-stuffing ([`dotstuff`]) and a hostile-proof reply parser
@@ -38,8 +46,11 @@
 
 pub mod client;
 pub mod config;
+pub mod destination;
 pub mod dkim;
 pub mod dotstuff;
+pub mod downgrade;
+pub mod mta_sts;
 pub mod reply;
 pub mod route;
 
@@ -98,14 +109,32 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             },
         );
     }
+    let policy =
+        destination::Policy::new(&config.allow_destinations).map_err(anyhow::Error::msg)?;
+    for s in relays.values() {
+        if let Ok(ip) = s.host.parse::<std::net::IpAddr>()
+            && let Err(why) = policy.check(ip)
+        {
+            anyhow::bail!("smarthost {ip} is {why}: name it in --allow-destination to relay there");
+        }
+    }
+    let verifier = client::Verifier::new(config.ca_file.as_deref()).map_err(anyhow::Error::msg)?;
     let dkim = load_dkim(&store, &config.dkim_keys).await?;
     let router = Router::new(
         config.dns_server,
         Duration::from_millis(config.dns_timeout_ms),
         config.smtp_port,
         relays,
+        policy,
     )
     .context("DNS resolver")?;
+    let mta_sts = (!config.no_mta_sts).then(|| {
+        mta_sts::MtaSts::new(
+            verifier.clone(),
+            config.mta_sts_port,
+            config.connect_timeout.min(Duration::from_secs(60)),
+        )
+    });
     let readiness = service_kit::store_readiness(store.clone());
     let health = HealthServer::bind(config.http_listen, readiness)
         .await
@@ -125,6 +154,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         store,
         id,
         tls: (!config.no_starttls).then(client::opportunistic_tls),
+        verifier,
+        mta_sts,
         dkim: std::sync::RwLock::new(Arc::new(dkim)),
         relay_auth,
         router,

@@ -215,6 +215,7 @@ impl Worker {
         host: &str,
         addr: SocketAddr,
         tls: Option<&client::TlsInfo>,
+        sts: Option<(crate::mta_sts::Mode, Option<String>)>,
         reply: &str,
     ) -> Result<(), tonic::Status> {
         let mut attrs = HashMap::from([
@@ -226,8 +227,20 @@ impl Worker {
         if let Some(t) = tls {
             attrs.insert("tls_version".into(), t.version.clone());
             attrs.insert("tls_cipher".into(), t.cipher.clone());
+            attrs.insert("tls_verified".into(), t.verified.to_string());
+            if !t.verified {
+                attrs.insert("tls_verify_error".into(), t.verify_error.clone());
+            }
         } else {
             attrs.insert("tls_version".into(), "none".into());
+        }
+        // RFC 8461: the policy applied, and (testing mode) what it would
+        // have refused; TLS-RPT (RFC 8460) reports are built from these.
+        if let Some((mode, problem)) = sts {
+            attrs.insert("mta_sts".into(), mode.as_str().to_string());
+            if let Some(p) = problem {
+                attrs.insert("mta_sts_failure".into(), p);
+            }
         }
         self.event(job, pb::EventKind::Attempt, "", reply, attrs)
             .await

@@ -8,7 +8,13 @@
 //! - Null MX (`0 .`) → permanent;
 //! - no MX and no A/AAAA (NODATA) → temporary: it is retried, and bounces when
 //!   the message expires;
-//! - SERVFAIL, timeout, refused → temporary.
+//! - SERVFAIL, timeout, refused → temporary;
+//! - every address refused by the [`destination`](crate::destination)
+//!   policy (loopback, private, link-local, …) → permanent `5.4.4`, and
+//!   no connection is attempted; refused addresses among usable ones are
+//!   dropped. A smarthost on such an address needs `--allow-destination`
+//!   (until then its mail is deferred, not bounced: it is a configuration
+//!   error of ours, not the sender's).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +26,8 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom as _;
+
+use crate::destination;
 
 /// Most MX hosts tried per destination.
 pub const MAX_MX: usize = 10;
@@ -44,6 +52,10 @@ pub enum RouteError {
     /// NXDOMAIN.
     #[error("5.1.2 {0}: domain does not exist")]
     NoSuchDomain(String),
+    /// Every address of the destination is refused by the destination
+    /// policy (RFC 3463 X.4.4: no usable next hop).
+    #[error("5.4.4 {0}")]
+    Forbidden(String),
     /// Try again later.
     #[error("4.4.3 {0}")]
     Temporary(String),
@@ -133,6 +145,7 @@ pub struct Router {
     resolver: TokioResolver,
     port: u16,
     relays: HashMap<String, Smarthost>,
+    policy: destination::Policy,
 }
 
 fn temporary(what: &str, e: &NetError) -> RouteError {
@@ -166,6 +179,7 @@ impl Router {
         timeout: Duration,
         port: u16,
         relays: HashMap<String, Smarthost>,
+        policy: destination::Policy,
     ) -> Result<Self, NetError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = match dns {
@@ -194,29 +208,131 @@ impl Router {
             resolver: builder.build()?,
             port,
             relays,
+            policy,
         })
     }
 
-    /// The hosts to try for `domain`, in order.
+    /// Does mail for `domain` go to a configured smarthost?
+    #[must_use]
+    pub fn is_smarthost(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.relays.contains_key(&domain) || self.relays.contains_key("*")
+    }
+
+    /// The destination policy (also checked at connect time).
+    #[must_use]
+    pub fn policy(&self) -> &destination::Policy {
+        &self.policy
+    }
+
+    /// The resolver, for the TXT lookups of MTA-STS.
+    #[must_use]
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// The hosts to try for `domain`, in order, with only the addresses
+    /// the destination policy allows.
     ///
     /// # Errors
     /// [`RouteError`]: permanent or temporary.
     pub async fn route(&self, domain: &str) -> Result<Vec<Host>, RouteError> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(s) = self.relays.get(&domain).or_else(|| self.relays.get("*")) {
-            return self.smarthost(s).await;
+        let smarthost = self.relays.get(&domain).or_else(|| self.relays.get("*"));
+        let (hosts, dns_errors) = match smarthost {
+            Some(s) => (self.smarthost(s).await?, Vec::new()),
+            None => self.lookup(&domain).await?,
+        };
+        let (hosts, refused) = self.allowed(hosts);
+        if hosts.is_empty() {
+            let why = format!(
+                "{domain}: every address is refused by policy: {}",
+                refused.join("; ")
+            );
+            return Err(if smarthost.is_some() {
+                RouteError::Temporary(format!("{why} (add the smarthost to --allow-destination)"))
+            } else if !dns_errors.is_empty() {
+                // Other MX hosts could not be resolved now: they may be fine.
+                RouteError::Temporary(format!("{why}; {}", dns_errors.join("; ")))
+            } else {
+                RouteError::Forbidden(format!("{why}; not relaying there"))
+            });
         }
+        Ok(hosts)
+    }
+
+    /// Drops the addresses the policy refuses (and hosts left with none);
+    /// the refusals, for the error message.
+    fn allowed(&self, hosts: Vec<Host>) -> (Vec<Host>, Vec<String>) {
+        let mut refused = Vec::new();
+        let mut out = Vec::new();
+        for mut h in hosts {
+            h.addrs.retain(|a| match self.policy.check(a.ip()) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(host = %h.name, ip = %a.ip(), %why, "destination refused");
+                    refused.push(format!("{}[{}] is {why}", h.name, a.ip()));
+                    false
+                }
+            });
+            if !h.addrs.is_empty() {
+                out.push(h);
+            }
+        }
+        (out, refused)
+    }
+
+    /// The addresses of `name` on `port` that the policy allows (for the
+    /// MTA-STS policy host).
+    ///
+    /// # Errors
+    /// A description: DNS failure, no address, or only refused ones.
+    pub async fn allowed_addrs(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let ips = self
+            .resolver
+            .lookup_ip(format!("{}.", name.trim_end_matches('.')).as_str())
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        let mut refused = Vec::new();
+        let addrs: Vec<SocketAddr> = ips
+            .iter()
+            .filter(|ip| match self.policy.check(*ip) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.push(format!("{ip} is {why}"));
+                    false
+                }
+            })
+            .map(|ip| SocketAddr::new(ip, port))
+            .take(MAX_ADDRS_PER_HOST)
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!(
+                "{name}: no allowed address ({})",
+                refused.join("; ")
+            ));
+        }
+        Ok(addrs)
+    }
+
+    /// MX, implicit MX or address literal, before the policy; with the
+    /// DNS errors of MX hosts that could not be resolved.
+    async fn lookup(&self, domain: &str) -> Result<(Vec<Host>, Vec<String>), RouteError> {
+        let domain = domain.to_string();
         // RFC 5321 §4.1.3: address literal, no DNS.
         if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
             let ip = lit.strip_prefix("ipv6:").unwrap_or(lit);
             let ip: IpAddr = ip
                 .parse()
                 .map_err(|_| RouteError::NoSuchDomain(domain.clone()))?;
-            return Ok(vec![Host {
-                name: domain.clone(),
-                preference: 0,
-                addrs: vec![SocketAddr::new(ip, self.port)],
-            }]);
+            return Ok((
+                vec![Host {
+                    name: domain.clone(),
+                    preference: 0,
+                    addrs: vec![SocketAddr::new(ip, self.port)],
+                }],
+                Vec::new(),
+            ));
         }
         let fqdn = format!("{domain}.");
         let mx = classify(self.resolver.mx_lookup(fqdn.as_str()).await, &domain)?;
@@ -246,11 +362,14 @@ impl Router {
                             "{domain}: no MX and no address records"
                         )));
                     }
-                    Ok(vec![Host {
-                        name: domain,
-                        preference: 0,
-                        addrs,
-                    }])
+                    Ok((
+                        vec![Host {
+                            name: domain,
+                            preference: 0,
+                            addrs,
+                        }],
+                        Vec::new(),
+                    ))
                 }
             };
         }
@@ -277,7 +396,7 @@ impl Router {
                 errors.join("; ")
             )));
         }
-        Ok(hosts)
+        Ok((hosts, errors))
     }
 
     async fn host_addrs(&self, name: &str) -> Result<Vec<SocketAddr>, String> {

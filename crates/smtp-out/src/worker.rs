@@ -24,6 +24,10 @@ pub(crate) struct Worker {
     pub(crate) config: Config,
     pub(crate) router: Router,
     pub(crate) tls: Option<tokio_rustls::TlsConnector>,
+    /// Judges certificates (Mozilla roots plus `--ca-file`).
+    pub(crate) verifier: crate::client::Verifier,
+    /// MTA-STS policies (RFC 8461), unless `--no-mta-sts`.
+    pub(crate) mta_sts: Option<crate::mta_sts::MtaSts>,
     /// Signing keys: `--dkim-key` files plus the active keys in the store,
     /// reloaded every minute (so `mailctl dkim rotate` needs no restart).
     pub(crate) dkim: std::sync::RwLock<Arc<dkim::Signer>>,
@@ -172,7 +176,7 @@ impl Worker {
     async fn work_lane_inner(&self, dest: &str, jobs: Vec<pb::Job>, shutdown: &Shutdown) {
         let limit = self.destination_limit(dest);
         let _permit = limit.acquire_owned().await;
-        let route = self.router.route(dest).await;
+        let plan = self.plan(dest).await;
         let mut open: Option<Open> = None;
         for job in jobs {
             let id = job.id;
@@ -190,7 +194,7 @@ impl Worker {
                 self.active.remove(id);
                 continue;
             }
-            if let Err(e) = self.work_job(dest, job, &route, &mut open).await {
+            if let Err(e) = self.work_job(dest, job, &plan, &mut open).await {
                 tracing::warn!(job = id, error = %e.message(), "job left for retry after a store error");
             }
             self.active.remove(id);

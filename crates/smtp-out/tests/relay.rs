@@ -617,61 +617,6 @@ async fn chunking_sends_one_bdat_with_crlf_and_no_dot_stuffing() {
 }
 
 #[tokio::test]
-async fn smarthost_auth_only_inside_tls() {
-    let store = test_kit::TestStore::start().await;
-    let dns = TestDns::start().await;
-    let port = free_port().await;
-    let good = mx(at(17, port), |_| Script {
-        starttls: Some(""),
-        auth: Some(("relayuser", "s3cret")),
-        ..Script::default()
-    })
-    .await;
-    // A smarthost without STARTTLS: credentials must never be sent.
-    let plain = mx(at(18, port), |_| Script {
-        auth: Some(("relayuser", "s3cret")),
-        ..Script::default()
-    })
-    .await;
-    let pw = std::env::temp_dir().join(format!("relay-pw-{:08x}", rand::random::<u32>()));
-    std::fs::write(&pw, "s3cret\n").unwrap();
-    let client = store.client();
-    let a = enqueue_outbound(&client, "alice@a.test", &["x@via-good.test"], MSG).await;
-    let b = enqueue_outbound(&client, "alice@a.test", &["y@via-plain.test"], MSG).await;
-    let mut cfg = config(&store, dns.addr, port);
-    cfg.relays = vec![
-        format!("via-good.test=127.0.0.17:{port}"),
-        format!("via-plain.test=127.0.0.18:{port}"),
-    ];
-    cfg.relay_auth = vec![
-        format!("127.0.0.17=relayuser:{}", pw.display()),
-        format!("127.0.0.18=relayuser:{}", pw.display()),
-    ];
-    let run = start(cfg);
-    let d = wait_job(&client, a, 20, is_done).await;
-    assert_eq!(rcpt_state(&d, 0), pb::RecipientState::Delivered);
-    assert_eq!(good.authenticated(), vec!["relayuser".to_string()]);
-    assert!(good.messages()[0].tls);
-    let d = wait_job(&client, b, 20, |d| {
-        rcpt_state(d, 0) == pb::RecipientState::Deferred
-    })
-    .await;
-    assert!(
-        rcpt_detail(&d, 0).contains("without TLS"),
-        "{}",
-        rcpt_detail(&d, 0)
-    );
-    assert!(plain.messages().is_empty());
-    assert!(
-        !plain.commands().iter().any(|c| c.contains("AUTH")),
-        "{:#?}",
-        plain.commands()
-    );
-    run.stop().await;
-    let _ = std::fs::remove_file(&pw);
-}
-
-#[tokio::test]
 async fn long_transfers_keep_their_lease() {
     // The remote takes 3 s to answer the final dot; the lease is 1 s and is
     // renewed meanwhile, so the job is not handed out again mid-transfer.

@@ -149,6 +149,7 @@ async fn starttls_reply_is_read_alone() {
     let tls = Tls {
         connector: opportunistic_tls(),
         server_name: ServerName::try_from("mx.test").expect("name"),
+        verifier: None,
     };
     let r = Connection::open(c, "out.test", Some(&tls), quick()).await;
     assert!(

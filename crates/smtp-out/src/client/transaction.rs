@@ -61,7 +61,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Connection<S> {
         // RFC 6531 §3.2: an internationalised envelope needs SMTPUTF8.
         if non_ascii_envelope && !self.caps.smtputf8 {
             return Ok(all(RcptOutcome::Failed(
-                "553 5.6.7 internationalised address and the remote server lacks SMTPUTF8".into(),
+                "553 5.6.7 the envelope has an internationalised (UTF-8) address and the remote server does not offer SMTPUTF8 (RFC 6531 §3.2)".into(),
             )));
         }
         if self.dirty {

@@ -3,6 +3,9 @@
 //! in-process.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod tls;
+pub use tls::*;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +39,9 @@ pub struct Script {
     pub auth: Option<(&'static str, &'static str)>,
     /// Wait this long before answering the final dot.
     pub data_end_delay: Option<Duration>,
+    /// The certificate presented after STARTTLS (default: self-signed
+    /// for mx.test).
+    pub cert: Option<TestCert>,
 }
 
 impl Default for Script {
@@ -52,6 +58,7 @@ impl Default for Script {
             drip: None,
             auth: None,
             data_end_delay: None,
+            cert: None,
         }
     }
 }
@@ -109,16 +116,11 @@ impl Mx {
     }
 }
 
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let ck = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
+fn tls_acceptor(cert: Option<&TestCert>) -> tokio_rustls::TlsAcceptor {
+    let config = match cert {
+        Some(c) => c.server_config(&[]),
+        None => TestCert::self_signed(&["mx.test"]).server_config(&[]),
+    };
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
@@ -175,7 +177,7 @@ async fn connection(
     match session(&mut plain, n, &script, &log, false).await? {
         Next::Close => Ok(()),
         Next::StartTls => {
-            let acceptor = tls_acceptor();
+            let acceptor = tls_acceptor(script.cert.as_ref());
             let tls = acceptor.accept(plain.into_inner()).await?;
             let mut tls = BufReader::new(tls);
             let _ = session(&mut tls, n, &script, &log, true).await?;
@@ -379,6 +381,12 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         no_starttls: false,
         dkim_keys: Vec::new(),
         relay_auth: Vec::new(),
+        relay_auth_unverified_tls: false,
+        // The scripted servers live on loopback: allowed explicitly.
+        allow_destinations: vec!["127.0.0.0/8".into(), "::1".into()],
+        ca_file: None,
+        no_mta_sts: false,
+        mta_sts_port: 443,
         http_listen: "127.0.0.1:0".parse().unwrap(),
     }
 }

@@ -1,0 +1,220 @@
+//! MTA-STS (RFC 8461): which destinations demand verified TLS.
+//!
+//! For a destination domain: the `_mta-sts.<domain>` TXT record names the
+//! current policy `id` (§3.1); when it differs from the cached one (or
+//! nothing is cached) the policy is fetched from
+//! `https://mta-sts.<domain>/.well-known/mta-sts.txt` (§3.3) over HTTPS
+//! with a verified certificate, without following redirects, at most 64 KiB.
+//! Policies are cached in this process's memory for their `max_age` (§5.1:
+//! a fetch failure keeps the cached policy; the TXT record missing keeps it
+//! too). The cache is per smtp-out process and lost on restart: a restart
+//! then needs the DNS and HTTPS of each domain again, the same window as a
+//! first contact.
+//!
+//! The policy host is reached like an MX: its addresses go through the
+//! destination policy (no SSRF through `mta-sts.<domain>`).
+
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::rr::RData;
+use rustls_pki_types::ServerName;
+
+pub use policy::{Mode, Policy};
+
+use crate::client::Verifier;
+use crate::route::Router;
+
+/// Largest policy body read (RFC 8461 §3.3 suggests 64 KiB).
+pub const MAX_POLICY: usize = 64 * 1024;
+/// Most domains kept in the cache.
+const MAX_CACHED: usize = 100_000;
+
+#[derive(Debug, Clone)]
+struct Cached {
+    id: String,
+    policy: Policy,
+    expires: Instant,
+}
+
+/// Policy discovery, fetch and cache.
+pub struct MtaSts {
+    verifier: Verifier,
+    port: u16,
+    timeout: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl MtaSts {
+    /// Fetches policies from port `port` (443) within `timeout`, trusting
+    /// `verifier`'s anchors.
+    #[must_use]
+    pub fn new(verifier: Verifier, port: u16, timeout: Duration) -> Self {
+        Self {
+            verifier,
+            port,
+            timeout,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The policy in force for `domain`, if any (mode `none` is no policy).
+    pub async fn policy(&self, router: &Router, domain: &str) -> Option<Policy> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if domain.starts_with('[') || domain.is_empty() {
+            return None;
+        }
+        let cached = self.cached(&domain);
+        let id = self.txt_id(router, &domain).await;
+        let policy = match (id, cached) {
+            // §5.1: the cached policy stands while the id is unchanged.
+            (Some(id), Some(c)) if c.id == id => Some(c.policy),
+            (Some(id), cached) => match self.fetch(router, &domain).await {
+                Ok(p) => {
+                    tracing::info!(%domain, %id, mode = p.mode.as_str(), max_age = p.max_age, "MTA-STS policy fetched");
+                    self.store(&domain, id, p.clone());
+                    Some(p)
+                }
+                Err(e) => {
+                    tracing::warn!(%domain, error = %e, "MTA-STS policy not fetched");
+                    // §3.3: no policy could be fetched and none is cached:
+                    // deliver as if the domain had none.
+                    cached.map(|c| c.policy)
+                }
+            },
+            // No (usable) TXT record: a cached policy still applies (§3.3).
+            (None, cached) => cached.map(|c| c.policy),
+        };
+        policy.filter(|p| p.mode != Mode::None)
+    }
+
+    fn cached(&self, domain: &str) -> Option<Cached> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(domain) {
+            Some(c) if c.expires > Instant::now() => Some(c.clone()),
+            Some(_) => {
+                cache.remove(domain);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn store(&self, domain: &str, id: String, policy: Policy) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED {
+            let now = Instant::now();
+            cache.retain(|_, c| c.expires > now);
+        }
+        if cache.len() < MAX_CACHED {
+            let expires = Instant::now() + Duration::from_secs(policy.max_age);
+            cache.insert(
+                domain.to_string(),
+                Cached {
+                    id,
+                    policy,
+                    expires,
+                },
+            );
+        }
+    }
+
+    async fn txt_id(&self, router: &Router, domain: &str) -> Option<String> {
+        let name = format!("_mta-sts.{domain}.");
+        let lookup = router.resolver().txt_lookup(name.as_str()).await.ok()?;
+        let records: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                // RFC 8461 §3.1: the strings of one record are concatenated.
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect();
+        policy::txt_id(&records)
+    }
+
+    /// GET the policy from each allowed address of `mta-sts.<domain>` in
+    /// turn until one answers.
+    async fn fetch(&self, router: &Router, domain: &str) -> Result<Policy, String> {
+        let host = format!("mta-sts.{domain}");
+        let addrs = router.allowed_addrs(&host, self.port).await?;
+        let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
+        let mut errors = Vec::new();
+        for addr in addrs {
+            match tokio::time::timeout(self.timeout, self.get(addr, &host, name.clone())).await {
+                Ok(Ok(body)) => return policy::parse_policy(&body),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: timeout")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn get(
+        &self,
+        addr: std::net::SocketAddr,
+        host: &str,
+        name: ServerName<'static>,
+    ) -> Result<String, String> {
+        use http_body_util::BodyExt as _;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let config = std::sync::Arc::new(self.verifier.client_config(&[b"http/1.1"]));
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP: {e}"))?;
+        let driver = tokio::spawn(conn);
+        let request = hyper::Request::get("/.well-known/mta-sts.txt")
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::USER_AGENT, "epistole-smtp-out")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let result = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("HTTP: {e}"))?;
+            // RFC 8461 §3.3: 200 only; redirects are not followed.
+            if response.status() != hyper::StatusCode::OK {
+                return Err(format!("HTTP status {}", response.status()));
+            }
+            // RFC 8461 §3.2: the media type is text/plain.
+            let text_plain = response
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/plain"))
+                });
+            if !text_plain {
+                return Err("policy is not text/plain".to_string());
+            }
+            let body = http_body_util::Limited::new(response.into_body(), MAX_POLICY)
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            String::from_utf8(body.to_vec()).map_err(|_| "policy is not UTF-8".to_string())
+        }
+        .await;
+        driver.abort();
+        result
+    }
+}
