@@ -16,8 +16,24 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Service token: the secret the protocol services and workers present as
     /// `authorization: Bearer …`. Must not be empty.
-    #[arg(long, env = "EPISTOLE_STORE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EPISTOLE_STORE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub token: String,
+    /// File holding the service token (a mounted secret), used when --token
+    /// is not given.
+    #[arg(long, env = "EPISTOLE_STORE_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// File holding the admin token, used when --admin-token is not given.
+    #[arg(long, env = "EPISTOLE_STORE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// File holding the database password; it replaces any password in
+    /// --database-url (so the URL itself holds no secret).
+    #[arg(long, env = "EPISTOLE_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<std::path::PathBuf>,
     /// Admin token: required for the administrative RPCs (domains, users,
     /// aliases, filters, DKIM keys, queue inspection; table in `auth.rs`).
     /// Without it those RPCs are refused for everyone. Must differ from --token.
@@ -117,6 +133,36 @@ impl Config {
         Ok(())
     }
 
+    /// Reads the secrets given as files (`--token-file`, `--admin-token-file`)
+    /// into the configuration; the first line of each file counts.
+    ///
+    /// # Errors
+    /// An unreadable file.
+    pub fn load_secret_files(&mut self) -> Result<(), String> {
+        if self.token.is_empty()
+            && let Some(path) = &self.token_file
+        {
+            self.token = first_line(path)?;
+        }
+        if self.admin_token.is_none()
+            && let Some(path) = &self.admin_token_file
+        {
+            self.admin_token = Some(first_line(path)?);
+        }
+        Ok(())
+    }
+
+    /// The database password from `--database-password-file`, if given.
+    ///
+    /// # Errors
+    /// An unreadable file.
+    pub fn database_password(&self) -> Result<Option<String>, String> {
+        self.database_password_file
+            .as_deref()
+            .map(first_line)
+            .transpose()
+    }
+
     /// A configuration with defaults for everything but the database and token.
     #[must_use]
     pub fn new(database_url: impl Into<String>, token: impl Into<String>) -> Self {
@@ -125,6 +171,9 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: token.into(),
+            token_file: None,
+            admin_token_file: None,
+            database_password_file: None,
             admin_token: None,
             max_message_size: 64 * 1024 * 1024,
             db_connections: 16,
@@ -141,5 +190,44 @@ impl Config {
             max_mailboxes_per_user: 1000,
             migrate: true,
         }
+    }
+}
+
+fn first_line(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("read secret file {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_files_when_not_given() {
+        let dir = std::env::temp_dir().join(format!("store-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("token"), "service-secret\n").expect("write");
+        std::fs::write(dir.join("admin"), "admin-secret\nignored\n").expect("write");
+        std::fs::write(dir.join("db"), "pg-secret").expect("write");
+        let mut c = Config::new("postgres://x@localhost/db", "");
+        c.token_file = Some(dir.join("token"));
+        c.admin_token_file = Some(dir.join("admin"));
+        c.database_password_file = Some(dir.join("db"));
+        c.load_secret_files().expect("load");
+        assert_eq!(c.token, "service-secret");
+        assert_eq!(c.admin_token.as_deref(), Some("admin-secret"));
+        assert_eq!(c.database_password().expect("db"), Some("pg-secret".into()));
+        assert!(c.validate().is_ok());
+        // A flag given directly wins over its file.
+        let mut d = Config::new("postgres://x@localhost/db", "direct");
+        d.token_file = Some(dir.join("token"));
+        d.load_secret_files().expect("load");
+        assert_eq!(d.token, "direct");
+        // A missing file is an error, not an empty secret.
+        let mut e = Config::new("postgres://x@localhost/db", "");
+        e.token_file = Some(dir.join("missing"));
+        assert!(e.load_secret_files().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

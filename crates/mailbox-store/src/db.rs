@@ -49,7 +49,19 @@ pub struct Store {
 /// # Errors
 /// When the URL is malformed (connections are made lazily).
 pub fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
-    let opts: PgConnectOptions = url.parse().context("parse database URL")?;
+    pool_with_password(url, max, None)
+}
+
+/// Like [`pool`], with the password given apart from the URL (from a
+/// mounted secret file).
+///
+/// # Errors
+/// On a malformed URL.
+pub fn pool_with_password(url: &str, max: u32, password: Option<String>) -> anyhow::Result<PgPool> {
+    let mut opts: PgConnectOptions = url.parse().context("parse database URL")?;
+    if let Some(password) = password {
+        opts = opts.password(&password);
+    }
     Ok(PgPoolOptions::new()
         .max_connections(max)
         .min_connections(0)

@@ -11,7 +11,7 @@ use service_kit::{HealthServer, Shutdown};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::db::{Store, migrate, pool};
+use crate::db::{Store, migrate};
 use crate::hashing::{AuthCache, HashPool};
 use crate::{accounts, auth, guard, janitor, mailboxes, notify, queue};
 
@@ -30,7 +30,8 @@ impl Server {
     ///
     /// # Errors
     /// On database, migration or bind failures.
-    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+    pub async fn bind(mut config: Config) -> anyhow::Result<Self> {
+        config.load_secret_files().map_err(anyhow::Error::msg)?;
         config.validate().map_err(anyhow::Error::msg)?;
         if config.admin_token.is_none() {
             tracing::warn!(
@@ -40,7 +41,11 @@ impl Server {
         let hasher = HashPool::start(config.hash_threads, config.hash_queue)
             .context("start password hashing threads")?;
         let auth_cache = AuthCache::new(Duration::from_secs(u64::from(config.auth_cache_ttl_secs)));
-        let pool = pool(&config.database_url, config.db_connections)?;
+        let pool = crate::db::pool_with_password(
+            &config.database_url,
+            config.db_connections,
+            config.database_password().map_err(anyhow::Error::msg)?,
+        )?;
         if config.migrate {
             migrate(&pool).await?;
         }
