@@ -74,8 +74,8 @@ async fn haproxy(backend: SocketAddr) -> Haproxy {
         &cfg,
         format!(
             "global\n  maxconn 200\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n\
-             frontend mx\n  bind 127.0.0.1:{port}\n  default_backend smtp\n\n\
-             backend smtp\n  server s1 {backend} send-proxy-v2\n"
+             frontend front\n  bind 127.0.0.1:{port}\n  default_backend back\n\n\
+             backend back\n  server s1 {backend} send-proxy-v2\n"
         ),
     )
     .unwrap();
@@ -209,5 +209,68 @@ async fn clients_behind_haproxy_keep_their_own_addresses() {
     assert!(!text.contains("250"), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
 
+    let _ = front.child.kill().await;
+}
+
+/// IMAP LOGIN through the front from `source`: the tagged answer.
+async fn imap_login(source: &str, front: SocketAddr, user: &str, password: &str) -> String {
+    let mut c = BufReader::new(connect_from(source, front).await);
+    let mut greeting = String::new();
+    c.read_line(&mut greeting).await.unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    c.get_mut()
+        .write_all(format!("a LOGIN {user} {password}\r\n").as_bytes())
+        .await
+        .unwrap();
+    loop {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(20), c.read_line(&mut l))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        if l.starts_with("a ") {
+            return l;
+        }
+    }
+}
+
+/// Behind the front, banning one client's address leaves another client
+/// (same front, other address) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_behind_the_proxy_hits_only_the_guesser() {
+    let store = test_kit::TestStore::start_tuned(|c| c.auth_failure_limit = 5).await;
+    store.add_domain("example.org").await;
+    store.add_user("bob@example.org", "bob-password").await;
+    let imap = test_kit::spawn_service(
+        &store,
+        &[
+            "--log",
+            "warn",
+            "imap",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "off",
+            "--allow-plaintext-auth",
+            "--auth-failure-delay-ms",
+            "0",
+            "--proxy-trusted",
+            "127.0.0.1",
+        ],
+        &["imap"],
+    )
+    .await;
+    let mut front = haproxy(imap.addr("imap")).await;
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(imap_login("127.0.0.2", front.addr, "bob@example.org", "guess").await);
+    }
+    assert!(
+        answers.last().unwrap().contains("[UNAVAILABLE]"),
+        "{answers:?}"
+    );
+    let ok = imap_login("127.0.0.3", front.addr, "bob@example.org", "bob-password").await;
+    assert!(ok.starts_with("a OK"), "{ok}");
     let _ = front.child.kill().await;
 }
