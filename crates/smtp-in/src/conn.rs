@@ -12,9 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument as _;
 
+use crate::guard::{self, Mark};
 use crate::io::{Conn, ConnError};
 use crate::proto::codes;
-use crate::session::{Exit, ListenerKind, Session, Shared, TlsInfo, new_session_id};
+use crate::session::{Exit, GreetPass, ListenerKind, Session, Shared, TlsInfo, new_session_id};
 
 /// smtp-in as the shared listener sees it.
 pub struct Smtp {
@@ -63,7 +64,8 @@ impl Protocol for Smtp {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnOptions {
     /// MX only: wait this long before the greeting; a client that talks
-    /// first is refused (ATTACKS.md §5). Zero disables the check.
+    /// first is refused (ATTACKS.md §5). Zero disables the check. Clients
+    /// with a current `greet_pass` mark skip it (see [`pre_greeting`]).
     pub early_talker_delay: Duration,
 }
 
@@ -121,19 +123,11 @@ where
         return serve_tls(tls, info, session).await;
     }
     let mut conn = Conn::new(stream);
-    if kind == ListenerKind::Mx && !options.early_talker_delay.is_zero() {
-        match conn.fill(options.early_talker_delay).await {
-            Err(ConnError::Timeout) => {}
-            Ok(_) => {
-                metrics::counter!("smtp_in_sessions_closed_total", "reason" => "early_talker")
-                    .increment(1);
-                tracing::info!("early talker refused");
-                conn.send(&codes::early_talker());
-                conn.close().await;
-                return Ok(Exit::Closed);
-            }
-            Err(e) => return Err(e),
-        }
+    if kind == ListenerKind::Mx
+        && !options.early_talker_delay.is_zero()
+        && !pre_greeting(&mut conn, session, shared, options.early_talker_delay).await?
+    {
+        return Ok(Exit::Closed);
     }
     conn.send(&session.greeting());
     match session.run(&mut conn).await? {
@@ -152,6 +146,58 @@ where
             serve_tls(tls, info, session).await
         }
         exit => Ok(exit),
+    }
+}
+
+/// The MX pre-greeting pause, done as Postfix's postscreen does it: a
+/// client IP with a current `greet_pass` mark (one `Guard.CheckMark`, short
+/// deadline) is greeted at once; any other waits `delay`, and one that
+/// talks during it is refused. A client that waited is marked at its first
+/// accepted MAIL (see `Session::mail`), and so is a marked one whose mark
+/// is past half its life, so busy relays are never paused again while
+/// they behave. A store error means "not marked": the pause applies.
+/// Returns false when the client was refused.
+async fn pre_greeting<S>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    shared: &Shared,
+    delay: Duration,
+) -> Result<bool, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let ttl = shared.limits.greet_pass_ttl;
+    if !ttl.is_zero() {
+        let key = guard::ip_key(session.peer.ip());
+        if let Mark::Set(remaining) = shared
+            .guard
+            .check_mark(guard::GREET_PASS, &key, session.sid())
+            .await
+        {
+            metrics::counter!("smtp_in_greet_pass_total", "result" => "marked").increment(1);
+            if remaining < ttl / 2 {
+                session.set_greet_pass(GreetPass::Due);
+            }
+            return Ok(true);
+        }
+    }
+    match conn.fill(delay).await {
+        Err(ConnError::Timeout) => {
+            metrics::counter!("smtp_in_greet_pass_total", "result" => "waited").increment(1);
+            if !ttl.is_zero() {
+                session.set_greet_pass(GreetPass::Due);
+            }
+            Ok(true)
+        }
+        Ok(_) => {
+            metrics::counter!("smtp_in_sessions_closed_total", "reason" => "early_talker")
+                .increment(1);
+            tracing::info!("early talker refused");
+            conn.send(&codes::early_talker());
+            conn.close().await;
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 

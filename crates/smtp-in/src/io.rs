@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+// tokio's clock, so tests can run deadlines on paused time.
+use tokio::time::Instant;
 
 use crate::proto::Reply;
 use crate::proto::line::{self, Frame};
@@ -17,6 +19,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// An over-long line is discarded up to its LF; past this many discarded
 /// bytes the client is flooding and the connection is closed.
 const MAX_DISCARD: usize = 1024 * 1024;
+/// The last reply before closing gets this long to leave, whatever the
+/// deadlines say (a peer that never reads cannot hold us).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a connection cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,67 @@ pub enum ConnError {
     /// An endless line.
     #[error("line flood")]
     Flood,
+    /// The whole session took longer than allowed.
+    #[error("session deadline")]
+    SessionDeadline,
+    /// A whole DATA phase or BDAT transaction took longer than allowed.
+    #[error("data phase deadline")]
+    PhaseDeadline,
+    /// Message data arrived slower than the minimum rate.
+    #[error("data rate below the minimum")]
+    TooSlow,
+}
+
+/// The minimum average rate of a data phase, enforced once `grace` has
+/// passed since the phase began (a slow start is forgiven, a drip is not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateFloor {
+    /// Octets per second, averaged over the whole phase.
+    pub bytes_per_sec: u64,
+    /// No rate is asked for before this.
+    pub grace: Duration,
+}
+
+impl RateFloor {
+    /// How long after the phase began `bytes` octets keep the average at
+    /// or above the floor.
+    fn lasts(self, bytes: u64) -> Duration {
+        if self.bytes_per_sec == 0 {
+            return Duration::MAX;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let secs = bytes as f64 / self.bytes_per_sec as f64;
+        self.grace.max(Duration::from_secs_f64(secs))
+    }
+}
+
+/// A data phase in progress (DATA, or a BDAT transaction).
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    started: Instant,
+    deadline: Instant,
+    bytes: u64,
+    floor: Option<RateFloor>,
+}
+
+/// Why a wait ends if nothing arrives.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Timeout,
+    Session,
+    Phase,
+    Slow,
+}
+
+impl From<Cut> for ConnError {
+    fn from(c: Cut) -> Self {
+        match c {
+            Cut::Timeout => Self::Timeout,
+            Cut::Session => Self::SessionDeadline,
+            Cut::Phase => Self::PhaseDeadline,
+            Cut::Slow => Self::TooSlow,
+        }
+    }
 }
 
 /// One line read in command mode.
@@ -51,6 +117,8 @@ pub struct Conn<S> {
     io: S,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    session_deadline: Option<Instant>,
+    phase: Option<Phase>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -60,7 +128,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             io,
             rbuf: Vec::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
+            session_deadline: None,
+            phase: None,
         }
+    }
+
+    /// Every later read and write ends at `at` with
+    /// [`ConnError::SessionDeadline`].
+    pub fn set_session_deadline(&mut self, at: Instant) {
+        self.session_deadline = Some(at);
+    }
+
+    /// Starts a data phase (unless one is running): reads end at
+    /// `limit` from now with [`ConnError::PhaseDeadline`], or as soon as
+    /// the average rate falls under `floor` with [`ConnError::TooSlow`].
+    pub fn start_phase(&mut self, limit: Duration, floor: Option<RateFloor>) {
+        if self.phase.is_none() {
+            let now = Instant::now();
+            self.phase = Some(Phase {
+                started: now,
+                deadline: now
+                    .checked_add(limit)
+                    .unwrap_or(now + Duration::from_secs(86_400)),
+                bytes: 0,
+                floor,
+            });
+        }
+    }
+
+    /// Ends the data phase, if any.
+    pub fn end_phase(&mut self) {
+        self.phase = None;
+    }
+
+    /// How long the next wait may last, and what ends it: the per-read
+    /// `timeout`, the session deadline, the phase deadline, or the moment
+    /// the phase's average rate would fall under its floor.
+    fn budget(&self, timeout: Duration) -> (Instant, Cut) {
+        let now = Instant::now();
+        let mut until = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(86_400));
+        let mut cut = Cut::Timeout;
+        let mut earlier = |at: Instant, why: Cut| {
+            if at < until {
+                until = at;
+                cut = why;
+            }
+        };
+        if let Some(d) = self.session_deadline {
+            earlier(d, Cut::Session);
+        }
+        if let Some(p) = self.phase {
+            earlier(p.deadline, Cut::Phase);
+            if let Some(floor) = p.floor
+                && let Some(at) = p.started.checked_add(floor.lasts(p.bytes))
+            {
+                earlier(at, Cut::Slow);
+            }
+        }
+        (until, cut)
     }
 
     /// Gives the stream back and DISCARDS whatever was read but not yet
@@ -86,6 +213,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// # Errors
     /// On I/O failure.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
+        match self.session_deadline {
+            // A peer that stops reading cannot hold the session past its
+            // deadline by letting our writes block.
+            Some(d) => tokio::time::timeout_at(d, self.write_out())
+                .await
+                .map_err(|_| ConnError::SessionDeadline)?,
+            None => self.write_out().await,
+        }
+    }
+
+    async fn write_out(&mut self) -> Result<(), ConnError> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
             self.wbuf.clear();
@@ -94,31 +232,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Shuts the write side down (after a final reply).
+    /// Shuts the write side down (after a final reply), giving the reply
+    /// at most a few seconds to leave.
     pub async fn close(&mut self) {
-        let _ = self.flush().await;
-        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = self.write_out().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
     }
 
-    /// Reads more bytes (flushing replies first), waiting at most `timeout`.
+    /// Reads more bytes (flushing replies first), waiting at most `timeout`
+    /// and never past the session deadline, the data phase deadline or the
+    /// moment the phase's rate falls under its floor (the error says which).
     ///
     /// # Errors
-    /// Timeout, EOF or I/O failure.
+    /// Timeout, deadline, too slow, EOF or I/O failure.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
-        self.flush().await?;
+        let (until, cut) = self.budget(timeout);
+        if until <= Instant::now() {
+            return Err(cut.into());
+        }
+        match tokio::time::timeout_at(until, self.write_out()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(cut.into()),
+        }
         // read_buf only appends what was read: cancel-safe (the session
         // races reads against the shutdown signal).
         self.rbuf.reserve(READ_CHUNK);
-        let n = match tokio::time::timeout(timeout, self.io.read_buf(&mut self.rbuf)).await {
+        let n = match tokio::time::timeout_at(until, self.io.read_buf(&mut self.rbuf)).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(ConnError::Timeout),
+            Err(_) => return Err(cut.into()),
         };
         if n == 0 {
             return Err(ConnError::Closed);
         }
+        if let Some(p) = &mut self.phase {
+            p.bytes += n as u64;
+        }
         metrics::counter!("smtp_in_bytes_received_total").increment(n as u64);
         Ok(n)
+    }
+
+    /// Capacity of the read buffer (tests: proof that refused data is not
+    /// buffered whole).
+    #[must_use]
+    pub fn read_capacity(&self) -> usize {
+        self.rbuf.capacity()
     }
 
     /// Reads one line of at most `max` octets (CRLF included).
@@ -236,5 +397,106 @@ mod tests {
         });
         let got = conn.read_line(1000, Duration::from_secs(5)).await;
         assert!(matches!(got, Err(ConnError::Flood)), "{got:?}");
+    }
+
+    /// Reads until the connection fails, returning the error and the time
+    /// it took. (Real time: bounds below are exact, bounds above generous.)
+    async fn read_until_cut<S: AsyncRead + AsyncWrite + Unpin>(
+        conn: &mut Conn<S>,
+    ) -> (ConnError, Duration) {
+        let start = Instant::now();
+        loop {
+            match conn.peek_some(Duration::from_secs(300)).await {
+                Ok(buf) => {
+                    let n = buf.len();
+                    conn.consume(n);
+                }
+                Err(e) => return (e, start.elapsed()),
+            }
+        }
+    }
+
+    /// Writes `chunk` every `every` until the other side goes away.
+    fn drip(mut client: tokio::io::DuplexStream, chunk: &'static [u8], every: Duration) {
+        tokio::spawn(async move {
+            while client.write_all(chunk).await.is_ok() {
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// One byte every 200 ms keeps every single read far inside RFC 5321
+    /// §4.5.3.2's 3 minutes, yet is cut as too slow once the grace is over.
+    #[tokio::test]
+    async fn drip_is_cut_after_the_grace_period() {
+        let (client, server) = tokio::io::duplex(1024);
+        drip(client, b"x", Duration::from_millis(200));
+        let mut conn = Conn::new(server);
+        conn.start_phase(
+            Duration::from_secs(600),
+            Some(RateFloor {
+                bytes_per_sec: 256,
+                grace: Duration::from_secs(1),
+            }),
+        );
+        let (e, took) = read_until_cut(&mut conn).await;
+        assert!(matches!(e, ConnError::TooSlow), "{e:?}");
+        assert!(took >= Duration::from_secs(1), "{took:?}");
+        assert!(took < Duration::from_secs(30), "{took:?}");
+    }
+
+    /// A steady sender above the floor runs into the phase deadline, and
+    /// after the phase ends only the session deadline is left.
+    #[tokio::test]
+    async fn phase_then_session_deadline() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        drip(client, &[b'x'; 1024], Duration::from_millis(100));
+        let mut conn = Conn::new(server);
+        let start = Instant::now();
+        conn.set_session_deadline(start + Duration::from_secs(4));
+        let floor = RateFloor {
+            bytes_per_sec: 256,
+            grace: Duration::from_millis(500),
+        };
+        conn.start_phase(Duration::from_secs(2), Some(floor));
+        let (e, took) = read_until_cut(&mut conn).await;
+        assert!(matches!(e, ConnError::PhaseDeadline), "{e:?}");
+        assert!(took >= Duration::from_secs(2), "{took:?}");
+        conn.end_phase();
+        let (e, _) = read_until_cut(&mut conn).await;
+        assert!(matches!(e, ConnError::SessionDeadline), "{e:?}");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(4), "{took:?}");
+        assert!(took < Duration::from_secs(60), "{took:?}");
+    }
+
+    /// A peer that never reads our replies cannot hold the session past its
+    /// deadline: the blocked write is cut too.
+    #[tokio::test]
+    async fn blocked_write_is_cut_at_the_session_deadline() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut conn = Conn::new(server);
+        conn.set_session_deadline(Instant::now() + Duration::from_secs(1));
+        for _ in 0..100 {
+            conn.send(&Reply::new(250, None, "a reply nobody reads"));
+        }
+        let got = conn.fill(Duration::from_secs(300)).await;
+        assert!(matches!(got, Err(ConnError::SessionDeadline)), "{got:?}");
+    }
+
+    #[test]
+    fn rate_floor_arithmetic() {
+        let f = RateFloor {
+            bytes_per_sec: 100,
+            grace: Duration::from_secs(30),
+        };
+        assert_eq!(f.lasts(0), Duration::from_secs(30));
+        assert_eq!(f.lasts(3000), Duration::from_secs(30));
+        assert_eq!(f.lasts(6000), Duration::from_secs(60));
+        let off = RateFloor {
+            bytes_per_sec: 0,
+            grace: Duration::ZERO,
+        };
+        assert_eq!(off.lasts(0), Duration::MAX);
     }
 }

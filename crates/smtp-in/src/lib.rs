@@ -23,6 +23,7 @@
 
 mod cmd;
 pub mod conn;
+pub mod guard;
 pub mod io;
 pub mod proto;
 pub mod received;
@@ -37,7 +38,7 @@ use anyhow::Context as _;
 use service_kit::{Security, Shutdown, StoreArgs};
 use tokio::sync::Semaphore;
 
-pub use session::{Limits, ListenerKind, Shared};
+pub use session::{Hourly, Limits, ListenerKind, Shared};
 
 /// smtp-in configuration: every option is a flag with an environment
 /// variable fallback.
@@ -126,13 +127,92 @@ pub struct Config {
         default_value_t = 180
     )]
     pub data_timeout_secs: u64,
-    /// Memory for message content being received, all sessions together, in MiB.
+    /// Seconds a whole DATA phase, or a whole BDAT transaction, may last.
+    #[arg(
+        long = "data-phase-timeout",
+        env = "EPISTOLE_SMTP_DATA_PHASE_TIMEOUT",
+        default_value_t = 600
+    )]
+    pub data_phase_timeout_secs: u64,
+    /// Seconds a whole session may last, greeting to close.
+    #[arg(
+        long = "session-timeout",
+        env = "EPISTOLE_SMTP_SESSION_TIMEOUT",
+        default_value_t = 1800
+    )]
+    pub session_timeout_secs: u64,
+    /// Minimum average rate of message data in octets/s, after the grace
+    /// period; slower senders get 421 4.4.2 (0 = off).
+    #[arg(
+        long = "min-data-rate",
+        env = "EPISTOLE_SMTP_MIN_DATA_RATE",
+        default_value_t = 256
+    )]
+    pub min_data_rate: u64,
+    /// Seconds into a data phase before --min-data-rate applies.
+    #[arg(
+        long = "min-data-rate-grace",
+        env = "EPISTOLE_SMTP_MIN_DATA_RATE_GRACE",
+        default_value_t = 30
+    )]
+    pub min_data_rate_grace_secs: u64,
+    /// Memory for message content being received, all sessions together, in
+    /// MiB; beyond it DATA/BDAT get 452 4.3.1. Keep it well under the
+    /// process's memory limit (256 fits a 512 MiB pod).
     #[arg(
         long = "spool-memory-mb",
         env = "EPISTOLE_SMTP_SPOOL_MEMORY_MB",
-        default_value_t = 1024
+        default_value_t = 256
     )]
     pub spool_memory_mb: usize,
+    /// Messages per client IP per hour, unauthenticated sessions (MX),
+    /// counted at MAIL across replicas; beyond: 421 4.7.0 (0 = off).
+    #[arg(
+        long = "max-messages-per-ip-hour",
+        env = "EPISTOLE_SMTP_MAX_MESSAGES_PER_IP_HOUR",
+        default_value_t = 1000
+    )]
+    pub max_messages_per_ip_hour: u32,
+    /// Accepted recipients per client IP per hour, unauthenticated sessions
+    /// (MX); beyond: 450 4.7.1 (0 = off).
+    #[arg(
+        long = "max-recipients-per-ip-hour",
+        env = "EPISTOLE_SMTP_MAX_RECIPIENTS_PER_IP_HOUR",
+        default_value_t = 5000
+    )]
+    pub max_recipients_per_ip_hour: u32,
+    /// Messages per authenticated account per hour (submission); beyond:
+    /// 421 4.7.0 (0 = off).
+    #[arg(
+        long = "max-messages-per-account-hour",
+        env = "EPISTOLE_SMTP_MAX_MESSAGES_PER_ACCOUNT_HOUR",
+        default_value_t = 200
+    )]
+    pub max_messages_per_account_hour: u32,
+    /// Accepted recipients per authenticated account per hour
+    /// (submission); beyond: 450 4.7.1 (0 = off).
+    #[arg(
+        long = "max-recipients-per-account-hour",
+        env = "EPISTOLE_SMTP_MAX_RECIPIENTS_PER_ACCOUNT_HOUR",
+        default_value_t = 1000
+    )]
+    pub max_recipients_per_account_hour: u32,
+    /// MX: seconds a client that waited for the greeting and then sent a
+    /// good MAIL is greeted at once, on every replica (0 = always pause).
+    #[arg(
+        long = "greet-pass-ttl-secs",
+        env = "EPISTOLE_SMTP_GREET_PASS_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub greet_pass_ttl_secs: u64,
+    /// Deadline of one Guard call (shared limits and marks), in
+    /// milliseconds; past it the call counts as "no information".
+    #[arg(
+        long = "guard-timeout-ms",
+        env = "EPISTOLE_SMTP_GUARD_TIMEOUT_MS",
+        default_value_t = 500
+    )]
+    pub guard_timeout_ms: u64,
     /// Deadline of one store call, in milliseconds.
     #[arg(
         long = "store-timeout-ms",
@@ -171,7 +251,7 @@ service_kit::listener_args!(
     ListenerArgs,
     "EPISTOLE_SMTP",
     max_connections = 1000,
-    per_ip = 20
+    per_ip = 50
 );
 
 impl Config {
@@ -192,7 +272,17 @@ impl Config {
             error_delay_ms: 0,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
-            spool_memory_mb: 1024,
+            data_phase_timeout_secs: 600,
+            session_timeout_secs: 1800,
+            min_data_rate: 256,
+            min_data_rate_grace_secs: 30,
+            spool_memory_mb: 256,
+            max_messages_per_ip_hour: 1000,
+            max_recipients_per_ip_hour: 5000,
+            max_messages_per_account_hour: 200,
+            max_recipients_per_account_hour: 1000,
+            greet_pass_ttl_secs: 86_400,
+            guard_timeout_ms: 500,
             store_timeout_ms: 30_000,
             store_attempts: 3,
             early_talker_delay_ms: 0,
@@ -213,6 +303,19 @@ impl Config {
             error_delay: Duration::from_millis(self.error_delay_ms),
             command_timeout: Duration::from_secs(self.command_timeout_secs.max(1)),
             data_timeout: Duration::from_secs(self.data_timeout_secs.max(1)),
+            data_phase_timeout: Duration::from_secs(self.data_phase_timeout_secs.max(1)),
+            session_timeout: Duration::from_secs(self.session_timeout_secs.max(1)),
+            min_data_rate: (self.min_data_rate > 0).then(|| io::RateFloor {
+                bytes_per_sec: self.min_data_rate,
+                grace: Duration::from_secs(self.min_data_rate_grace_secs),
+            }),
+            hourly: Hourly {
+                messages_per_ip: self.max_messages_per_ip_hour,
+                recipients_per_ip: self.max_recipients_per_ip_hour,
+                messages_per_account: self.max_messages_per_account_hour,
+                recipients_per_account: self.max_recipients_per_account_hour,
+            },
+            greet_pass_ttl: Duration::from_secs(self.greet_pass_ttl_secs),
         }
     }
 }
@@ -241,6 +344,10 @@ impl Server {
             tracing::warn!("using a generated self-signed certificate (development only)");
         }
         let client = config.store.client().context("store client")?;
+        let guard = guard::Guard::new(
+            client.clone(),
+            Duration::from_millis(config.guard_timeout_ms),
+        );
         let backend = store::Backend::new(
             client,
             Duration::from_millis(config.store_timeout_ms.max(1)),
@@ -257,6 +364,7 @@ impl Server {
             tls: tls.map(|t| service_kit::Tls::new(t, "smtp_in")),
             allow_plaintext_auth: config.listener.allow_plaintext_auth,
             spool: Arc::new(Semaphore::new(spool_kib)),
+            guard,
         });
         if shared.tls.is_none()
             && !config.listener.allow_plaintext_auth
@@ -265,6 +373,11 @@ impl Server {
                 .is_empty()
         {
             tracing::warn!("submission listener without TLS: AUTH will never be offered");
+        }
+        if config.listener.allow_plaintext_auth {
+            tracing::warn!(
+                "--allow-plaintext-auth: AUTH without TLS for loopback clients only (testing)"
+            );
         }
         let readiness: service_kit::Readiness = Arc::new(move || {
             let backend = backend.clone();

@@ -29,7 +29,8 @@ use tokio::sync::Semaphore;
 
 use crate::cmd::data::Chunking;
 use crate::cmd::parse_error_reply;
-use crate::io::{Conn, ConnError, Line};
+use crate::guard::Guard;
+use crate::io::{Conn, ConnError, Line, RateFloor};
 use crate::proto::command::{self, MAX_COMMAND_LINE, MailParams};
 use crate::proto::{Reply, codes};
 use crate::store::Backend;
@@ -75,6 +76,46 @@ pub struct Limits {
     pub command_timeout: Duration,
     /// Waiting for the next block of data (RFC 5321 §4.5.3.2.5: 3 minutes).
     pub data_timeout: Duration,
+    /// A whole DATA phase, or a whole BDAT transaction from its first chunk
+    /// to its last. RFC 5321 §4.5.3.2 times single reads only; this bounds
+    /// a sender that keeps every read just inside them.
+    pub data_phase_timeout: Duration,
+    /// A whole session, from the greeting to the close.
+    pub session_timeout: Duration,
+    /// The minimum average rate of a data phase; `None` disables it.
+    pub min_data_rate: Option<RateFloor>,
+    /// Messages and recipients per hour, counted across replicas by the
+    /// store's Guard.
+    pub hourly: Hourly,
+    /// How long a client that passed the MX pre-greeting pause is greeted
+    /// at once (zero: pause every time).
+    pub greet_pass_ttl: Duration,
+}
+
+/// Per-hour limits; 0 disables one. Unauthenticated sessions (the MX) are
+/// counted per client IP (IPv6 per /64, by the store), authenticated ones
+/// (submission) per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hourly {
+    /// Messages (counted at MAIL) per client IP.
+    pub messages_per_ip: u32,
+    /// Accepted recipients per client IP.
+    pub recipients_per_ip: u32,
+    /// Messages (counted at MAIL) per authenticated account.
+    pub messages_per_account: u32,
+    /// Accepted recipients per authenticated account.
+    pub recipients_per_account: u32,
+}
+
+impl Default for Hourly {
+    fn default() -> Self {
+        Self {
+            messages_per_ip: 1000,
+            recipients_per_ip: 5000,
+            messages_per_account: 200,
+            recipients_per_account: 1000,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -87,6 +128,14 @@ impl Default for Limits {
             error_delay: Duration::from_secs(1),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            data_phase_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(1800),
+            min_data_rate: Some(RateFloor {
+                bytes_per_sec: 256,
+                grace: Duration::from_secs(30),
+            }),
+            hourly: Hourly::default(),
+            greet_pass_ttl: Duration::from_secs(86_400),
         }
     }
 }
@@ -101,10 +150,13 @@ pub struct Shared {
     pub backend: Backend,
     /// TLS, when configured (STARTTLS and port 465).
     pub tls: Option<service_kit::Tls>,
-    /// Allow AUTH without TLS (loopback testing only).
+    /// Allow AUTH without TLS to loopback peers (testing only; any other
+    /// peer still needs TLS).
     pub allow_plaintext_auth: bool,
     /// Server-wide budget for spooled message content, in KiB permits.
     pub spool: Arc<Semaphore>,
+    /// Shared counters and marks in the store (fail open).
+    pub guard: Guard,
 }
 
 /// Negotiated TLS parameters, for the Received header and the log.
@@ -182,6 +234,21 @@ pub struct Session {
     pub(crate) errors: u32,
     pub(crate) transactions: u32,
     pub(crate) shutdown: Shutdown,
+    /// The session ends at this instant whatever it is doing.
+    pub(crate) deadline: tokio::time::Instant,
+    /// Whether a good MAIL should (re)mark this client as one that waits
+    /// for the greeting.
+    pub(crate) greet_pass: GreetPass,
+}
+
+/// The MX pre-greeting pause's memory for this client (postscreen-style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GreetPass {
+    /// Nothing to record (not the MX, memory off, or fresh mark).
+    Nothing,
+    /// The client waited for the greeting (or its mark is old): mark it at
+    /// its first accepted MAIL.
+    Due,
 }
 
 /// A new random session id (64 bits, hex).
@@ -201,7 +268,6 @@ impl Session {
         shutdown: Shutdown,
     ) -> Self {
         Self {
-            shared,
             kind,
             peer,
             sid,
@@ -211,8 +277,17 @@ impl Session {
             auth: None,
             errors: 0,
             transactions: 0,
+            deadline: tokio::time::Instant::now() + shared.limits.session_timeout,
+            greet_pass: GreetPass::Nothing,
             shutdown,
+            shared,
         }
+    }
+
+    /// Whether a later accepted MAIL marks this client for the greeting
+    /// pass (set by the connection after the pre-greeting pause).
+    pub fn set_greet_pass(&mut self, pass: GreetPass) {
+        self.greet_pass = pass;
     }
 
     /// The session id (greeting, error replies, Received, store metadata).
@@ -258,6 +333,7 @@ impl Session {
         &mut self,
         conn: &mut Conn<S>,
     ) -> Result<Exit, ConnError> {
+        conn.set_session_deadline(self.deadline);
         loop {
             let timeout = self.shared.limits.command_timeout;
             let shutdown = self.shutdown.clone();
@@ -281,7 +357,12 @@ impl Session {
                     Err(e) => self.reply(conn, parse_error_reply(e)).await?,
                     Ok(cmd) => {
                         tracing::debug!(verb = cmd.verb(), "command");
-                        match self.dispatch(conn, cmd).await {
+                        let flow = self.dispatch(conn, cmd).await;
+                        // A data phase lasts while BDAT chunks are pending.
+                        if !matches!(self.state, State::Chunking(_)) {
+                            conn.end_phase();
+                        }
+                        match flow {
                             Ok(flow) => flow,
                             Err(e) => return self.fatal(conn, e).await,
                         }
@@ -294,30 +375,29 @@ impl Session {
         }
     }
 
-    /// Timeouts get a 421 (RFC 5321 §4.5.3.2); other failures just end.
+    /// Timeouts and deadlines get a `421 4.4.2` (RFC 5321 §4.5.3.2, §3.8;
+    /// RFC 3463 X.4.2 "bad connection"); other failures just end. Any
+    /// spooled content is dropped here, releasing its budget at once.
     pub(crate) async fn fatal<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<S>,
         e: ConnError,
     ) -> Result<Exit, ConnError> {
-        match e {
-            ConnError::Timeout => {
-                metrics::counter!("smtp_in_sessions_closed_total", "reason" => "timeout")
-                    .increment(1);
-                conn.send(&self.decorate(codes::timeout()));
-                conn.close().await;
-                Ok(Exit::Closed)
-            }
-            ConnError::Flood => {
-                metrics::counter!("smtp_in_sessions_closed_total", "reason" => "flood")
-                    .increment(1);
-                conn.send(&self.decorate(codes::line_too_long()));
-                conn.close().await;
-                Ok(Exit::Closed)
-            }
-            ConnError::Closed => Ok(Exit::Closed),
-            ConnError::Io(_) => Err(e),
-        }
+        self.state = State::Fresh;
+        let (reason, reply) = match e {
+            ConnError::Timeout => ("timeout", codes::timeout()),
+            ConnError::SessionDeadline => ("session_deadline", codes::session_too_long()),
+            ConnError::PhaseDeadline => ("data_deadline", codes::data_too_long()),
+            ConnError::TooSlow => ("too_slow", codes::data_too_slow()),
+            ConnError::Flood => ("flood", codes::line_too_long()),
+            ConnError::Closed => return Ok(Exit::Closed),
+            ConnError::Io(_) => return Err(e),
+        };
+        metrics::counter!("smtp_in_sessions_closed_total", "reason" => reason).increment(1);
+        tracing::info!(reason, "session cut");
+        conn.send(&self.decorate(reply));
+        conn.close().await;
+        Ok(Exit::Closed)
     }
 
     /// Error replies carry the session id.
@@ -330,15 +410,21 @@ impl Session {
         }
     }
 
-    /// Queues a reply, counting 5xx as client errors: past the soft limit
-    /// replies are delayed, at the hard limit the session ends with 421.
+    /// Queues a reply, counting 5xx (and `454`, a refused AUTH) as client
+    /// errors: past the soft limit replies are delayed, at the hard limit
+    /// the session ends with 421. A 421 closes (RFC 5321 §3.8).
     pub(crate) async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<S>,
         reply: Reply,
     ) -> Result<Flow, ConnError> {
         let limits = &self.shared.limits;
-        if reply.code >= 500 {
+        if reply.code == 421 {
+            conn.send(&self.decorate(reply));
+            conn.close().await;
+            return Ok(Flow::Exit(Exit::Closed));
+        }
+        if reply.code >= 500 || reply.code == 454 {
             self.errors += 1;
             if self.errors > limits.errors_before_delay && !limits.error_delay.is_zero() {
                 conn.flush().await?;
@@ -365,7 +451,20 @@ impl Session {
         self.shared.tls.is_some() && self.tls.is_none() && self.kind != ListenerKind::Submissions
     }
 
+    /// RFC 4954 §4: AUTH only inside TLS, except for the testing switch
+    /// and then only for loopback peers (127.0.0.0/8, ::1; also as
+    /// IPv4-mapped IPv6): from any other address the switch does nothing.
     pub(crate) fn auth_offered(&self) -> bool {
-        self.kind != ListenerKind::Mx && (self.tls.is_some() || self.shared.allow_plaintext_auth)
+        self.kind != ListenerKind::Mx
+            && (self.tls.is_some()
+                || (self.shared.allow_plaintext_auth
+                    && self.peer.ip().to_canonical().is_loopback()))
+    }
+
+    /// Starts the data phase clock (DATA, or the first chunk of a BDAT
+    /// transaction); a phase already running goes on.
+    pub(crate) fn begin_data_phase<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn<S>) {
+        let limits = &self.shared.limits;
+        conn.start_phase(limits.data_phase_timeout, limits.min_data_rate);
     }
 }

@@ -17,51 +17,85 @@ use crate::proto::{Reply, codes};
 use crate::received::Stamp;
 use crate::session::{Exit, Flow, Limits, Session, State, Transaction};
 
+/// Budget granularity: the spool grows in steps of at least this much.
+const GRAIN: usize = 64 * 1024;
+
 /// Message bytes held in memory, counted against the server-wide budget.
+/// What is counted is the buffer's *capacity*, reserved before any byte is
+/// written, so the budget bounds the memory really held.
 pub(crate) struct Spool {
     buf: Vec<u8>,
     budget: Arc<Semaphore>,
     permits: Vec<OwnedSemaphorePermit>,
     held_kib: usize,
+    /// The most this message may need (its size limit): growth stops there.
+    most: usize,
 }
 
 impl Spool {
-    fn new(budget: Arc<Semaphore>) -> Self {
+    fn new(budget: Arc<Semaphore>, most: u64) -> Self {
         Self {
             buf: Vec::new(),
             budget,
             permits: Vec::new(),
             held_kib: 0,
+            most: usize::try_from(most).unwrap_or(usize::MAX),
         }
     }
 
-    /// Takes permits for the buffer's size; false when the budget is spent.
-    fn account(&mut self) -> bool {
-        let need = self.buf.len().div_ceil(1024);
-        if need <= self.held_kib {
+    /// Makes room for `extra` more bytes, taking permits first; false
+    /// (nothing taken, nothing grown) when the budget cannot cover it.
+    /// Growth doubles (amortised copying) but stops at the message limit,
+    /// and falls back to the bare need when the budget is short.
+    fn reserve(&mut self, extra: usize) -> bool {
+        let need = self.buf.len().saturating_add(extra);
+        if need <= self.buf.capacity() {
             return true;
         }
-        // Take at least 64 KiB at a time to keep the permit list short.
-        let want = (need - self.held_kib).max(64);
-        let Ok(n) = u32::try_from(want) else {
+        let round = |n: usize| n.div_ceil(GRAIN).saturating_mul(GRAIN);
+        let doubled = self.buf.capacity().saturating_mul(2).min(self.most);
+        let target = round(need.max(doubled));
+        let cap = if self.charge(target) {
+            target
+        } else if self.charge(round(need)) {
+            round(need)
+        } else {
+            return false;
+        };
+        self.buf.reserve_exact(cap - self.buf.len());
+        true
+    }
+
+    /// Holds permits for `bytes` in total; false when the budget is spent.
+    fn charge(&mut self, bytes: usize) -> bool {
+        let kib = bytes.div_ceil(1024);
+        if kib <= self.held_kib {
+            return true;
+        }
+        let Ok(n) = u32::try_from(kib - self.held_kib) else {
             return false;
         };
         match self.budget.clone().try_acquire_many_owned(n) {
             Ok(p) => {
                 self.permits.push(p);
-                self.held_kib += want;
+                self.held_kib = kib;
                 true
             }
             Err(_) => false,
         }
     }
 
+    /// Drops the content and gives its budget back.
     fn clear(&mut self) {
         self.buf = Vec::new();
         self.permits.clear();
         self.held_kib = 0;
     }
 }
+
+/// Spool budget below which DATA is refused at once (`452 4.3.1`) instead
+/// of reading a message that could not be held.
+const MIN_FREE_KIB: usize = GRAIN / 1024;
 
 /// A BDAT transfer between chunks.
 pub(crate) struct Chunking {
@@ -76,13 +110,23 @@ impl Session {
         &mut self,
         conn: &mut Conn<S>,
     ) -> Result<Flow, ConnError> {
+        if self.shared.spool.available_permits() < MIN_FREE_KIB {
+            // RFC 3463 X.3.1 "mail system full", before 354: the client
+            // keeps its message and retries later (RFC 5321 §4.2.1, a 4yz
+            // reply), the transaction stays open.
+            metrics::counter!("smtp_in_messages_rejected_total", "reason" => "spool_full")
+                .increment(1);
+            tracing::info!("spool budget exhausted at DATA");
+            return self.reply(conn, codes::insufficient_storage()).await;
+        }
         let State::Rcpt(txn) = std::mem::replace(&mut self.state, State::Greeted) else {
             return self.reply(conn, codes::need_rcpt()).await;
         };
         conn.send(&codes::start_data());
-        let mut decoder =
-            BodyDecoder::new(Mode::Data, message_limit(&self.shared.limits, &txn.params));
-        let mut spool = Spool::new(self.shared.spool.clone());
+        self.begin_data_phase(conn);
+        let limit = message_limit(&self.shared.limits, &txn.params);
+        let mut decoder = BodyDecoder::new(Mode::Data, limit);
+        let mut spool = Spool::new(self.shared.spool.clone(), limit);
         let timeout = self.shared.limits.data_timeout;
         let shutdown = self.shutdown.clone();
         loop {
@@ -97,13 +141,15 @@ impl Session {
                 }
                 buf = conn.peek_some(timeout) => buf?,
             };
+            // Decoding never yields more bytes than it reads.
+            make_room(&mut decoder, &mut spool, buf.len());
             let (n, end) = decoder.feed(buf, &mut spool.buf);
             conn.consume(n);
-            account(&mut decoder, &mut spool);
             if end {
                 break;
             }
         }
+        conn.end_phase();
         let reply = self.finish(txn, &decoder, spool, "DATA").await;
         self.reply(conn, reply).await
     }
@@ -115,16 +161,17 @@ impl Session {
         size: u64,
         last: bool,
     ) -> Result<Flow, ConnError> {
+        self.begin_data_phase(conn);
         let mut chunking = match std::mem::replace(&mut self.state, State::Greeted) {
             State::Chunking(c) => c,
-            State::Rcpt(txn) => Box::new(Chunking {
-                decoder: BodyDecoder::new(
-                    Mode::Bdat,
-                    message_limit(&self.shared.limits, &txn.params),
-                ),
-                txn,
-                spool: Spool::new(self.shared.spool.clone()),
-            }),
+            State::Rcpt(txn) => {
+                let limit = message_limit(&self.shared.limits, &txn.params);
+                Box::new(Chunking {
+                    decoder: BodyDecoder::new(Mode::Bdat, limit),
+                    txn,
+                    spool: Spool::new(self.shared.spool.clone(), limit),
+                })
+            }
             other => {
                 self.state = other;
                 skip(conn, size, self.shared.limits.data_timeout).await?;
@@ -149,15 +196,17 @@ impl Session {
         }
         let timeout = self.shared.limits.data_timeout;
         let mut remaining = size;
+        // A refused chunk (too big, over budget, bad line ending) is read
+        // and dropped as it streams: nothing is kept once a defect is known.
         while remaining > 0 {
             let buf = conn.peek_some(timeout).await?;
             let take = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
+            make_room(decoder, spool, take);
             if decoder.defect().is_none() {
                 decoder.feed(&buf[..take], &mut spool.buf);
             }
             conn.consume(take);
             remaining -= take as u64;
-            account(decoder, spool);
         }
         if let Some(defect) = decoder.defect() {
             // RFC 3030 §2: an error reply to a chunk fails the transaction.
@@ -183,6 +232,7 @@ impl Session {
             spool,
         } = *chunking;
         decoder.finish();
+        conn.end_phase();
         let reply = self.finish(txn, &decoder, spool, "BDAT").await;
         self.reply(conn, reply).await
     }
@@ -314,13 +364,14 @@ pub(crate) async fn skip<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Charges the spool against the budget; drops collected bytes once the
-/// message is known to be refused.
-fn account(decoder: &mut BodyDecoder, spool: &mut Spool) {
-    if decoder.defect().is_none() && !spool.account() {
+/// Reserves budget for `extra` more bytes before they are decoded (a
+/// spent budget refuses the message, `452 4.3.1`); drops collected bytes,
+/// and their budget, once the message is known to be refused.
+fn make_room(decoder: &mut BodyDecoder, spool: &mut Spool, extra: usize) {
+    if decoder.defect().is_none() && !spool.reserve(extra) {
         decoder.fail(Defect::Storage);
     }
-    if decoder.defect().is_some() && !spool.buf.is_empty() {
+    if decoder.defect().is_some() && spool.held_kib > 0 {
         spool.clear();
     }
 }
@@ -340,5 +391,68 @@ fn defect_reply(defect: Defect) -> Reply {
         Defect::TooBig => codes::too_big(),
         Defect::LineTooLong => codes::data_line_too_long(),
         Defect::Storage => codes::insufficient_storage(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// The budget covers the capacity really allocated, growth stops at the
+    /// message limit, and a spent budget refuses without growing.
+    #[test]
+    fn spool_charges_capacity_and_stops_at_the_budget() {
+        let budget = Arc::new(Semaphore::new(1024)); // 1 MiB
+        let mut s = Spool::new(budget.clone(), 10 * 1024 * 1024);
+        for _ in 0..12 {
+            assert!(s.reserve(64 * 1024));
+            s.buf.extend_from_slice(&[b'a'; 64 * 1024]);
+            assert!(s.buf.capacity() <= s.held_kib * 1024, "uncounted memory");
+        }
+        assert!(!s.reserve(512 * 1024), "past the budget");
+        assert!(s.held_kib <= 1024);
+        s.clear();
+        assert_eq!(budget.available_permits(), 1024, "budget given back");
+
+        let mut small = Spool::new(budget.clone(), 100 * 1024);
+        assert!(small.reserve(90 * 1024));
+        small.buf.extend_from_slice(&[b'a'; 90 * 1024]);
+        assert!(small.reserve(10 * 1024));
+        assert!(
+            small.buf.capacity() <= 128 * 1024,
+            "growth capped by the message limit"
+        );
+    }
+
+    /// ATTACKS/T47: a refused 50 MB BDAT chunk is read and dropped in
+    /// buffer-sized steps; the read buffer never grows past a few reads.
+    #[tokio::test]
+    async fn refused_chunk_is_discarded_as_it_streams() {
+        const SIZE: u64 = 50 * 1024 * 1024;
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        let writer = tokio::spawn(async move {
+            let block = vec![b'x'; 1024 * 1024];
+            for _ in 0..SIZE / block.len() as u64 {
+                client.write_all(&block).await.expect("write");
+            }
+            client.write_all(b"QUIT\r\n").await.expect("write");
+            client
+        });
+        let mut conn = Conn::new(server);
+        skip(&mut conn, SIZE, Duration::from_secs(30))
+            .await
+            .expect("skip");
+        assert!(
+            conn.read_capacity() <= 128 * 1024,
+            "read buffer grew to {}",
+            conn.read_capacity()
+        );
+        let line = conn
+            .read_line(512, Duration::from_secs(5))
+            .await
+            .expect("next command");
+        assert_eq!(line, crate::io::Line::Ok(b"QUIT".to_vec()));
+        drop(writer.await);
     }
 }

@@ -3,9 +3,11 @@
 
 use mail_wire::path::ReversePath;
 
+use crate::cmd::hourly::Unit;
+use crate::guard::{self, ip_key};
 use crate::proto::command::MailParams;
 use crate::proto::{Reply, codes};
-use crate::session::{Session, State, Transaction};
+use crate::session::{GreetPass, Session, State, Transaction};
 
 impl Session {
     pub(crate) async fn mail(&mut self, from: ReversePath, params: MailParams) -> Reply {
@@ -39,6 +41,12 @@ impl Session {
                 }
             }
         }
+        if let Err(reply) = self.spend(Unit::Message).await {
+            return reply;
+        }
+        if self.greet_pass == GreetPass::Due {
+            self.mark_greet_pass();
+        }
         self.transactions += 1;
         let key = format!(
             "smtp-in:{}:{}:{:016x}",
@@ -55,6 +63,25 @@ impl Session {
             number: self.transactions,
         });
         codes::sender_ok()
+    }
+}
+
+impl Session {
+    /// The client waited for the greeting and then sent a good MAIL:
+    /// every replica greets it at once for `--greet-pass-ttl-secs`. In the
+    /// background, so MAIL's reply never waits for it.
+    fn mark_greet_pass(&mut self) {
+        self.greet_pass = GreetPass::Nothing;
+        let shared = self.shared.clone();
+        let key = ip_key(self.peer.ip());
+        let sid = self.sid.clone();
+        tokio::spawn(async move {
+            let ttl = shared.limits.greet_pass_ttl;
+            shared
+                .guard
+                .set_mark(guard::GREET_PASS, &key, ttl, &sid)
+                .await;
+        });
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod auth;
 pub(crate) mod basic;
 pub(crate) mod data;
 pub(crate) mod hello;
+pub(crate) mod hourly;
 pub(crate) mod mail;
 pub(crate) mod rcpt;
 
@@ -90,7 +91,9 @@ impl Session {
         if let Err(reply) = self.allowed(&cmd) {
             if let Command::Bdat { size, .. } = cmd {
                 // RFC 3030 §2: the chunk follows the command whatever the
-                // answer; read past it before answering.
+                // answer; read past it before answering, on the data
+                // phase's clock.
+                self.begin_data_phase(conn);
                 data::skip(conn, size, self.shared.limits.data_timeout).await?;
             }
             return self.reply(conn, reply).await;

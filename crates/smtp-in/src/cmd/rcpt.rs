@@ -4,6 +4,7 @@
 use mail_wire::path::{ForwardPath, PathError};
 use mailstore_api::pb;
 
+use crate::cmd::hourly::Unit;
 use crate::proto::command::{self, RcptParams};
 use crate::proto::{Reply, codes};
 use crate::session::{Session, State};
@@ -54,12 +55,17 @@ impl Session {
             }
             Recipient::Unknown => return reject_rcpt("unknown_user", codes::unknown_user()),
         }
+        let repeated = matches!(&self.state, State::Mail(t) | State::Rcpt(t)
+            if t.rcpts.iter().any(|r| r.address == address));
+        if !repeated && let Err(reply) = self.spend(Unit::Recipient).await {
+            return reject_rcpt("hourly_limit", reply);
+        }
         let state = std::mem::replace(&mut self.state, State::Greeted);
         let (State::Mail(mut txn) | State::Rcpt(mut txn)) = state else {
             return codes::need_mail();
         };
         // A repeated recipient is accepted once (one delivery).
-        if !txn.rcpts.iter().any(|r| r.address == address) {
+        if !repeated {
             txn.rcpts.push(pb::Recipient {
                 address,
                 orcpt: params.orcpt.unwrap_or_default(),

@@ -50,12 +50,26 @@ replies! {
     too_many_connections = 421, Some(S::TEMP_SECURITY), "Too many connections, try again later";
     /// Command or data timeout (RFC 5321 §4.5.3.2).
     timeout = 421, Some(S::BAD_CONNECTION), "Timeout, closing connection";
+    /// The whole session outlived `--session-timeout` (RFC 3463 X.4.2).
+    session_too_long = 421, Some(S::BAD_CONNECTION), "Session time limit exceeded, closing connection";
+    /// A DATA phase or BDAT transaction outlived `--data-phase-timeout`.
+    data_too_long = 421, Some(S::BAD_CONNECTION), "Data time limit exceeded, closing connection";
+    /// Message data slower than `--min-data-rate`.
+    data_too_slow = 421, Some(S::BAD_CONNECTION), "Data rate too low, closing connection";
+    /// Hourly message limit (per IP or account) reached, at MAIL: RFC 5321
+    /// §3.8 421 closes, so the client defers its queue for us at once
+    /// instead of trying message after message (RFC 3463 X.7.0).
+    hourly_messages = 421, Some(S::TEMP_SECURITY), "Hourly message limit reached, try again later";
     /// Early talker: the client sent commands before the greeting.
     early_talker = 554, Some(S::INVALID_COMMAND), "Protocol error: command sent before greeting";
     /// Store unreachable or outcome unknown: the sender must retry.
     store_unavailable = 451, Some(S::TEMP_SYSTEM), "Temporary failure, please try again later";
     /// Spool memory budget exhausted (X.3.1: mail system full).
     insufficient_storage = 452, Some(S::SYSTEM_FULL), "Insufficient system storage, try again later";
+    /// Hourly recipient limit reached, at RCPT (RFC 5321 §4.3.2 lists 450
+    /// for RCPT; RFC 3463 X.7.1 delivery not authorized, here transient).
+    /// The transaction goes on with the recipients already accepted.
+    hourly_recipients = 450, Some(S::new(4, 7, 1)), "Hourly recipient limit reached, try again later";
     /// RFC 5321 §4.5.3.1.10: recipients past the limit get 452.
     too_many_recipients = 452, Some(S::TOO_MANY_RECIPIENTS), "Too many recipients";
     /// AUTH throttled by the store.

@@ -55,6 +55,7 @@ impl Harness {
         let acceptor = service_kit::Tls::new(config, "smtp_in");
         let forwarder = Forwarder::start(store.grpc_addr).await;
         let client = mailstore_api::connect(&forwarder.url, &store.token).unwrap();
+        let guard = smtp_in::guard::Guard::new(client.clone(), Duration::from_secs(2));
         let shared = Arc::new(Shared {
             hostname: "mx.test".into(),
             limits,
@@ -62,6 +63,7 @@ impl Harness {
             tls: Some(acceptor),
             allow_plaintext_auth: false,
             spool: Arc::new(Semaphore::new(256 * 1024)),
+            guard,
         });
         Self {
             store,
