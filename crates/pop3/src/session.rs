@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::lock::LockGuard;
+use crate::lock::{LocalLocks, LockGuard};
 use crate::proto::{
     LineDecoder, MAX_COMMAND_LINE, MAX_SASL_LINE, ParseError, Reply, RespCode, parse_command,
 };
@@ -75,6 +75,8 @@ pub struct Shared {
     pub store: StoreClient,
     /// CRLF sizes by blob id.
     pub sizes: SizeCache,
+    /// Maildrop locks held by this process's sessions.
+    pub locks: LocalLocks,
 }
 
 impl Shared {
@@ -85,6 +87,7 @@ impl Shared {
             config,
             store,
             sizes: SizeCache::default(),
+            locks: LocalLocks::default(),
         }
     }
 }
@@ -232,14 +235,15 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let result = self.serve_inner(&mut io, greet, shutdown).await;
-        match result {
-            Ok(Flow::StartTls) => return Ok(Outcome::StartTls(io)),
-            Ok(_) => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
-            }
-            Err(_) => {}
+        if let Ok(Flow::StartTls) = result {
+            return Ok(Outcome::StartTls(io));
         }
+        // Issue #16: the lock goes first, before the client sees the
+        // connection close, however the session ended.
         self.abandon().await;
+        if result.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+        }
         result.map(|_| Outcome::Closed)
     }
 
