@@ -180,6 +180,7 @@ impl Config {
             max_errors: self.max_errors,
             commands_per_sec: self.commands_per_sec,
             max_sessions_per_user: self.max_sessions_per_user.max(1),
+            max_list_results: session::MAX_LIST_RESULTS,
             limits: framing::Limits {
                 max_line: self.max_line,
                 max_literal: self.max_literal,

@@ -25,6 +25,9 @@ use crate::{mailbox_name, mutf7};
 
 pub use crate::selected::{Selected, Watch};
 
+/// Default [`SessionConfig::max_list_results`].
+pub const MAX_LIST_RESULTS: usize = 10_000;
+
 /// Default [`SessionConfig::max_preauth_bytes`].
 pub const MAX_PREAUTH_BYTES: u64 = 64 * 1024;
 
@@ -51,7 +54,7 @@ pub(crate) enum Input {
 pub struct SessionConfig {
     /// STARTTLS can be offered (a certificate is configured).
     pub tls_available: bool,
-    /// LOGIN / AUTHENTICATE without TLS (loopback tests only).
+    /// LOGIN / AUTHENTICATE without TLS, for loopback peers only.
     pub allow_plaintext_auth: bool,
     pub auth_failure_delay: Duration,
     /// Failed logins on one connection before it is closed.
@@ -69,6 +72,8 @@ pub struct SessionConfig {
     pub commands_per_sec: u32,
     /// Concurrent sessions of one user on this process.
     pub max_sessions_per_user: u32,
+    /// Most mailboxes one LIST or LSUB answers; beyond, `NO [LIMIT]`.
+    pub max_list_results: usize,
     pub limits: Limits,
 }
 
@@ -85,6 +90,7 @@ impl Default for SessionConfig {
             max_errors: 20,
             commands_per_sec: 200,
             max_sessions_per_user: 50,
+            max_list_results: MAX_LIST_RESULTS,
             limits: Limits::default(),
         }
     }
@@ -237,8 +243,13 @@ impl Session {
         self.enabled.utf8 || self.enabled.rev2
     }
 
+    /// LOGINDISABLED (RFC 9051 §6.2.3): no passwords without TLS, unless
+    /// `--allow-plaintext-auth` is set and the peer is on loopback
+    /// (127.0.0.0/8, ::1): the flag is for tests, never for the internet.
     pub(crate) fn login_disabled(&self) -> bool {
-        !self.tls && !self.cfg().allow_plaintext_auth
+        let plaintext_ok =
+            self.cfg().allow_plaintext_auth && self.peer.to_canonical().is_loopback();
+        !self.tls && !plaintext_ok
     }
 
     /// The CAPABILITY list for the current state (RFC 9051 §7.2.2).

@@ -65,9 +65,22 @@ impl Session {
                     };
                     Status::ok("Logged in").with(Code::Capability(self.capabilities()))
                 }
+                // RFC 5530 §3 UNAVAILABLE for both store refusals. The
+                // delay is this connection's; the limit that holds across
+                // parallel connections and replicas is the store's, which
+                // sees every attempt with the client's address.
                 AuthOutcome::Throttled => {
+                    // Counted: a throttled client is disconnected after
+                    // max_auth_failures like a guessing one.
+                    self.auth_failures += 1;
+                    metrics::counter!("imap_logins_total", "result" => "throttled").increment(1);
                     tokio::time::sleep(self.cfg().auth_failure_delay).await;
                     Status::no("Too many failed logins, try again later").with(Code::Unavailable)
+                }
+                AuthOutcome::Unavailable => {
+                    metrics::counter!("imap_logins_total", "result" => "unavailable").increment(1);
+                    tokio::time::sleep(self.cfg().auth_failure_delay).await;
+                    Status::no("Server busy, try again later").with(Code::Unavailable)
                 }
                 AuthOutcome::Failed => self.auth_failed().await,
             },

@@ -131,12 +131,22 @@ impl Session {
                 tracing::info!(user_id = resp.user_id, "authenticated");
                 self.open_maildrop(resp.user_id, out).await
             }
-            pb::AuthStatus::Throttled | pb::AuthStatus::Unavailable => {
+            // RFC 3206 §4 SYS/TEMP for both store refusals; the limit that
+            // holds across connections and replicas is the store's.
+            pb::AuthStatus::Throttled => {
                 metrics::counter!("pop3_logins_total", "result" => "throttled").increment(1);
                 tokio::time::sleep(self.cfg().auth_failure_delay).await;
                 self.reply(
                     out,
                     Reply::err_code(RespCode::SysTemp, "Too many failed logins, try again later"),
+                )
+            }
+            pb::AuthStatus::Unavailable => {
+                metrics::counter!("pop3_logins_total", "result" => "unavailable").increment(1);
+                tokio::time::sleep(self.cfg().auth_failure_delay).await;
+                self.reply(
+                    out,
+                    Reply::err_code(RespCode::SysTemp, "Server busy, try again later"),
                 )
             }
             pb::AuthStatus::Failed | pb::AuthStatus::Unspecified => {
