@@ -26,7 +26,7 @@ pub struct Limits {
     /// Most literals in one command.
     pub max_literals: usize,
     /// Before authentication, the longest line and the largest literal
-    /// (threat model: pre-authentication input is small).
+    /// (threat model T44: pre-authentication input is small).
     pub preauth_max: usize,
 }
 

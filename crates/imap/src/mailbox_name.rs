@@ -35,7 +35,7 @@ pub fn normalise(name: &str) -> Option<String> {
     Some(name.to_string())
 }
 
-/// Most wildcards (`*`, `%`) in one LIST pattern (threat model: LIST
+/// Most wildcards (`*`, `%`) in one LIST pattern (threat model T50: LIST
 /// over a huge hierarchy stays bounded).
 pub const MAX_WILDCARDS: usize = 10;
 

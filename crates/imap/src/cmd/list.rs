@@ -77,7 +77,7 @@ impl Session {
                 }
             })
             .collect();
-        // Threat model: LIST over a huge hierarchy stays bounded.
+        // Threat model T50: LIST over a huge hierarchy stays bounded.
         if pats.len() > MAX_PATTERNS {
             return Status::no("Too many patterns").with(Code::Limit);
         }

@@ -91,7 +91,7 @@ impl Session {
                 return self.reply(out, Reply::err("Invalid PLAIN response"));
             }
         };
-        // Threat model: acting as someone else is not offered.
+        // Threat model T18: acting as someone else is not offered.
         if plain.check_authzid().is_err() {
             return self.reply(
                 out,
