@@ -369,6 +369,48 @@ os._exit(0)
     assert_eq!(c.cmd("STAT").await.split(' ').nth(1), Some("5"));
 }
 
+/// Issue #16 over real sockets: a real client (poplib, TLS) deletes and
+/// vanishes without QUIT, then comes back at once: its first login works
+/// and every message is still there (RFC 1939 §6).
+#[tokio::test]
+async fn dropped_connection_then_immediate_login() {
+    let (store, user_id) = store_with_alice().await;
+    for i in 1..=3 {
+        store.append(user_id, "INBOX", &message(i)).await;
+    }
+    let pop3 = start_pop3(&store, &["--allow-plaintext-auth"]).await;
+    let script = r#"
+import os, poplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+for round in range(3):
+    p = poplib.POP3_SSL("127.0.0.1", int(os.environ["PORT"]), context=ctx, timeout=30)
+    p.user(os.environ["USER_NAME"]); p.pass_(os.environ["USER_PASS"])
+    assert p.stat()[0] == 3, p.stat()
+    p.dele(1)
+    p.file.close(); p.sock.close()  # dropped: no QUIT
+print("ok")
+"#;
+    let (ok, stdout, stderr) = python(
+        script,
+        &[
+            ("PORT", pop3.tls.port().to_string()),
+            ("USER_NAME", ALICE.to_string()),
+            ("USER_PASS", ALICE_PW.to_string()),
+        ],
+    )
+    .await;
+    assert!(ok && stdout.contains("ok"), "{stdout}{stderr}");
+    // And over plain TCP, from this process, first try.
+    let mut c = RawClient::connect(pop3.plain).await;
+    assert!(c.login().await.starts_with("+OK"));
+    assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted");
+    drop(c);
+    let mut c = RawClient::connect(pop3.plain).await;
+    let r = c.login().await;
+    assert!(r.starts_with("+OK"), "{r}");
+    assert_eq!(c.cmd("STAT").await.split(' ').nth(1), Some("3"));
+}
+
 /// A minimal POP3 client over plain TCP (the binary runs with
 /// `--allow-plaintext-auth` for these loopback tests).
 struct RawClient {

@@ -8,6 +8,10 @@
 //! continuation: the line length, each literal's size, the number of
 //! literals and the total size of the command.
 
+/// Default [`Limits::preauth_max`]: a LOGIN or AUTHENTICATE line never
+/// needs more than a few hundred bytes.
+pub const PREAUTH_MAX: usize = 8 * 1024;
+
 /// Limits applied while framing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -21,6 +25,9 @@ pub struct Limits {
     pub max_command: usize,
     /// Most literals in one command.
     pub max_literals: usize,
+    /// Before authentication, the longest line and the largest literal
+    /// (threat model T44: pre-authentication input is small).
+    pub preauth_max: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +38,7 @@ impl Default for Limits {
             max_append_literal: 50 * 1024 * 1024,
             max_command: 50 * 1024 * 1024 + 128 * 1024,
             max_literals: 64,
+            preauth_max: PREAUTH_MAX,
         }
     }
 }
@@ -57,6 +65,12 @@ pub enum Frame {
     },
     /// Fatal: a line or command that exceeds the limits; answer BAD and close.
     TooLong,
+    /// Before authentication, a line longer than [`Limits::preauth_max`]:
+    /// answer `BAD` (tagged when the tag could be read). The framer then
+    /// skips the rest of the line with [`Frame::Discard`].
+    PreauthTooLong { tag: Option<String> },
+    /// Drop the first `n` bytes of the buffer: nothing to answer.
+    Discard(usize),
 }
 
 /// Framing state carried between reads of one command.
@@ -68,6 +82,8 @@ pub struct Framer {
     literals: usize,
     /// End of the literal currently being waited for, if any.
     literal_end: Option<usize>,
+    /// Skipping the rest of an over-long pre-authentication line.
+    skipping: bool,
 }
 
 impl Framer {
@@ -85,6 +101,9 @@ impl Framer {
     /// `authenticated` selects the literal limit (no large literals before
     /// login: ATTACKS.md #27).
     pub fn advance(&mut self, buf: &[u8], limits: &Limits, authenticated: bool) -> Frame {
+        if self.skipping {
+            return self.skip(buf);
+        }
         loop {
             if let Some(end) = self.literal_end {
                 if buf.len() < end {
@@ -98,10 +117,16 @@ impl Framer {
                 if rest.len() > limits.max_line || buf.len() > limits.max_command {
                     return Frame::TooLong;
                 }
+                if !authenticated && rest.len() > limits.preauth_max {
+                    return self.preauth_too_long(buf);
+                }
                 return Frame::Incomplete;
             };
             if lf + 1 > limits.max_line || self.pos + lf + 1 > limits.max_command {
                 return Frame::TooLong;
+            }
+            if !authenticated && lf + 1 > limits.preauth_max {
+                return self.preauth_too_long(buf);
             }
             let line_end = self.pos + lf + 1;
             let line = &rest[..lf];
@@ -112,7 +137,7 @@ impl Framer {
                 return Frame::Complete(len);
             };
             let limit = if !authenticated {
-                limits.max_literal.min(8 * 1024)
+                limits.max_literal.min(limits.preauth_max as u64)
             } else if is_append(buf) {
                 limits.max_append_literal
             } else {
@@ -141,6 +166,35 @@ impl Framer {
             self.literal_end = Some(end);
             if sync && buf.len() < end {
                 return Frame::Continue;
+            }
+        }
+    }
+}
+
+impl Framer {
+    /// A pre-authentication line over [`Limits::preauth_max`] (but within
+    /// the hard [`Limits::max_line`]): a `BAD`, and the line is skipped.
+    fn preauth_too_long(&mut self, buf: &[u8]) -> Frame {
+        self.skipping = true;
+        self.literal_end = None;
+        Frame::PreauthTooLong {
+            tag: first_word(buf),
+        }
+    }
+
+    /// Drops input up to the end of the over-long line, never holding more
+    /// than one read of it.
+    fn skip(&mut self, buf: &[u8]) -> Frame {
+        let from = self.pos.min(buf.len());
+        match buf[from..].iter().position(|&b| b == b'\n') {
+            Some(lf) => {
+                self.reset();
+                Frame::Discard(from + lf + 1)
+            }
+            None if buf.is_empty() => Frame::Incomplete,
+            None => {
+                self.pos = 0;
+                Frame::Discard(buf.len())
             }
         }
     }
@@ -297,6 +351,45 @@ mod tests {
         let mut f = Framer::new();
         let buf = vec![b'('; 200];
         assert_eq!(f.advance(&buf, &limits, false), Frame::TooLong);
+    }
+
+    /// Before login a line over `preauth_max` is answered and skipped,
+    /// whole or arriving in pieces; after login the same line is fine.
+    #[test]
+    fn preauth_long_line_is_skipped() {
+        let limits = Limits {
+            preauth_max: 16,
+            ..Limits::default()
+        };
+        let long = b"a LOGIN aaaaaaaaaaaaaaaaaaaa b\r\nb NOOP\r\n";
+        let mut f = Framer::new();
+        assert_eq!(
+            f.advance(long, &limits, false),
+            Frame::PreauthTooLong {
+                tag: Some("a".into())
+            }
+        );
+        assert_eq!(f.advance(long, &limits, false), Frame::Discard(32));
+        assert_eq!(f.advance(&long[32..], &limits, false), Frame::Complete(8));
+        // In pieces: what arrived is dropped, then the rest up to the LF.
+        let mut f = Framer::new();
+        let head = &long[..20];
+        assert!(matches!(
+            f.advance(head, &limits, false),
+            Frame::PreauthTooLong { .. }
+        ));
+        assert_eq!(f.advance(head, &limits, false), Frame::Discard(20));
+        assert_eq!(f.advance(b"", &limits, false), Frame::Incomplete);
+        assert_eq!(f.advance(&long[20..], &limits, false), Frame::Discard(12));
+        assert_eq!(f.advance(&long[32..], &limits, false), Frame::Complete(8));
+        let mut f = Framer::new();
+        assert_eq!(f.advance(long, &limits, true), Frame::Complete(32));
+        // Literals before login are capped by the same limit.
+        let mut f = Framer::new();
+        assert!(matches!(
+            f.advance(b"a LOGIN {17}\r\n", &limits, false),
+            Frame::Reject { too_big: true, .. }
+        ));
     }
 
     #[test]

@@ -92,13 +92,22 @@ pub struct Config {
         default_value_t = 1800
     )]
     pub idle_timeout_secs: u64,
-    /// Inactivity timeout before authentication, in seconds.
+    /// Inactivity timeout before authentication, in seconds; also the
+    /// longest wait for an AUTHENTICATE continuation line.
     #[arg(
         long = "preauth-timeout-secs",
         env = "EPISTOLE_IMAP_PREAUTH_TIMEOUT_SECS",
         default_value_t = 60
     )]
     pub preauth_timeout_secs: u64,
+    /// Bytes a client may send before it authenticates (then `* BYE`).
+    /// Lines and literals before login are also capped at 8 KiB each.
+    #[arg(
+        long = "max-preauth-bytes",
+        env = "EPISTOLE_IMAP_MAX_PREAUTH_BYTES",
+        default_value_t = session::MAX_PREAUTH_BYTES
+    )]
+    pub max_preauth_bytes: u64,
     /// Client errors (BAD) tolerated before a connection is closed.
     #[arg(
         long = "max-errors",
@@ -167,15 +176,18 @@ impl Config {
             max_auth_failures: 3,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             preauth_timeout: Duration::from_secs(self.preauth_timeout_secs.max(1)),
+            max_preauth_bytes: self.max_preauth_bytes.max(1024),
             max_errors: self.max_errors,
             commands_per_sec: self.commands_per_sec,
             max_sessions_per_user: self.max_sessions_per_user.max(1),
+            max_list_results: session::MAX_LIST_RESULTS,
             limits: framing::Limits {
                 max_line: self.max_line,
                 max_literal: self.max_literal,
                 max_append_literal: self.max_message_size,
                 max_command,
                 max_literals: 64,
+                preauth_max: framing::PREAUTH_MAX,
             },
         })
     }

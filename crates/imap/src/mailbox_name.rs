@@ -35,15 +35,50 @@ pub fn normalise(name: &str) -> Option<String> {
     Some(name.to_string())
 }
 
-/// Does `name` match the LIST pattern? Iterative two-pointer matching with
-/// backtracking to the last `*` / `%` (linear-ish, no recursion).
+/// Most wildcards (`*`, `%`) in one LIST pattern (threat model T50: LIST
+/// over a huge hierarchy stays bounded).
+pub const MAX_WILDCARDS: usize = 10;
+
+/// Does `name` match the LIST pattern?
 #[must_use]
 pub fn matches(pattern: &str, name: &str) -> bool {
-    // INBOX is case-insensitive in patterns too.
-    let pattern = canonical_inbox_prefix(pattern);
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    wildcard(&p, &n)
+    Pattern::new(pattern).matches(name).0
+}
+
+/// A LIST pattern (RFC 9051 §6.3.9), decoded once for many names.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    chars: Vec<char>,
+    /// Characters that must match one for one; a pattern with more than
+    /// [`MAX_NAME`] of them matches nothing.
+    literal: usize,
+}
+
+impl Pattern {
+    #[must_use]
+    pub fn new(pattern: &str) -> Self {
+        // INBOX is case-insensitive in patterns too.
+        let chars: Vec<char> = canonical_inbox_prefix(pattern).chars().collect();
+        let literal = chars.iter().filter(|c| !matches!(c, '*' | '%')).count();
+        Self { chars, literal }
+    }
+
+    /// Number of `*` and `%` in the pattern.
+    #[must_use]
+    pub fn wildcards(&self) -> usize {
+        self.chars.len() - self.literal
+    }
+
+    /// Whether `name` matches, and the work spent (pattern × name
+    /// characters at most), so a caller can bound a whole LIST.
+    #[must_use]
+    pub fn matches(&self, name: &str) -> (bool, usize) {
+        if self.literal > MAX_NAME || self.literal > name.len() {
+            return (false, 1);
+        }
+        let n: Vec<char> = name.chars().collect();
+        wildcard(&self.chars, &n)
+    }
 }
 
 fn canonical_inbox_prefix(pattern: &str) -> String {
@@ -59,13 +94,16 @@ fn canonical_inbox_prefix(pattern: &str) -> String {
     pattern.to_string()
 }
 
-fn wildcard(p: &[char], n: &[char]) -> bool {
-    // Dynamic programming over (pattern, name) positions: O(|p|·|n|) time,
-    // O(|n|) memory. Names are ≤ 512 bytes, patterns bounded by the line.
+/// Dynamic programming over (pattern, name) positions: O(|p|·|n|) time at
+/// worst, O(|n|) memory, no backtracking (so no exponential blow-up on
+/// `*%*%*%…`); stops as soon as no prefix of the name can match.
+fn wildcard(p: &[char], n: &[char]) -> (bool, usize) {
     let mut prev = vec![false; n.len() + 1];
+    let mut cur = vec![false; n.len() + 1];
     prev[0] = true;
+    let mut work = 0;
     for &pc in p {
-        let mut cur = vec![false; n.len() + 1];
+        work += n.len() + 1;
         match pc {
             '*' => {
                 let mut any = false;
@@ -75,19 +113,24 @@ fn wildcard(p: &[char], n: &[char]) -> bool {
                 }
             }
             '%' => {
-                for j in 0..=n.len() {
-                    cur[j] = prev[j] || (j > 0 && cur[j - 1] && n[j - 1] != '/');
+                cur[0] = prev[0];
+                for j in 1..=n.len() {
+                    cur[j] = prev[j] || (cur[j - 1] && n[j - 1] != '/');
                 }
             }
             c => {
+                cur[0] = false;
                 for j in 1..=n.len() {
                     cur[j] = prev[j - 1] && n[j - 1] == c;
                 }
             }
         }
-        prev = cur;
+        std::mem::swap(&mut prev, &mut cur);
+        if !prev.contains(&true) {
+            return (false, work);
+        }
     }
-    prev[n.len()]
+    (prev[n.len()], work)
 }
 
 #[cfg(test)]
@@ -123,5 +166,28 @@ mod tests {
         assert!(matches("*b%", "ab"));
         assert!(matches("", ""));
         assert!(!matches("", "a"));
+        // `%` after `*` needs the later occurrence (no greedy shortcut).
+        assert!(matches("*b%c", "b/bc"));
+        assert!(!matches("%b%c", "b/bc"));
+    }
+
+    /// The adversarial shapes cost at most |pattern|·|name| steps.
+    #[test]
+    fn nested_wildcards_are_bounded() {
+        let name = format!("{}b", "a/".repeat(255));
+        let p = Pattern::new(&"*%".repeat(MAX_WILDCARDS / 2));
+        assert_eq!(p.wildcards(), MAX_WILDCARDS);
+        let (m, work) = p.matches(&name);
+        assert!(m);
+        assert!(work <= MAX_WILDCARDS * (name.len() + 1), "{work}");
+        let p = Pattern::new(&format!("{}c", "*a".repeat(200)));
+        let (m, work) = p.matches(&"a".repeat(MAX_NAME));
+        assert!(!m);
+        assert!(work <= 401 * (MAX_NAME + 1), "{work}");
+        // More literal characters than any name can hold: no work at all.
+        assert_eq!(
+            Pattern::new(&"x".repeat(MAX_NAME + 1)).matches("x"),
+            (false, 1)
+        );
     }
 }

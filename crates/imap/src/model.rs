@@ -172,6 +172,8 @@ pub enum AuthOutcome {
     },
     /// Too many failures for this user or address: try later.
     Throttled,
+    /// The store cannot check passwords now (its hashing queue is full).
+    Unavailable,
     Failed,
 }
 

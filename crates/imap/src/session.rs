@@ -25,26 +25,55 @@ use crate::{mailbox_name, mutf7};
 
 pub use crate::selected::{Selected, Watch};
 
+/// Default [`SessionConfig::max_list_results`].
+pub const MAX_LIST_RESULTS: usize = 10_000;
+
+/// Default [`SessionConfig::max_preauth_bytes`].
+pub const MAX_PREAUTH_BYTES: u64 = 64 * 1024;
+
+/// Over-long pre-authentication lines or literals tolerated (each answered
+/// `BAD` / `NO [TOOBIG]`) before the connection is closed.
+const MAX_PREAUTH_OVERSIZED: u32 = 1;
+
+/// What waiting for more client input gave.
+pub(crate) enum Input {
+    /// Bytes arrived.
+    Data,
+    /// End of stream.
+    Eof,
+    /// Nothing within the time-out: autologout.
+    Idle,
+    /// More bytes before authentication than allowed.
+    OverBudget,
+    /// The server is shutting down.
+    Shutdown,
+}
+
 /// Session settings (from the service [`crate::Config`]).
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// STARTTLS can be offered (a certificate is configured).
     pub tls_available: bool,
-    /// LOGIN / AUTHENTICATE without TLS (loopback tests only).
+    /// LOGIN / AUTHENTICATE without TLS, for loopback peers only.
     pub allow_plaintext_auth: bool,
     pub auth_failure_delay: Duration,
     /// Failed logins on one connection before it is closed.
     pub max_auth_failures: u32,
     /// Inactivity timeout once authenticated (RFC 9051 §5.4: ≥ 30 minutes).
     pub idle_timeout: Duration,
-    /// Inactivity timeout before authentication.
+    /// Inactivity timeout before authentication; also bounds the wait for
+    /// an AUTHENTICATE continuation line.
     pub preauth_timeout: Duration,
+    /// Bytes a client may send before it authenticates; beyond, `BYE`.
+    pub max_preauth_bytes: u64,
     /// Client errors (BAD) tolerated before the connection is closed.
     pub max_errors: u32,
     /// Commands per second sustained; bursts up to twice this.
     pub commands_per_sec: u32,
     /// Concurrent sessions of one user on this process.
     pub max_sessions_per_user: u32,
+    /// Most mailboxes one LIST or LSUB answers; beyond, `NO [LIMIT]`.
+    pub max_list_results: usize,
     pub limits: Limits,
 }
 
@@ -57,9 +86,11 @@ impl Default for SessionConfig {
             max_auth_failures: 3,
             idle_timeout: Duration::from_secs(30 * 60),
             preauth_timeout: Duration::from_secs(60),
+            max_preauth_bytes: MAX_PREAUTH_BYTES,
             max_errors: 20,
             commands_per_sec: 200,
             max_sessions_per_user: 50,
+            max_list_results: MAX_LIST_RESULTS,
             limits: Limits::default(),
         }
     }
@@ -168,6 +199,10 @@ pub struct Session {
     pub enabled: Enabled,
     pub(crate) errors: u32,
     pub(crate) auth_failures: u32,
+    /// Bytes received before authentication (all of them, across STARTTLS).
+    preauth_bytes: u64,
+    /// Over-long lines or literals refused before authentication.
+    preauth_oversized: u32,
     pub(crate) user_slot: Option<UserSlot>,
     pub(crate) tokens: f64,
     pub(crate) last_refill: Instant,
@@ -185,6 +220,8 @@ impl Session {
             enabled: Enabled::default(),
             errors: 0,
             auth_failures: 0,
+            preauth_bytes: 0,
+            preauth_oversized: 0,
             user_slot: None,
             tokens,
             last_refill: Instant::now(),
@@ -206,8 +243,13 @@ impl Session {
         self.enabled.utf8 || self.enabled.rev2
     }
 
+    /// LOGINDISABLED (RFC 9051 §6.2.3): no passwords without TLS, unless
+    /// `--allow-plaintext-auth` is set and the peer is on loopback
+    /// (127.0.0.0/8, ::1): the flag is for tests, never for the internet.
     pub(crate) fn login_disabled(&self) -> bool {
-        !self.tls && !self.cfg().allow_plaintext_auth
+        let plaintext_ok =
+            self.cfg().allow_plaintext_auth && self.peer.to_canonical().is_loopback();
+        !self.tls && !plaintext_ok
     }
 
     /// The CAPABILITY list for the current state (RFC 9051 §7.2.2).
@@ -301,27 +343,26 @@ impl Session {
             match frame {
                 Frame::Incomplete => {
                     io.flush().await?;
-                    let timeout = if authed {
-                        self.cfg().idle_timeout
-                    } else {
-                        self.cfg().preauth_timeout
-                    };
-                    tokio::select! {
-                        () = shutdown.cancelled() => {
-                            io.write(&Status::bye("Server shutting down").encode(None));
-                            io.flush().await?;
-                            return Ok(Exit::Closed);
-                        }
-                        r = tokio::time::timeout(timeout, io.fill()) => match r {
-                            Ok(Ok(0)) => return Ok(Exit::Closed),
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => return Err(e),
-                            Err(_) => {
-                                io.write(&Status::bye("Autologout; idle for too long").encode(None));
-                                io.flush().await?;
-                                return Ok(Exit::Closed);
-                            }
-                        }
+                    match self.read_input(io, shutdown).await? {
+                        Input::Data => {}
+                        Input::Eof => return Ok(Exit::Closed),
+                        other => return self.farewell(io, &other).await,
+                    }
+                }
+                Frame::Discard(n) => {
+                    io.rbuf.drain(..n.min(io.rbuf.len()));
+                }
+                Frame::PreauthTooLong { tag } => {
+                    io.write(
+                        &Status::bad("Command line too long before authentication")
+                            .with(Code::ClientBug)
+                            .encode(tag.as_deref()),
+                    );
+                    if self.preauth_oversized() {
+                        return self.farewell(io, &Input::OverBudget).await;
+                    }
+                    if self.count_error() {
+                        return self.too_many_errors(io).await;
                     }
                 }
                 Frame::Continue => {
@@ -355,6 +396,9 @@ impl Session {
                         io.flush().await?;
                         return Ok(Exit::Closed);
                     }
+                    if !authed && self.preauth_oversized() {
+                        return self.farewell(io, &Input::OverBudget).await;
+                    }
                     if self.count_error() {
                         return self.too_many_errors(io).await;
                     }
@@ -378,6 +422,68 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Waits for more input: the inactivity time-out of the state, the
+    /// pre-authentication byte budget, and shutdown.
+    pub(crate) async fn read_input<S>(
+        &mut self,
+        io: &mut Io<S>,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<Input>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let authed = self.user().is_some();
+        let timeout = if authed {
+            self.cfg().idle_timeout
+        } else {
+            self.cfg().preauth_timeout
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => Ok(Input::Shutdown),
+            r = tokio::time::timeout(timeout, io.fill()) => match r {
+                Err(_) => Ok(Input::Idle),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(0)) => Ok(Input::Eof),
+                Ok(Ok(n)) => {
+                    if !authed {
+                        self.preauth_bytes = self.preauth_bytes.saturating_add(n as u64);
+                        if self.preauth_bytes > self.cfg().max_preauth_bytes {
+                            return Ok(Input::OverBudget);
+                        }
+                    }
+                    Ok(Input::Data)
+                }
+            }
+        }
+    }
+
+    /// The untagged `BYE` (RFC 9051 §7.1.5) for an input wait that ends the
+    /// session.
+    pub(crate) async fn farewell<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        why: &Input,
+    ) -> std::io::Result<Exit> {
+        let bye = match why {
+            Input::Data | Input::Eof => return Ok(Exit::Closed),
+            Input::Idle => Status::bye("Autologout; idle for too long"),
+            Input::OverBudget => {
+                Status::bye("Too much input before authentication").with(Code::Limit)
+            }
+            Input::Shutdown => Status::bye("Server shutting down"),
+        };
+        io.write(&bye.encode(None));
+        io.flush().await?;
+        Ok(Exit::Closed)
+    }
+
+    /// Counts an over-long line or literal before authentication; true
+    /// when it is one too many.
+    fn preauth_oversized(&mut self) -> bool {
+        self.preauth_oversized += 1;
+        self.preauth_oversized > MAX_PREAUTH_OVERSIZED
     }
 
     fn parse_error<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>, e: &ParseError) {

@@ -57,6 +57,19 @@ pub fn store_error(e: &Error) -> Status {
     }
 }
 
+/// A refused CREATE: the store answers RESOURCE_EXHAUSTED (or
+/// FAILED_PRECONDITION) when the user has as many mailboxes as allowed;
+/// that is RFC 5530 §3 LIMIT, not OVERQUOTA.
+#[must_use]
+pub fn create_error(e: &Error) -> Status {
+    match e.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::FailedPrecondition => {
+            Status::no("Too many mailboxes").with(Code::Limit)
+        }
+        _ => store_error(e),
+    }
+}
+
 /// Converts a UID list into the store's range form. Never call the store
 /// with an empty set: for the store that means "every message".
 fn uid_set(uids: &[u32]) -> pb::UidSet {
@@ -115,7 +128,8 @@ impl Store {
                 user_id: r.user_id,
                 address: r.address,
             },
-            Ok(pb::AuthStatus::Throttled | pb::AuthStatus::Unavailable) => AuthOutcome::Throttled,
+            Ok(pb::AuthStatus::Throttled) => AuthOutcome::Throttled,
+            Ok(pb::AuthStatus::Unavailable) => AuthOutcome::Unavailable,
             _ => AuthOutcome::Failed,
         })
     }
@@ -591,5 +605,24 @@ mod tests {
         use pb::search_key::Key;
         let none = search_key(&Query::Uids(Vec::new()));
         assert_eq!(none, key(Key::Not(Box::new(key(Key::All(true))))));
+    }
+
+    /// The store's "mailbox cap reached" (either code) is `NO [LIMIT]`;
+    /// other refusals keep their usual words.
+    #[test]
+    fn create_over_the_mailbox_cap_is_limit() {
+        for st in [
+            tonic::Status::resource_exhausted("too many mailboxes"),
+            tonic::Status::failed_precondition("too many mailboxes"),
+        ] {
+            assert_eq!(
+                create_error(&st).encode(Some("a")),
+                b"a NO [LIMIT] Too many mailboxes\r\n"
+            );
+        }
+        assert_eq!(
+            create_error(&tonic::Status::already_exists("x")).encode(Some("a")),
+            b"a NO [ALREADYEXISTS] Mailbox already exists\r\n"
+        );
     }
 }

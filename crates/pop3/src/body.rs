@@ -15,17 +15,23 @@
 //! raw size, the session computes it by running this encoder in counting
 //! mode over the stored bytes once and caches it (see `session.rs`).
 
-/// Streams one message body into the POP3 wire form.
+use mail_wire::dotstuff::DotStuffer;
+
+/// Streams one message body into the POP3 wire form: line ends and
+/// stuffing by [`DotStuffer`] (the one encoder every outbound copy of a
+/// message uses), and here only what is POP3's own: where `TOP` stops and
+/// the CRLF-form size.
 #[derive(Debug, Clone)]
 pub struct BodyEncoder {
-    /// Emit bytes (false: only count).
-    emit: bool,
-    /// Body lines still wanted for TOP; `None` = whole message.
+    /// The wire encoder; `None` only counts.
+    stuffer: Option<DotStuffer>,
+    /// Body lines wanted for TOP; `None` = whole message.
     top: Option<u32>,
     in_header: bool,
     body_lines: u32,
     at_line_start: bool,
-    pending_cr: bool,
+    /// The last byte was a CR: a following LF belongs to the same line end.
+    after_cr: bool,
     /// Current line has content (for the header/body separator).
     line_has_content: bool,
     done: bool,
@@ -54,12 +60,12 @@ impl BodyEncoder {
 
     fn new(emit: bool, top: Option<u32>) -> Self {
         Self {
-            emit,
+            stuffer: emit.then(DotStuffer::new),
             top,
             in_header: true,
             body_lines: 0,
             at_line_start: true,
-            pending_cr: false,
+            after_cr: false,
             line_has_content: false,
             done: false,
             finished: false,
@@ -82,39 +88,31 @@ impl BodyEncoder {
 
     /// Converts the next chunk of stored bytes, appending to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        if self.emit {
-            out.reserve(input.len() + input.len() / 16 + 4);
+        if self.done {
+            return;
         }
-        for &b in input {
-            if self.done {
-                return;
-            }
-            if self.pending_cr {
-                self.pending_cr = false;
-                self.end_line(out);
-                if b == b'\n' {
-                    continue;
-                }
-                if self.done {
-                    return;
-                }
-            }
+        // CR, LF and CRLF each end one line (the policy of
+        // `mail_wire::crlf`); a CR ends its line at once, so TOP can stop
+        // right after it and the encoder completes the CRLF.
+        let mut end = input.len();
+        for (i, &b) in input.iter().enumerate() {
+            let after_cr = std::mem::replace(&mut self.after_cr, b == b'\r');
             match b {
-                b'\r' => self.pending_cr = true,
-                b'\n' => self.end_line(out),
+                b'\n' if after_cr => {}
+                b'\r' | b'\n' => self.end_line(),
                 _ => {
-                    if self.at_line_start && b == b'.' && self.emit {
-                        // RFC 1939 §3: byte-stuff a leading termination octet.
-                        out.push(b'.');
-                    }
                     self.at_line_start = false;
                     self.line_has_content = true;
                     self.octets += 1;
-                    if self.emit {
-                        out.push(b);
-                    }
                 }
             }
+            if self.done {
+                end = i + 1;
+                break;
+            }
+        }
+        if let Some(s) = &mut self.stuffer {
+            s.encode(&input[..end], out);
         }
     }
 
@@ -125,20 +123,16 @@ impl BodyEncoder {
             return;
         }
         self.finished = true;
-        if !self.done && (self.pending_cr || !self.at_line_start) {
-            self.pending_cr = false;
-            self.end_line(out);
+        if !self.at_line_start {
+            self.end_line();
         }
-        if self.emit {
-            out.extend_from_slice(b".\r\n");
+        if let Some(s) = &mut self.stuffer {
+            s.finish(out);
         }
     }
 
-    fn end_line(&mut self, out: &mut Vec<u8>) {
+    fn end_line(&mut self) {
         self.octets += 2;
-        if self.emit {
-            out.extend_from_slice(b"\r\n");
-        }
         let was_empty = !self.line_has_content;
         self.at_line_start = true;
         self.line_has_content = false;
@@ -161,15 +155,8 @@ impl BodyEncoder {
     }
 }
 
-/// The CRLF-form size of a complete message held in memory.
-#[must_use]
-pub fn crlf_size(raw: &[u8]) -> u64 {
-    let mut enc = BodyEncoder::counter();
-    let mut sink = Vec::new();
-    enc.feed(raw, &mut sink);
-    enc.finish(&mut sink);
-    enc.octets()
-}
+/// The CRLF-form size of a complete message held in memory (RFC 1939 §11).
+pub use mail_wire::crlf::crlf_size;
 
 #[cfg(test)]
 mod tests {

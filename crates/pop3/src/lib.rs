@@ -34,6 +34,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use service_kit::{Security, Shutdown, StoreArgs, Tls};
 
+pub use lock::LocalLocks;
 pub use session::{Session, SessionConfig, Shared};
 
 /// Configuration of the pop3 service: every option is a flag and an

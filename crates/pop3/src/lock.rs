@@ -7,6 +7,16 @@
 //! lock is refreshed every third of its TTL; losing it (someone else holds
 //! it after an expiry) is reported through [`LockGuard::is_lost`] and the
 //! session then deletes nothing.
+//!
+//! Issue #16: the lock is released however the session ends (QUIT, the
+//! autologout timer, a dropped connection, server shutdown), and before
+//! the connection is closed. A client that drops its connection and
+//! reconnects at once can still reach the new session before the old one
+//! has finished its release RPC; [`LocalLocks`] lets the new session see
+//! that the holder is a session of this process that is ending and wait
+//! for its release instead of answering `[IN-USE]`.
+
+use std::collections::HashMap;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +29,51 @@ use tokio_util::sync::CancellationToken;
 /// Deadline for the lock RPCs.
 const LOCK_RPC_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The longest a new session waits for an ending session of this process
+/// to release the maildrop (one release RPC).
+pub(crate) const RELEASE_WAIT: Duration = LOCK_RPC_TIMEOUT;
+
+/// One lock held by a session of this process.
+#[derive(Debug, Default)]
+struct Holder {
+    /// The session is ending: its release is under way.
+    ending: AtomicBool,
+    /// Cancelled once the release is done (or failed).
+    released: CancellationToken,
+}
+
+/// The maildrop locks held by this process's sessions, by lock name.
+#[derive(Debug, Default, Clone)]
+pub struct LocalLocks(Arc<std::sync::Mutex<HashMap<String, Arc<Holder>>>>);
+
+impl LocalLocks {
+    fn register(&self, name: &str) -> Arc<Holder> {
+        let holder = Arc::new(Holder::default());
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(name.to_string(), holder.clone());
+        }
+        holder
+    }
+
+    fn unregister(&self, name: &str, holder: &Arc<Holder>) {
+        if let Ok(mut map) = self.0.lock()
+            && map.get(name).is_some_and(|h| Arc::ptr_eq(h, holder))
+        {
+            map.remove(name);
+        }
+        holder.released.cancel();
+    }
+
+    /// When a session of this process holds `name` and is ending, a token
+    /// cancelled once its release is done.
+    pub(crate) fn ending(&self, name: &str) -> Option<CancellationToken> {
+        let map = self.0.lock().ok()?;
+        map.get(name)
+            .filter(|h| h.ending.load(Ordering::SeqCst))
+            .map(|h| h.released.clone())
+    }
+}
+
 /// The maildrop lock: refreshed in the background, released when the
 /// session ends (or, if the task is torn down, released from `Drop`).
 #[derive(Debug)]
@@ -29,10 +84,19 @@ pub(crate) struct LockGuard {
     stop: CancellationToken,
     lost: Arc<AtomicBool>,
     released: bool,
+    locals: LocalLocks,
+    holder: Arc<Holder>,
 }
 
 impl LockGuard {
-    pub(crate) fn start(store: StoreClient, name: String, owner: String, ttl: Duration) -> Self {
+    pub(crate) fn start(
+        store: StoreClient,
+        locals: &LocalLocks,
+        name: String,
+        owner: String,
+        ttl: Duration,
+    ) -> Self {
+        let holder = locals.register(&name);
         let stop = CancellationToken::new();
         let lost = Arc::new(AtomicBool::new(false));
         let (s, st, l, n, o) = (
@@ -69,6 +133,8 @@ impl LockGuard {
             stop,
             lost,
             released: false,
+            locals: locals.clone(),
+            holder,
         }
     }
 
@@ -76,21 +142,33 @@ impl LockGuard {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// Releases the lock. Marks it as ending before the first await, so a
+    /// session of this process that finds it taken waits for the release.
     pub(crate) async fn release(mut self) {
+        self.holder.ending.store(true, Ordering::SeqCst);
         self.stop.cancel();
         self.released = true;
         release_lock(&self.store, &self.name, &self.owner).await;
+        self.locals.unregister(&self.name, &self.holder);
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.stop.cancel();
-        if !self.released
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
+        if self.released {
+            return;
+        }
+        self.holder.ending.store(true, Ordering::SeqCst);
+        let (locals, holder) = (self.locals.clone(), self.holder.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (s, n, o) = (self.store.clone(), self.name.clone(), self.owner.clone());
-            rt.spawn(async move { release_lock(&s, &n, &o).await });
+            rt.spawn(async move {
+                release_lock(&s, &n, &o).await;
+                locals.unregister(&n, &holder);
+            });
+        } else {
+            locals.unregister(&self.name, &holder);
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::lock::LockGuard;
+use crate::lock::{LocalLocks, LockGuard};
 use crate::proto::{
     LineDecoder, MAX_COMMAND_LINE, MAX_SASL_LINE, ParseError, Reply, RespCode, parse_command,
 };
@@ -40,6 +40,9 @@ pub use crate::sizes::SizeCache;
 
 /// Deadline for unary store calls.
 const STORE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bytes a client may send before it authenticates (issue #13); then
+/// `-ERR` and close. Lines are short anyway (255 octets, RFC 2449 §4).
+pub const MAX_PREAUTH_BYTES: u64 = 64 * 1024;
 /// Replies are flushed once this much is buffered, even mid-pipeline.
 pub(crate) const FLUSH_AT: usize = 64 * 1024;
 
@@ -48,7 +51,8 @@ pub(crate) const FLUSH_AT: usize = 64 * 1024;
 pub struct SessionConfig {
     /// The connection can be upgraded with STLS (a TLS acceptor exists).
     pub stls_available: bool,
-    /// Allow USER/PASS and AUTH without TLS (loopback tests only).
+    /// Allow USER/PASS and AUTH without TLS, for loopback peers only
+    /// (127.0.0.0/8, ::1); other peers still need STLS.
     pub allow_plaintext_auth: bool,
     /// Delay before answering a failed authentication.
     pub auth_failure_delay: Duration,
@@ -75,6 +79,8 @@ pub struct Shared {
     pub store: StoreClient,
     /// CRLF sizes by blob id.
     pub sizes: SizeCache,
+    /// Maildrop locks held by this process's sessions.
+    pub locks: LocalLocks,
 }
 
 impl Shared {
@@ -85,6 +91,7 @@ impl Shared {
             config,
             store,
             sizes: SizeCache::default(),
+            locks: LocalLocks::default(),
         }
     }
 }
@@ -161,6 +168,8 @@ pub struct Session {
     pub(crate) peer: IpAddr,
     pub(crate) tls: bool,
     errors: u32,
+    /// Bytes received in AUTHORIZATION state (across STLS).
+    preauth_bytes: u64,
     pub(crate) state: State,
 }
 
@@ -193,6 +202,7 @@ impl Session {
             peer,
             tls,
             errors: 0,
+            preauth_bytes: 0,
             state: State::Authorization { user: None },
         }
     }
@@ -232,14 +242,15 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let result = self.serve_inner(&mut io, greet, shutdown).await;
-        match result {
-            Ok(Flow::StartTls) => return Ok(Outcome::StartTls(io)),
-            Ok(_) => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
-            }
-            Err(_) => {}
+        if let Ok(Flow::StartTls) = result {
+            return Ok(Outcome::StartTls(io));
         }
+        // Issue #16: the lock goes first, before the client sees the
+        // connection close, however the session ended.
         self.abandon().await;
+        if result.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+        }
         result.map(|_| Outcome::Closed)
     }
 
@@ -294,7 +305,17 @@ impl Session {
                                 return Ok(Flow::Close);
                             }
                             Ok(Ok(0)) => return Ok(Flow::Close),
-                            Ok(Ok(_)) => continue,
+                            Ok(Ok(n)) => {
+                                if matches!(self.state, State::Authorization { .. }) {
+                                    self.preauth_bytes = self.preauth_bytes.saturating_add(n as u64);
+                                    if self.preauth_bytes > MAX_PREAUTH_BYTES {
+                                        Reply::err("Too much input before authentication").encode(&mut out);
+                                        self.flush(io, &mut out).await?;
+                                        return Ok(Flow::Close);
+                                    }
+                                }
+                                continue;
+                            }
                             Ok(Err(e)) => return Err(e.into()),
                         }
                     }
@@ -433,7 +454,9 @@ impl Session {
         )
     }
 
+    /// Passwords are taken over TLS, or without it only from a loopback
+    /// peer when `--allow-plaintext-auth` is set (RFC 2595 §2.1).
     pub(crate) fn auth_allowed(&self) -> bool {
-        self.tls || self.cfg().allow_plaintext_auth
+        self.tls || (self.cfg().allow_plaintext_auth && self.peer.to_canonical().is_loopback())
     }
 }

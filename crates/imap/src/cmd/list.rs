@@ -8,12 +8,18 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::{ListReturn, ListSelect, StatusItem};
 use crate::io::Io;
-use crate::mailbox_name;
+use crate::mailbox_name::{self, Pattern};
 use crate::model::MailboxInfo;
 use crate::mutf7;
-use crate::response::Status;
+use crate::response::{Code, Status};
 use crate::session::Session;
 use crate::store::store_error;
+
+/// Most patterns in one LIST (RFC 5258 §3 allows a list of them).
+const MAX_PATTERNS: usize = 32;
+/// Matching work (pattern × name characters) one LIST may spend: about a
+/// tenth of a second of one core.
+const MAX_WORK: usize = 64 * 1024 * 1024;
 
 /// One LIST candidate.
 #[derive(Default)]
@@ -71,6 +77,21 @@ impl Session {
                 }
             })
             .collect();
+        // Threat model T50: LIST over a huge hierarchy stays bounded.
+        if pats.len() > MAX_PATTERNS {
+            return Status::no("Too many patterns").with(Code::Limit);
+        }
+        let pats: Vec<Pattern> = pats.iter().map(|p| Pattern::new(p)).collect();
+        if pats
+            .iter()
+            .any(|p| p.wildcards() > mailbox_name::MAX_WILDCARDS)
+        {
+            return Status::no(format!(
+                "At most {} wildcards in a pattern",
+                mailbox_name::MAX_WILDCARDS
+            ))
+            .with(Code::Limit);
+        }
         let store = self.store();
         let with_counts = !ret.status.is_empty();
         let boxes = match store.list_mailboxes(user_id, with_counts).await {
@@ -127,8 +148,21 @@ impl Session {
                 }
             }
         }
+        let (mut work, mut shown) = (0usize, 0usize);
         for (name, e) in &entries {
-            if !pats.iter().any(|p| mailbox_name::matches(p, name)) {
+            let mut hit = false;
+            for p in &pats {
+                let (m, w) = p.matches(name);
+                work += w;
+                if m {
+                    hit = true;
+                    break;
+                }
+            }
+            if work > MAX_WORK {
+                return Status::no("LIST too expensive, use a narrower pattern").with(Code::Limit);
+            }
+            if !hit {
                 continue;
             }
             let exists = e.mailbox.is_some();
@@ -176,10 +210,22 @@ impl Session {
                 line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
             }
             line.extend_from_slice(b"\r\n");
+            shown += 1;
+            if shown > self.cfg().max_list_results {
+                return Status::no(format!(
+                    "More than {} mailboxes match, use a narrower pattern",
+                    self.cfg().max_list_results
+                ))
+                .with(Code::Limit);
+            }
             io.write(&line);
             if let (false, Some(mb)) = (ret.status.is_empty(), &e.mailbox) {
                 let st = self.status_line(mb, &ret.status);
                 io.write(&st);
+            }
+            // Stream a long answer with the socket's back-pressure.
+            if io.maybe_flush().await.is_err() {
+                return Status::no("Connection failed").with(Code::Unavailable);
             }
         }
         Status::ok(format!("{word} completed"))

@@ -3,7 +3,7 @@
 
 use crate::response::{Code, Status};
 use crate::session::Session;
-use crate::store::store_error;
+use crate::store::{create_error, store_error};
 
 impl Session {
     /// CREATE (RFC 9051 §6.3.4).
@@ -22,7 +22,7 @@ impl Session {
         }
         match self.store().create_mailbox(user_id, name).await {
             Ok(_) => Status::ok("CREATE completed"),
-            Err(e) => store_error(&e),
+            Err(e) => create_error(&e),
         }
     }
 

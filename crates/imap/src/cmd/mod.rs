@@ -173,7 +173,7 @@ impl Session {
             CommandKind::Enable(caps) => Reply(self.enable(io, &caps)),
             CommandKind::Login { user, pass } => Reply(self.login(&user, &pass).await),
             CommandKind::Authenticate { mechanism, initial } => {
-                Reply(self.authenticate(io, &mechanism, initial).await?)
+                self.authenticate(io, &mechanism, initial, shutdown).await?
             }
             CommandKind::Select {
                 mailbox,

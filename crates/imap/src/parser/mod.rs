@@ -220,23 +220,5 @@ pub fn parse_command(input: &[u8]) -> Result<Command, ParseError> {
     Ok(Command { tag, kind })
 }
 
-/// Reads a SASL client response line (RFC 9051 §6.2.2): base64 or `*`.
-/// Returns `None` for a cancellation.
-///
-/// # Errors
-/// When the line is not valid base64.
-pub fn parse_sasl_response(line: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
-    use base64::Engine as _;
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line == b"*" {
-        return Ok(None);
-    }
-    base64::engine::general_purpose::STANDARD
-        .decode(line)
-        .map(Some)
-        .map_err(|_| "invalid base64")
-}
-
 #[cfg(test)]
 mod tests;

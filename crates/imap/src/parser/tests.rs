@@ -287,16 +287,6 @@ fn garbage_is_bad_not_panic() {
     }
 }
 
-#[test]
-fn sasl_response() {
-    assert_eq!(parse_sasl_response(b"*\r\n"), Ok(None));
-    assert_eq!(
-        parse_sasl_response(b"AGJvYgBwdw==\r\n"),
-        Ok(Some(b"\0bob\0pw".to_vec()))
-    );
-    assert!(parse_sasl_response(b"!!\r\n").is_err());
-}
-
 /// Every command of the table, framed and parsed after being split
 /// at every byte boundary, parses exactly as the unsplit command.
 #[test]

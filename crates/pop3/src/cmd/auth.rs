@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
+use mail_wire::sasl::{SaslError, plain};
 use mailstore_api::pb;
 
-use crate::lock::{LockGuard, acquire_lock};
+use crate::lock::{LockGuard, RELEASE_WAIT, acquire_lock};
 use crate::proto::{Reply, RespCode};
 use crate::session::{Flow, Maildrop, Msg, Session, State};
 use crate::sizes::blob_key;
@@ -63,8 +63,6 @@ impl Session {
                 &Reply::multi("SASL mechanisms follow", vec!["PLAIN".into()]),
             ),
             Some("PLAIN") => match initial {
-                // RFC 5034 §4: "=" is an empty initial response.
-                Some(ir) if ir == "=" => self.sasl_plain(b"", out).await,
                 Some(ir) => self.sasl_plain(ir.as_bytes(), out).await,
                 None => {
                     Reply::Continue(String::new()).encode(out);
@@ -76,42 +74,31 @@ impl Session {
     }
 
     pub(crate) async fn sasl_response(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if line == b"*" {
-            // RFC 5034 §4: the client cancels the exchange.
-            return self.reply(out, Reply::err("Authentication cancelled"));
-        }
         self.sasl_plain(line, out).await
     }
 
-    /// RFC 4616: `[authzid] NUL authcid NUL passwd`, base64 (RFC 5034 §4).
+    /// RFC 4616: `[authzid] NUL authcid NUL passwd`, base64 (RFC 5034 §4:
+    /// "*" cancels, "=" is an empty initial response), decoded by
+    /// `mail_wire::sasl`.
     pub(crate) async fn sasl_plain(&mut self, b64: &[u8], out: &mut Vec<u8>) -> Flow {
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-            return self.reply(out, Reply::err("Invalid base64"));
+        let plain = match plain::decode(b64) {
+            Ok(p) => p,
+            Err(SaslError::Cancelled) => {
+                return self.reply(out, Reply::err("Authentication cancelled"));
+            }
+            Err(SaslError::Decode) => return self.reply(out, Reply::err("Invalid base64")),
+            Err(SaslError::Malformed | SaslError::AuthzMismatch) => {
+                return self.reply(out, Reply::err("Invalid PLAIN response"));
+            }
         };
-        let mut parts = raw.split(|&b| b == 0);
-        let (Some(authz), Some(authc), Some(pass), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return self.reply(out, Reply::err("Invalid PLAIN response"));
-        };
-        let (Ok(authz), Ok(authc), Ok(pass)) = (
-            std::str::from_utf8(authz),
-            std::str::from_utf8(authc),
-            std::str::from_utf8(pass),
-        ) else {
-            return self.reply(out, Reply::err("Invalid PLAIN response"));
-        };
-        if authc.is_empty() {
-            return self.reply(out, Reply::err("Invalid PLAIN response"));
-        }
-        // ATTACKS.md 18: acting as someone else is not offered.
-        if !authz.is_empty() && authz != authc {
+        // Threat model T18: acting as someone else is not offered.
+        if plain.check_authzid().is_err() {
             return self.reply(
                 out,
                 Reply::err_code(RespCode::Auth, "Authorization identity not permitted"),
             );
         }
-        self.login(authc.to_string(), pass.to_string(), out).await
+        self.login(plain.authcid, plain.password, out).await
     }
 
     pub(crate) async fn login(
@@ -144,12 +131,22 @@ impl Session {
                 tracing::info!(user_id = resp.user_id, "authenticated");
                 self.open_maildrop(resp.user_id, out).await
             }
-            pb::AuthStatus::Throttled | pb::AuthStatus::Unavailable => {
+            // RFC 3206 §4 SYS/TEMP for both store refusals; the limit that
+            // holds across connections and replicas is the store's.
+            pb::AuthStatus::Throttled => {
                 metrics::counter!("pop3_logins_total", "result" => "throttled").increment(1);
                 tokio::time::sleep(self.cfg().auth_failure_delay).await;
                 self.reply(
                     out,
                     Reply::err_code(RespCode::SysTemp, "Too many failed logins, try again later"),
+                )
+            }
+            pb::AuthStatus::Unavailable => {
+                metrics::counter!("pop3_logins_total", "result" => "unavailable").increment(1);
+                tokio::time::sleep(self.cfg().auth_failure_delay).await;
+                self.reply(
+                    out,
+                    Reply::err_code(RespCode::SysTemp, "Server busy, try again later"),
                 )
             }
             pb::AuthStatus::Failed | pb::AuthStatus::Unspecified => {
@@ -170,7 +167,16 @@ impl Session {
         let store = self.shared.store.clone();
         let name = format!("pop3:{user_id}");
         let ttl = self.cfg().lock_ttl;
-        match acquire_lock(&store, &name, &self.sid, ttl).await {
+        let mut got = acquire_lock(&store, &name, &self.sid, ttl).await;
+        if matches!(got, Ok(false))
+            && let Some(released) = self.shared.locks.ending(&name)
+        {
+            // A session of this process that is ending holds it (its client
+            // dropped the connection and came back at once): wait for it.
+            let _ = tokio::time::timeout(RELEASE_WAIT, released.cancelled()).await;
+            got = acquire_lock(&store, &name, &self.sid, ttl).await;
+        }
+        match got {
             Ok(true) => {}
             Ok(false) => {
                 // RFC 2449 §8.1.2.
@@ -184,7 +190,13 @@ impl Session {
                 return Self::ok(out, &self.sys_temp());
             }
         }
-        let lock = LockGuard::start(store.clone(), name, self.sid.clone(), ttl);
+        let lock = LockGuard::start(
+            store.clone(),
+            &self.shared.locks,
+            name,
+            self.sid.clone(),
+            ttl,
+        );
         if let Some(delay) = self.cfg().login_delay {
             // RFC 2449 §6.5: one login per user per LOGIN-DELAY seconds,
             // across every replica: a lock nobody releases, expiring after the delay.
