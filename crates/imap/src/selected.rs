@@ -1,20 +1,15 @@
 //! The selected mailbox as this session sees it (RFC 9051 §2.3.1.2:
 //! sequence numbers are per session), and how it is kept in step with
 //! changes made elsewhere: the store's `Watch` stream marks it dirty, and
-//! `Session::sync` reports EXPUNGE, EXISTS, RECENT and FLAGS at the
+//! `Session::sync` (`cmd/sync.rs`) reports EXPUNGE, EXISTS, RECENT and FLAGS at the
 //! points RFC 9051 §7.4.1 allows.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
 use crate::command::SeqSet;
-use crate::io::Io;
-use crate::response;
-use crate::session::Session;
 
 /// The selected mailbox: this session's view of it (RFC 9051 §2.3.1.2:
 /// sequence numbers are per session).
@@ -101,148 +96,6 @@ pub struct Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-impl Session {
-    /// Starts following the store's change stream for the mailbox and
-    /// waits (bounded) for its READY, so nothing committed after the
-    /// snapshot SELECT takes next can be missed.
-    pub(crate) async fn start_watch(&self, user_id: u64, mailbox_id: u64) -> Option<Watch> {
-        let notify = Arc::new(Notify::new());
-        let dirty = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(self.store().watch_loop(
-            user_id,
-            mailbox_id,
-            notify.clone(),
-            dirty.clone(),
-            ready_tx,
-        ));
-        if !matches!(
-            tokio::time::timeout(Duration::from_secs(3), ready_rx).await,
-            Ok(Ok(()))
-        ) {
-            tracing::warn!("store watch not ready; will resync when it is");
-        }
-        Some(Watch {
-            notify,
-            dirty,
-            task,
-        })
-    }
-
-    /// Reports changes made by others: EXPUNGE (when `allow_expunge`),
-    /// EXISTS/RECENT for new messages, FETCH FLAGS for changed ones
-    /// (RFC 9051 §5.2, §7.4.1).
-    pub(crate) async fn sync<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut Io<S>,
-        allow_expunge: bool,
-    ) {
-        let rev2 = self.enabled.rev2;
-        let condstore = self.enabled.condstore;
-        let store = self.store();
-        let user_id = self.user_id().unwrap_or(0);
-        let Some(mb) = self.selected() else { return };
-        if let Some(w) = &mb.watch {
-            w.dirty.store(false, Ordering::Release);
-        }
-        // The new watermark is the mailbox's HIGHESTMODSEQ *before* the
-        // queries: taking the largest MODSEQ seen in the (batched, not
-        // snapshot-consistent) results could skip a change committed while
-        // they streamed. Changes seen twice are filtered by the flag cache.
-        let new_mark = match store.get_mailbox(user_id, &mb.name, false).await {
-            Ok(m) => {
-                let hms = m.highestmodseq;
-                // Every append, flag change and expunge raises the
-                // mailbox's HIGHESTMODSEQ: unchanged means nothing to report.
-                if hms <= mb.flags_mark && (hms <= mb.expunge_mark || !allow_expunge) {
-                    return;
-                }
-                hms.max(mb.flags_mark)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mailbox snapshot failed");
-                mb.flags_mark
-            }
-        };
-        if allow_expunge {
-            let mark = new_mark;
-            match store.list_expunged(mb.id, mb.expunge_mark).await {
-                Ok(mut gone) => {
-                    gone.sort_unstable();
-                    for uid in gone {
-                        if let Ok(i) = mb.uids.binary_search(&uid) {
-                            mb.uids.remove(i);
-                            mb.flags.remove(i);
-                            io.write(&response::expunge(i + 1));
-                        }
-                    }
-                    mb.expunge_mark = mark;
-                }
-                Err(e) => tracing::warn!(error = %e, "list expunged failed"),
-            }
-        }
-        let mut changed: Vec<(u32, u64)> = Vec::new();
-        let before = mb.uids.len();
-        match store.fetch_meta(mb.id, None, mb.flags_mark, false).await {
-            Ok(mut s) => {
-                let mut complete = false;
-                loop {
-                    let batch = match s.next_batch().await {
-                        Ok(Some(b)) => b,
-                        Ok(None) => {
-                            complete = true;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "fetch meta stream failed");
-                            break;
-                        }
-                    };
-                    for m in batch {
-                        match mb.uids.binary_search(&m.uid) {
-                            Ok(i) => {
-                                if mb.flags[i] != m.flags {
-                                    mb.flags[i] = m.flags;
-                                    changed.push((m.uid, m.modseq));
-                                }
-                            }
-                            Err(i) if i == mb.uids.len() => {
-                                mb.uids.push(m.uid);
-                                mb.flags.push(m.flags);
-                            }
-                            // A UID below the newest that we never saw: it was
-                            // committed out of order; too late to show it.
-                            Err(_) => {}
-                        }
-                    }
-                }
-                if complete {
-                    mb.flags_mark = new_mark;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "fetch meta failed"),
-        }
-        if mb.uids.len() != before {
-            io.write(&response::exists(mb.uids.len()));
-            if !rev2 {
-                let recent = mb.uids.iter().filter(|&&u| u >= mb.recent_floor).count();
-                io.write(&response::recent(recent));
-            }
-        }
-        for (uid, modseq) in changed {
-            let Some(seq) = mb.seq_of(uid) else { continue };
-            let i = seq as usize - 1;
-            io.write(&response::flags_fetch(
-                seq as usize,
-                Some(uid),
-                &mb.flags[i],
-                !rev2 && uid >= mb.recent_floor,
-                condstore.then_some(modseq),
-            ));
-        }
     }
 }
 

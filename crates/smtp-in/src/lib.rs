@@ -28,6 +28,7 @@ pub mod io;
 pub mod proto;
 pub mod received;
 pub mod session;
+mod spool;
 pub mod store;
 
 use std::net::SocketAddr;

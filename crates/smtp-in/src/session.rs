@@ -27,12 +27,12 @@ use service_kit::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 
-use crate::cmd::data::Chunking;
-use crate::cmd::parse_error_reply;
 use crate::guard::Guard;
 use crate::io::{Conn, ConnError, Line, RateFloor};
+use crate::proto::codes::parse_error_reply;
 use crate::proto::command::{self, MAX_COMMAND_LINE, MailParams};
 use crate::proto::{Reply, codes};
+use crate::spool::Spool;
 use crate::store::Backend;
 
 /// Which port a session arrived on; decides TLS and AUTH rules.
@@ -467,4 +467,11 @@ impl Session {
         let limits = &self.shared.limits;
         conn.start_phase(limits.data_phase_timeout, limits.min_data_rate);
     }
+}
+
+/// A BDAT transfer between chunks.
+pub(crate) struct Chunking {
+    pub(crate) txn: Transaction,
+    pub(crate) decoder: mail_wire::body::BodyDecoder,
+    pub(crate) spool: Spool,
 }

@@ -20,7 +20,7 @@ use crate::client::{self, Capabilities, ClientError, Connection, Envelope, RcptO
 use crate::downgrade;
 use crate::mta_sts::{Mode, Policy};
 use crate::route::{Host, RouteError};
-use crate::worker::{Worker, domain_of};
+use crate::worker::{Open, Worker, domain_of};
 
 /// Where a destination's mail goes and under which MTA-STS policy.
 pub(crate) struct Plan {
@@ -43,11 +43,6 @@ pub(crate) struct Payload {
 const MAX_MESSAGE: u64 = 256 * 1024 * 1024;
 
 /// A connection kept open between messages of one destination group.
-pub(crate) struct Open {
-    pub(crate) host: String,
-    pub(crate) addr: SocketAddr,
-    pub(crate) conn: Connection<TcpStream>,
-}
 
 /// What happened to one job's pending recipients in one attempt.
 pub(crate) struct Attempt {

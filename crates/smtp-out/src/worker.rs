@@ -3,17 +3,18 @@
 //! domain), and work the lanes concurrently while their leases are renewed.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailstore_api::{StoreClient, pb};
 use queue_worker::{ActiveJobs, Jobs, LeaseSpec, Leaser};
 use service_kit::Shutdown;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
-use crate::attempt::Open;
-use crate::client::Timeouts;
+use crate::client::{Connection, Timeouts};
 use crate::config::Config;
 use crate::dkim;
 use crate::route::Router;
@@ -203,4 +204,11 @@ impl Worker {
             o.conn.quit().await;
         }
     }
+}
+
+/// A connection kept open between jobs to the same destination.
+pub(crate) struct Open {
+    pub(crate) host: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) conn: Connection<TcpStream>,
 }

@@ -18,6 +18,7 @@ mod misc;
 mod search;
 mod select;
 mod store;
+mod sync;
 
 use std::sync::atomic::Ordering;
 

@@ -1,7 +1,6 @@
 //! DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030): message content through
 //! the `mail-wire` decoder into a memory spool, then one `Queue.Enqueue`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use mail_wire::body::{BodyDecoder, Defect, Mode};
@@ -9,100 +8,17 @@ use mail_wire::path::ReversePath;
 use mail_wire::reply::EnhancedStatus;
 use mailstore_api::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::io::{Conn, ConnError};
 use crate::proto::command::MailParams;
 use crate::proto::{Reply, codes};
 use crate::received::Stamp;
-use crate::session::{Exit, Flow, Limits, Session, State, Transaction};
-
-/// Budget granularity: the spool grows in steps of at least this much.
-const GRAIN: usize = 64 * 1024;
-
-/// Message bytes held in memory, counted against the server-wide budget.
-/// What is counted is the buffer's *capacity*, reserved before any byte is
-/// written, so the budget bounds the memory really held.
-pub(crate) struct Spool {
-    buf: Vec<u8>,
-    budget: Arc<Semaphore>,
-    permits: Vec<OwnedSemaphorePermit>,
-    held_kib: usize,
-    /// The most this message may need (its size limit): growth stops there.
-    most: usize,
-}
-
-impl Spool {
-    fn new(budget: Arc<Semaphore>, most: u64) -> Self {
-        Self {
-            buf: Vec::new(),
-            budget,
-            permits: Vec::new(),
-            held_kib: 0,
-            most: usize::try_from(most).unwrap_or(usize::MAX),
-        }
-    }
-
-    /// Makes room for `extra` more bytes, taking permits first; false
-    /// (nothing taken, nothing grown) when the budget cannot cover it.
-    /// Growth doubles (amortised copying) but stops at the message limit,
-    /// and falls back to the bare need when the budget is short.
-    fn reserve(&mut self, extra: usize) -> bool {
-        let need = self.buf.len().saturating_add(extra);
-        if need <= self.buf.capacity() {
-            return true;
-        }
-        let round = |n: usize| n.div_ceil(GRAIN).saturating_mul(GRAIN);
-        let doubled = self.buf.capacity().saturating_mul(2).min(self.most);
-        let target = round(need.max(doubled));
-        let cap = if self.charge(target) {
-            target
-        } else if self.charge(round(need)) {
-            round(need)
-        } else {
-            return false;
-        };
-        self.buf.reserve_exact(cap - self.buf.len());
-        true
-    }
-
-    /// Holds permits for `bytes` in total; false when the budget is spent.
-    fn charge(&mut self, bytes: usize) -> bool {
-        let kib = bytes.div_ceil(1024);
-        if kib <= self.held_kib {
-            return true;
-        }
-        let Ok(n) = u32::try_from(kib - self.held_kib) else {
-            return false;
-        };
-        match self.budget.clone().try_acquire_many_owned(n) {
-            Ok(p) => {
-                self.permits.push(p);
-                self.held_kib = kib;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Drops the content and gives its budget back.
-    fn clear(&mut self) {
-        self.buf = Vec::new();
-        self.permits.clear();
-        self.held_kib = 0;
-    }
-}
+use crate::session::{Chunking, Exit, Flow, Limits, Session, State, Transaction};
+use crate::spool::{GRAIN, Spool};
 
 /// Spool budget below which DATA is refused at once (`452 4.3.1`) instead
 /// of reading a message that could not be held.
 const MIN_FREE_KIB: usize = GRAIN / 1024;
-
-/// A BDAT transfer between chunks.
-pub(crate) struct Chunking {
-    pub(crate) txn: Transaction,
-    pub(crate) decoder: BodyDecoder,
-    pub(crate) spool: Spool,
-}
 
 impl Session {
     /// RFC 5321 §4.1.1.4 DATA: 354, then content up to `<CRLF>.<CRLF>`.
@@ -397,7 +313,9 @@ fn defect_reply(defect: Defect) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::AsyncWriteExt as _;
+    use tokio::sync::Semaphore;
 
     /// The budget covers the capacity really allocated, growth stops at the
     /// message limit, and a spent budget refuses without growing.

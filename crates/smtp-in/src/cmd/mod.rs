@@ -10,11 +10,10 @@ pub(crate) mod hourly;
 pub(crate) mod mail;
 pub(crate) mod rcpt;
 
-use mail_wire::path::PathError;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::io::{Conn, ConnError};
-use crate::proto::command::{Command, ParseError};
+use crate::proto::command::Command;
 use crate::proto::{Reply, codes};
 use crate::session::{Flow, ListenerKind, Session, State};
 
@@ -123,20 +122,5 @@ impl Session {
                 self.reply(conn, reply).await
             }
         }
-    }
-}
-
-/// The reply to a command line that does not parse.
-pub(crate) fn parse_error_reply(e: ParseError) -> Reply {
-    match e {
-        ParseError::Unknown => codes::unknown_command(),
-        ParseError::Syntax => codes::syntax_error(),
-        ParseError::Path(PathError::NeedsUtf8) => codes::need_smtputf8(),
-        ParseError::Path(PathError::RelayTrick) => codes::relay_denied(),
-        ParseError::Path(PathError::Syntax | PathError::TooLong) => codes::bad_address(),
-        ParseError::UnknownParam => codes::unknown_param(),
-        ParseError::BadParamValue => codes::bad_param_value(),
-        ParseError::BodyType => codes::bad_body_type(),
-        ParseError::TooBig => codes::too_big(),
     }
 }
