@@ -672,7 +672,7 @@ async fn fetchmail_keep_then_nothing_new_then_delete() {
     assert!(inbox_uids(&store, user_id).await.is_empty(), "{log}");
 }
 
-/// ATTACKS.md 8 on a real socket: `STLS\r\nCAPA\r\n` in one write; after the
+/// threat model T8 on a real socket: `STLS\r\nCAPA\r\n` in one write; after the
 /// handshake the first reply inside TLS must be the one to our QUIT.
 #[tokio::test]
 async fn stls_with_pipelined_capa_over_tcp() {

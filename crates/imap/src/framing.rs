@@ -99,7 +99,7 @@ impl Framer {
 
     /// Examines `buf` (which starts at the current command) and decides.
     /// `authenticated` selects the literal limit (no large literals before
-    /// login: ATTACKS.md #27).
+    /// login: threat model T27).
     pub fn advance(&mut self, buf: &[u8], limits: &Limits, authenticated: bool) -> Frame {
         if self.skipping {
             return self.skip(buf);

@@ -10,7 +10,7 @@ pub const MAX_DEPTH: usize = 16;
 
 /// Canonical store name for a decoded client name, or `None` when the name
 /// is not acceptable (empty components, "." / "..", control characters,
-/// too long or too deep: ATTACKS.md #34).
+/// too long or too deep: threat model T34).
 #[must_use]
 pub fn normalise(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {

@@ -46,7 +46,7 @@ pub fn encode(name: &str) -> String {
 }
 
 /// Decodes a modified UTF-7 name. Returns `None` for anything that is not
-/// the one canonical encoding of some UTF-8 name (ATTACKS.md #34).
+/// the one canonical encoding of some UTF-8 name (threat model T34).
 #[must_use]
 pub fn decode(wire: &[u8]) -> Option<String> {
     let mut out = String::with_capacity(wire.len());

@@ -43,7 +43,7 @@ impl Selected {
 
     /// Resolves a sequence set (or UID set with `uid`) to the UIDs of
     /// messages the client knows, ascending, without duplicates. Work is
-    /// bounded by the set's size and the mailbox's (ATTACKS.md #33).
+    /// bounded by the set's size and the mailbox's (threat model T33).
     #[must_use]
     pub fn resolve(&self, set: &SeqSet, uid: bool) -> Vec<u32> {
         let n = self.uids.len();

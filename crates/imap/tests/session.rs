@@ -231,7 +231,7 @@ async fn starttls_discards_pipelined_commands() {
     let env = env().await;
     let mut c = connect(&env, config(false));
     c.line().await;
-    // ATTACKS.md #7: one write; B must never be answered.
+    // threat model T7: one write; B must never be answered.
     c.send(b"A STARTTLS\r\nB NOOP\r\n").await;
     let l = c.line().await;
     assert!(l.starts_with("A OK"), "{l}");
@@ -267,7 +267,7 @@ async fn limits_answer_before_continuation() {
     let env = env().await;
     let mut c = connect(&env, config(true));
     c.line().await;
-    // ATTACKS.md #27: no "+", a NO/BAD, connection still usable.
+    // threat model T27: no "+", a NO/BAD, connection still usable.
     c.send(b"a LOGIN {4294967295}\r\n").await;
     let l = c.line().await;
     assert!(l.starts_with("a NO [TOOBIG]"), "{l}");
@@ -276,7 +276,7 @@ async fn limits_answer_before_continuation() {
     let (_, t) = c.until("x").await;
     assert!(t.starts_with("x BAD"), "{t}");
     c.ok("l", "LOGIN bob@example.org secret").await;
-    // ATTACKS.md #29.
+    // threat model T29.
     c.send(b"c APPEND INBOX {99999999999}\r\n").await;
     let l = c.line().await;
     assert!(l.starts_with("c NO [TOOBIG]"), "{l}");
@@ -285,7 +285,7 @@ async fn limits_answer_before_continuation() {
     assert!(l.starts_with("d NO [TOOBIG]"), "{l}");
     assert!(c.line().await.starts_with("* BYE"));
 
-    // ATTACKS.md #30: deep nesting → BAD, connection alive.
+    // threat model T30: deep nesting → BAD, connection alive.
     let mut c = logged_in(&env).await;
     c.ok("s", "SELECT INBOX").await;
     let mut cmd = b"a SEARCH ".to_vec();
@@ -297,7 +297,7 @@ async fn limits_answer_before_continuation() {
     let (_, t) = c.until("a").await;
     assert!(t.starts_with("a BAD"), "{t}");
     c.ok("b", "FETCH 1:4294967295 FLAGS").await;
-    // ATTACKS.md #31: a line with no end → BYE and close.
+    // threat model T31: a line with no end → BYE and close.
     let junk = vec![b'('; 200_000];
     c.send(&junk).await;
     let l = c.line().await;

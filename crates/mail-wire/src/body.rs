@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(defect, None);
     }
 
-    /// ATTACKS.md §1–3: none of these is an end of data; every one has a
+    /// threat model T1–T3: none of these is an end of data; every one has a
     /// bare CR or LF, so the message is refused at the real end.
     #[test]
     fn smuggling_variants() {

@@ -3,7 +3,7 @@
 //!
 //! Every line ending of the stored message — CRLF, bare LF, bare CR — goes
 //! out as CRLF, and a line that starts with `.` gets one more. So a stored
-//! `a\n.\r\nb` (the CVE-2023-51764 smuggling shape, ATTACKS.md item 4) is
+//! `a\n.\r\nb` (the CVE-2023-51764 smuggling shape, threat model T4) is
 //! sent as `a\r\n..\r\nb`: the receiver sees one unchanged message and never
 //! an early end of data.
 //!
@@ -166,7 +166,7 @@ mod tests {
             (b".", b"..\r\n.\r\n"),
             (b".\r\n", b"..\r\n.\r\n"),
             (b"a\r\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
-            // ATTACKS.md item 4.
+            // threat model T4.
             (b"a\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
             (b"a\r.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
             (b"a\n.\nb", b"a\r\n..\r\nb\r\n.\r\n"),

@@ -360,7 +360,7 @@ mod tests {
         assert_eq!(fwd("<@:v@ours.example>"), Err(PathError::Syntax));
     }
 
-    /// ATTACKS.md §14: none of these may be read as a local address.
+    /// threat model T14: none of these may be read as a local address.
     #[test]
     fn relay_battery() {
         for (input, want) in [

@@ -200,7 +200,7 @@ mod tests {
                 b"Subject: s\r\n\r\nbody\r\n",
                 b"Subject: s\r\n\r\nbody\r\n.\r\n",
             ),
-            // ATTACKS.md 4: smuggling shapes all become CRLF + stuffing.
+            // threat model T4: smuggling shapes all become CRLF + stuffing.
             (b"a\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
             (b"a\r.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
             (b"a\n.\nb", b"a\r\n..\r\nb\r\n.\r\n"),

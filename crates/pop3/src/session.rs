@@ -360,7 +360,7 @@ impl Session {
                 }
                 Flow::StartTls => {
                     self.flush(io, &mut out).await?;
-                    // RFC 2595 §4 / ATTACKS.md 8: anything the client sent
+                    // RFC 2595 §4 / threat model T8: anything the client sent
                     // after STLS in plaintext is discarded, never answered
                     // inside TLS.
                     rd.clear();

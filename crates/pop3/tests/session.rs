@@ -196,7 +196,7 @@ async fn stls_then_login_and_every_transaction_command() {
 async fn pipelined_command_after_stls_is_never_answered_inside_tls() {
     let env = Env::new(|_| {}).await;
     let mut c = env.connect().await;
-    // ATTACKS.md 8: one write.
+    // threat model T8: one write.
     c.send(b"STLS\r\nCAPA\r\n").await;
     assert_eq!(c.line().await, "+OK Begin TLS negotiation now");
     let mut c = env.upgrade(c).await;
@@ -314,7 +314,7 @@ async fn argument_validation_and_limits() {
     .await;
     let mut c = env.connect().await;
     c.login().await;
-    // ATTACKS.md 35 and 36.
+    // threat model T35 and T36.
     for bad in [
         "RETR 0",
         "RETR 4294967296",

@@ -64,7 +64,7 @@ impl Protocol for Smtp {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnOptions {
     /// MX only: wait this long before the greeting; a client that talks
-    /// first is refused (ATTACKS.md §5). Zero disables the check. Clients
+    /// first is refused (threat model T5). Zero disables the check. Clients
     /// with a current `greet_pass` mark skip it (see [`pre_greeting`]).
     pub early_talker_delay: Duration,
 }

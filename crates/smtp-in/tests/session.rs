@@ -40,7 +40,7 @@ async fn mx_accepts_local_mail_byte_for_byte() {
     ] {
         assert!(caps.contains(cap), "{cap} missing from {caps}");
     }
-    // ATTACKS.md §12: the MX never offers AUTH.
+    // threat model T12: the MX never offers AUTH.
     assert!(!caps.contains("AUTH"), "{caps}");
 
     c.expect(
@@ -92,7 +92,7 @@ async fn mx_accepts_local_mail_byte_for_byte() {
     assert!(job.authenticated_user.is_empty());
 }
 
-/// ATTACKS.md §14: no relay for an unauthenticated client, whatever the
+/// threat model T14: no relay for an unauthenticated client, whatever the
 /// address form; nothing is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_battery_denied() {
@@ -122,7 +122,7 @@ async fn relay_battery_denied() {
     assert!(h.jobs().await.is_empty());
 }
 
-/// ATTACKS.md §1–3: only <CRLF>.<CRLF> ends DATA; a message with a bare CR
+/// threat model T1–T3: only <CRLF>.<CRLF> ends DATA; a message with a bare CR
 /// or LF is refused as a whole (550 5.5.2) and nothing is queued; the
 /// smuggled commands are never executed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +211,7 @@ async fn bdat_chunks() {
     assert_eq!(h.jobs().await.len(), 1);
 }
 
-/// ATTACKS.md §6, §9, §10: STARTTLS with a pipelined RSET in the same
+/// threat model T6, T9, T10: STARTTLS with a pipelined RSET in the same
 /// write: only the 220 is answered in plaintext, nothing answers the RSET
 /// inside TLS, the session restarts (EHLO needed), no second STARTTLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +247,7 @@ async fn starttls_injection() {
     );
 }
 
-/// ATTACKS.md §11, §16, §18 and submission rules (RFC 6409, RFC 4954).
+/// threat model T11, T16, T18 and submission rules (RFC 6409, RFC 4954).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_auth_and_relay() {
     let h = Harness::new().await;
@@ -350,7 +350,7 @@ async fn submissions_implicit_tls() {
     assert_eq!(body, b"Subject: self\r\n\r\n");
 }
 
-/// ATTACKS.md §15, §20, §21, §23, §24, §25, §26: limits and hostile syntax.
+/// threat model T15, T20, T21, T23, T24, T25, T26: limits and hostile syntax.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_hostile_syntax() {
     let h = Harness::with_limits(smtp_in::Limits {
@@ -408,7 +408,7 @@ async fn limits_and_hostile_syntax() {
     );
 }
 
-/// ATTACKS.md §15/§26: too many errors → 421 and close.
+/// threat model T15/T26: too many errors → 421 and close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_errors_closes() {
     let h = Harness::with_limits(smtp_in::Limits {
@@ -426,7 +426,7 @@ async fn too_many_errors_closes() {
     assert!(c.reply().await.is_none());
 }
 
-/// Commands before the greeting (ATTACKS.md §5), command timeout, shutdown.
+/// Commands before the greeting (threat model T5), command timeout, shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_talker_timeout_and_shutdown() {
     let mut h = Harness::with_limits(smtp_in::Limits {
@@ -524,7 +524,7 @@ async fn declared_size_enforced() {
     assert!(h.jobs().await.is_empty());
 }
 
-/// ATTACKS.md §15: unknown recipients are tarpitted, then 421.
+/// threat model T15: unknown recipients are tarpitted, then 421.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_recipients_slowed_then_closed() {
     let h = Harness::with_limits(smtp_in::Limits {

@@ -239,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             c.write(b"STARTTLS\r\n", "STARTTLS").await?;
             let r = c.read_reply("STARTTLS", timeouts.command).await?;
             if r.code == 220 {
-                // RFC 3207 §4.2 / ATTACKS 13: anything the server sent after
+                // RFC 3207 §4.2 / threat model T13: anything the server sent after
                 // its 220 in plaintext is injected; drop it.
                 c.buf.clear();
                 let Io::Plain(plain) = c.io else {

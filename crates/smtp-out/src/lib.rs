@@ -78,7 +78,7 @@ pub use config::Config;
 /// Bad flags, an unreadable resolver configuration or an unbindable health port.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    // One crypto provider for the process (TOOLCHAIN.md); fails harmlessly
+    // One crypto provider for the process (docs/design.md (K2)); fails harmlessly
     // when another service in this process installed it first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store = config.store.client()?;

@@ -44,7 +44,7 @@ async fn temporary_failure_then_one_delivery_after_retry() {
     })
     .await;
     let client = store.client();
-    // ATTACKS 4: a stored smuggling shape goes out as CRLF + dot-stuffed.
+    // threat model T4: a stored smuggling shape goes out as CRLF + dot-stuffed.
     let body = b"Subject: s\r\n\r\na\n.\r\nb\r.\r\nc\n.\nd\r\n";
     let id = enqueue_outbound(&client, "alice@a.test", &["bob@b.test"], body).await;
     let run = start(config(&store, dns.addr, port));
@@ -248,7 +248,7 @@ async fn no_mx_and_no_address_retries_then_bounces_at_expiry() {
 #[tokio::test]
 async fn starttls_injection_is_discarded_and_capabilities_reread_in_tls() {
     let (store, dns, port) = setup("b.test", 4).await;
-    // ATTACKS 13: the 220 to STARTTLS arrives with two injected lines in the
+    // threat model T13: the 220 to STARTTLS arrives with two injected lines in the
     // same segment. If the client kept them, its EHLO inside TLS would be
     // answered by them and the session would fall out of step.
     let server = mx(at(4, port), |_| Script {
@@ -480,7 +480,7 @@ async fn dkim_signatures_rsa_and_ed25519_verify_against_dns() {
 
 #[tokio::test]
 async fn too_many_recipients_sends_the_accepted_and_retries_the_rest() {
-    // ATTACKS 42: 452 after N RCPTs.
+    // threat model T42: 452 after N RCPTs.
     let (store, dns, port) = setup("b.test", 12).await;
     let server = mx(at(12, port), |_| Script {
         rcpt_limit: Some(2),
@@ -526,7 +526,7 @@ async fn too_many_recipients_sends_the_accepted_and_retries_the_rest() {
 
 #[tokio::test]
 async fn slow_and_flooding_remotes_time_out_while_others_keep_flowing() {
-    // ATTACKS 41 and 38: one destination drips its greeting, another floods
+    // threat model T41 and T38: one destination drips its greeting, another floods
     // its EHLO reply; a third, normal one is served meanwhile.
     let store = test_kit::TestStore::start().await;
     let dns = TestDns::start().await;

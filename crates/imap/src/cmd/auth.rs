@@ -92,7 +92,7 @@ impl Session {
     }
 
     /// Wrong password and unknown user answer identically after the same
-    /// delay (ATTACKS.md #16).
+    /// delay (threat model T16).
     async fn auth_failed(&mut self) -> Status {
         self.auth_failures += 1;
         metrics::counter!("imap_logins_total", "result" => "failed").increment(1);

@@ -22,9 +22,9 @@ use list::{list_command, status_items};
 use search::search_command;
 use store::store_command;
 
-/// Deepest nesting of parenthesised search keys / `NOT` / `OR` (ATTACKS.md #30).
+/// Deepest nesting of parenthesised search keys / `NOT` / `OR` (threat model T30).
 pub const MAX_DEPTH: usize = 32;
-/// Most ranges in one sequence set (ATTACKS.md #33).
+/// Most ranges in one sequence set (threat model T33).
 pub const MAX_SEQ_RANGES: usize = 100_000;
 /// Most FETCH items, search keys, flags or patterns in one list.
 pub const MAX_ITEMS: usize = 1_000;

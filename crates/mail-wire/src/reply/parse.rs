@@ -1,7 +1,7 @@
 //! Parsing a server's reply (RFC 5321 §4.2), pure: bytes in, [`Reply`] /
 //! "need more" / error out. No I/O here.
 //!
-//! The remote server is not trusted (ATTACKS.md items 38–39): every reply
+//! The remote server is not trusted (threat model T38–T39): every reply
 //! line must be exactly three digits `2xx`–`5xx` followed by SP, `-` or the
 //! end of the line; all lines of a multiline reply carry the same code; a
 //! line is capped at [`MAX_LINE`] octets and a reply at [`MAX_LINES`] lines.
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn hostile_replies_are_errors_never_success() {
-        // ATTACKS 39.
+        // threat model T39.
         for bad in [
             &b"2500 ok\r\n"[..],
             b"25\r\n",
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn limits() {
-        // ATTACKS 38: endless multiline, and a 100 kB line.
+        // threat model T38: endless multiline, and a 100 kB line.
         let endless = b"250-x\r\n".repeat(MAX_LINES + 5);
         assert_eq!(parse(&endless), Err(ReplyError::TooManyLines));
         let mut long = b"250 ".to_vec();

@@ -169,7 +169,7 @@ pub(super) async fn authenticate(
         .map(|r| (r.id, r.password_hash, r.disabled)),
         None => None,
     };
-    // Same work whether or not the user exists (RFC 4954 §9, ATTACKS 16).
+    // Same work whether or not the user exists (RFC 4954 §9, threat model T16).
     let (hash, user) = match user {
         Some((id, hash, disabled)) => (hash, (!disabled).then_some(id)),
         None => (DUMMY_HASH.clone(), None),

@@ -14,7 +14,7 @@ use crate::sizes::blob_key;
 
 impl Session {
     pub(crate) fn plaintext_refused(&mut self, out: &mut Vec<u8>) -> Flow {
-        // RFC 2595 §2.1 / ATTACKS.md 11: no cleartext passwords before TLS.
+        // RFC 2595 §2.1 / threat model T11: no cleartext passwords before TLS.
         self.reply(
             out,
             Reply::err_code(

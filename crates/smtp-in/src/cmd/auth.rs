@@ -107,7 +107,7 @@ impl Session {
             .await?
         {
             Line::Ok(bytes) => Ok(String::from_utf8(bytes).map_err(|_| codes::bad_base64())),
-            // ATTACKS.md §18: an endless response is discarded (bounded) and
+            // threat model T18: an endless response is discarded (bounded) and
             // answered like any undecodable one.
             Line::TooLong | Line::BareLf => Ok(Err(codes::bad_base64())),
         }

@@ -343,7 +343,7 @@ mod tests {
         );
     }
 
-    /// ATTACKS/T47: a refused 50 MB BDAT chunk is read and dropped in
+    /// threat model T47: a refused 50 MB BDAT chunk is read and dropped in
     /// buffer-sized steps; the read buffer never grows past a few reads.
     #[tokio::test]
     async fn refused_chunk_is_discarded_as_it_streams() {

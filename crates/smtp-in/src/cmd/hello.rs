@@ -54,7 +54,7 @@ impl Session {
         if self.tls_offered() {
             lines.push("STARTTLS".into());
         }
-        // RFC 4954 §4 / ATTACKS.md §11–12: never advertised before TLS
+        // RFC 4954 §4 / threat model T11–T12: never advertised before TLS
         // (unless explicitly allowed for testing), never on MX.
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".into());

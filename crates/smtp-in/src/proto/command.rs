@@ -314,7 +314,7 @@ mod tests {
         );
     }
 
-    /// ATTACKS.md §23.
+    /// threat model T23.
     #[test]
     fn hostile_params() {
         assert_eq!(

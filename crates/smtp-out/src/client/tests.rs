@@ -134,7 +134,7 @@ async fn pipelined_transaction_with_mixed_recipients() {
 
 #[tokio::test]
 async fn starttls_reply_is_read_alone() {
-    // ATTACKS 13 without a TLS peer: the injected lines after 220 must
+    // threat model T13 without a TLS peer: the injected lines after 220 must
     // not be taken as the EHLO reply. The handshake then fails (the
     // "server" is not TLS), which is an error, never plaintext success.
     let (c, s) = tokio::io::duplex(1 << 16);

@@ -160,7 +160,7 @@ async fn connection(
 ) -> std::io::Result<()> {
     let mut plain = BufReader::new(s);
     if let Some(gap) = script.drip {
-        // ATTACKS 41: a remote that answers one byte at a time.
+        // threat model T41: a remote that answers one byte at a time.
         for b in script.greeting.as_bytes() {
             plain.get_mut().write_all(&[*b]).await?;
             tokio::time::sleep(gap).await;
@@ -214,7 +214,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             .push(format!("{n}{} {cmd}", if tls { "[tls]" } else { "" }));
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") && script.ehlo_flood {
-            // ATTACKS 38: a multiline reply that never ends.
+            // threat model T38: a multiline reply that never ends.
             let flood = "250-x\r\n".repeat(1000);
             loop {
                 s.get_mut().write_all(flood.as_bytes()).await?;
