@@ -6,11 +6,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use service_kit::{
-    BoxFuture, ClientStream, ConnectionInfo, Protocol, Refused, Security, Shutdown, Tls,
-};
+use service_kit::starttls::{TlsProtocol, TlsSession};
+use service_kit::{Refused, Shutdown, Tls};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
 
 use crate::io::Io;
 use crate::response::{Code, Status};
@@ -31,7 +30,9 @@ pub fn new_session_id() -> String {
     service_kit::new_connection_id()
 }
 
-impl Protocol for Server {
+impl TlsProtocol for Server {
+    type Session = Session;
+
     fn name(&self) -> &'static str {
         "imap"
     }
@@ -42,66 +43,37 @@ impl Protocol for Server {
             .encode(None)
     }
 
-    fn serve(
-        self: Arc<Self>,
-        tcp: ClientStream,
-        info: ConnectionInfo,
-        shutdown: Shutdown,
-    ) -> BoxFuture {
-        Box::pin(async move {
-            let implicit = info.security == Security::ImplicitTls;
-            if let Err(e) =
-                serve_connection(&self, tcp, info.peer.ip(), info.id, implicit, &shutdown).await
-            {
-                tracing::debug!(error = %e, "connection ended with error");
-            }
-        })
+    fn session(&self, sid: String, peer: IpAddr) -> Session {
+        Session::new(self.shared.clone(), sid, peer, false)
+    }
+
+    fn tls(&self) -> Option<&Tls> {
+        self.acceptor.as_ref()
     }
 }
 
-/// Runs one connection: optional implicit TLS, the session, and the
-/// STARTTLS swap. Generic, so tests drive it over `tokio::io::duplex`.
-///
-/// # Errors
-/// TLS handshake failures and I/O errors.
-pub async fn serve_connection<S>(
-    server: &Server,
-    stream: S,
-    peer: IpAddr,
-    sid: String,
-    implicit_tls: bool,
-    shutdown: &Shutdown,
-) -> anyhow::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    if implicit_tls {
-        let tls = server
-            .acceptor
-            .as_ref()
-            .context("no TLS configured for implicit TLS")?;
-        let (tls, _) = tls.accept(stream).await?;
-        let mut session = Session::new(server.shared.clone(), sid, peer, true);
-        let mut io = Io::new(tls);
-        session.serve(&mut io, true, shutdown).await?;
-        return Ok(());
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> TlsSession<S> for Session {
+    async fn serve_plain(&mut self, stream: S, shutdown: &Shutdown) -> anyhow::Result<Option<S>> {
+        let mut io = Io::new(stream);
+        Ok(match self.serve(&mut io, true, shutdown).await? {
+            Exit::Closed => None,
+            // Everything buffered before this point was discarded by the
+            // session: the handshake reads fresh from the socket.
+            Exit::StartTls => Some(io.into_inner()),
+        })
     }
-    let mut session = Session::new(server.shared.clone(), sid, peer, false);
-    let mut io = Io::new(stream);
-    match session.serve(&mut io, true, shutdown).await? {
-        Exit::Closed => Ok(()),
-        Exit::StartTls => {
-            let tls = server
-                .acceptor
-                .as_ref()
-                .context("STARTTLS without TLS configuration")?;
-            // The session discarded every byte buffered before this point:
-            // the handshake reads fresh from the socket.
-            let (tls, _) = tls.accept(io.into_inner()).await?;
-            session.tls_established();
-            let mut io = Io::new(tls);
-            session.serve(&mut io, false, shutdown).await?;
-            Ok(())
-        }
+
+    async fn serve_tls(
+        &mut self,
+        stream: TlsStream<S>,
+        greet: bool,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        self.serve(&mut Io::new(stream), greet, shutdown).await?;
+        Ok(())
+    }
+
+    fn tls_established(&mut self) {
+        Session::tls_established(self);
     }
 }

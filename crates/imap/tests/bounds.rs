@@ -8,10 +8,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap::conn::{Server, serve_connection};
+use imap::conn::Server;
 use imap::session::{SessionConfig, Shared};
 use mailstore_api::pb;
 use service_kit::Shutdown;
+use service_kit::starttls::serve_connection;
 use test_kit::TestStore;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, DuplexStream};
 

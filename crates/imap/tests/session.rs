@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap::conn::{Server, serve_connection};
+use imap::conn::Server;
 use imap::session::{SessionConfig, Shared};
 use service_kit::Shutdown;
+use service_kit::starttls::serve_connection;
 use test_kit::TestStore;
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader,

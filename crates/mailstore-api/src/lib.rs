@@ -45,31 +45,10 @@ pub fn classify(status: &tonic::Status) -> Failure {
     }
 }
 
-/// The size of a message as POP3 transmits it (RFC 1939 §11) before
-/// dot-stuffing: every bare CR or LF becomes CRLF, and a last line without
-/// a line ending gets one. The store computes it once per message
-/// (`MessageMeta.crlf_size`); POP3 servers must count the same way.
-#[must_use]
-pub fn crlf_size(raw: &[u8]) -> u64 {
-    let mut n: u64 = 0;
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                n += 2;
-                i += 2;
-                continue;
-            }
-            b'\r' | b'\n' => n += 2,
-            _ => n += 1,
-        }
-        i += 1;
-    }
-    if raw.last().is_some_and(|b| *b != b'\n' && *b != b'\r') {
-        n += 2;
-    }
-    n
-}
+/// The size of a message as POP3 transmits it (RFC 1939 §11): one
+/// definition, in `mail-wire`, used by the store (`MessageMeta.crlf_size`)
+/// and POP3 alike.
+pub use mail_wire::crlf::crlf_size;
 
 #[cfg(test)]
 mod tests {

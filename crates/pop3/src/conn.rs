@@ -5,11 +5,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use service_kit::{
-    BoxFuture, ClientStream, ConnectionInfo, Protocol, Refused, Security, Shutdown, Tls,
-};
+use service_kit::starttls::{TlsProtocol, TlsSession};
+use service_kit::{Refused, Shutdown, Tls};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
 
 use crate::proto::{Reply, RespCode};
 use crate::session::{Outcome, Session, Shared};
@@ -36,7 +35,9 @@ pub struct Server {
     pub acceptor: Option<Tls>,
 }
 
-impl Protocol for Server {
+impl TlsProtocol for Server {
+    type Session = Session;
+
     fn name(&self) -> &'static str {
         "pop3"
     }
@@ -45,64 +46,37 @@ impl Protocol for Server {
         refusal(why).to_bytes()
     }
 
-    fn serve(
-        self: Arc<Self>,
-        tcp: ClientStream,
-        info: ConnectionInfo,
-        shutdown: Shutdown,
-    ) -> BoxFuture {
-        Box::pin(async move {
-            let implicit = info.security == Security::ImplicitTls;
-            if let Err(e) =
-                serve_connection(&self, tcp, info.peer.ip(), info.id, implicit, &shutdown).await
-            {
-                tracing::debug!(error = %e, "connection ended with error");
-            }
-        })
+    fn session(&self, sid: String, peer: IpAddr) -> Session {
+        Session::new(self.shared.clone(), sid, peer, false)
+    }
+
+    fn tls(&self) -> Option<&Tls> {
+        self.acceptor.as_ref()
     }
 }
 
-/// Runs one connection: the optional implicit TLS handshake, the session,
-/// and the STLS swap. Generic, so tests can drive it over `duplex`.
-///
-/// # Errors
-/// TLS handshake failures and fatal session errors.
-pub async fn serve_connection<S>(
-    server: &Server,
-    io: S,
-    peer: IpAddr,
-    sid: String,
-    implicit_tls: bool,
-    shutdown: &Shutdown,
-) -> anyhow::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    if implicit_tls {
-        let tls = server
-            .acceptor
-            .as_ref()
-            .context("no TLS configured for implicit TLS")?;
-        let (tls, _) = tls.accept(io).await?;
-        let mut session = Session::new(server.shared.clone(), sid, peer, true);
-        session.serve(tls, true, shutdown).await?;
-        return Ok(());
-    }
-    let mut session = Session::new(server.shared.clone(), sid, peer, false);
-    match session.serve(io, true, shutdown).await? {
-        Outcome::Closed => Ok(()),
-        Outcome::StartTls(io) => {
-            let tls = server
-                .acceptor
-                .as_ref()
-                .context("STLS without TLS configuration")?;
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> TlsSession<S> for Session {
+    async fn serve_plain(&mut self, io: S, shutdown: &Shutdown) -> anyhow::Result<Option<S>> {
+        Ok(match self.serve(io, true, shutdown).await? {
+            Outcome::Closed => None,
             // The session discarded every byte read before this point; the
             // handshake reads fresh from the socket (RFC 2595 §4).
-            let (tls, _) = tls.accept(io).await?;
-            session.tls_established();
-            session.serve(tls, false, shutdown).await?;
-            Ok(())
-        }
+            Outcome::StartTls(io) => Some(io),
+        })
+    }
+
+    async fn serve_tls(
+        &mut self,
+        io: TlsStream<S>,
+        greet: bool,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        self.serve(io, greet, shutdown).await?;
+        Ok(())
+    }
+
+    fn tls_established(&mut self) {
+        Session::tls_established(self);
     }
 }
 

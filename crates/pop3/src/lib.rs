@@ -41,6 +41,9 @@ pub use session::{Session, SessionConfig, Shared};
 /// environment variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
+    /// How to reach the store.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Address of the plain listener (STLS available). "off" disables it.
     #[arg(
         long = "listen",
@@ -115,9 +118,6 @@ pub struct Config {
     /// TLS, plaintext-auth permission and connection limits.
     #[command(flatten)]
     pub listener: ListenerArgs,
-    /// Store connection.
-    #[command(flatten)]
-    pub store: StoreArgs,
 }
 
 service_kit::listener_args!(

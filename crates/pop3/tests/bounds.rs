@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::{Client, Env, PASS, USER};
-use pop3::conn::serve_connection;
 use pop3::session::new_session_id;
+use service_kit::starttls::serve_connection;
 
 /// A plain connection from `ip`.
 async fn connect_from(env: &Env, ip: &str) -> Client<tokio::io::DuplexStream> {

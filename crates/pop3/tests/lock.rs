@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Client, Env, session_config};
-use pop3::conn::{Server, serve_connection};
+use pop3::conn::Server;
 use pop3::session::{Shared, new_session_id};
+use service_kit::starttls::serve_connection;
 use tokio_util::sync::CancellationToken;
 
 const MSG: &[u8] = b"From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n";

@@ -9,6 +9,7 @@ pub mod listen;
 pub mod proxy;
 mod service;
 pub mod shutdown;
+pub mod starttls;
 
 use std::future::Future;
 use std::sync::OnceLock;

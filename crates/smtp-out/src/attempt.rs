@@ -42,8 +42,6 @@ pub(crate) struct Payload {
 /// Largest message read from the store for sending.
 const MAX_MESSAGE: u64 = 256 * 1024 * 1024;
 
-/// A connection kept open between messages of one destination group.
-
 /// What happened to one job's pending recipients in one attempt.
 pub(crate) struct Attempt {
     /// (recipient index, outcome)

@@ -206,7 +206,7 @@ impl Worker {
     }
 }
 
-/// A connection kept open between jobs to the same destination.
+/// A connection kept open between messages of one destination group.
 pub(crate) struct Open {
     pub(crate) host: String,
     pub(crate) addr: SocketAddr,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailstore_api::pb;
-use pop3::conn::{self, Server};
+use pop3::conn::Server;
 use pop3::session::{SessionConfig, Shared, new_session_id};
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader,
@@ -110,9 +110,15 @@ impl Env {
         let sd = self.shutdown.clone();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         tokio::spawn(async move {
-            let _ =
-                conn::serve_connection(&server, server_io, ip, new_session_id(), implicit_tls, &sd)
-                    .await;
+            let _ = service_kit::starttls::serve_connection(
+                &server,
+                server_io,
+                ip,
+                new_session_id(),
+                implicit_tls,
+                &sd,
+            )
+            .await;
         });
         client
     }

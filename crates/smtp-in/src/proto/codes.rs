@@ -143,6 +143,21 @@ replies! {
     bad_body_type = 555, Some(S::INVALID_ARGUMENTS), "Unsupported BODY type";
 }
 
+/// The reply to a command line that does not parse.
+pub fn parse_error_reply(e: ParseError) -> Reply {
+    match e {
+        ParseError::Unknown => unknown_command(),
+        ParseError::Syntax => syntax_error(),
+        ParseError::Path(PathError::NeedsUtf8) => need_smtputf8(),
+        ParseError::Path(PathError::RelayTrick) => relay_denied(),
+        ParseError::Path(PathError::Syntax | PathError::TooLong) => bad_address(),
+        ParseError::UnknownParam => unknown_param(),
+        ParseError::BadParamValue => bad_param_value(),
+        ParseError::BodyType => bad_body_type(),
+        ParseError::TooBig => too_big(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,20 +185,5 @@ mod tests {
         let r = store_unavailable().with_suffix(" [sid abc]");
         assert!(r.to_wire().ends_with("later [sid abc]\r\n"));
         assert!(r.is_error());
-    }
-}
-
-/// The reply to a command line that does not parse.
-pub fn parse_error_reply(e: ParseError) -> Reply {
-    match e {
-        ParseError::Unknown => unknown_command(),
-        ParseError::Syntax => syntax_error(),
-        ParseError::Path(PathError::NeedsUtf8) => need_smtputf8(),
-        ParseError::Path(PathError::RelayTrick) => relay_denied(),
-        ParseError::Path(PathError::Syntax | PathError::TooLong) => bad_address(),
-        ParseError::UnknownParam => unknown_param(),
-        ParseError::BadParamValue => bad_param_value(),
-        ParseError::BodyType => bad_body_type(),
-        ParseError::TooBig => too_big(),
     }
 }
