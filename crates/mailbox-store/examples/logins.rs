@@ -5,6 +5,12 @@
 //! live in the same process, so the numbers are an upper bound for the
 //! store). Run: `cargo run -p mailbox-store --example logins`.
 //! The auth cache is off (every login hashes) unless `--cache` is given.
+//!
+//! `--flood`: instead, 200 clients keep guessing wrong passwords (each
+//! guess a different unknown account from a different address, so no ban
+//! ever stops them and every guess costs a hash) while one client logs in
+//! correctly 200 times in a row; prints the latency of the correct logins
+//! (p50/p99/max) and how many got a temporary failure.
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
 
 use std::sync::Arc;
@@ -79,6 +85,71 @@ async fn burst(store: &TestStore, n: usize) {
     );
 }
 
+async fn flood(store: &TestStore) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guesses = Arc::new(AtomicU64::new(0));
+    let flooders: Vec<_> = (0..200u32)
+        .map(|w| {
+            let mut a = store.service_client().accounts;
+            let (stop, guesses) = (stop.clone(), guesses.clone());
+            tokio::spawn(async move {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let _ = a
+                        .authenticate(pb::AuthenticateRequest {
+                            username: format!("guess-{w}-{i}@example.org"),
+                            password: "wrong".into(),
+                            protocol: pb::Protocol::Imap as i32,
+                            remote_ip: format!("10.{}.{}.{}", w % 250, i / 250 % 250, i % 250),
+                            session_id: format!("f{w}-{i}"),
+                        })
+                        .await;
+                    guesses.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut a = store.service_client().accounts;
+    let mut lat = Vec::new();
+    let mut unavailable = 0;
+    for i in 0..200 {
+        let t = Instant::now();
+        let s = a
+            .authenticate(pb::AuthenticateRequest {
+                username: "alice@example.org".into(),
+                password: "correct horse".into(),
+                protocol: pb::Protocol::Imap as i32,
+                remote_ip: "192.0.2.1".into(),
+                session_id: format!("c{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        lat.push(t.elapsed());
+        if s == pb::AuthStatus::Unavailable as i32 {
+            unavailable += 1;
+        } else {
+            assert_eq!(s, pb::AuthStatus::Ok as i32, "status {s}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        let _ = f.await;
+    }
+    lat.sort();
+    let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "200 correct logins under 200 concurrent wrong ones ({} guesses answered): p50 {:.1?} p99 {:.1?} max {:.1?}, temporary failures {unavailable}",
+        guesses.load(Ordering::Relaxed),
+        q(0.5),
+        q(0.99),
+        lat[lat.len() - 1]
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let cache = std::env::args().any(|a| a == "--cache");
@@ -93,6 +164,10 @@ async fn main() {
         "hash threads 2, queue 64, auth cache {}",
         if cache { "60 s" } else { "off" }
     );
+    if std::env::args().any(|a| a == "--flood") {
+        flood(&store).await;
+        return;
+    }
     for n in [50, 500, 50, 500] {
         burst(&store, n).await;
     }
