@@ -23,7 +23,11 @@ pub struct Parsed {
 /// Parses a raw message. Never fails: unparseable input becomes a single
 /// text/plain part covering every byte.
 pub fn parse(raw: &[u8]) -> Parsed {
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    // mail-parser 0.11 reaches a `debug_assert!(false, "Invalid part ID")`
+    // on some broken multipart/rfc822 nesting (found by fuzz/mime_structure):
+    // a hostile sender must not fail the append in a debug build either.
+    let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw));
+    let Some(msg) = parsed.ok().flatten() else {
         return Parsed {
             structure: opaque(raw.len() as u64),
             sent_date: None,
@@ -458,6 +462,21 @@ mod tests {
         ] {
             let p = parse(raw);
             assert!(!p.structure.parts.is_empty());
+        }
+    }
+
+    /// Fuzzer find (fuzz/mime_structure): mail-parser's debug assertion on
+    /// a message/rfc822 part inside a broken multipart. Never a panic; every
+    /// offset inside the message.
+    #[test]
+    fn broken_nested_rfc822_does_not_panic() {
+        let raw = b"@\r\nContent-Type: multipart/; boundary=XX\r\n\n---XX\r\nContent-Type:message/rfc822\n\r\nrom\nContent-Type:message/rfc822\r\n\n\x00\x00\r\n\n--XX--\n";
+        let p = parse(raw);
+        assert!(!p.structure.parts.is_empty());
+        for part in &p.structure.parts {
+            assert!(part.header_offset <= part.body_offset);
+            assert!(part.body_offset <= part.end_offset);
+            assert!(part.end_offset <= raw.len() as u64);
         }
     }
 }
