@@ -16,6 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let cut = usize::from(u16::from_le_bytes([*a, *b])) % (data.len() + 1);
     match reply::parse(&data[..cut]) {
         Ok(None) => {}
+        // Which error a hostile reply gets may depend on how much of it
+        // arrived (a bad code seen early, or an over-long line): both close.
+        Err(_) if whole.is_err() => {}
         prefix => assert_eq!(prefix, whole, "prefix of {cut} bytes"),
     }
     let Ok(Some((r, n))) = whole else {
