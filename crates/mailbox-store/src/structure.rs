@@ -88,8 +88,8 @@ fn walk(root: &Message<'_>, raw: &[u8], out: &mut Vec<pb::BodyPart>) {
     while let Some(p) = stack.pop() {
         // Past MAX_PARTS the remaining siblings are folded into their
         // parent (whose end offset covers them); a multipart still gets its
-        // first child, as a leaf. Without this a flat multipart with 100,000
-        // children was described in full (found by fuzz/mime_structure).
+        // first child, as a leaf. Without this a flat multipart with more
+        // children than MAX_PARTS was described in full (fuzz/mime_structure).
         let first_child = p.is_message_root || p.section.rsplit('.').next() == Some("1");
         if out.len() >= MAX_PARTS && !first_child {
             continue;
