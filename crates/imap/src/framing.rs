@@ -246,7 +246,10 @@ fn first_word(buf: &[u8]) -> Option<String> {
 /// True when the command is `tag APPEND ...` (or `tag UID APPEND`, which
 /// does not exist, but costs nothing).
 fn is_append(buf: &[u8]) -> bool {
-    let mut words = buf.splitn(3, |&b| b == b' ');
+    // Only the command's own first line: a pipelined `APPEND` after a
+    // space-less line must not lend its limit (found by fuzz/imap_command).
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.splitn(3, |&b| b == b' ');
     let _tag = words.next();
     words
         .next()
@@ -332,6 +335,20 @@ mod tests {
         assert!(matches!(r[0], Frame::Reject { close: true, .. }));
         let r = run(b"a APPEND INBOX {99999999999999999999999}\r\n", true);
         assert!(matches!(r[0], Frame::Reject { too_big: true, .. }));
+    }
+
+    /// Fuzzer find (fuzz/imap_command): the APPEND limit depended on how
+    /// the input was split, because a later pipelined APPEND was read as
+    /// this command's name when its first line had no space.
+    #[test]
+    fn pipelined_append_does_not_lend_its_limit() {
+        let input = b"a{100000}\r\nb APPEND INBOX {1}\r\nx\r\n";
+        let mut f = Framer::new();
+        assert!(matches!(
+            f.advance(input, &Limits::default(), true),
+            Frame::Reject { too_big: true, .. }
+        ));
+        assert!(matches!(run(input, true)[0], Frame::Reject { .. }));
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub struct Parsed {
 /// Parses a raw message. Never fails: unparseable input becomes a single
 /// text/plain part covering every byte.
 pub fn parse(raw: &[u8]) -> Parsed {
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    // mail-parser 0.11 reaches a `debug_assert!(false, "Invalid part ID")`
+    // on some broken multipart/rfc822 nesting (found by fuzz/mime_structure):
+    // a hostile sender must not fail the append in a debug build either.
+    let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw));
+    let Some(msg) = parsed.ok().flatten() else {
         return Parsed {
             structure: opaque(raw.len() as u64),
             sent_date: None,
@@ -82,6 +86,14 @@ fn walk(root: &Message<'_>, raw: &[u8], out: &mut Vec<pb::BodyPart>) {
         is_message_root: true,
     }];
     while let Some(p) = stack.pop() {
+        // Past MAX_PARTS the remaining siblings are folded into their
+        // parent (whose end offset covers them); a multipart still gets its
+        // first child, as a leaf. Without this a flat multipart with more
+        // children than MAX_PARTS was described in full (fuzz/mime_structure).
+        let first_child = p.is_message_root || p.section.rsplit('.').next() == Some("1");
+        if out.len() >= MAX_PARTS && !first_child {
+            continue;
+        }
         let Some(part) = p.msg.parts.get(p.part_id) else {
             continue;
         };
@@ -458,6 +470,40 @@ mod tests {
         ] {
             let p = parse(raw);
             assert!(!p.structure.parts.is_empty());
+        }
+    }
+
+    /// Fuzzer find (fuzz/mime_structure): mail-parser's debug assertion on
+    /// a message/rfc822 part inside a broken multipart. Never a panic; every
+    /// offset inside the message.
+    #[test]
+    fn broken_nested_rfc822_does_not_panic() {
+        let raw = b"@\r\nContent-Type: multipart/; boundary=XX\r\n\n---XX\r\nContent-Type:message/rfc822\n\r\nrom\nContent-Type:message/rfc822\r\n\n\x00\x00\r\n\n--XX--\n";
+        let p = parse(raw);
+        assert!(!p.structure.parts.is_empty());
+        for part in &p.structure.parts {
+            assert!(part.header_offset <= part.body_offset);
+            assert!(part.body_offset <= part.end_offset);
+            assert!(part.end_offset <= raw.len() as u64);
+        }
+    }
+
+    /// Fuzzer find (fuzz/mime_structure): a flat multipart with more
+    /// children than MAX_PARTS was described in full. Now bounded, and every
+    /// multipart described still has a child.
+    #[test]
+    fn wide_multipart_is_bounded() {
+        let mut raw = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n".to_vec();
+        for _ in 0..MAX_PARTS + 500 {
+            raw.extend_from_slice(b"--B\r\n\r\nx\r\n");
+        }
+        raw.extend_from_slice(b"--B--\r\n");
+        let parts = parse(&raw).structure.parts;
+        assert!(parts.len() <= MAX_PARTS + 1, "{} parts", parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            if p.multipart {
+                assert!(parts.iter().any(|c| c.parent == Some(i as u32)), "part {i}");
+            }
         }
     }
 }
