@@ -172,7 +172,11 @@ fn header_text(c: &Candidate) -> Option<String> {
 
 fn body_text(c: &Candidate) -> Option<String> {
     let raw = c.raw.as_ref()?;
-    let msg = MessageParser::default().parse(raw)?;
+    // The same guard as `structure::parse`: mail-parser's debug assertion on
+    // broken multipart/rfc822 nesting must not fail a search.
+    let msg = std::panic::catch_unwind(|| MessageParser::default().parse(raw.as_slice()))
+        .ok()
+        .flatten()?;
     let mut out = String::new();
     for i in 0..msg.text_body.len().max(msg.html_body.len()) {
         if let Some(t) = msg.body_text(i) {
