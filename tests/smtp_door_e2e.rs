@@ -506,6 +506,26 @@ async fn greet_pass_skips_the_pause_on_every_replica() {
         greeted < Duration::from_secs(5),
         "still paused: {greeted:?}"
     );
+    // Its next 100 connections, on either replica, are greeted at once.
+    let t = Instant::now();
+    for i in 0..100 {
+        let mx = if i % 2 == 0 {
+            a.addr("mx")
+        } else {
+            b.addr("mx")
+        };
+        let mut c = Client::connect_from(src, mx).await;
+        assert!(c.reply().await.starts_with("220"));
+        c.cmd("QUIT", "221").await;
+    }
+    let hundred = t.elapsed();
+    println!("100 more connections greeted in {hundred:?}");
+    assert!(hundred < Duration::from_secs(60), "{hundred:?}");
+    // A client without that record that talks first is still refused.
+    let mut talker = Client::connect_from(Ipv4Addr::new(127, 0, 0, 11), a.addr("mx")).await;
+    talker.send(b"EHLO impatient.example\r\n").await;
+    let refused = talker.reply().await;
+    assert!(refused.starts_with("554"), "{refused}");
 }
 
 /// Needs the store's Guard. Hourly limits per IP on the MX and per
