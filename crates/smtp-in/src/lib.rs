@@ -51,7 +51,7 @@ pub struct Config {
     /// Our host name, used in the greeting, EHLO and Received headers.
     #[arg(
         long = "hostname",
-        env = "EPISTOLE_SMTP_HOSTNAME",
+        env = "EPISTOLE_HOSTNAME",
         default_value = "localhost"
     )]
     pub hostname: String,
