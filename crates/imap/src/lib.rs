@@ -215,23 +215,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let http = config
         .http_listen
         .map_or_else(|| "off".to_string(), |a| a.to_string());
-    let service = service_kit::Service::bind(
-        &[
-            ("imap", Security::Plain, &config.listen),
-            ("imaps", Security::ImplicitTls, &config.listen_tls),
-        ],
-        server.acceptor.is_some(),
-        &http,
-        service_kit::store_readiness(store),
-    )
-    .await?;
-    service
+    let tls_available = server.acceptor.is_some();
+    config
+        .listener
         .serve(
-            Arc::new(server),
-            config.listener.limits(),
-            config.listener.proxy().map_err(anyhow::Error::msg)?,
+            server,
+            &[
+                ("imap", Security::Plain, &config.listen),
+                ("imaps", Security::ImplicitTls, &config.listen_tls),
+            ],
+            tls_available,
+            &http,
+            service_kit::store_readiness(store),
             shutdown,
-            Duration::from_secs(10),
         )
         .await
 }

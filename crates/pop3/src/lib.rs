@@ -180,23 +180,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         shared: Arc::new(Shared::new(session_config, store.clone())),
         acceptor: tls.map(|t| Tls::new(t, "pop3")),
     };
-    let service = service_kit::Service::bind(
-        &[
-            ("pop3", Security::Plain, &config.listen),
-            ("pop3s", Security::ImplicitTls, &config.listen_tls),
-        ],
-        server.acceptor.is_some(),
-        &config.http_listen,
-        service_kit::store_readiness(store),
-    )
-    .await?;
-    service
+    let tls_available = server.acceptor.is_some();
+    config
+        .listener
         .serve(
-            Arc::new(server),
-            config.listener.limits(),
-            config.listener.proxy().map_err(anyhow::Error::msg)?,
+            server,
+            &[
+                ("pop3", Security::Plain, &config.listen),
+                ("pop3s", Security::ImplicitTls, &config.listen_tls),
+            ],
+            tls_available,
+            &config.http_listen,
+            service_kit::store_readiness(store),
             shutdown,
-            Duration::from_secs(10),
         )
         .await
 }

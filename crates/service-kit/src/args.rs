@@ -81,6 +81,35 @@ macro_rules! listener_args {
                 $crate::ProxyPolicy::new(&self.proxy_trusted, self.proxy_required)
             }
 
+            /// Binds `endpoints` and the health endpoint (`http_listen`), then
+            /// serves `protocol` with these limits and this PROXY policy until
+            /// `shutdown`, then gives sessions 10 s to say goodbye.
+            ///
+            /// # Errors
+            /// A bad PROXY network list, a bind failure, an implicit-TLS
+            /// endpoint without TLS.
+            pub async fn serve<P: $crate::Protocol>(
+                &self,
+                protocol: P,
+                endpoints: &[(&'static str, $crate::Security, &str)],
+                tls_available: bool,
+                http_listen: &str,
+                readiness: $crate::Readiness,
+                shutdown: $crate::Shutdown,
+            ) -> anyhow::Result<()> {
+                let proxy = self.proxy().map_err(anyhow::Error::msg)?;
+                $crate::Service::bind(endpoints, tls_available, http_listen, readiness)
+                    .await?
+                    .serve(
+                        std::sync::Arc::new(protocol),
+                        self.limits(),
+                        proxy,
+                        shutdown,
+                        std::time::Duration::from_secs(10),
+                    )
+                    .await
+            }
+
             /// The connection limits these flags describe.
             #[must_use]
             pub fn limits(&self) -> std::sync::Arc<$crate::ConnLimits> {
