@@ -251,10 +251,10 @@ pub enum GreetPass {
     Due,
 }
 
-/// A new random session id (64 bits, hex).
+/// A new random session id (64 bits, hex): the listener's connection id.
 #[must_use]
 pub fn new_session_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    service_kit::new_connection_id()
 }
 
 impl Session {
