@@ -207,3 +207,40 @@ where
         run(config, shutdown_on_signals()).await
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store token comes from the flag, else from the first line of its
+    /// file; empty or missing is an error, never an empty bearer token.
+    #[test]
+    fn store_token_from_flag_or_file_never_empty() {
+        let dir = std::env::temp_dir().join(format!("sk-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("t"), "from-file\nignored\n").expect("write");
+        std::fs::write(dir.join("empty"), "\n").expect("write");
+        assert_eq!(
+            StoreArgs::new("http://x", "direct").token().expect("flag"),
+            "direct"
+        );
+        let mut a = StoreArgs::new("http://x", "");
+        assert!(matches!(
+            a.token(),
+            Err(mailstore_api::StoreClientError::NoToken)
+        ));
+        a.token_file = Some(dir.join("t"));
+        assert_eq!(a.token().expect("file"), "from-file");
+        a.token_file = Some(dir.join("empty"));
+        assert!(matches!(
+            a.token(),
+            Err(mailstore_api::StoreClientError::NoToken)
+        ));
+        a.token_file = Some(dir.join("missing"));
+        assert!(matches!(
+            a.token(),
+            Err(mailstore_api::StoreClientError::TokenFile(..))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -654,4 +654,34 @@ mod tests {
         assert_eq!(rest, b"BYE\r\n");
         server.await.expect("server ends after drain");
     }
+
+    /// `--proxy-required`: a client that does not come through a trusted
+    /// proxy is closed without a word (not even the refusal line).
+    #[tokio::test]
+    async fn proxy_required_refuses_direct_clients() {
+        use tokio::io::AsyncReadExt as _;
+        let ep = Endpoint::bind("plain", Security::Plain, "127.0.0.1:0")
+            .expect("bind")
+            .expect("on");
+        let addr = ep.local_addrs()[0];
+        let shutdown = Shutdown::new();
+        let policy = ProxyPolicy::new("10.0.0.0/8", true).expect("policy");
+        let server = tokio::spawn(serve(
+            Arc::new(Echo),
+            vec![ep],
+            ConnLimits::new(10, 10),
+            Arc::new(policy),
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ));
+        let mut direct = TcpStream::connect(addr).await.expect("connect");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), direct.read_to_end(&mut got))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        shutdown.cancel();
+        server.await.expect("server ends");
+    }
 }

@@ -135,3 +135,36 @@ impl Service {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready() -> Readiness {
+        Arc::new(|| Box::pin(async { Ok(()) }))
+    }
+
+    /// An implicit-TLS endpoint that is on without a certificate refuses
+    /// the start; off, or with TLS, it binds.
+    #[tokio::test]
+    async fn implicit_tls_needs_a_certificate() {
+        let endpoints = [
+            ("plain", Security::Plain, "127.0.0.1:0"),
+            ("tls", Security::ImplicitTls, "127.0.0.1:0"),
+        ];
+        let err = Service::bind(&endpoints, false, "off", ready()).await.err();
+        assert!(matches!(err, Some(StartError::NoTls("tls"))), "{err:?}");
+        let ok = Service::bind(&endpoints, true, "off", ready()).await;
+        assert_eq!(ok.expect("binds").local_addrs().len(), 2);
+        let off = [
+            ("plain", Security::Plain, "127.0.0.1:0"),
+            ("tls", Security::ImplicitTls, "off"),
+        ];
+        assert!(Service::bind(&off, false, "off", ready()).await.is_ok());
+        let none = [("plain", Security::Plain, "off")];
+        assert!(matches!(
+            Service::bind(&none, false, "off", ready()).await.err(),
+            Some(StartError::NoListener)
+        ));
+    }
+}
