@@ -156,12 +156,12 @@ impl Worker {
                 "553 5.6.7 the message has internationalised (UTF-8) header fields and the remote server does not offer SMTPUTF8 (RFC 6531 §3.2)".into(),
             ));
         }
-        if caps.eight_bit_mime || !crate::dotstuff::has_eight_bit(&payload.signed) {
+        if caps.eight_bit_mime || !mail_wire::dotstuff::has_eight_bit(&payload.signed) {
             return Ok(&payload.signed);
         }
         // RFC 6152 §3: no 8-bit data without 8BITMIME: convert, then sign.
         let converted = payload.seven_bit.get_or_init(|| {
-            let crlf = crate::dotstuff::normalise_crlf(&payload.original);
+            let crlf = mail_wire::dotstuff::normalise_crlf(&payload.original);
             downgrade::to_seven_bit(&crlf)
                 .map(|m| self.sign(&m, &payload.mail_from))
                 .map_err(|e| e.to_string())

@@ -5,7 +5,7 @@
 //! State: [`Connection::open`] reads the greeting, says EHLO (HELO when EHLO
 //! is refused), upgrades with STARTTLS when offered and says EHLO again
 //! inside TLS; then any number of [`Connection::send`] transactions, then
-//! [`Connection::quit`]. Replies are read with [`crate::reply::parse`]; a
+//! [`Connection::quit`]. Replies are read with [`mail_wire::reply::parse`]; a
 //! hostile or broken reply is a [`ClientError`], which the worker treats as
 //! a temporary failure of this host.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use crate::reply::{self, Reply, ReplyError};
+use mail_wire::reply::{self, Reply, ReplyError};
 
 mod envelope;
 mod tls;

@@ -152,7 +152,7 @@ impl Signer {
     }
 }
 
-pub use crate::dotstuff::normalise_crlf;
+pub use mail_wire::dotstuff::normalise_crlf;
 
 /// The domain of the first address in the `From:` header.
 fn header_from_domain(message: &[u8]) -> Option<String> {

@@ -20,8 +20,8 @@
 //!   ([`downgrade`]) before DKIM signing.
 //! - SMTP client ([`client`]): EHLO, opportunistic STARTTLS (RFC 3207),
 //!   PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8
-//!   (RFC 6531), dot-stuffing ([`dotstuff`]) and a hostile-proof reply parser
-//!   ([`reply`]); RFC 5321 §4.5.3.2 timeouts.
+//!   (RFC 6531), dot-stuffing (`mail_wire::dotstuff`) and a hostile-proof reply parser
+//!   (`mail_wire::reply`); RFC 5321 §4.5.3.2 timeouts.
 //! - Results: each recipient's outcome is recorded with `SetRecipientResult`
 //!   (DELIVERED / DEFERRED / FAILED with the remote reply); each attempt is
 //!   an `AddEvent` with the MX, IP, TLS version/cipher and reply. Jobs end
@@ -48,10 +48,8 @@ pub mod client;
 pub mod config;
 pub mod destination;
 pub mod dkim;
-pub mod dotstuff;
 pub mod downgrade;
 pub mod mta_sts;
-pub mod reply;
 pub mod route;
 
 mod attempt;

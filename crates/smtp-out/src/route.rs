@@ -9,7 +9,7 @@
 //! - no MX and no A/AAAA (NODATA) → temporary: it is retried, and bounces when
 //!   the message expires;
 //! - SERVFAIL, timeout, refused → temporary;
-//! - every address refused by the [`destination`](crate::destination)
+//! - every address refused by the [`crate::destination`]
 //!   policy (loopback, private, link-local, …) → permanent `5.4.4`, and
 //!   no connection is attempted; refused addresses among usable ones are
 //!   dropped. A smarthost on such an address needs `--allow-destination`

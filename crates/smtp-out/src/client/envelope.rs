@@ -1,7 +1,7 @@
 //! The envelope of one message and its RFC 3461 DSN parameters, as they go
 //! into MAIL FROM and RCPT TO.
 
-/// One message's envelope for [`Connection::send`].
+/// One message's envelope for [`crate::client::Connection::send`].
 #[derive(Debug, Clone)]
 pub struct Envelope {
     /// Reverse path without brackets; empty for `<>`.

@@ -3,7 +3,7 @@
 
 use super::envelope::{notify_param, orcpt_param, xtext};
 use super::{ClientError, Connection, Envelope, RcptOutcome};
-use crate::dotstuff;
+use mail_wire::dotstuff;
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Connection<S> {
     /// One mail transaction: MAIL, RCPT for each recipient, then DATA
