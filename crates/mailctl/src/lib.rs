@@ -26,16 +26,13 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How mailctl reaches the store.
+/// How mailctl reaches the store: the services' store flags
+/// (`--store-url`, `--store-token`, `--store-token-file`) plus the admin
+/// token, which administration needs.
 #[derive(clap::Args)]
 pub struct StoreAccess {
-    /// gRPC URL of the mailbox-store (any replica, or a load balancer).
-    #[arg(
-        long = "store-url",
-        env = "EPISTOLE_STORE_URL",
-        default_value = "http://127.0.0.1:7000"
-    )]
-    pub url: String,
+    #[command(flatten)]
+    pub store: service_kit::StoreArgs,
     /// The store's admin token (needed for everything but reading).
     #[arg(
         long = "store-admin-token",
@@ -43,19 +40,12 @@ pub struct StoreAccess {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
-    /// The store's service token, used when no admin token is given.
-    #[arg(
-        long = "store-token",
-        env = "EPISTOLE_STORE_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for StoreAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreAccess")
-            .field("url", &self.url)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -66,12 +56,13 @@ impl StoreAccess {
     /// # Errors
     /// When neither is set, or the token is not a valid header value.
     pub fn client(&self) -> anyhow::Result<StoreClient> {
-        let token = [&self.admin_token, &self.token]
-            .into_iter()
-            .flatten()
-            .find(|t| !t.is_empty())
-            .context("set EPISTOLE_STORE_ADMIN_TOKEN (or --store-admin-token)")?;
-        Ok(mailstore_api::connect(&self.url, token)?)
+        match self.admin_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(admin) => Ok(mailstore_api::connect(&self.store.url, admin)?),
+            None => self
+                .store
+                .client()
+                .context("set EPISTOLE_STORE_ADMIN_TOKEN (or --store-admin-token)"),
+        }
     }
 }
 
