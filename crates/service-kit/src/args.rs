@@ -118,3 +118,56 @@ macro_rules! listener_args {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    #[allow(dead_code)]
+    mod declared {
+        crate::listener_args!(
+            /// Flags as a protocol service declares them.
+            TestArgs,
+            "EPISTOLE_TEST",
+            max_connections = 10,
+            per_ip = 2
+        );
+    }
+    use declared::TestArgs;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        listener: TestArgs,
+    }
+
+    /// A self-signed certificate together with real certificate files is a
+    /// mistake, refused at parse time; half a PEM pair is refused at load.
+    #[test]
+    fn tls_flags_do_not_contradict() {
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "--tls-self-signed",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ])
+            .is_err()
+        );
+        let half = Cli::try_parse_from(["x", "--tls-cert", "c.pem"]).expect("parses");
+        assert!(half.listener.tls("localhost").is_err());
+        let none = Cli::try_parse_from(["x"]).expect("parses");
+        assert!(none.listener.tls("localhost").expect("no TLS").is_none());
+        assert_eq!(none.listener.max_connections_per_ip, 2);
+        assert!(
+            Cli::try_parse_from(["x", "--proxy-required"])
+                .expect("parses")
+                .listener
+                .proxy()
+                .is_err(),
+            "--proxy-required without trusted networks"
+        );
+    }
+}
