@@ -41,68 +41,39 @@ pub mod selected;
 pub mod session;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use service_kit::{Security, Shutdown, StoreArgs, Tls};
+use service_kit::{Shutdown, StoreArgs, Tls};
 
 pub use session::{Session, SessionConfig, Shared};
+
+service_kit::listener_args! {
+    /// imap's door (`EPISTOLE_IMAP_*`): endpoints, TLS, limits, PROXY trust.
+    ListenerArgs, "EPISTOLE_IMAP", max_connections = 5000, per_ip = 50,
+    http = "off", plain = "0.0.0.0:143", implicit_tls = "0.0.0.0:993"
+}
 
 /// Configuration of the imap service: every option is a flag and an
 /// environment variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
+    /// The door: host name, endpoints, TLS, limits, PROXY trust.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
     /// How to reach the store.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address of the plain listener (STARTTLS available). "off" disables it.
-    #[arg(
-        long = "listen",
-        env = "EPISTOLE_IMAP_LISTEN",
-        default_value = "0.0.0.0:143"
-    )]
-    pub listen: String,
-    /// Address of the implicit-TLS listener. "off" disables it.
-    #[arg(
-        long = "listen-tls",
-        env = "EPISTOLE_IMAP_LISTEN_TLS",
-        default_value = "0.0.0.0:993"
-    )]
-    pub listen_tls: String,
-    /// Address of the /healthz /readyz /metrics endpoint (none when unset).
-    #[arg(long = "http-listen", env = "EPISTOLE_IMAP_HTTP")]
-    pub http_listen: Option<SocketAddr>,
-    /// Host name, used for a generated self-signed certificate.
-    #[arg(
-        long = "hostname",
-        env = "EPISTOLE_HOSTNAME",
-        default_value = "localhost"
-    )]
-    pub hostname: String,
-    /// Delay before answering a failed login, in milliseconds.
-    #[arg(
-        long = "auth-failure-delay-ms",
-        env = "EPISTOLE_IMAP_AUTH_FAILURE_DELAY_MS",
-        default_value_t = 2000
-    )]
-    pub auth_failure_delay_ms: u64,
-    /// Inactivity timeout once authenticated, in seconds (RFC 9051 §5.4: at least 1800).
-    #[arg(
-        long = "idle-timeout-secs",
-        env = "EPISTOLE_IMAP_IDLE_TIMEOUT_SECS",
-        default_value_t = 1800
-    )]
-    pub idle_timeout_secs: u64,
-    /// Inactivity timeout before authentication, in seconds; also the
-    /// longest wait for an AUTHENTICATE continuation line.
-    #[arg(
-        long = "preauth-timeout-secs",
-        env = "EPISTOLE_IMAP_PREAUTH_TIMEOUT_SECS",
-        default_value_t = 60
-    )]
-    pub preauth_timeout_secs: u64,
+    /// Longest command line in bytes.
+    #[arg(long = "max-line", env = "EPISTOLE_IMAP_MAX_LINE", default_value_t = 64 * 1024)]
+    pub max_line: usize,
+    /// Largest literal outside APPEND, in bytes.
+    #[arg(long = "max-literal", env = "EPISTOLE_IMAP_MAX_LITERAL", default_value_t = 64 * 1024)]
+    pub max_literal: u64,
+    /// Largest message accepted by APPEND (APPENDLIMIT), in bytes.
+    #[arg(long = "max-message-size", env = "EPISTOLE_IMAP_MAX_MESSAGE_SIZE", default_value_t = 50 * 1024 * 1024)]
+    pub max_message_size: u64,
     /// Bytes a client may send before it authenticates (then `* BYE`).
     /// Lines and literals before login are also capped at 8 KiB each.
     #[arg(
@@ -111,6 +82,28 @@ pub struct Config {
         default_value_t = session::MAX_PREAUTH_BYTES
     )]
     pub max_preauth_bytes: u64,
+    /// Inactivity timeout before authentication, in seconds; also the
+    /// longest wait for an AUTHENTICATE continuation line.
+    #[arg(
+        long = "preauth-timeout-secs",
+        env = "EPISTOLE_IMAP_PREAUTH_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub preauth_timeout_secs: u64,
+    /// Inactivity timeout once authenticated, in seconds (RFC 9051 §5.4: at least 1800).
+    #[arg(
+        long = "idle-timeout-secs",
+        env = "EPISTOLE_IMAP_IDLE_TIMEOUT_SECS",
+        default_value_t = 1800
+    )]
+    pub idle_timeout_secs: u64,
+    /// Delay before answering a failed login, in milliseconds.
+    #[arg(
+        long = "auth-failure-delay-ms",
+        env = "EPISTOLE_IMAP_AUTH_FAILURE_DELAY_MS",
+        default_value_t = 2000
+    )]
+    pub auth_failure_delay_ms: u64,
     /// Client errors (BAD) tolerated before a connection is closed.
     #[arg(
         long = "max-errors",
@@ -125,15 +118,6 @@ pub struct Config {
         default_value_t = 200
     )]
     pub commands_per_sec: u32,
-    /// Longest command line in bytes.
-    #[arg(long = "max-line", env = "EPISTOLE_IMAP_MAX_LINE", default_value_t = 64 * 1024)]
-    pub max_line: usize,
-    /// Largest literal outside APPEND, in bytes.
-    #[arg(long = "max-literal", env = "EPISTOLE_IMAP_MAX_LITERAL", default_value_t = 64 * 1024)]
-    pub max_literal: u64,
-    /// Largest message accepted by APPEND (APPENDLIMIT), in bytes.
-    #[arg(long = "max-message-size", env = "EPISTOLE_IMAP_MAX_MESSAGE_SIZE", default_value_t = 50 * 1024 * 1024)]
-    pub max_message_size: u64,
     /// Maximum concurrent sessions of one user on this process.
     #[arg(
         long = "max-sessions-per-user",
@@ -141,18 +125,7 @@ pub struct Config {
         default_value_t = 50
     )]
     pub max_sessions_per_user: u32,
-    /// TLS, plaintext-auth permission and connection limits.
-    #[command(flatten)]
-    pub listener: ListenerArgs,
 }
-
-service_kit::listener_args!(
-    /// imap's listener flags (`EPISTOLE_IMAP_*`).
-    ListenerArgs,
-    "EPISTOLE_IMAP",
-    max_connections = 5000,
-    per_ip = 50
-);
 
 impl Config {
     /// The session settings this configuration implies.
@@ -202,32 +175,16 @@ impl Config {
 /// # Errors
 /// Invalid configuration, TLS files, or a listener that cannot be bound.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let tls = config
-        .listener
-        .tls(&config.hostname)
-        .context("TLS configuration")?;
+    let tls = config.listener.tls().context("TLS configuration")?;
     let store = config.store.client().context("store client")?;
-    let session_config = config.session_config(tls.is_some())?;
-    let server = conn::Server {
-        shared: Arc::new(Shared::new(session_config, store.clone())),
-        acceptor: tls.map(|t| Tls::new(t, "imap")),
-    };
-    let http = config
-        .http_listen
-        .map_or_else(|| "off".to_string(), |a| a.to_string());
-    let tls_available = server.acceptor.is_some();
+    let readiness = service_kit::store_readiness(store.clone());
+    let tls_available = tls.is_some();
+    let shared = Arc::new(Shared::new(config.session_config(tls_available)?, store));
+    let acceptor = tls.map(|t| Tls::new(t, "imap"));
+    let server = conn::Server { shared, acceptor };
+    let names = ["imap", "imaps"];
     config
         .listener
-        .serve(
-            server,
-            &[
-                ("imap", Security::Plain, &config.listen),
-                ("imaps", Security::ImplicitTls, &config.listen_tls),
-            ],
-            tls_available,
-            &http,
-            service_kit::store_readiness(store),
-            shutdown,
-        )
+        .serve_pair(server, names, tls_available, readiness, shutdown)
         .await
 }

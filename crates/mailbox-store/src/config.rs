@@ -47,18 +47,17 @@ pub struct Config {
     pub db_connections: u32,
     /// Failed logins per client IP (IPv4 address or IPv6 prefix) per minute
     /// that start a ban (Authenticate then answers THROTTLED).
-    #[arg(long, env = "EPISTOLE_AUTH_FAILURE_LIMIT", default_value_t = 20)]
+    #[arg(long, env = "EPISTOLE_AUTH_FAILURE_LIMIT", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failure_limit: u32,
     /// Failed logins per account, from any number of IPs, per
     /// --auth-account-window-secs that start a ban of that account.
-    #[arg(
-        long,
-        env = "EPISTOLE_AUTH_ACCOUNT_FAILURE_LIMIT",
-        default_value_t = 30
-    )]
+    #[arg(long, env = "EPISTOLE_AUTH_ACCOUNT_FAILURE_LIMIT", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_account_failure_limit: u32,
     /// Window of the per-account failure count, in seconds.
-    #[arg(long, env = "EPISTOLE_AUTH_ACCOUNT_WINDOW_SECS", default_value_t = 900)]
+    #[arg(long, env = "EPISTOLE_AUTH_ACCOUNT_WINDOW_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_account_window_secs: u32,
     /// First ban, in seconds; each further ban in an episode doubles it.
     #[arg(long, env = "EPISTOLE_AUTH_BAN_SECS", default_value_t = 60)]

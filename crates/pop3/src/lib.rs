@@ -32,46 +32,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use service_kit::{Security, Shutdown, StoreArgs, Tls};
+use service_kit::{Shutdown, StoreArgs, Tls};
 
 pub use lock::LocalLocks;
 pub use session::{Session, SessionConfig, Shared};
+
+service_kit::listener_args! {
+    /// pop3's door (`EPISTOLE_POP3_*`): endpoints, TLS, limits, PROXY trust.
+    ListenerArgs, "EPISTOLE_POP3", max_connections = 2000, per_ip = 20,
+    http = "127.0.0.1:7110", plain = "0.0.0.0:110", implicit_tls = "0.0.0.0:995"
+}
 
 /// Configuration of the pop3 service: every option is a flag and an
 /// environment variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
+    /// The door: host name, endpoints, TLS, limits, PROXY trust.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
     /// How to reach the store.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address of the plain listener (STLS available). "off" disables it.
-    #[arg(
-        long = "listen",
-        env = "EPISTOLE_POP3_LISTEN",
-        default_value = "0.0.0.0:110"
-    )]
-    pub listen: String,
-    /// Address of the implicit-TLS listener. "off" disables it.
-    #[arg(
-        long = "listen-tls",
-        env = "EPISTOLE_POP3_LISTEN_TLS",
-        default_value = "0.0.0.0:995"
-    )]
-    pub listen_tls: String,
-    /// Address of the /healthz /readyz /metrics endpoint. "off" disables it.
-    #[arg(
-        long = "http-listen",
-        env = "EPISTOLE_POP3_HTTP",
-        default_value = "127.0.0.1:7110"
-    )]
-    pub http_listen: String,
-    /// Host name, used for a generated self-signed certificate.
-    #[arg(
-        long = "hostname",
-        env = "EPISTOLE_HOSTNAME",
-        default_value = "localhost"
-    )]
-    pub hostname: String,
     /// Delay before answering a failed login, in milliseconds.
     #[arg(
         long = "auth-failure-delay-ms",
@@ -115,18 +96,7 @@ pub struct Config {
         default_value_t = 100_000
     )]
     pub max_messages: usize,
-    /// TLS, plaintext-auth permission and connection limits.
-    #[command(flatten)]
-    pub listener: ListenerArgs,
 }
-
-service_kit::listener_args!(
-    /// pop3's listener flags (`EPISTOLE_POP3_*`).
-    ListenerArgs,
-    "EPISTOLE_POP3",
-    max_connections = 2000,
-    per_ip = 20
-);
 
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
@@ -160,13 +130,11 @@ impl Config {
 /// Invalid configuration, TLS files, or a listener that cannot be bound.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     config.validate()?;
-    let tls = config
-        .listener
-        .tls(&config.hostname)
-        .context("TLS configuration")?;
+    let tls = config.listener.tls().context("TLS configuration")?;
     let store = config.store.client().context("store client")?;
+    let stls_available = tls.is_some();
     let session_config = SessionConfig {
-        stls_available: tls.is_some(),
+        stls_available,
         allow_plaintext_auth: config.listener.allow_plaintext_auth,
         auth_failure_delay: Duration::from_millis(config.auth_failure_delay_ms),
         command_timeout: Duration::from_secs(config.command_timeout_secs),
@@ -176,22 +144,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         expire: config.expire.clone(),
         max_messages: config.max_messages,
     };
+    let readiness = service_kit::store_readiness(store.clone());
+    let shared = Arc::new(Shared::new(session_config, store));
     let server = conn::Server {
-        shared: Arc::new(Shared::new(session_config, store.clone())),
+        shared,
         acceptor: tls.map(|t| Tls::new(t, "pop3")),
     };
-    let tls_available = server.acceptor.is_some();
     config
         .listener
-        .serve(
+        .serve_pair(
             server,
-            &[
-                ("pop3", Security::Plain, &config.listen),
-                ("pop3s", Security::ImplicitTls, &config.listen_tls),
-            ],
-            tls_available,
-            &config.http_listen,
-            service_kit::store_readiness(store),
+            ["pop3", "pop3s"],
+            stls_available,
+            readiness,
             shutdown,
         )
         .await

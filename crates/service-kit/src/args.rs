@@ -1,16 +1,40 @@
 //! Flags every protocol service shares, generated per service so each keeps
 //! its own environment variable names (`EPISTOLE_IMAP_TLS_CERT`, …).
 
-/// Declares a service's listener flags: TLS material, plaintext-auth
-/// permission, and connection limits, with `env` names under `$prefix`
-/// and the given default limits. The struct has `tls()` (the rustls
-/// configuration, if any) and `limits()` (the shared [`crate::ConnLimits`]).
+/// Declares a service's listener flags: host name, health endpoint, TLS
+/// material, plaintext-auth permission, connection limits and PROXY trust,
+/// with `env` names under `$prefix` and the given defaults; with `plain`
+/// and `implicit_tls` also the `--listen`/`--listen-tls` pair of a mailbox
+/// access service (imap, pop3). The struct has `tls()` (the rustls
+/// configuration, if any), `limits()` (the shared [`crate::ConnLimits`]),
+/// `proxy()` and `serve()`.
 #[macro_export]
 macro_rules! listener_args {
-    ($(#[$meta:meta])* $name:ident, $prefix:literal, max_connections = $total:expr, per_ip = $per_ip:expr) => {
+    (
+        $(#[$meta:meta])* $name:ident, $prefix:literal,
+        max_connections = $total:expr, per_ip = $per_ip:expr, http = $http:literal
+        $(, plain = $plain:literal, implicit_tls = $implicit:literal)?
+    ) => {
         $(#[$meta])*
         #[derive(clap::Args, Debug, Clone)]
         pub struct $name {
+            /// Our host name: greeting, and the name of a generated
+            /// self-signed certificate.
+            #[arg(long = "hostname", env = "EPISTOLE_HOSTNAME", default_value = "localhost")]
+            pub hostname: String,
+            /// Address of the /healthz /readyz /metrics endpoint; "off" disables it.
+            #[arg(long = "http-listen", env = concat!($prefix, "_HTTP"), default_value = $http)]
+            pub http_listen: String,
+            $(
+                /// Addresses (comma-separated) of the plain listener, STARTTLS
+                /// available; "off" disables it.
+                #[arg(long = "listen", env = concat!($prefix, "_LISTEN"), default_value = $plain)]
+                pub listen: String,
+                /// Addresses (comma-separated) of the implicit-TLS listener;
+                /// "off" disables it.
+                #[arg(long = "listen-tls", env = concat!($prefix, "_LISTEN_TLS"), default_value = $implicit)]
+                pub listen_tls: String,
+            )?
             /// PEM file with the TLS certificate chain.
             #[arg(long = "tls-cert", env = concat!($prefix, "_TLS_CERT"))]
             pub tls_cert: Option<std::path::PathBuf>,
@@ -40,10 +64,17 @@ macro_rules! listener_args {
         }
 
         impl $name {
-            /// Test defaults: no TLS files, self-signed allowed by the caller.
+            /// Test defaults: host name "localhost", no health endpoint,
+            /// listeners on 127.0.0.1 port 0, no TLS files.
             #[must_use]
             pub fn defaults() -> Self {
                 Self {
+                    hostname: "localhost".into(),
+                    http_listen: "off".into(),
+                    $(
+                        listen: { let _ = $plain; "127.0.0.1:0".into() },
+                        listen_tls: { let _ = $implicit; "127.0.0.1:0".into() },
+                    )?
                     tls_cert: None,
                     tls_key: None,
                     tls_self_signed: false,
@@ -56,20 +87,19 @@ macro_rules! listener_args {
             }
 
             /// The TLS server configuration these flags describe: PEM files
-            /// when both are given, a self-signed certificate for `hostname`
+            /// when both are given, a self-signed certificate for `--hostname`
             /// when explicitly asked, else none.
             ///
             /// # Errors
             /// Half a configuration, unreadable files, generation failure.
             pub fn tls(
                 &self,
-                hostname: &str,
             ) -> Result<Option<std::sync::Arc<$crate::rustls::ServerConfig>>, $crate::tls_kit::TlsError> {
                 $crate::tls_kit::configure(
                     self.tls_cert.as_deref(),
                     self.tls_key.as_deref(),
                     self.tls_self_signed,
-                    hostname,
+                    &self.hostname,
                 )
             }
 
@@ -81,7 +111,7 @@ macro_rules! listener_args {
                 $crate::ProxyPolicy::new(&self.proxy_trusted, self.proxy_required)
             }
 
-            /// Binds `endpoints` and the health endpoint (`http_listen`), then
+            /// Binds `endpoints` and the health endpoint (`--http-listen`), then
             /// serves `protocol` with these limits and this PROXY policy until
             /// `shutdown`, then gives sessions 10 s to say goodbye.
             ///
@@ -93,12 +123,11 @@ macro_rules! listener_args {
                 protocol: P,
                 endpoints: &[(&'static str, $crate::Security, &str)],
                 tls_available: bool,
-                http_listen: &str,
                 readiness: $crate::Readiness,
                 shutdown: $crate::Shutdown,
             ) -> anyhow::Result<()> {
                 let proxy = self.proxy().map_err(anyhow::Error::msg)?;
-                $crate::Service::bind(endpoints, tls_available, http_listen, readiness)
+                $crate::Service::bind(endpoints, tls_available, &self.http_listen, readiness)
                     .await?
                     .serve(
                         std::sync::Arc::new(protocol),
@@ -116,6 +145,34 @@ macro_rules! listener_args {
                 $crate::ConnLimits::new(self.max_connections, self.max_connections_per_ip)
             }
         }
+
+        $(
+            impl $name {
+                /// [`Self::serve`] on the `--listen` (plain, STARTTLS) and
+                /// `--listen-tls` (implicit TLS) endpoints, named `names`
+                /// (`["imap", "imaps"]`) in logs, metrics and the
+                /// `listening NAME=ADDR` lines.
+                ///
+                /// # Errors
+                /// As [`Self::serve`].
+                pub async fn serve_pair<P: $crate::Protocol>(
+                    &self,
+                    protocol: P,
+                    names: [&'static str; 2],
+                    tls_available: bool,
+                    readiness: $crate::Readiness,
+                    shutdown: $crate::Shutdown,
+                ) -> anyhow::Result<()> {
+                    let _defaults = ($plain, $implicit);
+                    let endpoints = [
+                        (names[0], $crate::Security::Plain, self.listen.as_str()),
+                        (names[1], $crate::Security::ImplicitTls, self.listen_tls.as_str()),
+                    ];
+                    self.serve(protocol, &endpoints, tls_available, readiness, shutdown)
+                        .await
+                }
+            }
+        )?
     };
 }
 
@@ -130,7 +187,10 @@ mod tests {
             TestArgs,
             "EPISTOLE_TEST",
             max_connections = 10,
-            per_ip = 2
+            per_ip = 2,
+            http = "127.0.0.1:7000",
+            plain = "0.0.0.0:1143",
+            implicit_tls = "0.0.0.0:1993"
         );
     }
     use declared::TestArgs;
@@ -157,10 +217,28 @@ mod tests {
             .is_err()
         );
         let half = Cli::try_parse_from(["x", "--tls-cert", "c.pem"]).expect("parses");
-        assert!(half.listener.tls("localhost").is_err());
+        assert!(half.listener.tls().is_err());
         let none = Cli::try_parse_from(["x"]).expect("parses");
-        assert!(none.listener.tls("localhost").expect("no TLS").is_none());
+        assert!(none.listener.tls().expect("no TLS").is_none());
         assert_eq!(none.listener.max_connections_per_ip, 2);
+        assert_eq!(
+            (
+                none.listener.hostname.as_str(),
+                none.listener.http_listen.as_str(),
+                none.listener.listen.as_str(),
+                none.listener.listen_tls.as_str()
+            ),
+            (
+                "localhost",
+                "127.0.0.1:7000",
+                "0.0.0.0:1143",
+                "0.0.0.0:1993"
+            )
+        );
+        let signed = Cli::try_parse_from(["x", "--tls-self-signed", "--hostname", "mx.test"])
+            .expect("parses");
+        assert!(signed.listener.tls().expect("self-signed").is_some());
+        assert_eq!(TestArgs::defaults().listen, "127.0.0.1:0");
         assert!(
             Cli::try_parse_from(["x", "--proxy-required"])
                 .expect("parses")

@@ -41,20 +41,22 @@ use tokio::sync::Semaphore;
 
 pub use session::{Hourly, Limits, ListenerKind, Shared};
 
+service_kit::listener_args! {
+    /// smtp-in's door (`EPISTOLE_SMTP_*`): TLS, limits, PROXY trust; the
+    /// three endpoints are smtp-in's own flags.
+    ListenerArgs, "EPISTOLE_SMTP", max_connections = 1000, per_ip = 50, http = "127.0.0.1:7025"
+}
+
 /// smtp-in configuration: every option is a flag with an environment
 /// variable fallback.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
+    /// The door: host name, endpoints, TLS, limits, PROXY trust.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
     /// How to reach the store.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Our host name, used in the greeting, EHLO and Received headers.
-    #[arg(
-        long = "hostname",
-        env = "EPISTOLE_HOSTNAME",
-        default_value = "localhost"
-    )]
-    pub hostname: String,
     /// MX listener (port 25, STARTTLS); "off" disables it.
     #[arg(
         long = "mx-listen",
@@ -76,13 +78,6 @@ pub struct Config {
         default_value = "0.0.0.0:465"
     )]
     pub submissions_listen: String,
-    /// HTTP address for /healthz, /readyz and /metrics; "off" disables it.
-    #[arg(
-        long = "http-listen",
-        env = "EPISTOLE_SMTP_HTTP",
-        default_value = "127.0.0.1:7025"
-    )]
-    pub http_listen: String,
     /// Largest message in octets (advertised with SIZE, enforced while receiving).
     #[arg(long = "max-message-size", env = "EPISTOLE_SMTP_MAX_MESSAGE_SIZE", default_value_t = 25 * 1024 * 1024)]
     pub max_message_size: u64,
@@ -242,18 +237,7 @@ pub struct Config {
         default_value_t = 30
     )]
     pub drain_timeout_secs: u64,
-    /// TLS, plaintext-auth permission and connection limits.
-    #[command(flatten)]
-    pub listener: ListenerArgs,
 }
-
-service_kit::listener_args!(
-    /// smtp-in's listener flags (`EPISTOLE_SMTP_*`).
-    ListenerArgs,
-    "EPISTOLE_SMTP",
-    max_connections = 1000,
-    per_ip = 50
-);
 
 impl Config {
     /// Defaults for everything, all listeners on 127.0.0.1 port 0 (tests).
@@ -261,11 +245,9 @@ impl Config {
     pub fn new(store_url: impl Into<String>, store_token: impl Into<String>) -> Self {
         Self {
             store: StoreArgs::new(store_url.into(), store_token.into()),
-            hostname: "mx.test".into(),
             mx_listen: "127.0.0.1:0".into(),
             submission_listen: "127.0.0.1:0".into(),
             submissions_listen: "127.0.0.1:0".into(),
-            http_listen: "off".into(),
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             max_errors: 20,
@@ -289,6 +271,7 @@ impl Config {
             early_talker_delay_ms: 0,
             drain_timeout_secs: 30,
             listener: ListenerArgs {
+                hostname: "mx.test".into(),
                 tls_self_signed: true,
                 ..ListenerArgs::defaults()
             },
@@ -337,10 +320,7 @@ impl Server {
     /// # Errors
     /// Bad configuration, unreadable certificates, or an address in use.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let tls = config
-            .listener
-            .tls(&config.hostname)
-            .context("TLS configuration")?;
+        let tls = config.listener.tls().context("TLS configuration")?;
         if tls.is_some() && config.listener.tls_cert.is_none() {
             tracing::warn!("using a generated self-signed certificate (development only)");
         }
@@ -359,7 +339,7 @@ impl Server {
             .saturating_mul(1024)
             .min(Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
-            hostname: config.hostname.clone(),
+            hostname: config.listener.hostname.clone(),
             limits: config.limits(),
             backend: backend.clone(),
             tls: tls.map(|t| service_kit::Tls::new(t, "smtp_in")),
@@ -399,7 +379,7 @@ impl Server {
                 ),
             ],
             shared.tls.is_some(),
-            &config.http_listen,
+            &config.listener.http_listen,
             readiness,
         )
         .await?;
