@@ -28,6 +28,9 @@ pub struct Postgres {
     /// Builds a URL for another database on the same server.
     base: String,
     query: String,
+    /// `pg_ctl`, the cluster's data directory and whether to run it as the
+    /// `postgres` user; `None` for a server given by `DATABASE_URL`.
+    control: Option<(PathBuf, PathBuf, bool)>,
 }
 
 static PG: OnceLock<Result<Postgres, String>> = OnceLock::new();
@@ -42,6 +45,28 @@ impl Postgres {
             Ok(pg) => pg,
             Err(e) => panic!("test-kit: no PostgreSQL for tests: {e}"),
         }
+    }
+
+    /// Stops the server the way a crash does (`pg_ctl -m immediate`: no
+    /// checkpoint, clients cut), then starts it again on the same socket.
+    /// Fault-injection tests use it; the data survives through the WAL.
+    ///
+    /// # Errors
+    /// A server this process did not start (`DATABASE_URL`), or `pg_ctl`
+    /// failing.
+    pub fn crash_restart(&self) -> Result<(), String> {
+        let (pg_ctl, data, as_root) = self
+            .control
+            .as_ref()
+            .ok_or("the server comes from DATABASE_URL; it is not ours to restart")?;
+        // `restart` keeps the options of the first start (postmaster.opts).
+        run(pg_cmd(*as_root, pg_ctl, |c| {
+            c.arg("-D")
+                .arg(data)
+                .arg("-l")
+                .arg(data.with_file_name("pg.log"))
+                .args(["-m", "immediate", "-w", "restart"]);
+        }))
     }
 
     /// URL of database `name` on this server.
@@ -105,6 +130,7 @@ impl Postgres {
             admin_url: format!("postgres://postgres@localhost:{port}/postgres?host={host}"),
             base: format!("postgres://postgres@localhost:{port}"),
             query: format!("?host={host}"),
+            control: Some((bin.join("pg_ctl"), data, as_root)),
         })
     }
 }
@@ -124,6 +150,7 @@ fn split_url(url: &str) -> Postgres {
         admin_url: url.to_string(),
         base,
         query,
+        control: None,
     }
 }
 
