@@ -34,6 +34,10 @@ use mail_auth::{
 /// (each costs a DNS lookup and a signature check).
 pub const MAX_DKIM_SIGNATURES: usize = 10;
 
+/// Author domains (in `From:`) evaluated by DMARC; a message naming more is
+/// treated as a DMARC failure of a `p=reject` domain.
+pub const MAX_AUTHOR_DOMAINS: usize = 5;
+
 /// What to do when a check fails.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -73,6 +77,24 @@ pub enum Decision {
     Quarantine(String),
     /// Refuse with `550 5.7.1`; the reason goes in the reply.
     Reject(String),
+}
+
+impl Decision {
+    fn severity(&self) -> u8 {
+        match self {
+            Self::Accept => 0,
+            Self::Quarantine(_) => 1,
+            Self::Reject(_) => 2,
+        }
+    }
+}
+
+fn apply(action: Action, why: String) -> Decision {
+    match action {
+        Action::Enforce => Decision::Reject(why),
+        Action::Quarantine => Decision::Quarantine(why),
+        Action::Report => Decision::Accept,
+    }
 }
 
 /// The outcome of the checks.
@@ -201,21 +223,33 @@ impl Checker {
                 ArcOutput::default().with_result(DkimResult::TempError(timeout()))
             })
             .await;
-        let dmarc = self
-            .within(
-                auth.verify_dmarc(DmarcParameters::new(
-                    &parsed,
-                    &dkim,
-                    &mail_from_domain,
-                    &spf_mail,
-                )),
-                || {
-                    DmarcOutput::default()
-                        .with_dkim_result(DmarcResult::TempError(timeout()))
-                        .with_spf_result(DmarcResult::TempError(timeout()))
-                },
-            )
-            .await;
+        // RFC 7489 §6.6.1: one author domain is the rule. mail-auth exempts
+        // a message with several (several From: fields or mailboxes), which
+        // would let `From: x@evil.example, ceo@bank.example` dodge DMARC;
+        // each domain is evaluated instead, and the strictest verdict wins.
+        let mut authors: Vec<&str> = Vec::new();
+        for address in &parsed.from {
+            if let Some((_, domain)) = address.rsplit_once('@')
+                && !authors
+                    .iter()
+                    .any(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain))
+            {
+                authors.push(address);
+            }
+        }
+        let mut dmarc = Vec::with_capacity(authors.len().min(MAX_AUTHOR_DOMAINS));
+        if authors.len() <= 1 {
+            dmarc.push(
+                self.dmarc(&parsed, &dkim, &mail_from_domain, &spf_mail)
+                    .await,
+            );
+        } else {
+            for author in authors.iter().take(MAX_AUTHOR_DOMAINS) {
+                let mut one = parsed.clone();
+                one.from = vec![(*author).to_string()];
+                dmarc.push(self.dmarc(&one, &dkim, &mail_from_domain, &spf_mail).await);
+            }
+        }
 
         let header_from = parsed.from.first().map_or("", String::as_str);
         let mut ar = AuthenticationResults::new(hostname)
@@ -223,9 +257,10 @@ impl Checker {
             .with_spf_ehlo_result(&spf_helo, ip, helo)
             .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
             .with_arc_result(&arc, ip);
-        let dmarc_known = !dmarc.domain().is_empty();
-        if dmarc_known {
-            ar = ar.with_dmarc_result(&dmarc);
+        let mut dmarc_known = false;
+        for d in dmarc.iter().filter(|d| !d.domain().is_empty()) {
+            ar = ar.with_dmarc_result(d);
+            dmarc_known = true;
         }
         let mut header = ar.to_header();
         // RFC 8601 §2.7.1: say "none" rather than leave a method out.
@@ -242,7 +277,18 @@ impl Checker {
             header.push_str("\r\n");
         }
 
-        let decision = self.decide(&spf_mail, &dkim, &dmarc);
+        let decision = if authors.len() > MAX_AUTHOR_DOMAINS {
+            apply(
+                self.policy.dmarc_reject,
+                "too many author domains in From:".into(),
+            )
+        } else {
+            dmarc
+                .iter()
+                .map(|d| self.decide(&spf_mail, &dkim, d))
+                .max_by_key(Decision::severity)
+                .unwrap_or(Decision::Accept)
+        };
         let label = |r: &DmarcResult| match r {
             DmarcResult::Pass => "pass",
             DmarcResult::Fail(_) => "fail",
@@ -250,16 +296,41 @@ impl Checker {
             DmarcResult::PermError(_) => "permerror",
             DmarcResult::None => "none",
         };
-        metrics::counter!("smtp_in_dmarc_total", "result" => label(&dmarc.result())).increment(1);
+        for d in &dmarc {
+            metrics::counter!("smtp_in_dmarc_total", "result" => label(&d.result())).increment(1);
+            tracing::info!(
+                dmarc = label(&d.result()),
+                from_domain = d.domain(),
+                "inbound DMARC"
+            );
+        }
         tracing::info!(
             spf = %spf_mail.result(),
             dkim = dkim.iter().filter(|d| d.result() == &DkimResult::Pass).count(),
-            dmarc = label(&dmarc.result()),
-            from_domain = dmarc.domain(),
             decision = ?decision,
             "inbound authentication"
         );
         Verdict { header, decision }
+    }
+
+    async fn dmarc(
+        &self,
+        message: &AuthenticatedMessage<'_>,
+        dkim: &[DkimOutput<'_>],
+        mail_from_domain: &str,
+        spf: &SpfOutput,
+    ) -> DmarcOutput {
+        let late = || Error::Dns(DnsError::Resolver("deadline exceeded".into()));
+        self.within(
+            self.auth
+                .verify_dmarc(DmarcParameters::new(message, dkim, mail_from_domain, spf)),
+            || {
+                DmarcOutput::default()
+                    .with_dkim_result(DmarcResult::TempError(late()))
+                    .with_spf_result(DmarcResult::TempError(late()))
+            },
+        )
+        .await
     }
 
     async fn within<T>(&self, fut: impl Future<Output = T>, late: impl FnOnce() -> T) -> T {
@@ -269,11 +340,6 @@ impl Checker {
     }
 
     fn decide(&self, spf: &SpfOutput, dkim: &[DkimOutput<'_>], dmarc: &DmarcOutput) -> Decision {
-        let apply = |action: Action, why: String| match action {
-            Action::Enforce => Decision::Reject(why),
-            Action::Quarantine => Decision::Quarantine(why),
-            Action::Report => Decision::Accept,
-        };
         let dmarc_failed = matches!(dmarc.result(), DmarcResult::Fail(_));
         // RFC 7489 §6.6.2 step 6 and §6.7: the domain owner asks; local
         // policy decides.

@@ -212,6 +212,16 @@ async fn forged_from_of_a_reject_domain() {
     // Null sender: the HELO identity stands in; still refused.
     let r = send(&h, "", forged).await;
     assert!(r.last().starts_with("550 5.7.1"), "{:?}", r.lines);
+    // Hiding behind a second author domain (RFC 7489 §6.6.1): each domain
+    // is evaluated, in one From: field or in two.
+    for from in [
+        "From: someone@pass.test, CEO <ceo@bank.example>\r\n",
+        "From: someone@pass.test\r\nFrom: ceo@bank.example\r\n",
+    ] {
+        let body = format!("{from}Subject: pay\r\n\r\nnow\r\n");
+        let r = send(&h, "someone@pass.test", body.as_bytes()).await;
+        assert!(r.last().starts_with("550 5.7.1"), "{from}: {:?}", r.lines);
+    }
     assert!(h.jobs().await.is_empty(), "nothing queued");
     // p=quarantine: accepted, marked.
     let r = send(
