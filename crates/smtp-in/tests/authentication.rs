@@ -192,6 +192,51 @@ async fn dkim_and_dmarc_pass_with_a_good_signature() {
     assert!(ar.contains("dmarc=temperror"), "{ar}");
 }
 
+/// threat model T100: an ARC chain (RFC 8617) is verified and reported:
+/// a forwarder's seal verifies (arc=pass); a body changed after sealing
+/// breaks it (not pass). ARC never overrides DMARC (no trusted sealers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arc_chain_is_verified_and_reported() {
+    use mail_auth::arc::ArcSealer;
+    use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
+
+    let dns = TestDns::start().await;
+    zones(&dns);
+    let der = Ed25519Key::generate_pkcs8().unwrap();
+    let public = Ed25519Key::from_pkcs8_der(&der).unwrap().public_key();
+    dns.txt(
+        "arc._domainkey.list.example",
+        &format!("v=DKIM1; k=ed25519; p={}", B64.encode(public)),
+    );
+    let original =
+        b"From: member@list.example\r\nTo: alice@ours.example\r\nSubject: list post\r\n\r\nHello list.\r\n";
+    let parsed = AuthenticatedMessage::parse(original).unwrap();
+    let results = AuthenticationResults::new("list.example");
+    let set = ArcSealer::from_key(Ed25519Key::from_pkcs8_der(&der).unwrap())
+        .domain("list.example")
+        .selector("arc")
+        .headers(["From", "To", "Subject"])
+        .seal(&parsed, &results, &ArcOutput::default())
+        .unwrap();
+    let mut sealed = set.to_header().into_bytes();
+    sealed.extend_from_slice(original);
+
+    let h = harness(&dns, Policy::default()).await;
+    let r = send(&h, "member@list.example", &sealed).await;
+    let ar = auth_results(&h.message(queued_id(&r)).await).remove(0);
+    assert!(ar.contains("arc=pass smtp.remote-ip=192.0.2.10"), "{ar}");
+
+    let mut broken = sealed.clone();
+    broken.extend_from_slice(b"-- \r\nlist footer added later\r\n");
+    let r = send(&h, "member@list.example", &broken).await;
+    let ar = auth_results(&h.message(queued_id(&r)).await).remove(0);
+    // mail-auth calls a broken body hash "neutral", as for DKIM.
+    assert!(
+        !ar.contains("arc=pass") && (ar.contains("arc=fail") || ar.contains("arc=neutral")),
+        "{ar}"
+    );
+}
+
 /// threat model T100: a forged `From:` of a p=reject domain is refused with
 /// 550 5.7.1 (enforce, the default); with quarantine it is accepted and
 /// marked for Junk; with report only the header says so. p=quarantine
