@@ -49,6 +49,23 @@ pub enum Action {
     Report,
 }
 
+impl Action {
+    /// The stricter of two (enforce > quarantine > report).
+    #[must_use]
+    pub fn strictest(self, other: Self) -> Self {
+        let rank = |a: Self| match a {
+            Self::Report => 0,
+            Self::Quarantine => 1,
+            Self::Enforce => 2,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// The local policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -170,9 +187,23 @@ impl Checker {
         })
     }
 
+    /// The action for a DMARC p=reject failure given a recipient domain's
+    /// stored choice (`Domain.dmarc_reject_action`); `""` or anything
+    /// unknown is the global `--dmarc-reject-action`.
+    #[must_use]
+    pub fn dmarc_reject_action(&self, domain_choice: &str) -> Action {
+        match domain_choice {
+            "enforce" => Action::Enforce,
+            "quarantine" => Action::Quarantine,
+            "report" => Action::Report,
+            _ => self.policy.dmarc_reject,
+        }
+    }
+
     /// Runs every check on one message. `mail_from` is the envelope sender
     /// (empty for `<>`), `helo` the HELO/EHLO argument, `hostname` our
-    /// authserv-id.
+    /// authserv-id; `dmarc_reject` overrides the global
+    /// `--dmarc-reject-action` (the recipients' domains' choice).
     pub async fn check(
         &self,
         hostname: &str,
@@ -180,7 +211,9 @@ impl Checker {
         helo: &str,
         mail_from: &str,
         message: &[u8],
+        dmarc_reject: Option<Action>,
     ) -> Verdict {
+        let dmarc_reject = dmarc_reject.unwrap_or(self.policy.dmarc_reject);
         let auth = &self.auth;
         let helo_is_domain = helo.contains('.') && !helo.starts_with('[');
         // RFC 7208 §2.3: the HELO identity.
@@ -278,14 +311,11 @@ impl Checker {
         }
 
         let decision = if authors.len() > MAX_AUTHOR_DOMAINS {
-            apply(
-                self.policy.dmarc_reject,
-                "too many author domains in From:".into(),
-            )
+            apply(dmarc_reject, "too many author domains in From:".into())
         } else {
             dmarc
                 .iter()
-                .map(|d| self.decide(&spf_mail, &dkim, d))
+                .map(|d| self.decide(dmarc_reject, &spf_mail, &dkim, d))
                 .max_by_key(Decision::severity)
                 .unwrap_or(Decision::Accept)
         };
@@ -339,20 +369,26 @@ impl Checker {
             .unwrap_or_else(|_| late())
     }
 
-    fn decide(&self, spf: &SpfOutput, dkim: &[DkimOutput<'_>], dmarc: &DmarcOutput) -> Decision {
+    fn decide(
+        &self,
+        dmarc_reject: Action,
+        spf: &SpfOutput,
+        dkim: &[DkimOutput<'_>],
+        dmarc: &DmarcOutput,
+    ) -> Decision {
         let dmarc_failed = matches!(dmarc.result(), DmarcResult::Fail(_));
         // RFC 7489 §6.6.2 step 6 and §6.7: the domain owner asks; local
         // policy decides.
         match dmarc.policy() {
             DmarcPolicy::Reject if dmarc_failed => {
                 return apply(
-                    self.policy.dmarc_reject,
+                    dmarc_reject,
                     format!("DMARC policy of {} (p=reject)", dmarc.domain()),
                 );
             }
             DmarcPolicy::Quarantine if dmarc_failed => {
                 // p=quarantine never refuses; "report" only marks.
-                let action = match self.policy.dmarc_reject {
+                let action = match dmarc_reject {
                     Action::Report => Action::Report,
                     _ => Action::Quarantine,
                 };

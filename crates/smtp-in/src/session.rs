@@ -201,6 +201,9 @@ pub(crate) struct Transaction {
     pub(crate) key: String,
     /// Transaction number within the session.
     pub(crate) number: u32,
+    /// MX: the strictest `--dmarc-reject-action` of the recipients'
+    /// domains (their store setting, else the flag); `None` before any.
+    pub(crate) dmarc_reject: Option<crate::inbound::Action>,
 }
 
 /// The RFC 5321 §4.1.4 states; each carries what is valid in it.

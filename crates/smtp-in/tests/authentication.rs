@@ -316,6 +316,56 @@ async fn forged_from_of_a_reject_domain() {
     assert!(auth_results(&stored).remove(0).contains("dmarc=fail"));
 }
 
+/// threat model T100: a hosted domain's own choice (store, `mailctl domain
+/// policy`) replaces the global flag for mail to it; with recipients in
+/// several domains the strictest choice decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_domain_dmarc_choice() {
+    let dns = TestDns::start().await;
+    zones(&dns);
+    let forged = b"From: CEO <ceo@bank.example>\r\nSubject: wire the money\r\n\r\nNow.\r\n";
+    let h = harness(&dns, Policy::default()).await;
+    h.store.add_domain("strict.example").await;
+    h.store.add_user("sam@strict.example", "sam-secret").await;
+    let set = |name: &str, action: &str| pb::SetDomainPolicyRequest {
+        name: name.into(),
+        dmarc_reject_action: action.into(),
+    };
+    let mut accounts = h.store.client().accounts;
+    accounts
+        .set_domain_policy(set(common::DOMAIN, "report"))
+        .await
+        .unwrap();
+    // To ours.example only: its "report" wins over the global enforce.
+    let r = send(&h, "attacker@pass.test", forged).await;
+    let stored = h.message(queued_id(&r)).await;
+    assert!(auth_results(&stored).remove(0).contains("dmarc=fail"));
+    assert!(!String::from_utf8_lossy(&stored).contains("X-Epistole-Quarantine"));
+    // To both: strict.example has no choice (global enforce): refused.
+    let mut c = h.mx().await;
+    let mut wire = forged.to_vec();
+    wire.extend_from_slice(b".\r\n");
+    let r = c
+        .send_mail("attacker@pass.test", &[ALICE, "sam@strict.example"], &wire)
+        .await;
+    assert!(r.last().starts_with("550 5.7.1"), "{:?}", r.lines);
+    // strict.example says quarantine, ours.example report: quarantined.
+    accounts
+        .set_domain_policy(set("strict.example", "quarantine"))
+        .await
+        .unwrap();
+    let r = c
+        .send_mail("attacker@pass.test", &["sam@strict.example", ALICE], &wire)
+        .await;
+    let stored = h.message(queued_id(&r)).await;
+    assert!(
+        String::from_utf8_lossy(&stored)
+            .contains("X-Epistole-Quarantine: DMARC policy of bank.example"),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
+}
+
 /// threat model T100: SPF fail without a passing DKIM signature follows
 /// --spf-fail-action: enforce refuses, quarantine marks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,7 @@ impl Session {
                     &helo,
                     &mail_from,
                     msg,
+                    txn.dmarc_reject,
                 )
                 .await;
             added = verdict.header;
