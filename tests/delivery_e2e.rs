@@ -564,8 +564,8 @@ async fn smtplib_through_smtp_in_to_mailboxes_and_outbound_queue() {
     let script = r#"
 import smtplib, ssl, sys
 mx, sub = sys.argv[1], sys.argv[2]
-def msg(subject, to):
-    return f"From: sender@remote.test\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@remote.test>\r\n\r\nHello\r\n"
+def msg(subject, to, frm="sender@remote.test"):
+    return f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@remote.test>\r\n\r\nHello\r\n"
 h, p = mx.rsplit(":", 1)
 with smtplib.SMTP(h, int(p), local_hostname="client.remote.test") as c:
     for subject, to in [("to-alice", "alice@example.org"), ("to-team", "team@example.org"),
@@ -576,7 +576,7 @@ ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode 
 with smtplib.SMTP(h, int(p), local_hostname="laptop") as c:
     c.starttls(context=ctx)
     c.login("bob@example.org", "bob-password")
-    c.sendmail("bob@example.org", ["dave@remote.test"], msg("to-remote", "dave@remote.test"))
+    c.sendmail("bob@example.org", ["dave@remote.test"], msg("to-remote", "dave@remote.test", "bob@example.org"))
 print("sent")
 "#;
     let out = tokio::process::Command::new("python3")
@@ -628,4 +628,84 @@ print("sent")
         "dave@remote.test"
     );
     assert_eq!(job.destination, "remote.test");
+}
+
+/// threat model T100: a message smtp-in marked for quarantine (DMARC or SPF
+/// failure under a `quarantine` policy) is filed in Junk with `$Junk`,
+/// ahead of the user's own rules; an unmarked one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_mark_files_in_junk_with_the_junk_keyword() {
+    let (s, alice, _) = setup().await;
+    let c = s.client();
+    c.accounts
+        .clone()
+        .add_filter(pb::AddFilterRequest {
+            address: "alice@example.org".into(),
+            position: 0,
+            header: "Subject".into(),
+            contains: "statement".into(),
+            folder: "Archive".into(),
+        })
+        .await
+        .unwrap();
+    let marked = format!(
+        "{}: DMARC policy of bank.example (p=reject)\r\nFrom: ceo@bank.example\r\nSubject: statement\r\n\r\nx\r\n",
+        mailstore_api::QUARANTINE_HEADER
+    );
+    enqueue(
+        &c,
+        "q1",
+        "x@remote.test",
+        &["alice@example.org"],
+        marked.as_bytes(),
+    )
+    .await
+    .unwrap();
+    enqueue(
+        &c,
+        "q2",
+        "x@remote.test",
+        &["alice@example.org"],
+        &message("plain"),
+    )
+    .await
+    .unwrap();
+    let _d = delivery(&s, "w1", 60_000);
+    wait_until("delivery", Duration::from_secs(60), || async {
+        jobs(&s, pb::QueueKind::Inbound, pb::JobState::Done)
+            .await
+            .len()
+            == 2
+    })
+    .await;
+    assert_eq!(subjects(&s, alice, "Junk").await, vec!["statement"]);
+    assert!(subjects(&s, alice, "Archive").await.is_empty());
+    assert_eq!(subjects(&s, alice, "INBOX").await, vec!["plain"]);
+    let junk = c
+        .mailboxes
+        .clone()
+        .get_mailbox(pb::GetMailboxRequest {
+            user_id: alice,
+            name: "Junk".into(),
+            claim_recent: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut meta = c
+        .mailboxes
+        .clone()
+        .fetch_meta(pb::FetchMetaRequest {
+            mailbox_id: junk.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let batch = meta.message().await.unwrap().unwrap();
+    assert!(
+        batch.messages[0].flags.iter().any(|f| f == "$Junk"),
+        "{:?}",
+        batch.messages[0].flags
+    );
 }

@@ -26,6 +26,8 @@ const ALICE_PW: &str = "correct horse battery staple";
 /// The smtp-in process and the addresses it reported.
 struct SmtpIn {
     _child: Child,
+    /// The DNS server its SPF, DKIM and DMARC lookups go to.
+    dns: test_dns::TestDns,
     mx: SocketAddr,
     submission: SocketAddr,
     submissions: SocketAddr,
@@ -35,6 +37,13 @@ struct SmtpIn {
 /// Starts `epistole smtp-in` on ephemeral loopback ports and reads the
 /// `listening name=addr` lines it prints.
 async fn start_smtp_in(store_url: &str, token: &str) -> SmtpIn {
+    start_smtp_in_with(store_url, token, &[]).await
+}
+
+/// The same with more flags; the inbound checks ask a test DNS server.
+async fn start_smtp_in_with(store_url: &str, token: &str, extra: &[&str]) -> SmtpIn {
+    let dns = test_dns::TestDns::start().await;
+    let dns_server = dns.addr.to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_epistole"))
         .args([
             "--log",
@@ -53,7 +62,12 @@ async fn start_smtp_in(store_url: &str, token: &str) -> SmtpIn {
             "--tls-self-signed",
             "--store-timeout-ms",
             "3000",
+            "--dns-server",
+            &dns_server,
+            "--dns-timeout-ms",
+            "500",
         ])
+        .args(extra)
         .env("EPISTOLE_STORE_URL", store_url)
         .env("EPISTOLE_STORE_TOKEN", token)
         .stdout(Stdio::piped())
@@ -80,6 +94,7 @@ async fn start_smtp_in(store_url: &str, token: &str) -> SmtpIn {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     SmtpIn {
         _child: child,
+        dns,
         mx: found["mx"],
         submission: found["submission"],
         submissions: found["submissions"],
@@ -126,9 +141,10 @@ async fn queued_message(store: &TestStore, job_id: u64) -> Vec<u8> {
     out
 }
 
-/// Checks that `stored` is exactly one Received header (RFC 5321 §4.4)
-/// followed by `sent`, and returns the header.
-fn assert_received_then(stored: &[u8], sent: &[u8]) -> String {
+/// Checks that `stored` is exactly one Received header (RFC 5321 §4.4),
+/// then for MX mail our one Authentication-Results header (RFC 8601),
+/// followed by `sent`; returns the Received header and the other, if any.
+fn assert_received_then(stored: &[u8], sent: &[u8]) -> (String, Option<String>) {
     assert!(
         stored.len() > sent.len(),
         "stored message shorter than sent"
@@ -136,16 +152,27 @@ fn assert_received_then(stored: &[u8], sent: &[u8]) -> String {
     let (head, body) = stored.split_at(stored.len() - sent.len());
     assert_eq!(body, sent, "message not stored byte for byte");
     let head = String::from_utf8(head.to_vec()).unwrap();
-    assert!(head.starts_with("Received: from "), "{head}");
     assert!(head.ends_with("\r\n"), "{head}");
-    // One header: every further line is a continuation.
-    for line in head.trim_end_matches("\r\n").split("\r\n").skip(1) {
-        assert!(
-            line.starts_with('\t'),
-            "unexpected header line {line:?} in {head}"
-        );
+    let mut fields: Vec<String> = Vec::new();
+    for line in head.split_inclusive("\r\n") {
+        match fields.last_mut() {
+            Some(last) if line.starts_with('\t') => last.push_str(line),
+            _ => fields.push(line.to_string()),
+        }
     }
-    head
+    assert!(fields[0].starts_with("Received: from "), "{head}");
+    match fields.len() {
+        1 => (fields.remove(0), None),
+        2 => {
+            assert!(
+                fields[1].starts_with("Authentication-Results: mx.test;"),
+                "{head}"
+            );
+            let ar = fields.pop();
+            (fields.remove(0), ar)
+        }
+        _ => panic!("unexpected header fields in {head}"),
+    }
 }
 
 /// Runs a Python snippet with `args`, feeding `stdin`; returns stdout.
@@ -257,7 +284,8 @@ async fn python_smtplib_starttls_auth_and_implicit_tls() {
     .await;
     let id = job_id_from(&out);
     let stored = queued_message(&store, id).await;
-    let received = assert_received_then(&stored, msg);
+    let (received, ar) = assert_received_then(&stored, msg);
+    assert_eq!(ar, None, "submissions are not checked as inbound mail");
     assert!(
         received.contains("from laptop.example ([127.0.0.1])"),
         "{received}"
@@ -299,7 +327,7 @@ async fn python_smtplib_starttls_auth_and_implicit_tls() {
     )
     .await;
     let id2 = job_id_from(&out);
-    let received = assert_received_then(&queued_message(&store, id2).await, msg2);
+    let (received, _) = assert_received_then(&queued_message(&store, id2).await, msg2);
     assert!(received.contains("for <alice@ours.example>"), "{received}");
     assert_eq!(inbound_jobs(&store).await.len(), 2);
 
@@ -324,6 +352,7 @@ async fn swaks_mx_delivery_and_relay_refusal() {
     }
     let store = store().await;
     let smtp = start_smtp_in(&store.grpc_url, &store.token).await;
+    smtp.dns.txt("remote.example", "v=spf1 ip4:127.0.0.1 -all");
     let dir = tempdir();
     let body = b"From: sender@remote.example\r\nTo: alice@ours.example\r\nSubject: swaks\r\nMessage-ID: <e2e-1@remote.example>\r\n\r\nHello from swaks.\r\n.leading dot\r\n";
     let path = dir.join("msg.eml");
@@ -352,11 +381,14 @@ async fn swaks_mx_delivery_and_relay_refusal() {
         String::from_utf8_lossy(&out.stderr)
     );
     let id = job_id_from(&text);
-    let received = assert_received_then(&queued_message(&store, id).await, body);
+    let (received, ar) = assert_received_then(&queued_message(&store, id).await, body);
     assert!(
         received.contains("from remote.example ([127.0.0.1])"),
         "{received}"
     );
+    let ar = ar.expect("MX mail has Authentication-Results");
+    assert!(ar.contains("spf=pass"), "{ar}");
+    assert!(ar.contains("smtp.mailfrom=sender@remote.example"), "{ar}");
     assert!(received.contains("with ESMTPS"), "{received}");
 
     // Open-relay attempt: refused at RCPT.
@@ -415,6 +447,43 @@ async fn store_outage_gives_451_then_exactly_once() {
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].id, id);
     assert_received_then(&queued_message(&store, id).await, body);
+}
+
+/// threat model T100, T102: the real binary's flags — `--dns-server`
+/// reaches the sender's DMARC p=reject, and a forged `From:` is refused
+/// 550 5.7.1 (the default `--dmarc-reject-action enforce`);
+/// `--max-received 3` refuses a fourth Received with 554 5.4.6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_refuses_forged_dmarc_reject_from_and_loops() {
+    let store = store().await;
+    let smtp = start_smtp_in_with(&store.grpc_url, &store.token, &["--max-received", "3"]).await;
+    smtp.dns.txt("bank.example", "v=spf1 ip4:203.0.113.5 -all");
+    smtp.dns.txt("_dmarc.bank.example", "v=DMARC1; p=reject");
+    let mut c = RawClient::connect(smtp.mx).await;
+    c.expect("", "220").await;
+    c.expect("EHLO client.example\r\n", "250 ").await;
+    let r = send_raw(
+        &mut c,
+        "From: ceo@bank.example\r\nSubject: pay\r\n\r\nnow\r\n",
+    )
+    .await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let hops = "Received: from a by b; Thu, 26 Nov 2026 11:00:00 +0000\r\n".repeat(4);
+    let r = send_raw(&mut c, &format!("{hops}Subject: loop\r\n\r\nx\r\n")).await;
+    assert!(r.starts_with("554 5.4.6"), "{r}");
+    let hops = "Received: from a by b; Thu, 26 Nov 2026 11:00:00 +0000\r\n".repeat(3);
+    let r = send_raw(&mut c, &format!("{hops}Subject: three\r\n\r\nx\r\n")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(inbound_jobs(&store).await.len(), 1);
+}
+
+/// One transaction to alice on an open MX session; the final reply.
+async fn send_raw(c: &mut RawClient, body: &str) -> String {
+    c.expect("MAIL FROM:<x@remote.example>\r\n", "250").await;
+    c.expect("RCPT TO:<alice@ours.example>\r\n", "250").await;
+    c.expect("DATA\r\n", "354").await;
+    c.send(body.as_bytes()).await;
+    c.expect(".\r\n", "").await
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -394,7 +394,17 @@ impl Worker {
             .await?
             .into_inner()
             .filters;
-        let mailbox = filter::choose(&rules, headers, &target.detail);
+        // smtp-in's quarantine mark (it strips the field from what clients
+        // send, so only smtp-in sets it) wins over the user's rules.
+        let quarantined = headers
+            .get(mailstore_api::QUARANTINE_HEADER)
+            .next()
+            .is_some();
+        let (mailbox, flags) = if quarantined {
+            ("Junk".to_string(), vec!["$Junk".to_string()])
+        } else {
+            (filter::choose(&rules, headers, &target.detail), Vec::new())
+        };
         // RFC 5321 §4.4: Return-Path is added by the final delivery.
         let from: String = job.mail_from.chars().filter(|c| !c.is_control()).collect();
         let to: String = target.address.chars().filter(|c| !c.is_control()).collect();
@@ -410,7 +420,7 @@ impl Worker {
                 user_id: target.user_id,
                 mailbox: mailbox.clone(),
                 prefix: prefix.into_bytes(),
-                flags: Vec::new(),
+                flags,
                 enforce_quota: true,
                 complete_recipient: complete,
             })

@@ -18,7 +18,7 @@
 //!
 //! | service  | RPC                                   | role    | why |
 //! |----------|---------------------------------------|---------|-----|
-//! | Accounts | CreateDomain, DeleteDomain            | admin   | changes what we accept mail for |
+//! | Accounts | CreateDomain, DeleteDomain, SetDomainPolicy | admin | changes what we accept mail for |
 //! | Accounts | ListDomains                           | service | smtp-in, readiness |
 //! | Accounts | CreateUser, SetPassword, DeleteUser   | admin   | account takeover |
 //! | Accounts | GetUser                               | service | read one known user |

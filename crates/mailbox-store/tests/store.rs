@@ -787,6 +787,89 @@ async fn no_rpc_works_without_the_token() {
     );
 }
 
+async fn lookup(s: &TestStore, address: &str) -> pb::LookupRecipientResponse {
+    s.service_client()
+        .accounts
+        .lookup_recipient(pb::LookupRecipientRequest {
+            address: address.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The per-domain inbound DMARC choice (threat model T100): set by the
+/// admin, listed, and returned with LookupRecipient for local recipients;
+/// bad values and unknown domains refused; the service token may not set it.
+#[tokio::test]
+async fn domain_dmarc_policy_set_listed_and_looked_up() {
+    let (s, _alice) = setup().await;
+    let mut acc = s.client().accounts;
+    let r = lookup(&s, "alice@example.org").await;
+    assert_eq!(r.dmarc_reject_action, "", "default: smtp-in's flag");
+    let d = acc
+        .set_domain_policy(pb::SetDomainPolicyRequest {
+            name: "Example.ORG".into(),
+            dmarc_reject_action: "Report".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (d.name.as_str(), d.dmarc_reject_action.as_str()),
+        ("example.org", "report")
+    );
+    let listed = acc
+        .list_domains(pb::ListDomainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .domains;
+    assert_eq!(listed[0].dmarc_reject_action, "report");
+    let r = lookup(&s, "alice@example.org").await;
+    assert_eq!(r.status, pb::RecipientStatus::Local as i32);
+    assert_eq!(r.dmarc_reject_action, "report");
+    let r = lookup(&s, "nobody@elsewhere.test").await;
+    assert_eq!(r.dmarc_reject_action, "");
+
+    let bad = acc
+        .set_domain_policy(pb::SetDomainPolicyRequest {
+            name: "example.org".into(),
+            dmarc_reject_action: "drop".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let unknown = acc
+        .set_domain_policy(pb::SetDomainPolicyRequest {
+            name: "nowhere.test".into(),
+            dmarc_reject_action: "enforce".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let denied = s
+        .service_client()
+        .accounts
+        .set_domain_policy(pb::SetDomainPolicyRequest {
+            name: "example.org".into(),
+            dmarc_reject_action: "report".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    // Back to the default.
+    let d = acc
+        .set_domain_policy(pb::SetDomainPolicyRequest {
+            name: "example.org".into(),
+            dmarc_reject_action: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.dmarc_reject_action, "");
+}
+
 #[tokio::test]
 async fn recipients_aliases_catch_all_plus_and_loops() {
     let (s, _alice) = setup().await;

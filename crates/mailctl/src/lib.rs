@@ -106,6 +106,18 @@ pub enum DomainCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Inbound authentication policy for mail to this domain: what smtp-in
+    /// does when a message fails DMARC of a sender domain publishing
+    /// p=reject (enforce: 550 5.7.1; quarantine: Junk; report: mark only;
+    /// default: smtp-in's --dmarc-reject-action).
+    Policy {
+        name: String,
+        #[arg(
+            long,
+            value_parser = ["enforce", "quarantine", "report", "default"]
+        )]
+        dmarc_reject_action: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -401,8 +413,42 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
                 .map_err(status)?
                 .into_inner();
             for d in r.domains {
-                writeln!(out, "{}", d.name)?;
+                if d.dmarc_reject_action.is_empty() {
+                    writeln!(out, "{}", d.name)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} dmarc-reject-action={}",
+                        d.name, d.dmarc_reject_action
+                    )?;
+                }
             }
+        }
+        Command::Domain(DomainCmd::Policy {
+            name,
+            dmarc_reject_action,
+        }) => {
+            let action = if dmarc_reject_action == "default" {
+                String::new()
+            } else {
+                dmarc_reject_action
+            };
+            let d = c
+                .accounts
+                .clone()
+                .set_domain_policy(pb::SetDomainPolicyRequest {
+                    name,
+                    dmarc_reject_action: action,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let shown = if d.dmarc_reject_action.is_empty() {
+                "default"
+            } else {
+                d.dmarc_reject_action.as_str()
+            };
+            writeln!(out, "domain {} dmarc-reject-action={shown}", d.name)?;
         }
         Command::Domain(DomainCmd::Rm { name, force }) => {
             c.accounts

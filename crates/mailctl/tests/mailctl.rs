@@ -63,6 +63,53 @@ async fn domains_users_aliases_and_queue() {
             .lines()
             .any(|l| l == "example.org")
     );
+    // Per-domain inbound DMARC choice (threat model T100).
+    let (ok, out, err) = run(
+        &[
+            "domain",
+            "policy",
+            "example.org",
+            "--dmarc-reject-action",
+            "quarantine",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "domain example.org dmarc-reject-action=quarantine"
+    );
+    assert!(
+        run(&["domain", "list"], None)
+            .1
+            .lines()
+            .any(|l| l == "example.org dmarc-reject-action=quarantine")
+    );
+    assert!(
+        !run(
+            &[
+                "domain",
+                "policy",
+                "example.org",
+                "--dmarc-reject-action",
+                "drop"
+            ],
+            None
+        )
+        .0,
+        "unknown action refused"
+    );
+    let (ok, out, _) = run(
+        &[
+            "domain",
+            "policy",
+            "example.org",
+            "--dmarc-reject-action",
+            "default",
+        ],
+        None,
+    );
+    assert!(ok && out.contains("dmarc-reject-action=default"), "{out}");
     let (ok, out, err) = run(
         &["user", "add", "alice@example.org", "--password-stdin"],
         Some("s3cret pass\n"),

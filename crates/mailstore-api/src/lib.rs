@@ -17,6 +17,13 @@ pub use client::{AuthInterceptor, StoreClient, StoreClientError, connect};
 /// gRPC metadata key carrying the session id, so logs join up across services.
 pub const SESSION_ID_HEADER: &str = "x-epistole-session";
 
+/// The message header field smtp-in adds to a message it accepted but
+/// judged junk (a DMARC or SPF failure under a `quarantine` policy), and
+/// delivery honours by filing the message in `Junk` with the `$Junk`
+/// keyword. smtp-in removes it from everything a client sends, so its
+/// presence in a queued message always comes from smtp-in.
+pub const QUARANTINE_HEADER: &str = "X-Epistole-Quarantine";
+
 /// The closed set of outcomes a caller distinguishes after a failed store call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

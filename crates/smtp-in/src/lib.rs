@@ -11,7 +11,8 @@
 //!
 //! Talks only to the mailbox-store (gRPC, `mailstore.v1`): recipients are
 //! checked at RCPT time (`Accounts.LookupRecipient`), credentials by
-//! `Accounts.Authenticate`, submission senders by `Accounts.CheckSender`,
+//! `Accounts.Authenticate`, submission senders (envelope and `From:`) by
+//! `Accounts.CheckSender`,
 //! and a message is answered `250` only after `Queue.Enqueue` has committed
 //! it to the inbound queue. Any store failure or unknown outcome is
 //! `451 4.3.0`: an accepted message is never lost.
@@ -19,11 +20,17 @@
 //! Layout: [`proto`] is the pure grammar (commands, replies, the
 //! DATA/BDAT decoder with the smuggling-safe end-of-data rule and the bare
 //! CR/LF policy); [`session`] the state machine; [`conn`] TLS and the
-//! STARTTLS switch; [`io`] buffered timed I/O; [`store`] the store calls.
+//! STARTTLS switch; [`io`] buffered timed I/O; [`store`] the store calls;
+//! [`inbound`] SPF/DKIM/ARC/DMARC on the MX (RFC 7208, 6376, 8617, 7489,
+//! results as RFC 8601 `Authentication-Results`); [`headers`] the header
+//! fields no client may set and the `Received:` count (loops, RFC 5321
+//! §6.3).
 
 mod cmd;
 pub mod conn;
 pub mod guard;
+pub mod headers;
+pub mod inbound;
 pub mod io;
 pub mod proto;
 pub mod received;
@@ -237,6 +244,53 @@ pub struct Config {
         default_value_t = 30
     )]
     pub drain_timeout_secs: u64,
+    /// MX: check SPF, DKIM, ARC and DMARC of every message and add an
+    /// Authentication-Results header (RFC 8601); false turns the checks off.
+    #[arg(
+        long = "inbound-auth",
+        env = "EPISTOLE_SMTP_INBOUND_AUTH",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub inbound_auth: bool,
+    /// DNS server (IP:PORT) for the SPF, DKIM and DMARC lookups; default:
+    /// /etc/resolv.conf.
+    #[arg(long = "dns-server", env = "EPISTOLE_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
+    /// DNS query timeout, milliseconds.
+    #[arg(
+        long = "dns-timeout-ms",
+        env = "EPISTOLE_DNS_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub dns_timeout_ms: u64,
+    /// MX: a message failing DMARC of a domain publishing p=reject is
+    /// refused (enforce: 550 5.7.1), filed as junk (quarantine) or only
+    /// marked in Authentication-Results (report).
+    #[arg(
+        long = "dmarc-reject-action",
+        env = "EPISTOLE_SMTP_DMARC_REJECT_ACTION",
+        value_enum,
+        default_value_t = inbound::Action::Enforce
+    )]
+    pub dmarc_reject_action: inbound::Action,
+    /// MX: what to do with an SPF "fail" of the envelope sender when no
+    /// DKIM signature passes (enforce, quarantine or report).
+    #[arg(
+        long = "spf-fail-action",
+        env = "EPISTOLE_SMTP_SPF_FAIL_ACTION",
+        value_enum,
+        default_value_t = inbound::Action::Report
+    )]
+    pub spf_fail_action: inbound::Action,
+    /// A message with more Received headers than this is refused as a
+    /// mail loop, 554 5.4.6 (RFC 5321 §6.3).
+    #[arg(
+        long = "max-received",
+        env = "EPISTOLE_SMTP_MAX_RECEIVED",
+        default_value_t = 50
+    )]
+    pub max_received: usize,
 }
 
 impl Config {
@@ -270,6 +324,13 @@ impl Config {
             store_attempts: 3,
             early_talker_delay_ms: 0,
             drain_timeout_secs: 30,
+            // Tests turn the checks on with a test DNS server.
+            inbound_auth: false,
+            dns_server: None,
+            dns_timeout_ms: 5_000,
+            dmarc_reject_action: inbound::Action::Enforce,
+            spf_fail_action: inbound::Action::Report,
+            max_received: 50,
             listener: ListenerArgs {
                 hostname: "mx.test".into(),
                 tls_self_signed: true,
@@ -300,6 +361,7 @@ impl Config {
                 recipients_per_account: self.max_recipients_per_account_hour,
             },
             greet_pass_ttl: Duration::from_secs(self.greet_pass_ttl_secs),
+            max_received: self.max_received,
         }
     }
 }
@@ -334,6 +396,19 @@ impl Server {
             Duration::from_millis(config.store_timeout_ms.max(1)),
             config.store_attempts,
         );
+        let inbound = if config.inbound_auth {
+            Some(inbound::Checker::new(
+                config.dns_server,
+                Duration::from_millis(config.dns_timeout_ms.max(1)),
+                inbound::Policy {
+                    dmarc_reject: config.dmarc_reject_action,
+                    spf_fail: config.spf_fail_action,
+                },
+            )?)
+        } else {
+            tracing::warn!("--inbound-auth false: no SPF, DKIM or DMARC checks on the MX");
+            None
+        };
         let spool_kib = config
             .spool_memory_mb
             .saturating_mul(1024)
@@ -346,6 +421,7 @@ impl Server {
             allow_plaintext_auth: config.listener.allow_plaintext_auth,
             spool: Arc::new(Semaphore::new(spool_kib)),
             guard,
+            inbound,
         });
         if shared.tls.is_none()
             && !config.listener.allow_plaintext_auth

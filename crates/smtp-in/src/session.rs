@@ -90,6 +90,8 @@ pub struct Limits {
     /// How long a client that passed the MX pre-greeting pause is greeted
     /// at once (zero: pause every time).
     pub greet_pass_ttl: Duration,
+    /// More `Received:` fields than this is a mail loop (RFC 5321 §6.3).
+    pub max_received: usize,
 }
 
 /// Per-hour limits; 0 disables one. Unauthenticated sessions (the MX) are
@@ -136,6 +138,7 @@ impl Default for Limits {
             }),
             hourly: Hourly::default(),
             greet_pass_ttl: Duration::from_secs(86_400),
+            max_received: 50,
         }
     }
 }
@@ -157,6 +160,8 @@ pub struct Shared {
     pub spool: Arc<Semaphore>,
     /// Shared counters and marks in the store (fail open).
     pub guard: Guard,
+    /// SPF/DKIM/ARC/DMARC checks of MX mail; `None`: off.
+    pub inbound: Option<crate::inbound::Checker>,
 }
 
 /// Negotiated TLS parameters, for the Received header and the log.
@@ -196,6 +201,9 @@ pub(crate) struct Transaction {
     pub(crate) key: String,
     /// Transaction number within the session.
     pub(crate) number: u32,
+    /// MX: the strictest `--dmarc-reject-action` of the recipients'
+    /// domains (their store setting, else the flag); `None` before any.
+    pub(crate) dmarc_reject: Option<crate::inbound::Action>,
 }
 
 /// The RFC 5321 §4.1.4 states; each carries what is valid in it.

@@ -160,6 +160,19 @@ impl Backend {
         address: &str,
         sid: &str,
     ) -> Result<Recipient, StoreError> {
+        Ok(self.recipient(address, sid).await?.0)
+    }
+
+    /// `Accounts.LookupRecipient`, with the recipient domain's inbound
+    /// DMARC choice (`""`: smtp-in's `--dmarc-reject-action`).
+    ///
+    /// # Errors
+    /// Store failure.
+    pub async fn recipient(
+        &self,
+        address: &str,
+        sid: &str,
+    ) -> Result<(Recipient, String), StoreError> {
         let t = self.timeout;
         self.retry("lookup_recipient", self.attempts, |mut c| {
             let req = request(
@@ -171,12 +184,13 @@ impl Backend {
             );
             async move {
                 let resp = c.accounts.lookup_recipient(req).await?.into_inner();
-                match RecipientStatus::try_from(resp.status) {
-                    Ok(RecipientStatus::Local) => Ok(Recipient::Local),
-                    Ok(RecipientStatus::Unknown) => Ok(Recipient::Unknown),
-                    Ok(RecipientStatus::NotLocal) => Ok(Recipient::NotLocal),
-                    _ => Err(StoreError::Protocol),
-                }
+                let status = match RecipientStatus::try_from(resp.status) {
+                    Ok(RecipientStatus::Local) => Recipient::Local,
+                    Ok(RecipientStatus::Unknown) => Recipient::Unknown,
+                    Ok(RecipientStatus::NotLocal) => Recipient::NotLocal,
+                    _ => return Err(StoreError::Protocol),
+                };
+                Ok((status, resp.dmarc_reject_action))
             }
         })
         .await

@@ -32,6 +32,41 @@ pub(super) async fn create_domain(
         id: row.id as u64,
         name,
         created_at: timestamp(row.created_at),
+        dmarc_reject_action: String::new(),
+    }))
+}
+
+/// The values `domains.dmarc_reject_action` may take ("" = smtp-in's flag).
+pub const DMARC_REJECT_ACTIONS: [&str; 4] = ["", "enforce", "quarantine", "report"];
+
+pub(super) async fn set_domain_policy(
+    svc: &AccountsSvc,
+    req: Request<pb::SetDomainPolicyRequest>,
+) -> Result<Response<pb::Domain>, Status> {
+    let req = req.into_inner();
+    let name = names::domain(&req.name)?;
+    let action = req.dmarc_reject_action.trim().to_ascii_lowercase();
+    if !DMARC_REJECT_ACTIONS.contains(&action.as_str()) {
+        return Err(StoreError::invalid(
+            "dmarc_reject_action must be enforce, quarantine, report or empty",
+        )
+        .into());
+    }
+    let row = sqlx::query!(
+        "UPDATE domains SET dmarc_reject_action = $2 WHERE name = $1 \
+         RETURNING id, created_at, dmarc_reject_action",
+        &name,
+        &action
+    )
+    .fetch_optional(svc.pool())
+    .await
+    .map_err(StoreError::from)?
+    .ok_or(StoreError::NotFound("domain"))?;
+    Ok(Response::new(pb::Domain {
+        id: row.id as u64,
+        name,
+        created_at: timestamp(row.created_at),
+        dmarc_reject_action: row.dmarc_reject_action,
     }))
 }
 
@@ -67,16 +102,18 @@ pub(super) async fn list_domains(
     svc: &AccountsSvc,
     _req: Request<pb::ListDomainsRequest>,
 ) -> Result<Response<pb::ListDomainsResponse>, Status> {
-    let rows = sqlx::query!("SELECT id, name, created_at FROM domains ORDER BY name")
-        .fetch_all(svc.pool())
-        .await
-        .map_err(StoreError::from)?;
+    let rows =
+        sqlx::query!("SELECT id, name, created_at, dmarc_reject_action FROM domains ORDER BY name")
+            .fetch_all(svc.pool())
+            .await
+            .map_err(StoreError::from)?;
     let domains = rows
         .into_iter()
         .map(|r| pb::Domain {
             id: r.id as u64,
             name: r.name,
             created_at: timestamp(r.created_at),
+            dmarc_reject_action: r.dmarc_reject_action,
         })
         .collect();
     Ok(Response::new(pb::ListDomainsResponse { domains }))

@@ -84,6 +84,14 @@ impl pb::accounts_server::Accounts for AccountsSvc {
         domains::list_domains(self, _req).await
     }
 
+    async fn set_domain_policy(
+        &self,
+        req: Request<pb::SetDomainPolicyRequest>,
+    ) -> Result<Response<pb::Domain>, Status> {
+        require_admin(&req)?;
+        domains::set_domain_policy(self, req).await
+    }
+
     async fn create_user(
         &self,
         req: Request<pb::CreateUserRequest>,

@@ -149,9 +149,26 @@ pub(super) async fn lookup_recipient(
     svc: &AccountsSvc,
     req: Request<pb::LookupRecipientRequest>,
 ) -> Result<Response<pb::LookupRecipientResponse>, Status> {
-    let r = resolve(svc.pool(), &req.get_ref().address).await?;
+    let address = &req.get_ref().address;
+    let r = resolve(svc.pool(), address).await?;
+    // The recipient domain's inbound DMARC choice, for smtp-in's verdict
+    // at the end of DATA (read here so it costs no extra round trip).
+    let mut dmarc_reject_action = String::new();
+    if r.status == pb::RecipientStatus::Local as i32
+        && let Ok((_, domain)) = names::address(address)
+    {
+        dmarc_reject_action = sqlx::query_scalar!(
+            "SELECT dmarc_reject_action FROM domains WHERE name = $1",
+            domain
+        )
+        .fetch_optional(svc.pool())
+        .await
+        .map_err(StoreError::from)?
+        .unwrap_or_default();
+    }
     Ok(Response::new(pb::LookupRecipientResponse {
         status: r.status,
+        dmarc_reject_action,
     }))
 }
 

@@ -160,7 +160,7 @@ impl Session {
         &mut self,
         txn: Transaction,
         decoder: &BodyDecoder,
-        spool: Spool,
+        mut spool: Spool,
         how: &'static str,
     ) -> Reply {
         if let Some(defect) = decoder.defect() {
@@ -169,6 +169,10 @@ impl Session {
             tracing::info!(reason, size = decoder.size(), how, "message refused");
             return defect_reply(defect);
         }
+        let added = match self.screen(&txn, &mut spool.buf).await {
+            Ok(added) => added,
+            Err(reply) => return reply,
+        };
         let date = chrono::Utc::now().to_rfc2822();
         let id = format!("{}.{}", self.sid, txn.number);
         let single = (txn.rcpts.len() == 1).then(|| txn.rcpts[0].address.as_str());
@@ -189,7 +193,7 @@ impl Session {
             date: &date,
         };
         let received = stamp.render();
-        let size = (received.len() + spool.buf.len()) as u64;
+        let size = (received.len() + added.len() + spool.buf.len()) as u64;
         let header = pb::EnqueueHeader {
             kind: pb::QueueKind::Inbound.into(),
             idempotency_key: txn.key.clone(),
@@ -220,7 +224,11 @@ impl Session {
         match self
             .shared
             .backend
-            .enqueue(header, &[received.as_bytes(), &spool.buf], &self.sid)
+            .enqueue(
+                header,
+                &[received.as_bytes(), added.as_bytes(), &spool.buf],
+                &self.sid,
+            )
             .await
         {
             Ok(resp) => {

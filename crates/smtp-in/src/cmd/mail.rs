@@ -61,6 +61,7 @@ impl Session {
             rcpts: Vec::new(),
             key,
             number: self.transactions,
+            dmarc_reject: None,
         });
         codes::sender_ok()
     }

@@ -9,6 +9,7 @@ pub(crate) mod hello;
 pub(crate) mod hourly;
 pub(crate) mod mail;
 pub(crate) mod rcpt;
+pub(crate) mod screen;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -34,11 +34,7 @@ impl Session {
         if txn.rcpts.len() >= self.shared.limits.max_recipients {
             return reject_rcpt("too_many", codes::too_many_recipients());
         }
-        let status = match self
-            .shared
-            .backend
-            .lookup_recipient(&address, &self.sid)
-            .await
+        let (status, dmarc_choice) = match self.shared.backend.recipient(&address, &self.sid).await
         {
             Ok(s) => s,
             Err(e) => {
@@ -64,6 +60,14 @@ impl Session {
         let (State::Mail(mut txn) | State::Rcpt(mut txn)) = state else {
             return codes::need_mail();
         };
+        // The strictest DMARC choice among the recipients' domains decides
+        // for the message (one reply at the end of DATA answers them all).
+        if status == Recipient::Local
+            && let Some(checker) = &self.shared.inbound
+        {
+            let action = checker.dmarc_reject_action(&dmarc_choice);
+            txn.dmarc_reject = Some(txn.dmarc_reject.map_or(action, |a| a.strictest(action)));
+        }
         // A repeated recipient is accepted once (one delivery).
         if !repeated {
             txn.rcpts.push(pb::Recipient {

@@ -135,6 +135,12 @@ replies! {
     data_line_too_long = 552, Some(S::TOO_BIG), "Message rejected: text line too long";
     /// Submission: the sender is not an address of the authenticated user.
     sender_not_owned = 553, Some(S::NOT_AUTHORIZED), "Sender address rejected: not owned by authenticated user";
+    /// Submission: a `From:` header address is not the authenticated
+    /// user's (RFC 3463 X.7.1), at the end of DATA.
+    from_not_owned = 550, Some(S::new(5, 7, 1)), "From: header address not owned by authenticated user";
+    /// RFC 5321 §6.3: too many Received headers, a mail loop (RFC 3463
+    /// X.4.6 routing loop detected).
+    mail_loop = 554, Some(S::new(5, 4, 6)), "Too many Received headers: mail loop detected";
     /// RFC 6531 §3.5: non-ASCII address without SMTPUTF8.
     need_smtputf8 = 553, Some(S::NEEDS_UTF8), "Non-ASCII address requires SMTPUTF8";
     /// Relay refused (RFC 3463 X.7.1: delivery not authorized).

@@ -47,6 +47,18 @@ impl Harness {
     }
 
     pub async fn with_limits(limits: smtp_in::Limits) -> Self {
+        Self::build(limits, None).await
+    }
+
+    /// A harness whose MX runs the inbound authentication checks.
+    pub async fn with_inbound(checker: smtp_in::inbound::Checker) -> Self {
+        Self::build(limits(), Some(checker)).await
+    }
+
+    pub async fn build(
+        limits: smtp_in::Limits,
+        inbound: Option<smtp_in::inbound::Checker>,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = TestStore::start().await;
         store.add_domain(DOMAIN).await;
@@ -64,6 +76,7 @@ impl Harness {
             allow_plaintext_auth: false,
             spool: Arc::new(Semaphore::new(256 * 1024)),
             guard,
+            inbound,
         });
         Self {
             store,
