@@ -83,6 +83,11 @@ pub struct Config {
     /// Do not look up MTA-STS policies (RFC 8461); TLS stays opportunistic.
     #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_MTA_STS")]
     pub no_mta_sts: bool,
+    /// Do not look up DANE TLSA records (RFC 7672). DANE needs
+    /// `--dns-server` to name a local DNSSEC-validating resolver: its AD bit
+    /// is trusted (docs/design.md, DANE); without `--dns-server` DANE is off.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_DANE")]
+    pub no_dane: bool,
     /// TCP port of MTA-STS policy hosts (443; other values are for tests).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_MTA_STS_PORT", default_value_t = 443)]
     pub mta_sts_port: u16,

@@ -16,6 +16,9 @@
 //! - MTA-STS ([`mta_sts`], RFC 8461): `enforce` policies make TLS verified
 //!   and MX names checked, or the mail waits; smarthost AUTH only over
 //!   verified TLS.
+//! - DANE ([`dane`], RFC 7672): secure TLSA records of an MX host make TLS
+//!   authenticated by them mandatory; a mismatch, a stripped STARTTLS or a
+//!   bogus TLSA answer defers the mail (`4.7.5`), never sends it in clear.
 //! - 8-bit content to a server without 8BITMIME is converted to 7-bit
 //!   ([`downgrade`]) before DKIM signing.
 //! - SMTP client ([`client`]): EHLO, opportunistic STARTTLS (RFC 3207),
@@ -46,6 +49,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dane;
 pub mod destination;
 pub mod dkim;
 pub mod downgrade;
@@ -133,6 +137,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             config.connect_timeout.min(Duration::from_secs(60)),
         )
     });
+    let dane = match (config.no_dane, config.dns_server) {
+        (false, Some(server)) => Some(dane::Dane::new(
+            dane::SecureDns::new(server, Duration::from_millis(config.dns_timeout_ms)),
+            config.smtp_port,
+        )),
+        (false, None) => {
+            tracing::warn!("DANE is off: it needs --dns-server naming a validating resolver");
+            None
+        }
+        (true, _) => None,
+    };
     let readiness = service_kit::store_readiness(store.clone());
     let health = HealthServer::bind(config.http_listen, readiness)
         .await
@@ -154,6 +169,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         tls: (!config.no_starttls).then(client::opportunistic_tls),
         verifier,
         mta_sts,
+        dane,
         dkim: std::sync::RwLock::new(Arc::new(dkim)),
         relay_auth,
         router,

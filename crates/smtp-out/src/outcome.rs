@@ -19,6 +19,24 @@ fn status_of(text: &str, default: &str) -> String {
     mail_dsn::status_of(rest, default)
 }
 
+/// The TLS policies behind one attempt, for its event (and TLS-RPT).
+#[derive(Debug, Default)]
+pub(crate) struct Note {
+    /// MTA-STS mode applied, and (testing mode) what it would have refused.
+    pub(crate) sts: Option<(crate::mta_sts::Mode, Option<String>)>,
+    /// DANE for this host: `authenticated`, `encrypt` or `failed`.
+    pub(crate) dane: Option<&'static str>,
+}
+
+impl Note {
+    pub(crate) fn dane(label: &'static str) -> Self {
+        Self {
+            sts: None,
+            dane: Some(label),
+        }
+    }
+}
+
 impl Worker {
     pub(crate) async fn conclude(
         &self,
@@ -215,9 +233,10 @@ impl Worker {
         host: &str,
         addr: SocketAddr,
         tls: Option<&client::TlsInfo>,
-        sts: Option<(crate::mta_sts::Mode, Option<String>)>,
+        note: Note,
         reply: &str,
     ) -> Result<(), tonic::Status> {
+        let Note { sts, dane } = note;
         let mut attrs = HashMap::from([
             ("mx".to_string(), host.to_string()),
             ("ip".to_string(), addr.ip().to_string()),
@@ -241,6 +260,10 @@ impl Worker {
             if let Some(p) = problem {
                 attrs.insert("mta_sts_failure".into(), p);
             }
+        }
+        // RFC 7672: DANE applied to this host (authenticated, encrypt, failed).
+        if let Some(d) = dane {
+            attrs.insert("dane".into(), d.to_string());
         }
         self.event(job, pb::EventKind::Attempt, "", reply, attrs)
             .await

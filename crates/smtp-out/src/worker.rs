@@ -29,6 +29,8 @@ pub(crate) struct Worker {
     pub(crate) verifier: crate::client::Verifier,
     /// MTA-STS policies (RFC 8461), unless `--no-mta-sts`.
     pub(crate) mta_sts: Option<crate::mta_sts::MtaSts>,
+    /// DANE (RFC 7672), unless `--no-dane` or without `--dns-server`.
+    pub(crate) dane: Option<crate::dane::Dane>,
     /// Signing keys: `--dkim-key` files plus the active keys in the store,
     /// reloaded every minute (so `mailctl dkim rotate` needs no restart).
     pub(crate) dkim: std::sync::RwLock<Arc<dkim::Signer>>,

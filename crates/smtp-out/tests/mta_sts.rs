@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::*;
 use mailstore_api::pb;
 use test_dns::TestDns;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const MSG: &[u8] = b"From: alice@a.test\r\nTo: bob@sts.test\r\nSubject: hello\r\n\r\nHi.\r\n";
 
@@ -201,39 +200,6 @@ async fn enforce_defers_without_starttls_with_a_bad_certificate_or_a_foreign_mx(
         0,
         "a non-matching MX is not contacted"
     );
-}
-
-/// A man in the middle: forwards the session to `upstream` and rewrites
-/// `STARTTLS` in the server's replies, as seen in real downgrade attacks.
-async fn stripping_proxy(listen: SocketAddr, upstream: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.split();
-                let (mut sr, mut sw) = server.split();
-                let up = tokio::io::copy(&mut cr, &mut sw);
-                let down = async {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let n = sr.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        let text =
-                            String::from_utf8_lossy(&buf[..n]).replace("STARTTLS", "XXXXXXXA");
-                        if cw.write_all(text.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let _ = tokio::join!(up, down);
-            });
-        }
-    })
 }
 
 #[tokio::test]

@@ -150,6 +150,7 @@ async fn starttls_reply_is_read_alone() {
         connector: opportunistic_tls(),
         server_name: ServerName::try_from("mx.test").expect("name"),
         verifier: None,
+        dane: None,
     };
     let r = Connection::open(c, "out.test", Some(&tls), quick()).await;
     assert!(

@@ -351,6 +351,42 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A man in the middle: forwards the session to `upstream` and rewrites
+/// `STARTTLS` in the server's replies, as seen in real downgrade attacks.
+pub async fn stripping_proxy(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = sr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        let text =
+                            String::from_utf8_lossy(&buf[..n]).replace("STARTTLS", "XXXXXXXA");
+                        if cw.write_all(text.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::join!(up, down);
+            });
+        }
+    })
+}
+
 /// A free port on 127.0.0.1 (also used on 127.0.0.2, …, for several MX).
 pub async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -386,6 +422,7 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         allow_destinations: vec!["127.0.0.0/8".into(), "::1".into()],
         ca_file: None,
         no_mta_sts: false,
+        no_dane: false,
         mta_sts_port: 443,
         http_listen: "127.0.0.1:0".parse().unwrap(),
     }
