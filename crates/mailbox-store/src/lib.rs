@@ -60,6 +60,7 @@ pub mod queue;
 pub mod search;
 pub mod server;
 pub mod structure;
+pub mod tlsrpt;
 pub mod wire;
 
 pub use config::Config;
