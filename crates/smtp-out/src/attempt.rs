@@ -22,7 +22,7 @@ use crate::client::{self, Capabilities, ClientError, Connection, Envelope, RcptO
 use crate::dane::HostPolicy;
 use crate::downgrade;
 use crate::mta_sts::{Mode, Policy};
-use crate::outcome::Note;
+use crate::outcome::{Note, TlsReport};
 use crate::route::{Host, RouteError};
 use crate::worker::{Open, Worker, domain_of};
 
@@ -55,8 +55,55 @@ impl Demand {
             Demand::Dane(_) => Some("authenticated"),
             Demand::DaneEncrypt => Some("encrypt"),
         };
-        Note { sts, dane }
+        Note {
+            sts,
+            dane,
+            report: None,
+        }
     }
+
+    /// The RFC 8460 §4.4 policy this attempt ran under: type and text.
+    fn rpt_policy(&self, sts: Option<&Policy>) -> (&'static str, Vec<String>) {
+        match (self, sts) {
+            (Demand::Dane(r), _) => ("tlsa", r.iter().map(tlsa_string).collect()),
+            (Demand::DaneEncrypt, _) => ("tlsa", Vec::new()),
+            (_, Some(p)) => ("sts", sts_strings(p)),
+            (_, None) => ("no-policy-found", Vec::new()),
+        }
+    }
+}
+
+/// A TLSA record in presentation form (`3 1 1 ab12…`).
+fn tlsa_string(t: &crate::dane::Tlsa) -> String {
+    let hex: String = t.data.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{} {} {} {hex}", t.usage, t.selector, t.matching)
+}
+
+/// The MTA-STS policy as its lines (RFC 8460 §4.4 policy-string).
+fn sts_strings(p: &Policy) -> Vec<String> {
+    let mut v = vec![
+        "version: STSv1".to_string(),
+        format!("mode: {}", p.mode.as_str()),
+    ];
+    v.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+    v.push(format!("max_age: {}", p.max_age));
+    v
+}
+
+/// The TLS-RPT outcome of one session, for [`Note::report`].
+fn rpt(
+    domain: &str,
+    (policy_type, policy_strings): (&'static str, Vec<String>),
+    failure: Option<(&'static str, String)>,
+) -> Option<TlsReport> {
+    let (result_type, reason) = failure.unwrap_or(("", String::new()));
+    Some(TlsReport {
+        domain: domain.to_string(),
+        policy_type,
+        policy_strings,
+        result_type,
+        reason: reason.chars().take(200).collect(),
+    })
 }
 
 /// One job's message in the forms it may be sent in.
@@ -291,6 +338,11 @@ impl Worker {
     ) -> Result<Attempt, tonic::Status> {
         let sts = plan.sts.as_ref();
         let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
+        // RFC 8460: outcomes are counted under the recipients' domain.
+        let domain = pending
+            .first()
+            .map(|(_, r)| domain_of(&r.address))
+            .unwrap_or_default();
         let env = Envelope {
             mail_from: job.mail_from.clone(),
             recipients: pending.iter().map(|(_, r)| r.address.clone()).collect(),
@@ -324,7 +376,13 @@ impl Worker {
                 Some(HostPolicy::Failed(why)) => {
                     policy_failures += 1;
                     let text = format!("{host}: 4.7.5 DANE: {why}");
-                    self.attempt_event(job, host, addr, None, Note::dane("failed"), &text)
+                    let mut note = Note::dane("failed");
+                    note.report = rpt(
+                        &domain,
+                        ("tlsa", Vec::new()),
+                        Some(("dnssec-invalid", why.clone())),
+                    );
+                    self.attempt_event(job, host, addr, None, note, &text)
                         .await?;
                     errors.push(text);
                     continue;
@@ -342,10 +400,13 @@ impl Worker {
                 o.conn.quit().await;
             }
             let mut tried_fresh = !reusable;
+            // TLS-RPT counts sessions: only a connection opened here.
+            let mut new_session = false;
             loop {
                 if open.is_none() {
                     match self.connect(host, addr, &demand).await {
                         Ok(conn) => {
+                            new_session = true;
                             *open = Some(Open {
                                 host: host.to_string(),
                                 addr,
@@ -357,8 +418,22 @@ impl Worker {
                                 policy_failures += 1;
                             }
                             let text = format!("{host}[{}]: {e}", addr.ip());
-                            let note = sts.map(|p| (p.mode, None));
-                            self.attempt_event(job, host, addr, None, demand.note(note), &text)
+                            let mut note = demand.note(sts.map(|p| (p.mode, None)));
+                            let policy = demand.rpt_policy(sts);
+                            let failure = match &e {
+                                ClientError::Policy(m) => {
+                                    Some((crate::tlsrpt::classify(policy.0, m), m.clone()))
+                                }
+                                ClientError::Tls(t) => {
+                                    Some(("validation-failure", format!("TLS handshake: {t}")))
+                                }
+                                // Never reached TLS: not a TLS outcome.
+                                _ => None,
+                            };
+                            if failure.is_some() {
+                                note.report = rpt(&domain, policy, failure);
+                            }
+                            self.attempt_event(job, host, addr, None, note, &text)
                                 .await?;
                             errors.push(text);
                             break;
@@ -394,15 +469,25 @@ impl Worker {
                             // RFC 8461 §5: testing — deliver, report the failure.
                             tracing::warn!(%name, %problem, "MTA-STS (testing) would have refused this host");
                         }
-                        self.attempt_event(
-                            job,
-                            &name,
-                            addr,
-                            tls.as_ref(),
-                            demand.note(note),
-                            &summary,
-                        )
-                        .await?;
+                        let policy = demand.rpt_policy(sts);
+                        // RFC 8460 §4.3: what a policy would object to
+                        // (testing mode), or no TLS at all.
+                        let failure = match (&note, &tls) {
+                            (Some((_, Some(problem))), _) => {
+                                Some((crate::tlsrpt::classify(policy.0, problem), problem.clone()))
+                            }
+                            (_, None) => Some((
+                                "starttls-not-supported",
+                                "the server did not offer STARTTLS".to_string(),
+                            )),
+                            _ => None,
+                        };
+                        let mut note = demand.note(note);
+                        if new_session {
+                            note.report = rpt(&domain, policy, failure);
+                        }
+                        self.attempt_event(job, &name, addr, tls.as_ref(), note, &summary)
+                            .await?;
                         let results = pending
                             .iter()
                             .zip(outcomes)

@@ -88,6 +88,18 @@ pub struct Config {
     /// is trusted (docs/design.md, DANE); without `--dns-server` DANE is off.
     #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_DANE")]
     pub no_dane: bool,
+    /// Neither count TLS outcomes nor send daily TLS-RPT reports (RFC 8460).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_TLSRPT")]
+    pub no_tlsrpt: bool,
+    /// TLS-RPT organization-name (default: --hostname).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_TLSRPT_ORG")]
+    pub tlsrpt_org: Option<String>,
+    /// TLS-RPT contact-info (default: postmaster@<hostname>).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_TLSRPT_CONTACT")]
+    pub tlsrpt_contact: Option<String>,
+    /// Sender of TLS-RPT report messages (default: noreply-tlsrpt@<hostname>).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_TLSRPT_FROM")]
+    pub tlsrpt_from: Option<String>,
     /// TCP port of MTA-STS policy hosts (443; other values are for tests).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_MTA_STS_PORT", default_value_t = 443)]
     pub mta_sts_port: u16,
@@ -136,6 +148,26 @@ pub struct Config {
 ///
 /// # Errors
 /// A message for clap.
+impl Config {
+    /// Who we are in TLS-RPT reports (RFC 8460 §4.4).
+    #[must_use]
+    pub fn reporter(&self) -> crate::tlsrpt::Reporter {
+        let host = &self.hostname;
+        crate::tlsrpt::Reporter {
+            organization: self.tlsrpt_org.clone().unwrap_or_else(|| host.clone()),
+            contact: self
+                .tlsrpt_contact
+                .clone()
+                .unwrap_or_else(|| format!("postmaster@{host}")),
+            from: self
+                .tlsrpt_from
+                .clone()
+                .unwrap_or_else(|| format!("noreply-tlsrpt@{host}")),
+            submitter: host.clone(),
+        }
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {

@@ -19,6 +19,8 @@
 //! - DANE ([`dane`], RFC 7672): secure TLSA records of an MX host make TLS
 //!   authenticated by them mandatory; a mismatch, a stripped STARTTLS or a
 //!   bogus TLSA answer defers the mail (`4.7.5`), never sends it in clear.
+//! - TLS-RPT ([`tlsrpt`], RFC 8460): each attempt's TLS outcome is counted
+//!   in the store; yesterday's report goes daily to the `rua` addresses.
 //! - 8-bit content to a server without 8BITMIME is converted to 7-bit
 //!   ([`downgrade`]) before DKIM signing.
 //! - SMTP client ([`client`]): EHLO, opportunistic STARTTLS (RFC 3207),
@@ -55,6 +57,7 @@ pub mod dkim;
 pub mod downgrade;
 pub mod mta_sts;
 pub mod route;
+pub mod tlsrpt;
 
 mod attempt;
 mod outcome;
@@ -179,9 +182,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         config,
     });
     let reload = tokio::spawn(reload_dkim(worker.clone(), shutdown.clone()));
+    let reports = (!worker.config.no_tlsrpt).then(|| {
+        tokio::spawn(tlsrpt::daily(
+            worker.store.clone(),
+            worker.clone(),
+            worker.config.reporter(),
+            shutdown.clone(),
+        ))
+    });
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
     reload.abort();
+    if let Some(r) = reports {
+        r.abort();
+    }
     let _ = health.await;
     Ok(())
 }

@@ -26,15 +26,30 @@ pub(crate) struct Note {
     pub(crate) sts: Option<(crate::mta_sts::Mode, Option<String>)>,
     /// DANE for this host: `authenticated`, `encrypt` or `failed`.
     pub(crate) dane: Option<&'static str>,
+    /// The TLS outcome to count for TLS-RPT (RFC 8460); `None` when the
+    /// attempt never reached the TLS stage (or reused a counted session).
+    pub(crate) report: Option<TlsReport>,
 }
 
 impl Note {
     pub(crate) fn dane(label: &'static str) -> Self {
         Self {
-            sts: None,
             dane: Some(label),
+            ..Self::default()
         }
     }
+}
+
+/// One TLS outcome for `TlsReports.RecordTlsResult`.
+#[derive(Debug)]
+pub(crate) struct TlsReport {
+    pub(crate) domain: String,
+    /// `sts`, `tlsa` or `no-policy-found`.
+    pub(crate) policy_type: &'static str,
+    pub(crate) policy_strings: Vec<String>,
+    /// Empty for success, else an RFC 8460 §4.3 result type.
+    pub(crate) result_type: &'static str,
+    pub(crate) reason: String,
 }
 
 impl Worker {
@@ -236,7 +251,12 @@ impl Worker {
         note: Note,
         reply: &str,
     ) -> Result<(), tonic::Status> {
-        let Note { sts, dane } = note;
+        let Note { sts, dane, report } = note;
+        if let Some(r) = report
+            && !self.config.no_tlsrpt
+        {
+            self.record_tls(r, host, addr).await;
+        }
         let mut attrs = HashMap::from([
             ("mx".to_string(), host.to_string()),
             ("ip".to_string(), addr.ip().to_string()),
@@ -267,6 +287,26 @@ impl Worker {
         }
         self.event(job, pb::EventKind::Attempt, "", reply, attrs)
             .await
+    }
+
+    /// Counts one TLS outcome in the store (best effort: TLS-RPT is a
+    /// report, not a reason to hold up mail).
+    async fn record_tls(&self, r: TlsReport, host: &str, addr: SocketAddr) {
+        let req = pb::RecordTlsResultRequest {
+            result: Some(pb::TlsResult {
+                policy_domain: r.domain,
+                policy_type: r.policy_type.to_string(),
+                policy_strings: r.policy_strings,
+                mx_host: host.to_string(),
+                result_type: r.result_type.to_string(),
+                receiving_ip: addr.ip().to_string(),
+                failure_reason: r.reason,
+                ..Default::default()
+            }),
+        };
+        if let Err(e) = self.store.tls_reports.clone().record_tls_result(req).await {
+            tracing::warn!(%host, error = %e.message(), "TLS-RPT result not recorded");
+        }
     }
 
     pub(crate) async fn event(

@@ -423,6 +423,10 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         ca_file: None,
         no_mta_sts: false,
         no_dane: false,
+        no_tlsrpt: false,
+        tlsrpt_org: None,
+        tlsrpt_contact: None,
+        tlsrpt_from: None,
         mta_sts_port: 443,
         http_listen: "127.0.0.1:0".parse().unwrap(),
     }
