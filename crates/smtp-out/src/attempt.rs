@@ -45,13 +45,16 @@ pub(crate) enum Demand {
     Dane(std::sync::Arc<Vec<crate::dane::Tlsa>>),
     /// DANE with only unusable TLSA records (RFC 7672 §2.2): TLS, unauthenticated.
     DaneEncrypt,
+    /// REQUIRETLS (RFC 8689 §4.2.1) without MTA-STS or DANE: TLS verified
+    /// for the MX name (PKIX, RFC 6125).
+    RequireTls,
 }
 
 impl Demand {
     /// The event note for an attempt under this demand.
     fn note(&self, sts: Option<(Mode, Option<String>)>) -> Note {
         let dane = match self {
-            Demand::Opportunistic | Demand::MtaSts => None,
+            Demand::Opportunistic | Demand::MtaSts | Demand::RequireTls => None,
             Demand::Dane(_) => Some("authenticated"),
             Demand::DaneEncrypt => Some("encrypt"),
         };
@@ -338,6 +341,7 @@ impl Worker {
     ) -> Result<Attempt, tonic::Status> {
         let sts = plan.sts.as_ref();
         let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
+        let requiretls = job.requiretls;
         // RFC 8460: outcomes are counted under the recipients' domain.
         let domain = pending
             .first()
@@ -347,6 +351,7 @@ impl Worker {
             mail_from: job.mail_from.clone(),
             recipients: pending.iter().map(|(_, r)| r.address.clone()).collect(),
             smtputf8: job.smtputf8,
+            requiretls,
             dsn: Some(client::DsnParams {
                 envid: job.envid.clone(),
                 ret: job.ret.clone(),
@@ -388,8 +393,9 @@ impl Worker {
                     continue;
                 }
                 Some(HostPolicy::Authenticated(r)) => Demand::Dane(r.clone()),
-                Some(HostPolicy::Encrypted) if !enforce => Demand::DaneEncrypt,
+                Some(HostPolicy::Encrypted) if !enforce && !requiretls => Demand::DaneEncrypt,
                 _ if enforce => Demand::MtaSts,
+                _ if requiretls => Demand::RequireTls,
                 _ => Demand::Opportunistic,
             };
             // Reuse, or open a new connection (closing one to another host).
@@ -404,7 +410,7 @@ impl Worker {
             let mut new_session = false;
             loop {
                 if open.is_none() {
-                    match self.connect(host, addr, &demand).await {
+                    match self.connect(host, addr, &demand, requiretls).await {
                         Ok(conn) => {
                             new_session = true;
                             *open = Some(Open {
@@ -532,6 +538,24 @@ impl Worker {
                 }
             }
         }
+        // RFC 8689 §4.2.1: no host could take a REQUIRETLS message as it
+        // demands: return it (5.7.30), do not wait.
+        if requiretls && policy_failures > 0 && policy_failures == errors.len() {
+            let why: String = format!(
+                "550 5.7.30 REQUIRETLS: no MX host offers verified TLS with REQUIRETLS: {}",
+                errors.join("; ")
+            )
+            .chars()
+            .take(1500)
+            .collect();
+            return Ok(Attempt {
+                results: pending
+                    .iter()
+                    .map(|(i, _)| (*i, RcptOutcome::Failed(why.clone())))
+                    .collect(),
+                remote_dsn: false,
+            });
+        }
         // Every host stopped by a TLS policy (MTA-STS, DANE): say so in the status.
         let why = if policy_failures > 0 && policy_failures == errors.len() {
             format!(
@@ -562,6 +586,7 @@ impl Worker {
         host: &str,
         addr: SocketAddr,
         demand: &Demand,
+        requiretls: bool,
     ) -> Result<Connection<TcpStream>, ClientError> {
         let tls = self.tls.as_ref().map(|c| Tls {
             connector: c.clone(),
@@ -598,10 +623,18 @@ impl Worker {
             conn.quit().await;
             let what = match demand {
                 Demand::MtaSts => "MTA-STS policy (enforce) requires verified TLS",
+                Demand::RequireTls => "REQUIRETLS (RFC 8689) requires verified TLS",
                 Demand::Dane(_) => "DANE (RFC 7672) requires TLS matching the TLSA records",
                 _ => "DANE (RFC 7672) requires TLS",
             };
             return Err(ClientError::Policy(format!("4.7.5 {what}: {p}")));
+        }
+        if requiretls && !conn.caps.requiretls {
+            conn.quit().await;
+            return Err(ClientError::Policy(
+                "5.7.30 REQUIRETLS (RFC 8689 §4.2.1): the server does not offer REQUIRETLS"
+                    .to_string(),
+            ));
         }
         if let Some(c) = creds {
             conn.auth_plain(&c.user, &c.password, self.config.relay_auth_unverified_tls)

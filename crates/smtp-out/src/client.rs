@@ -64,6 +64,8 @@ pub struct Capabilities {
     pub dsn: bool,
     /// SASL mechanisms of the AUTH extension (RFC 4954), upper case.
     pub auth: Vec<String>,
+    /// RFC 8689 REQUIRETLS.
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -85,6 +87,7 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "CHUNKING" => caps.chunking = true,
                 "DSN" => caps.dsn = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 "AUTH" => caps
                     .auth
                     .extend(words.by_ref().map(str::to_ascii_uppercase)),

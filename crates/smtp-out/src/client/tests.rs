@@ -60,6 +60,7 @@ fn env(rcpts: &[&str]) -> Envelope {
         recipients: rcpts.iter().map(|s| (*s).to_string()).collect(),
         smtputf8: false,
         dsn: None,
+        requiretls: false,
     }
 }
 
