@@ -423,6 +423,12 @@ impl Worker {
                             if matches!(e, ClientError::Policy(_)) {
                                 policy_failures += 1;
                             }
+                            // "421 too many connections" at the greeting or EHLO.
+                            if let ClientError::Refused { reply, .. } = &e
+                                && crate::throttle::is_throttle(&reply.summary())
+                            {
+                                self.throttle.slow_down(&domain);
+                            }
                             let text = format!("{host}[{}]: {e}", addr.ip());
                             let mut note = demand.note(sts.map(|p| (p.mode, None)));
                             let policy = demand.rpt_policy(sts);
@@ -466,6 +472,18 @@ impl Worker {
                 };
                 match o.conn.send(&env, message).await {
                     Ok(outcomes) => {
+                        // Per-destination back-off (crate::throttle).
+                        let slow = outcomes.iter().any(|o| {
+                            matches!(o, RcptOutcome::Deferred(t) if crate::throttle::is_throttle(t))
+                        });
+                        if slow {
+                            self.throttle.slow_down(&domain);
+                        } else if outcomes
+                            .iter()
+                            .any(|o| matches!(o, RcptOutcome::Delivered(_)))
+                        {
+                            self.throttle.delivered(&domain);
+                        }
                         let summary = summarise(&outcomes);
                         let tls = o.conn.tls.clone();
                         let name = o.host.clone();

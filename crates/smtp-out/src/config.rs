@@ -25,6 +25,11 @@ pub struct Config {
     /// Connections at once to one destination domain (per worker).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_PER_DESTINATION", default_value_t = 2)]
     pub per_destination: usize,
+    /// First pause after a destination answers `421` or `4.7.x` "too many
+    /// connections/rate" (doubles per further refusal, at most 1 h); the
+    /// destination's connections are halved at the same time.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_THROTTLE_BACKOFF", value_parser = parse_duration, default_value = "1m")]
+    pub throttle_backoff: Duration,
     /// Messages sent over one connection before it is closed.
     #[arg(
         long,

@@ -57,6 +57,7 @@ pub mod dkim;
 pub mod downgrade;
 pub mod mta_sts;
 pub mod route;
+pub mod throttle;
 pub mod tlsrpt;
 
 mod attempt;
@@ -64,7 +65,7 @@ mod outcome;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mailstore_api::{StoreClient, pb};
@@ -177,7 +178,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         relay_auth,
         router,
         timeouts,
-        destinations: Mutex::new(HashMap::new()),
+        throttle: throttle::Throttle::new(config.per_destination, config.throttle_backoff),
         active: Arc::new(ActiveJobs::default()),
         config,
     });

@@ -84,6 +84,11 @@ pub struct Log {
     pub commands: Vec<String>,
     /// Users that authenticated successfully.
     pub authenticated: Vec<String>,
+    /// Connections open now.
+    pub open: usize,
+    /// Per connection: when it was accepted and how many were open then
+    /// (itself included).
+    pub accepted: Vec<(std::time::Instant, usize)>,
 }
 
 pub struct Mx {
@@ -109,6 +114,10 @@ impl Mx {
 
     pub fn authenticated(&self) -> Vec<String> {
         self.log.lock().unwrap().authenticated.clone()
+    }
+
+    pub fn accepted(&self) -> Vec<(std::time::Instant, usize)> {
+        self.log.lock().unwrap().accepted.clone()
     }
 
     pub fn commands(&self) -> Vec<String> {
@@ -140,12 +149,16 @@ pub async fn mx(addr: SocketAddr, script: impl Fn(usize) -> Script + Send + Sync
             let n = {
                 let mut g = l.lock().unwrap();
                 g.connections += 1;
+                g.open += 1;
+                let open = g.open;
+                g.accepted.push((std::time::Instant::now(), open));
                 g.connections - 1
             };
             let sc = script(n);
             let l = l.clone();
             tokio::spawn(async move {
-                let _ = connection(s, n, sc, l).await;
+                let _ = connection(s, n, sc, l.clone()).await;
+                l.lock().unwrap().open -= 1;
             });
         }
     });
@@ -401,6 +414,7 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         batch: 32,
         max_in_flight: 64,
         per_destination: 1,
+        throttle_backoff: Duration::from_secs(1),
         messages_per_connection: 100,
         lease_ms: 10_000,
         max_unfinished: 5,
