@@ -25,3 +25,15 @@ CREATE TABLE tls_results (
 -- RFC 8689 §4: the message must travel only over verified TLS to servers
 -- that offer REQUIRETLS. Set at submission; honoured by smtp-out.
 ALTER TABLE queue_jobs ADD COLUMN requiretls BOOLEAN NOT NULL DEFAULT false;
+
+-- MTA-STS policies (RFC 8461 §5.1) shared by every smtp-out replica and
+-- kept across restarts: the policy text as fetched, its id from the TXT
+-- record, and the end of its max_age. Expired rows are removed on write.
+CREATE TABLE mta_sts_policies (
+    domain       TEXT PRIMARY KEY,
+    policy_id    TEXT NOT NULL,
+    policy_text  TEXT NOT NULL,
+    fetched_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at   TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX mta_sts_policies_expiry ON mta_sts_policies (expires_at);

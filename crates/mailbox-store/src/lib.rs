@@ -54,6 +54,7 @@ pub mod hashing;
 pub mod janitor;
 pub mod mailboxes;
 pub mod messages;
+pub mod mta_sts;
 pub mod names;
 pub mod notify;
 pub mod queue;

@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::pb::accounts_client::AccountsClient;
 use crate::pb::guard_client::GuardClient;
 use crate::pb::mailboxes_client::MailboxesClient;
+use crate::pb::mta_sts_cache_client::MtaStsCacheClient;
 use crate::pb::queue_client::QueueClient;
 use crate::pb::tls_reports_client::TlsReportsClient;
 
@@ -58,6 +59,8 @@ pub struct StoreClient {
     pub guard: GuardClient<Authed>,
     /// Outbound TLS outcomes for TLS-RPT (RFC 8460).
     pub tls_reports: TlsReportsClient<Authed>,
+    /// MTA-STS policies shared by smtp-out replicas (RFC 8461 §5.1).
+    pub mta_sts: MtaStsCacheClient<Authed>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> 
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
         guard: GuardClient::with_interceptor(channel.clone(), auth.clone()),
-        tls_reports: TlsReportsClient::with_interceptor(channel, auth),
+        tls_reports: TlsReportsClient::with_interceptor(channel.clone(), auth.clone()),
+        mta_sts: MtaStsCacheClient::with_interceptor(channel, auth),
     })
 }

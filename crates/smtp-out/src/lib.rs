@@ -140,6 +140,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             config.mta_sts_port,
             config.connect_timeout.min(Duration::from_secs(60)),
         )
+        .with_store(store.clone())
     });
     let dane = match (config.no_dane, config.dns_server) {
         (false, Some(server)) => Some(dane::Dane::new(

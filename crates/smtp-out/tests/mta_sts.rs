@@ -325,3 +325,55 @@ async fn policy_cache_honours_id_changes_and_max_age() {
     );
     run.stop().await;
 }
+
+#[tokio::test]
+async fn policy_cached_in_the_store_survives_a_restart_and_serves_another_replica() {
+    let w = World::new().await;
+    let host = w
+        .domain(
+            "shared.test",
+            50,
+            "s1",
+            &policy("enforce", "mx.shared.test", 86_400),
+        )
+        .await;
+    let server = w.verified_mx("shared.test", 50).await;
+    let client = w.store.client();
+    let run = start(w.config());
+    let id = enqueue_outbound(&client, "alice@a.test", &["bob@shared.test"], MSG).await;
+    let d = wait_job(&client, id, 20, is_done).await;
+    assert_eq!(
+        rcpt_state(&d, 0),
+        pb::RecipientState::Delivered,
+        "{}",
+        rcpt_detail(&d, 0)
+    );
+    run.stop().await;
+    assert_eq!(host.hits(), 1);
+    let cached = client
+        .mta_sts
+        .clone()
+        .get_mta_sts_policy(pb::GetMtaStsPolicyRequest {
+            domain: "shared.test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cached.found && cached.id == "s1", "{cached:?}");
+    assert!(cached.text.contains("mode: enforce"));
+    // The policy host goes away and the MX loses STARTTLS (a downgrade).
+    drop(host);
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let downgraded = mx(at(50, w.port), |_| Script::default()).await;
+    // A new process (a restart, or another replica) with an empty memory:
+    // the policy from the store still defers the mail.
+    let run = start(w.config());
+    let id = enqueue_outbound(&client, "alice@a.test", &["bob@shared.test"], MSG).await;
+    let d = wait_job(&client, id, 20, deferred).await;
+    run.stop().await;
+    let detail = rcpt_detail(&d, 0);
+    assert!(detail.starts_with("451 4.7.5 "), "{detail}");
+    assert!(detail.contains("did not offer STARTTLS"), "{detail}");
+    assert!(downgraded.messages().is_empty(), "nothing sent in clear");
+}
