@@ -8,7 +8,8 @@
 //! `base × 2^(strikes-1)` (capped at one hour); each delivery raises the
 //! allowance by one again, up to `--per-destination`, and clears the strikes
 //! once the allowance is back to full. Jobs met during the pause are handed
-//! back to the queue for the pause's end rather than held.
+//! back to the queue for the pause's end rather than held, unless the lane
+//! holds a reusable connection (to another MX host that did not object).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

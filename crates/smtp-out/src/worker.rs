@@ -177,8 +177,14 @@ impl Worker {
         let mut open: Option<Open> = None;
         for job in jobs {
             let id = job.id;
+            // A connection this lane holds and may reuse adds no load: it
+            // goes on (another MX may have answered the 421).
+            let reusable = open
+                .as_ref()
+                .is_some_and(|o| o.conn.transactions < self.config.messages_per_connection);
             let paused = match &slot {
                 Err(until) => Some(*until),
+                Ok(_) if reusable => None,
                 Ok(_) => self.throttle.paused_until(dest),
             };
             // Paused before or while this lane works: the rest waits.
