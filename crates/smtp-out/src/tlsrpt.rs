@@ -4,13 +4,13 @@
 //!   store (`TlsReports.RecordTlsResult`) under its policy domain, policy
 //!   (`sts`, `tlsa` or `no-policy-found`, with the policy text) and result:
 //!   success, or an RFC 8460 §4.3 result type ([`classify`]).
-//! - Once a day ([`daily`]) the previous UTC day's counts become one report
-//!   per policy domain that publishes `_smtp._tls.<domain>` TXT
+//! - Once a day after 00:05 UTC, and at start ([`daily`]), the previous
+//!   UTC day's counts become one report per policy domain that publishes `_smtp._tls.<domain>` TXT
 //!   `v=TLSRPTv1; rua=…` (RFC 8460 §3): the JSON of §4.4 ([`build_report`]),
 //!   gzip-compressed (`application/tlsrpt+gzip`, §5.3), mailed to each
-//!   `mailto:` address through the store's outbound queue ([`send`]). The
-//!   `https:` method (§3, POST) is not implemented: those addresses are
-//!   skipped with a log line.
+//!   `mailto:` address through the store's outbound queue, and POSTed to
+//!   each `https:` address (§3; the host's addresses pass the destination
+//!   policy, the certificate is verified, no redirects) ([`send`]).
 //! - One replica sends: the day is claimed with the store's Guard counter
 //!   (`tlsrpt-sent`, one hit per day).
 
@@ -22,6 +22,9 @@ use chrono::{NaiveDate, Utc};
 use mailstore_api::{StoreClient, pb};
 use serde_json::{Value, json};
 
+use rustls_pki_types::ServerName;
+
+use crate::client::Verifier;
 use crate::route::Router;
 
 /// The RFC 8460 §4.3 result type for a failed TLS stage, from what the
@@ -233,16 +236,19 @@ pub fn message(
 }
 
 /// Builds and sends the reports of `day`: one per policy domain with
-/// counts and a TLSRPT record; returns the outbound job ids queued.
+/// counts and a TLSRPT record; returns the outbound job ids queued (mailto)
+/// and the URIs posted to (https).
 ///
 /// # Errors
-/// A store error (nothing is half-sent: each report is one enqueue).
+/// A store error (nothing is half-sent: each report is one enqueue). A
+/// failed POST is logged, not an error.
 pub async fn send(
     store: &StoreClient,
     router: &Router,
+    verifier: &Verifier,
     reporter: &Reporter,
     day: NaiveDate,
-) -> Result<Vec<u64>, tonic::Status> {
+) -> Result<(Vec<u64>, Vec<String>), tonic::Status> {
     let results = store
         .tls_reports
         .clone()
@@ -256,6 +262,7 @@ pub async fn send(
     let mut domains: Vec<&str> = results.iter().map(|r| r.policy_domain.as_str()).collect();
     domains.dedup();
     let mut jobs = Vec::new();
+    let mut posted = Vec::new();
     for domain in domains {
         let txt = router
             .resolver()
@@ -279,15 +286,99 @@ pub async fn send(
         let report = build_report(reporter, domain, day, &report_id, &results);
         let gz = gzip(&report);
         for uri in rua {
+            if uri.starts_with("https:") {
+                match post(router, verifier, &uri, &gz).await {
+                    Ok(()) => posted.push(uri),
+                    Err(e) => {
+                        tracing::warn!(%domain, %uri, error = %e, "TLS-RPT report not posted")
+                    }
+                }
+                continue;
+            }
             let Some(to) = uri.strip_prefix("mailto:") else {
-                tracing::info!(%domain, %uri, "TLS-RPT: only mailto: report addresses are supported");
+                tracing::info!(%domain, %uri, "TLS-RPT: unknown rua scheme");
                 continue;
             };
+            // RFC 8460 §3: a mailto: URI may carry ?headers; only the address is used.
+            let to = to.split('?').next().unwrap_or_default();
             let raw = message(reporter, to, domain, day, &report_id, &gz);
             jobs.push(enqueue(store, reporter, to, &report_id, raw).await?);
         }
     }
-    Ok(jobs)
+    Ok((jobs, posted))
+}
+
+/// Longest time one POST may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// RFC 8460 §3 (https method): POST the gzip report with
+/// `Content-Type: application/tlsrpt+gzip`; any 2xx is success.
+async fn post(router: &Router, verifier: &Verifier, uri: &str, gz: &[u8]) -> Result<(), String> {
+    let parsed: hyper::Uri = uri.parse().map_err(|e| format!("{uri}: {e}"))?;
+    if parsed.scheme_str() != Some("https") {
+        return Err("not an https URI".into());
+    }
+    let host = parsed.host().ok_or("no host")?.to_string();
+    let port = parsed.port_u16().unwrap_or(443);
+    let path = parsed
+        .path_and_query()
+        .map_or("/", hyper::http::uri::PathAndQuery::as_str)
+        .to_string();
+    // The report host is reached like an MX: no SSRF through rua=.
+    let addrs = router.allowed_addrs(&host, port).await?;
+    let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
+    let mut errors = Vec::new();
+    for addr in addrs {
+        let once = post_to(verifier, addr, &host, name.clone(), &path, gz);
+        match tokio::time::timeout(POST_TIMEOUT, once).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+            Err(_) => errors.push(format!("{addr}: timeout")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+async fn post_to(
+    verifier: &Verifier,
+    addr: std::net::SocketAddr,
+    host: &str,
+    name: ServerName<'static>,
+    path: &str,
+    gz: &[u8],
+) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let config = std::sync::Arc::new(verifier.client_config(&[b"http/1.1"]));
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "epistole-smtp-out")
+        .header(hyper::header::CONTENT_TYPE, "application/tlsrpt+gzip")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(gz)))
+        .map_err(|e| format!("request: {e}"))?;
+    let result = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))
+        .and_then(|r| {
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("HTTP status {}", r.status()))
+            }
+        });
+    driver.abort();
+    result
 }
 
 async fn enqueue(
@@ -335,16 +426,22 @@ pub(crate) async fn daily(
     shutdown: service_kit::Shutdown,
 ) {
     let router = &worker.router;
+    // At start too: a process that was down at 00:05 still sends
+    // yesterday's reports (the claim keeps it to once per day).
+    let mut first = true;
     loop {
-        let now = Utc::now();
-        let next = (now.date_naive() + chrono::Days::new(1))
-            .and_hms_opt(0, 5, 0)
-            .map_or(now, |t| t.and_utc());
-        let wait = (next - now).to_std().unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return,
+        if !first {
+            let now = Utc::now();
+            let next = (now.date_naive() + chrono::Days::new(1))
+                .and_hms_opt(0, 5, 0)
+                .map_or(now, |t| t.and_utc());
+            let wait = (next - now).to_std().unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
         }
+        first = false;
         let day = Utc::now().date_naive() - chrono::Days::new(1);
         let claim = store
             .guard
@@ -358,10 +455,16 @@ pub(crate) async fn daily(
             })
             .await;
         match claim {
-            Ok(r) if r.get_ref().allowed => match send(&store, router, &reporter, day).await {
-                Ok(jobs) => tracing::info!(%day, reports = jobs.len(), "TLS-RPT reports queued"),
-                Err(e) => tracing::warn!(%day, error = %e.message(), "TLS-RPT reports not sent"),
-            },
+            Ok(r) if r.get_ref().allowed => {
+                match send(&store, router, &worker.verifier, &reporter, day).await {
+                    Ok((jobs, posted)) => {
+                        tracing::info!(%day, mailed = jobs.len(), posted = posted.len(), "TLS-RPT reports sent")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%day, error = %e.message(), "TLS-RPT reports not sent")
+                    }
+                }
+            }
             Ok(_) => {} // another replica sends them
             Err(e) => tracing::warn!(%day, error = %e.message(), "TLS-RPT: cannot claim the day"),
         }

@@ -2,8 +2,8 @@
 //! TLSA record first does not match (a failure) and then does (a success),
 //! and to a domain without policy whose server lacks STARTTLS; the counts
 //! land in the store, and the day's report for the DANE domain is built,
-//! checked against the RFC 8460 §4.4 schema, gzip-compressed and queued to
-//! the `rua` of its `_smtp._tls` record.
+//! checked against the RFC 8460 §4.4 schema, gzip-compressed, queued to the
+//! `mailto:` and POSTed to the `https:` rua of its `_smtp._tls` record.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -105,7 +105,7 @@ fn check_schema(r: &Value) {
 }
 
 #[tokio::test]
-async fn daily_report_counts_successes_and_failures_and_is_mailed_to_rua() {
+async fn daily_report_counts_successes_and_failures_and_goes_to_every_rua() {
     let store = test_kit::TestStore::start().await;
     let dns = TestDns::start().await;
     let port = free_port().await;
@@ -118,9 +118,21 @@ async fn daily_report_counts_successes_and_failures_and_is_mailed_to_rua() {
     let tlsa = format!("_{port}._tcp.mx.rpt.test");
     dns.secure(&tlsa);
     dns.tlsa(&tlsa, 3, 1, 1, &[0x42; 32]);
+    // Reports by mail and by HTTPS POST to a collector on loopback.
+    let ca = TestCa::new();
+    let https_port = free_port().await;
+    dns.a("rua.reports.test", Ipv4Addr::new(127, 0, 0, 73));
+    let collector = https(
+        at(73, https_port),
+        &ca.leaf(&["rua.reports.test"]),
+        "thanks",
+    )
+    .await;
     dns.txt(
         "_smtp._tls.rpt.test",
-        "v=TLSRPTv1; rua=mailto:tls-reports@reports.test",
+        &format!(
+            "v=TLSRPTv1; rua=mailto:tls-reports@reports.test,https://rua.reports.test:{https_port}/v1/tlsrpt"
+        ),
     );
     let cert = TestCert::self_signed(&["mx.rpt.test"]);
     let c2 = cert.clone();
@@ -201,13 +213,30 @@ async fn daily_report_counts_successes_and_failures_and_is_mailed_to_rua() {
         Duration::from_millis(500),
         port,
         HashMap::new(),
-        smtp_out::destination::Policy::new(&[]).unwrap(),
+        smtp_out::destination::Policy::new(&["127.0.0.0/8".to_string()]).unwrap(),
     )
     .unwrap();
-    let jobs = smtp_out::tlsrpt::send(&client, &router, &reporter, today)
+    let verifier = smtp_out::client::Verifier::new(Some(&ca.pem_path)).unwrap();
+    let (jobs, posted) = smtp_out::tlsrpt::send(&client, &router, &verifier, &reporter, today)
         .await
         .unwrap();
     assert_eq!(jobs.len(), 1, "plain.test publishes no TLSRPT record");
+    assert_eq!(posted.len(), 1, "and one POST");
+    let requests = collector.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    let (head, gz) = &requests[0];
+    assert!(head.starts_with("POST /v1/tlsrpt HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/tlsrpt+gzip"),
+        "{head}"
+    );
+    let mut posted_json = String::new();
+    flate2::read::GzDecoder::new(gz.as_slice())
+        .read_to_string(&mut posted_json)
+        .unwrap();
+    let posted_report: Value = serde_json::from_str(&posted_json).unwrap();
+    check_schema(&posted_report);
     let job = job(&client, jobs[0]).await.job.unwrap();
     assert_eq!(job.mail_from, "noreply-tlsrpt@a.test");
     assert_eq!(
@@ -300,4 +329,5 @@ async fn daily_report_counts_successes_and_failures_and_is_mailed_to_rua() {
         .expect("the TLSA failure");
     assert_eq!(detail["receiving-mx-hostname"], "mx.rpt.test");
     assert_eq!(detail["receiving-ip"], "127.0.0.71");
+    assert_eq!(posted_report, report, "the same report by both methods");
 }
