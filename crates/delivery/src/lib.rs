@@ -268,6 +268,8 @@ impl Worker {
             parent_recipient_indexes: if mark_parent { vec![index] } else { Vec::new() },
             parent_worker_id: self.id.clone(),
             not_before: None,
+            // RFC 8689: the relayed copy keeps the REQUIRETLS demand.
+            requiretls: job.requiretls,
         };
         let req = pb::EnqueueRequest {
             part: Some(pb::enqueue_request::Part::Header(header)),

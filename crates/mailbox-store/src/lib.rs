@@ -54,12 +54,14 @@ pub mod hashing;
 pub mod janitor;
 pub mod mailboxes;
 pub mod messages;
+pub mod mta_sts;
 pub mod names;
 pub mod notify;
 pub mod queue;
 pub mod search;
 pub mod server;
 pub mod structure;
+pub mod tlsrpt;
 pub mod wire;
 
 pub use config::Config;

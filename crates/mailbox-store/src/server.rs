@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::db::{Store, migrate};
 use crate::hashing::{AuthCache, HashPool};
-use crate::{accounts, auth, guard, janitor, mailboxes, notify, queue};
+use crate::{accounts, auth, guard, janitor, mailboxes, mta_sts, notify, queue, tlsrpt};
 
 /// How long in-flight calls may run after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -122,6 +122,14 @@ impl Server {
         );
         let guard = pb::guard_server::GuardServer::with_interceptor(
             guard::GuardSvc::new(store.clone()),
+            auth.clone(),
+        );
+        let tls_reports = pb::tls_reports_server::TlsReportsServer::with_interceptor(
+            tlsrpt::TlsReportsSvc::new(store.clone()),
+            auth.clone(),
+        );
+        let mta_sts = pb::mta_sts_cache_server::MtaStsCacheServer::with_interceptor(
+            mta_sts::MtaStsSvc::new(store.clone()),
             auth,
         );
         let janitor = tokio::spawn(janitor::janitor(store.clone(), shutdown.clone()));
@@ -140,6 +148,8 @@ impl Server {
             .add_service(mailboxes)
             .add_service(queue)
             .add_service(guard)
+            .add_service(tls_reports)
+            .add_service(mta_sts)
             .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await });
         // On shutdown, in-flight calls get a grace period; long-lived Watch
         // and Lease streams would otherwise hold the process forever.

@@ -10,7 +10,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::pb::accounts_client::AccountsClient;
 use crate::pb::guard_client::GuardClient;
 use crate::pb::mailboxes_client::MailboxesClient;
+use crate::pb::mta_sts_cache_client::MtaStsCacheClient;
 use crate::pb::queue_client::QueueClient;
+use crate::pb::tls_reports_client::TlsReportsClient;
 
 /// Adds `authorization: Bearer <token>` to every request.
 #[derive(Clone)]
@@ -55,6 +57,10 @@ pub struct StoreClient {
     /// Limits and marks shared by every replica (rate limits, bans, the
     /// pre-greeting pass).
     pub guard: GuardClient<Authed>,
+    /// Outbound TLS outcomes for TLS-RPT (RFC 8460).
+    pub tls_reports: TlsReportsClient<Authed>,
+    /// MTA-STS policies shared by smtp-out replicas (RFC 8461 §5.1).
+    pub mta_sts: MtaStsCacheClient<Authed>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +109,8 @@ pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> 
         queue: QueueClient::with_interceptor(channel.clone(), auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
-        guard: GuardClient::with_interceptor(channel, auth),
+        guard: GuardClient::with_interceptor(channel.clone(), auth.clone()),
+        tls_reports: TlsReportsClient::with_interceptor(channel.clone(), auth.clone()),
+        mta_sts: MtaStsCacheClient::with_interceptor(channel, auth),
     })
 }

@@ -7,7 +7,9 @@
 //! ([`crate::downgrade`]). Under an MTA-STS `enforce` policy (RFC 8461
 //! §5) only matching MX hosts are tried, and only over TLS whose
 //! certificate is verified for the MX name; otherwise the recipients are
-//! deferred (`4.7.5`), never sent in the clear.
+//! deferred (`4.7.5`), never sent in the clear. DANE (RFC 7672, [`crate::dane`])
+//! works per MX host the same way: secure TLSA records demand TLS whose
+//! certificate they match, and a host whose TLSA lookup failed is skipped.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,15 +19,94 @@ use mailstore_api::pb;
 use tokio::net::TcpStream;
 
 use crate::client::{self, Capabilities, ClientError, Connection, Envelope, RcptOutcome, Tls};
+use crate::dane::HostPolicy;
 use crate::downgrade;
 use crate::mta_sts::{Mode, Policy};
+use crate::outcome::{Note, TlsReport};
 use crate::route::{Host, RouteError};
 use crate::worker::{Open, Worker, domain_of};
 
-/// Where a destination's mail goes and under which MTA-STS policy.
+/// Where a destination's mail goes and under which MTA-STS and DANE policies.
 pub(crate) struct Plan {
     pub(crate) route: Result<Vec<Host>, RouteError>,
     pub(crate) sts: Option<Policy>,
+    /// DANE per MX host name (absent: no DANE).
+    pub(crate) dane: HashMap<String, HostPolicy>,
+}
+
+/// What TLS a connection must have before anything is sent.
+#[derive(Debug, Clone)]
+pub(crate) enum Demand {
+    /// RFC 7435: TLS when offered, plaintext when not (or when it fails).
+    Opportunistic,
+    /// MTA-STS `enforce` (RFC 8461 §4.2): TLS verified for the MX name.
+    MtaSts,
+    /// DANE (RFC 7672 §3): TLS with a certificate matching the TLSA records.
+    Dane(std::sync::Arc<Vec<crate::dane::Tlsa>>),
+    /// DANE with only unusable TLSA records (RFC 7672 §2.2): TLS, unauthenticated.
+    DaneEncrypt,
+    /// REQUIRETLS (RFC 8689 §4.2.1) without MTA-STS or DANE: TLS verified
+    /// for the MX name (PKIX, RFC 6125).
+    RequireTls,
+}
+
+impl Demand {
+    /// The event note for an attempt under this demand.
+    fn note(&self, sts: Option<(Mode, Option<String>)>) -> Note {
+        let dane = match self {
+            Demand::Opportunistic | Demand::MtaSts | Demand::RequireTls => None,
+            Demand::Dane(_) => Some("authenticated"),
+            Demand::DaneEncrypt => Some("encrypt"),
+        };
+        Note {
+            sts,
+            dane,
+            report: None,
+        }
+    }
+
+    /// The RFC 8460 §4.4 policy this attempt ran under: type and text.
+    fn rpt_policy(&self, sts: Option<&Policy>) -> (&'static str, Vec<String>) {
+        match (self, sts) {
+            (Demand::Dane(r), _) => ("tlsa", r.iter().map(tlsa_string).collect()),
+            (Demand::DaneEncrypt, _) => ("tlsa", Vec::new()),
+            (_, Some(p)) => ("sts", sts_strings(p)),
+            (_, None) => ("no-policy-found", Vec::new()),
+        }
+    }
+}
+
+/// A TLSA record in presentation form (`3 1 1 ab12…`).
+fn tlsa_string(t: &crate::dane::Tlsa) -> String {
+    let hex: String = t.data.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{} {} {} {hex}", t.usage, t.selector, t.matching)
+}
+
+/// The MTA-STS policy as its lines (RFC 8460 §4.4 policy-string).
+fn sts_strings(p: &Policy) -> Vec<String> {
+    let mut v = vec![
+        "version: STSv1".to_string(),
+        format!("mode: {}", p.mode.as_str()),
+    ];
+    v.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+    v.push(format!("max_age: {}", p.max_age));
+    v
+}
+
+/// The TLS-RPT outcome of one session, for [`Note::report`].
+fn rpt(
+    domain: &str,
+    (policy_type, policy_strings): (&'static str, Vec<String>),
+    failure: Option<(&'static str, String)>,
+) -> Option<TlsReport> {
+    let (result_type, reason) = failure.unwrap_or(("", String::new()));
+    Some(TlsReport {
+        domain: domain.to_string(),
+        policy_type,
+        policy_strings,
+        result_type,
+        reason: reason.chars().take(200).collect(),
+    })
 }
 
 /// One job's message in the forms it may be sent in.
@@ -131,7 +212,13 @@ impl Worker {
             }
             _ => None,
         };
-        Plan { route, sts }
+        let dane = match (&self.dane, &route) {
+            (Some(d), Ok(hosts)) if !self.router.is_smarthost(domain) => {
+                d.policies(domain, hosts).await
+            }
+            _ => HashMap::new(),
+        };
+        Plan { route, sts, dane }
     }
 
     fn sign(&self, message: &[u8], mail_from: &str) -> Vec<u8> {
@@ -208,9 +295,7 @@ impl Worker {
             Ok(hosts) => {
                 let enforce = plan.sts.as_ref().filter(|p| p.mode == Mode::Enforce);
                 let Some(p) = enforce else {
-                    return self
-                        .attempt(job, group, payload, hosts, plan.sts.as_ref(), open)
-                        .await;
+                    return self.attempt(job, group, payload, hosts, plan, open).await;
                 };
                 // RFC 8461 §4.1: only MX hosts that match the policy.
                 let matching: Vec<Host> = hosts
@@ -237,7 +322,7 @@ impl Worker {
                         remote_dsn: false,
                     });
                 }
-                self.attempt(job, group, payload, &matching, Some(p), open)
+                self.attempt(job, group, payload, &matching, plan, open)
                     .await
             }
         }
@@ -251,14 +336,22 @@ impl Worker {
         pending: &[(usize, pb::Recipient)],
         payload: &Payload,
         hosts: &[Host],
-        sts: Option<&Policy>,
+        plan: &Plan,
         open: &mut Option<Open>,
     ) -> Result<Attempt, tonic::Status> {
+        let sts = plan.sts.as_ref();
         let enforce = sts.is_some_and(|p| p.mode == Mode::Enforce);
+        let requiretls = job.requiretls;
+        // RFC 8460: outcomes are counted under the recipients' domain.
+        let domain = pending
+            .first()
+            .map(|(_, r)| domain_of(&r.address))
+            .unwrap_or_default();
         let env = Envelope {
             mail_from: job.mail_from.clone(),
             recipients: pending.iter().map(|(_, r)| r.address.clone()).collect(),
             smtputf8: job.smtputf8,
+            requiretls,
             dsn: Some(client::DsnParams {
                 envid: job.envid.clone(),
                 ret: job.ret.clone(),
@@ -282,6 +375,29 @@ impl Worker {
             candidates.insert(0, c);
         }
         for (host, addr) in candidates {
+            // RFC 7672 §2.2: DANE, where it applies, comes before MTA-STS
+            // (RFC 8461 §2); a host whose TLSA lookup failed is not used.
+            let demand = match plan.dane.get(host) {
+                Some(HostPolicy::Failed(why)) => {
+                    policy_failures += 1;
+                    let text = format!("{host}: 4.7.5 DANE: {why}");
+                    let mut note = Note::dane("failed");
+                    note.report = rpt(
+                        &domain,
+                        ("tlsa", Vec::new()),
+                        Some(("dnssec-invalid", why.clone())),
+                    );
+                    self.attempt_event(job, host, addr, None, note, &text)
+                        .await?;
+                    errors.push(text);
+                    continue;
+                }
+                Some(HostPolicy::Authenticated(r)) => Demand::Dane(r.clone()),
+                Some(HostPolicy::Encrypted) if !enforce && !requiretls => Demand::DaneEncrypt,
+                _ if enforce => Demand::MtaSts,
+                _ if requiretls => Demand::RequireTls,
+                _ => Demand::Opportunistic,
+            };
             // Reuse, or open a new connection (closing one to another host).
             let reusable = open.as_ref().is_some_and(|o| {
                 o.addr == addr && o.conn.transactions < self.config.messages_per_connection
@@ -290,10 +406,13 @@ impl Worker {
                 o.conn.quit().await;
             }
             let mut tried_fresh = !reusable;
+            // TLS-RPT counts sessions: only a connection opened here.
+            let mut new_session = false;
             loop {
                 if open.is_none() {
-                    match self.connect(host, addr, enforce).await {
+                    match self.connect(host, addr, &demand, requiretls).await {
                         Ok(conn) => {
+                            new_session = true;
                             *open = Some(Open {
                                 host: host.to_string(),
                                 addr,
@@ -304,8 +423,28 @@ impl Worker {
                             if matches!(e, ClientError::Policy(_)) {
                                 policy_failures += 1;
                             }
+                            // "421 too many connections" at the greeting or EHLO.
+                            if let ClientError::Refused { reply, .. } = &e
+                                && crate::throttle::is_throttle(&reply.summary())
+                            {
+                                self.throttle.slow_down(&domain);
+                            }
                             let text = format!("{host}[{}]: {e}", addr.ip());
-                            let note = sts.map(|p| (p.mode, None));
+                            let mut note = demand.note(sts.map(|p| (p.mode, None)));
+                            let policy = demand.rpt_policy(sts);
+                            let failure = match &e {
+                                ClientError::Policy(m) => {
+                                    Some((crate::tlsrpt::classify(policy.0, m), m.clone()))
+                                }
+                                ClientError::Tls(t) => {
+                                    Some(("validation-failure", format!("TLS handshake: {t}")))
+                                }
+                                // Never reached TLS: not a TLS outcome.
+                                _ => None,
+                            };
+                            if failure.is_some() {
+                                note.report = rpt(&domain, policy, failure);
+                            }
                             self.attempt_event(job, host, addr, None, note, &text)
                                 .await?;
                             errors.push(text);
@@ -323,7 +462,7 @@ impl Worker {
                             summarise(std::slice::from_ref(&outcome))
                         );
                         let tls = o.conn.tls.clone();
-                        self.attempt_event(job, host, addr, tls.as_ref(), None, &text)
+                        self.attempt_event(job, host, addr, tls.as_ref(), demand.note(None), &text)
                             .await?;
                         return Ok(Attempt {
                             results: pending.iter().map(|(i, _)| (*i, outcome.clone())).collect(),
@@ -333,6 +472,18 @@ impl Worker {
                 };
                 match o.conn.send(&env, message).await {
                     Ok(outcomes) => {
+                        // Per-destination back-off (crate::throttle).
+                        let slow = outcomes.iter().any(|o| {
+                            matches!(o, RcptOutcome::Deferred(t) if crate::throttle::is_throttle(t))
+                        });
+                        if slow {
+                            self.throttle.slow_down(&domain);
+                        } else if outcomes
+                            .iter()
+                            .any(|o| matches!(o, RcptOutcome::Delivered(_)))
+                        {
+                            self.throttle.delivered(&domain);
+                        }
                         let summary = summarise(&outcomes);
                         let tls = o.conn.tls.clone();
                         let name = o.host.clone();
@@ -341,6 +492,23 @@ impl Worker {
                         if let Some((Mode::Testing, Some(problem))) = &note {
                             // RFC 8461 §5: testing — deliver, report the failure.
                             tracing::warn!(%name, %problem, "MTA-STS (testing) would have refused this host");
+                        }
+                        let policy = demand.rpt_policy(sts);
+                        // RFC 8460 §4.3: what a policy would object to
+                        // (testing mode), or no TLS at all.
+                        let failure = match (&note, &tls) {
+                            (Some((_, Some(problem))), _) => {
+                                Some((crate::tlsrpt::classify(policy.0, problem), problem.clone()))
+                            }
+                            (_, None) => Some((
+                                "starttls-not-supported",
+                                "the server did not offer STARTTLS".to_string(),
+                            )),
+                            _ => None,
+                        };
+                        let mut note = demand.note(note);
+                        if new_session {
+                            note.report = rpt(&domain, policy, failure);
                         }
                         self.attempt_event(job, &name, addr, tls.as_ref(), note, &summary)
                             .await?;
@@ -358,7 +526,7 @@ impl Worker {
                         let tls = o.conn.tls.clone();
                         *open = None;
                         let text = format!("{host}[{}]: {e}", addr.ip());
-                        self.attempt_event(job, host, addr, tls.as_ref(), None, &text)
+                        self.attempt_event(job, host, addr, tls.as_ref(), demand.note(None), &text)
                             .await?;
                         errors.push(text);
                         // Lost after the data was sent: the remote may have
@@ -388,10 +556,28 @@ impl Worker {
                 }
             }
         }
-        // Every host stopped by the MTA-STS policy: say so in the status.
+        // RFC 8689 §4.2.1: no host could take a REQUIRETLS message as it
+        // demands: return it (5.7.30), do not wait.
+        if requiretls && policy_failures > 0 && policy_failures == errors.len() {
+            let why: String = format!(
+                "550 5.7.30 REQUIRETLS: no MX host offers verified TLS with REQUIRETLS: {}",
+                errors.join("; ")
+            )
+            .chars()
+            .take(1500)
+            .collect();
+            return Ok(Attempt {
+                results: pending
+                    .iter()
+                    .map(|(i, _)| (*i, RcptOutcome::Failed(why.clone())))
+                    .collect(),
+                remote_dsn: false,
+            });
+        }
+        // Every host stopped by a TLS policy (MTA-STS, DANE): say so in the status.
         let why = if policy_failures > 0 && policy_failures == errors.len() {
             format!(
-                "451 4.7.5 MTA-STS policy not met by any host: {}",
+                "451 4.7.5 TLS policy (MTA-STS or DANE) not met by any host: {}",
                 errors.join("; ")
             )
         } else {
@@ -409,46 +595,64 @@ impl Worker {
 
     /// TCP connect, greeting, EHLO, STARTTLS; when the TLS handshake fails
     /// the host is tried once more in plaintext (RFC 7435 opportunistic),
-    /// except under an MTA-STS `enforce` policy (which also demands a
-    /// certificate verified for `host`, RFC 8461 §4.2) or with smarthost
+    /// except when `demand` asks for more than opportunistic TLS (MTA-STS
+    /// `enforce`: a certificate verified for `host`, RFC 8461 §4.2; DANE:
+    /// one matching the TLSA records, RFC 7672 §3) or with smarthost
     /// credentials to send.
     async fn connect(
         &self,
         host: &str,
         addr: SocketAddr,
-        enforce: bool,
+        demand: &Demand,
+        requiretls: bool,
     ) -> Result<Connection<TcpStream>, ClientError> {
         let tls = self.tls.as_ref().map(|c| Tls {
             connector: c.clone(),
             server_name: rustls_pki_types::ServerName::try_from(host.to_string())
                 .unwrap_or_else(|_| rustls_pki_types::ServerName::from(addr.ip())),
             verifier: Some(self.verifier.clone()),
+            dane: match demand {
+                Demand::Dane(r) => Some(r.clone()),
+                _ => None,
+            },
         });
+        let opportunistic = matches!(demand, Demand::Opportunistic);
         let stream = self.tcp(addr).await?;
         let creds = self.relay_auth.get(&host.to_ascii_lowercase());
         let opened =
             Connection::open(stream, &self.config.hostname, tls.as_ref(), self.timeouts).await;
         let mut conn = match opened {
             // Plaintext fallback, but never with credentials to send.
-            Err(ClientError::Tls(e)) if creds.is_none() && !enforce => {
+            Err(ClientError::Tls(e)) if creds.is_none() && opportunistic => {
                 tracing::info!(%host, %addr, error = %e, "TLS failed; retrying in plaintext");
                 let stream = self.tcp(addr).await?;
                 Connection::open(stream, &self.config.hostname, None, self.timeouts).await?
             }
             other => other?,
         };
-        if enforce {
-            let problem = match &conn.tls {
-                Some(t) if t.verified => None,
-                Some(t) => Some(t.verify_error.clone()),
-                None => Some("the server did not offer STARTTLS".to_string()),
+        let problem = match (demand, &conn.tls) {
+            (Demand::Opportunistic, _) | (Demand::DaneEncrypt, Some(_)) => None,
+            (_, Some(t)) if t.verified => None,
+            (_, Some(t)) => Some(t.verify_error.clone()),
+            (_, None) => Some("the server did not offer STARTTLS".to_string()),
+        };
+        if let Some(p) = problem {
+            // Nothing has been sent but EHLO: QUIT and stop here.
+            conn.quit().await;
+            let what = match demand {
+                Demand::MtaSts => "MTA-STS policy (enforce) requires verified TLS",
+                Demand::RequireTls => "REQUIRETLS (RFC 8689) requires verified TLS",
+                Demand::Dane(_) => "DANE (RFC 7672) requires TLS matching the TLSA records",
+                _ => "DANE (RFC 7672) requires TLS",
             };
-            if let Some(p) = problem {
-                conn.quit().await;
-                return Err(ClientError::Policy(format!(
-                    "4.7.5 MTA-STS policy (enforce) requires verified TLS: {p}"
-                )));
-            }
+            return Err(ClientError::Policy(format!("4.7.5 {what}: {p}")));
+        }
+        if requiretls && !conn.caps.requiretls {
+            conn.quit().await;
+            return Err(ClientError::Policy(
+                "5.7.30 REQUIRETLS (RFC 8689 §4.2.1): the server does not offer REQUIRETLS"
+                    .to_string(),
+            ));
         }
         if let Some(c) = creds {
             conn.auth_plain(&c.user, &c.password, self.config.relay_auth_unverified_tls)

@@ -64,6 +64,8 @@ pub struct Capabilities {
     pub dsn: bool,
     /// SASL mechanisms of the AUTH extension (RFC 4954), upper case.
     pub auth: Vec<String>,
+    /// RFC 8689 REQUIRETLS.
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -85,6 +87,7 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "CHUNKING" => caps.chunking = true,
                 "DSN" => caps.dsn = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 "AUTH" => caps
                     .auth
                     .extend(words.by_ref().map(str::to_ascii_uppercase)),
@@ -200,6 +203,9 @@ pub struct Tls {
     pub server_name: ServerName<'static>,
     /// Judges the presented certificate for [`TlsInfo::verified`].
     pub verifier: Option<Verifier>,
+    /// DANE TLSA records of the host (RFC 7672 §3): when present they, not
+    /// the PKIX verifier, decide [`TlsInfo::verified`].
+    pub dane: Option<std::sync::Arc<Vec<crate::dane::Tlsa>>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -253,10 +259,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .map_err(|_| ClientError::Timeout("TLS handshake"))?
                 .map_err(ClientError::Tls)?;
                 let (_, session) = stream.get_ref();
-                let verified = match (&tls.verifier, session.peer_certificates()) {
-                    (Some(v), Some(chain)) => v.verify(chain, &tls.server_name),
-                    (Some(_), None) => Err("no certificate presented".into()),
-                    (None, _) => Err("certificate not checked".into()),
+                let verified = match (&tls.dane, &tls.verifier, session.peer_certificates()) {
+                    (Some(records), _, Some(chain)) => {
+                        crate::dane::verify(records, chain, &tls.server_name)
+                    }
+                    (None, Some(v), Some(chain)) => v.verify(chain, &tls.server_name),
+                    (_, _, None) => Err("no certificate presented".into()),
+                    (None, None, _) => Err("certificate not checked".into()),
                 };
                 c.tls = Some(TlsInfo {
                     verified: verified.is_ok(),

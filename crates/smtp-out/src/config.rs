@@ -25,6 +25,11 @@ pub struct Config {
     /// Connections at once to one destination domain (per worker).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_PER_DESTINATION", default_value_t = 2)]
     pub per_destination: usize,
+    /// First pause after a destination answers `421` or `4.7.x` "too many
+    /// connections/rate" (doubles per further refusal, at most 1 h); the
+    /// destination's connections are halved at the same time.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_THROTTLE_BACKOFF", value_parser = parse_duration, default_value = "1m")]
+    pub throttle_backoff: Duration,
     /// Messages sent over one connection before it is closed.
     #[arg(
         long,
@@ -83,6 +88,23 @@ pub struct Config {
     /// Do not look up MTA-STS policies (RFC 8461); TLS stays opportunistic.
     #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_MTA_STS")]
     pub no_mta_sts: bool,
+    /// Do not look up DANE TLSA records (RFC 7672). DANE needs
+    /// `--dns-server` to name a local DNSSEC-validating resolver: its AD bit
+    /// is trusted (docs/design.md, DANE); without `--dns-server` DANE is off.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_DANE")]
+    pub no_dane: bool,
+    /// Neither count TLS outcomes nor send daily TLS-RPT reports (RFC 8460).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_TLSRPT")]
+    pub no_tlsrpt: bool,
+    /// TLS-RPT organization-name (default: --hostname).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_TLSRPT_ORG")]
+    pub tlsrpt_org: Option<String>,
+    /// TLS-RPT contact-info (default: postmaster@<hostname>).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_TLSRPT_CONTACT")]
+    pub tlsrpt_contact: Option<String>,
+    /// Sender of TLS-RPT report messages (default: noreply-tlsrpt@<hostname>).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_TLSRPT_FROM")]
+    pub tlsrpt_from: Option<String>,
     /// TCP port of MTA-STS policy hosts (443; other values are for tests).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_MTA_STS_PORT", default_value_t = 443)]
     pub mta_sts_port: u16,
@@ -131,6 +153,26 @@ pub struct Config {
 ///
 /// # Errors
 /// A message for clap.
+impl Config {
+    /// Who we are in TLS-RPT reports (RFC 8460 §4.4).
+    #[must_use]
+    pub fn reporter(&self) -> crate::tlsrpt::Reporter {
+        let host = &self.hostname;
+        crate::tlsrpt::Reporter {
+            organization: self.tlsrpt_org.clone().unwrap_or_else(|| host.clone()),
+            contact: self
+                .tlsrpt_contact
+                .clone()
+                .unwrap_or_else(|| format!("postmaster@{host}")),
+            from: self
+                .tlsrpt_from
+                .clone()
+                .unwrap_or_else(|| format!("noreply-tlsrpt@{host}")),
+            submitter: host.clone(),
+        }
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {

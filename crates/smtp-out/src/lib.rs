@@ -16,6 +16,11 @@
 //! - MTA-STS ([`mta_sts`], RFC 8461): `enforce` policies make TLS verified
 //!   and MX names checked, or the mail waits; smarthost AUTH only over
 //!   verified TLS.
+//! - DANE ([`dane`], RFC 7672): secure TLSA records of an MX host make TLS
+//!   authenticated by them mandatory; a mismatch, a stripped STARTTLS or a
+//!   bogus TLSA answer defers the mail (`4.7.5`), never sends it in clear.
+//! - TLS-RPT ([`tlsrpt`], RFC 8460): each attempt's TLS outcome is counted
+//!   in the store; yesterday's report goes daily to the `rua` addresses.
 //! - 8-bit content to a server without 8BITMIME is converted to 7-bit
 //!   ([`downgrade`]) before DKIM signing.
 //! - SMTP client ([`client`]): EHLO, opportunistic STARTTLS (RFC 3207),
@@ -46,18 +51,21 @@
 
 pub mod client;
 pub mod config;
+pub mod dane;
 pub mod destination;
 pub mod dkim;
 pub mod downgrade;
 pub mod mta_sts;
 pub mod route;
+pub mod throttle;
+pub mod tlsrpt;
 
 mod attempt;
 mod outcome;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mailstore_api::{StoreClient, pb};
@@ -132,7 +140,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             config.mta_sts_port,
             config.connect_timeout.min(Duration::from_secs(60)),
         )
+        .with_store(store.clone())
     });
+    let dane = match (config.no_dane, config.dns_server) {
+        (false, Some(server)) => Some(dane::Dane::new(
+            dane::SecureDns::new(server, Duration::from_millis(config.dns_timeout_ms)),
+            config.smtp_port,
+        )),
+        (false, None) => {
+            tracing::warn!("DANE is off: it needs --dns-server naming a validating resolver");
+            None
+        }
+        (true, _) => None,
+    };
     let readiness = service_kit::store_readiness(store.clone());
     let health = HealthServer::bind(config.http_listen, readiness)
         .await
@@ -154,18 +174,30 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         tls: (!config.no_starttls).then(client::opportunistic_tls),
         verifier,
         mta_sts,
+        dane,
         dkim: std::sync::RwLock::new(Arc::new(dkim)),
         relay_auth,
         router,
         timeouts,
-        destinations: Mutex::new(HashMap::new()),
+        throttle: throttle::Throttle::new(config.per_destination, config.throttle_backoff),
         active: Arc::new(ActiveJobs::default()),
         config,
     });
     let reload = tokio::spawn(reload_dkim(worker.clone(), shutdown.clone()));
+    let reports = (!worker.config.no_tlsrpt).then(|| {
+        tokio::spawn(tlsrpt::daily(
+            worker.store.clone(),
+            worker.clone(),
+            worker.config.reporter(),
+            shutdown.clone(),
+        ))
+    });
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
     reload.abort();
+    if let Some(r) = reports {
+        r.abort();
+    }
     let _ = health.await;
     Ok(())
 }

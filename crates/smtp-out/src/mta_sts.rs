@@ -5,11 +5,12 @@
 //! nothing is cached) the policy is fetched from
 //! `https://mta-sts.<domain>/.well-known/mta-sts.txt` (§3.3) over HTTPS
 //! with a verified certificate, without following redirects, at most 64 KiB.
-//! Policies are cached in this process's memory for their `max_age` (§5.1:
-//! a fetch failure keeps the cached policy; the TXT record missing keeps it
-//! too). The cache is per smtp-out process and lost on restart: a restart
-//! then needs the DNS and HTTPS of each domain again, the same window as a
-//! first contact.
+//! Policies are cached for their `max_age` (§5.1: a fetch failure keeps the
+//! cached policy; the TXT record missing keeps it too) in this process's
+//! memory and in the store (`MtaStsCache`, table `mta_sts_policies`), so
+//! another replica or a restarted process starts from the cached policy
+//! instead of a first contact. The store is best effort: unreachable, the
+//! memory cache alone serves.
 //!
 //! The policy host is reached like an MX: its addresses go through the
 //! destination policy (no SSRF through `mta-sts.<domain>`).
@@ -46,6 +47,8 @@ pub struct MtaSts {
     port: u16,
     timeout: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The shared cache, when there is a store.
+    store: Option<mailstore_api::StoreClient>,
 }
 
 impl MtaSts {
@@ -58,7 +61,15 @@ impl MtaSts {
             port,
             timeout,
             cache: Mutex::new(HashMap::new()),
+            store: None,
         }
+    }
+
+    /// Also keeps policies in the store's shared cache.
+    #[must_use]
+    pub fn with_store(mut self, store: mailstore_api::StoreClient) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// The policy in force for `domain`, if any (mode `none` is no policy).
@@ -67,15 +78,19 @@ impl MtaSts {
         if domain.starts_with('[') || domain.is_empty() {
             return None;
         }
-        let cached = self.cached(&domain);
+        let cached = match self.cached(&domain) {
+            Some(c) => Some(c),
+            None => self.shared(&domain).await,
+        };
         let id = self.txt_id(router, &domain).await;
         let policy = match (id, cached) {
             // §5.1: the cached policy stands while the id is unchanged.
             (Some(id), Some(c)) if c.id == id => Some(c.policy),
             (Some(id), cached) => match self.fetch(router, &domain).await {
-                Ok(p) => {
+                Ok((p, text)) => {
                     tracing::info!(%domain, %id, mode = p.mode.as_str(), max_age = p.max_age, "MTA-STS policy fetched");
-                    self.store(&domain, id, p.clone());
+                    self.share(&domain, &id, &text, p.max_age).await;
+                    self.remember(&domain, id, p.clone(), Duration::from_secs(p.max_age));
                     Some(p)
                 }
                 Err(e) => {
@@ -103,14 +118,63 @@ impl MtaSts {
         }
     }
 
-    fn store(&self, domain: &str, id: String, policy: Policy) {
+    /// The store's cached policy of `domain` (kept in memory too).
+    async fn shared(&self, domain: &str) -> Option<Cached> {
+        let store = self.store.as_ref()?;
+        let r = store
+            .mta_sts
+            .clone()
+            .get_mta_sts_policy(mailstore_api::pb::GetMtaStsPolicyRequest {
+                domain: domain.to_string(),
+            })
+            .await;
+        let r = match r {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!(%domain, error = %e.message(), "MTA-STS cache in the store unreachable");
+                return None;
+            }
+        };
+        if !r.found {
+            return None;
+        }
+        // Parsed again: the store keeps the text as fetched.
+        let policy = policy::parse_policy(&r.text).ok()?;
+        let left = Duration::from_secs(r.remaining_secs);
+        self.remember(domain, r.id.clone(), policy.clone(), left);
+        Some(Cached {
+            id: r.id,
+            policy,
+            expires: Instant::now() + left,
+        })
+    }
+
+    /// Puts a fetched policy in the store's cache (best effort).
+    async fn share(&self, domain: &str, id: &str, text: &str, max_age: u64) {
+        let Some(store) = &self.store else { return };
+        let r = store
+            .mta_sts
+            .clone()
+            .put_mta_sts_policy(mailstore_api::pb::PutMtaStsPolicyRequest {
+                domain: domain.to_string(),
+                id: id.to_string(),
+                text: text.to_string(),
+                max_age_secs: max_age,
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(%domain, error = %e.message(), "MTA-STS policy not cached in the store");
+        }
+    }
+
+    fn remember(&self, domain: &str, id: String, policy: Policy, ttl: Duration) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHED {
             let now = Instant::now();
             cache.retain(|_, c| c.expires > now);
         }
         if cache.len() < MAX_CACHED {
-            let expires = Instant::now() + Duration::from_secs(policy.max_age);
+            let expires = Instant::now() + ttl;
             cache.insert(
                 domain.to_string(),
                 Cached {
@@ -144,14 +208,14 @@ impl MtaSts {
 
     /// GET the policy from each allowed address of `mta-sts.<domain>` in
     /// turn until one answers.
-    async fn fetch(&self, router: &Router, domain: &str) -> Result<Policy, String> {
+    async fn fetch(&self, router: &Router, domain: &str) -> Result<(Policy, String), String> {
         let host = format!("mta-sts.{domain}");
         let addrs = router.allowed_addrs(&host, self.port).await?;
         let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
         let mut errors = Vec::new();
         for addr in addrs {
             match tokio::time::timeout(self.timeout, self.get(addr, &host, name.clone())).await {
-                Ok(Ok(body)) => return policy::parse_policy(&body),
+                Ok(Ok(body)) => return policy::parse_policy(&body).map(|p| (p, body)),
                 Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
                 Err(_) => errors.push(format!("{addr}: timeout")),
             }

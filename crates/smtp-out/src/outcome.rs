@@ -19,6 +19,39 @@ fn status_of(text: &str, default: &str) -> String {
     mail_dsn::status_of(rest, default)
 }
 
+/// The TLS policies behind one attempt, for its event (and TLS-RPT).
+#[derive(Debug, Default)]
+pub(crate) struct Note {
+    /// MTA-STS mode applied, and (testing mode) what it would have refused.
+    pub(crate) sts: Option<(crate::mta_sts::Mode, Option<String>)>,
+    /// DANE for this host: `authenticated`, `encrypt` or `failed`.
+    pub(crate) dane: Option<&'static str>,
+    /// The TLS outcome to count for TLS-RPT (RFC 8460); `None` when the
+    /// attempt never reached the TLS stage (or reused a counted session).
+    pub(crate) report: Option<TlsReport>,
+}
+
+impl Note {
+    pub(crate) fn dane(label: &'static str) -> Self {
+        Self {
+            dane: Some(label),
+            ..Self::default()
+        }
+    }
+}
+
+/// One TLS outcome for `TlsReports.RecordTlsResult`.
+#[derive(Debug)]
+pub(crate) struct TlsReport {
+    pub(crate) domain: String,
+    /// `sts`, `tlsa` or `no-policy-found`.
+    pub(crate) policy_type: &'static str,
+    pub(crate) policy_strings: Vec<String>,
+    /// Empty for success, else an RFC 8460 §4.3 result type.
+    pub(crate) result_type: &'static str,
+    pub(crate) reason: String,
+}
+
 impl Worker {
     pub(crate) async fn conclude(
         &self,
@@ -215,9 +248,15 @@ impl Worker {
         host: &str,
         addr: SocketAddr,
         tls: Option<&client::TlsInfo>,
-        sts: Option<(crate::mta_sts::Mode, Option<String>)>,
+        note: Note,
         reply: &str,
     ) -> Result<(), tonic::Status> {
+        let Note { sts, dane, report } = note;
+        if let Some(r) = report
+            && !self.config.no_tlsrpt
+        {
+            self.record_tls(r, host, addr).await;
+        }
         let mut attrs = HashMap::from([
             ("mx".to_string(), host.to_string()),
             ("ip".to_string(), addr.ip().to_string()),
@@ -242,8 +281,32 @@ impl Worker {
                 attrs.insert("mta_sts_failure".into(), p);
             }
         }
+        // RFC 7672: DANE applied to this host (authenticated, encrypt, failed).
+        if let Some(d) = dane {
+            attrs.insert("dane".into(), d.to_string());
+        }
         self.event(job, pb::EventKind::Attempt, "", reply, attrs)
             .await
+    }
+
+    /// Counts one TLS outcome in the store (best effort: TLS-RPT is a
+    /// report, not a reason to hold up mail).
+    async fn record_tls(&self, r: TlsReport, host: &str, addr: SocketAddr) {
+        let req = pb::RecordTlsResultRequest {
+            result: Some(pb::TlsResult {
+                policy_domain: r.domain,
+                policy_type: r.policy_type.to_string(),
+                policy_strings: r.policy_strings,
+                mx_host: host.to_string(),
+                result_type: r.result_type.to_string(),
+                receiving_ip: addr.ip().to_string(),
+                failure_reason: r.reason,
+                ..Default::default()
+            }),
+        };
+        if let Err(e) = self.store.tls_reports.clone().record_tls_result(req).await {
+            tracing::warn!(%host, error = %e.message(), "TLS-RPT result not recorded");
+        }
     }
 
     pub(crate) async fn event(

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mailstore_api::{StoreClient, pb};
@@ -29,14 +29,16 @@ pub(crate) struct Worker {
     pub(crate) verifier: crate::client::Verifier,
     /// MTA-STS policies (RFC 8461), unless `--no-mta-sts`.
     pub(crate) mta_sts: Option<crate::mta_sts::MtaSts>,
+    /// DANE (RFC 7672), unless `--no-dane` or without `--dns-server`.
+    pub(crate) dane: Option<crate::dane::Dane>,
     /// Signing keys: `--dkim-key` files plus the active keys in the store,
     /// reloaded every minute (so `mailctl dkim rotate` needs no restart).
     pub(crate) dkim: std::sync::RwLock<Arc<dkim::Signer>>,
     /// Smarthost credentials by host name.
     pub(crate) relay_auth: HashMap<String, Credentials>,
     pub(crate) timeouts: Timeouts,
-    /// Per-destination connection limits.
-    pub(crate) destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per-destination connection limits and back-off.
+    pub(crate) throttle: crate::throttle::Throttle,
     /// Per-job queue calls as this worker.
     pub(crate) jobs: Jobs,
     /// Jobs leased and being worked on (their leases are renewed).
@@ -156,16 +158,6 @@ impl Worker {
         shortest.clamp(100, 20_000)
     }
 
-    fn destination_limit(&self, dest: &str) -> Arc<Semaphore> {
-        let mut d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-        if d.len() > 10_000 {
-            d.retain(|_, s| Arc::strong_count(s) > 1);
-        }
-        d.entry(dest.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_destination.max(1))))
-            .clone()
-    }
-
     /// Works a lane of jobs for one destination over one reused connection.
     async fn work_lane(&self, dest: &str, jobs: Vec<pb::Job>, shutdown: &Shutdown) {
         let span = tracing::info_span!("destination", domain = %dest);
@@ -175,12 +167,32 @@ impl Worker {
     }
 
     async fn work_lane_inner(&self, dest: &str, jobs: Vec<pb::Job>, shutdown: &Shutdown) {
-        let limit = self.destination_limit(dest);
-        let _permit = limit.acquire_owned().await;
-        let plan = self.plan(dest).await;
+        // The destination's allowance (halved while it asks us to slow
+        // down); paused: every job back to the queue for the pause's end.
+        let slot = self.throttle.enter(dest).await;
+        let plan = match &slot {
+            Ok(_) => Some(self.plan(dest).await),
+            Err(_) => None,
+        };
         let mut open: Option<Open> = None;
         for job in jobs {
             let id = job.id;
+            // A connection this lane holds and may reuse adds no load: it
+            // goes on (another MX may have answered the 421).
+            let reusable = open
+                .as_ref()
+                .is_some_and(|o| o.conn.transactions < self.config.messages_per_connection);
+            let paused = match &slot {
+                Err(until) => Some(*until),
+                Ok(_) if reusable => None,
+                Ok(_) => self.throttle.paused_until(dest),
+            };
+            // Paused before or while this lane works: the rest waits.
+            if let Some(until) = paused {
+                self.hand_back(&job, until).await;
+                continue;
+            }
+            let Some(plan) = plan.as_ref() else { continue };
             if shutdown.is_cancelled() {
                 // Not started: hand it back at once rather than holding the
                 // lease until it expires.
@@ -195,7 +207,7 @@ impl Worker {
                 self.active.remove(id);
                 continue;
             }
-            if let Err(e) = self.work_job(dest, job, &plan, &mut open).await {
+            if let Err(e) = self.work_job(dest, job, plan, &mut open).await {
                 tracing::warn!(job = id, error = %e.message(), "job left for retry after a store error");
             }
             self.active.remove(id);
@@ -203,6 +215,25 @@ impl Worker {
         if let Some(o) = open.take() {
             o.conn.quit().await;
         }
+    }
+
+    /// Returns a job not attempted because its destination is paused, to be
+    /// leased again when the pause ends (no recipient result changes).
+    async fn hand_back(&self, job: &pb::Job, until: tokio::time::Instant) {
+        let wait = until.saturating_duration_since(tokio::time::Instant::now());
+        let at = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        if let Err(e) = self
+            .finish(
+                job,
+                pb::FinishOutcome::Retry,
+                Some(at),
+                "4.7.0 the destination asked us to slow down (421); backing off",
+            )
+            .await
+        {
+            tracing::warn!(job = job.id, error = %e.message(), "job not handed back");
+        }
+        self.active.remove(job.id);
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::*;
 use mailstore_api::pb;
 use test_dns::TestDns;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const MSG: &[u8] = b"From: alice@a.test\r\nTo: bob@sts.test\r\nSubject: hello\r\n\r\nHi.\r\n";
 
@@ -203,39 +202,6 @@ async fn enforce_defers_without_starttls_with_a_bad_certificate_or_a_foreign_mx(
     );
 }
 
-/// A man in the middle: forwards the session to `upstream` and rewrites
-/// `STARTTLS` in the server's replies, as seen in real downgrade attacks.
-async fn stripping_proxy(listen: SocketAddr, upstream: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.split();
-                let (mut sr, mut sw) = server.split();
-                let up = tokio::io::copy(&mut cr, &mut sw);
-                let down = async {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let n = sr.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        let text =
-                            String::from_utf8_lossy(&buf[..n]).replace("STARTTLS", "XXXXXXXA");
-                        if cw.write_all(text.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let _ = tokio::join!(up, down);
-            });
-        }
-    })
-}
-
 #[tokio::test]
 async fn starttls_stripped_by_a_man_in_the_middle_is_deferred_not_downgraded() {
     let w = World::new().await;
@@ -358,4 +324,56 @@ async fn policy_cache_honours_id_changes_and_max_age() {
         rcpt_detail(&d, 0)
     );
     run.stop().await;
+}
+
+#[tokio::test]
+async fn policy_cached_in_the_store_survives_a_restart_and_serves_another_replica() {
+    let w = World::new().await;
+    let host = w
+        .domain(
+            "shared.test",
+            50,
+            "s1",
+            &policy("enforce", "mx.shared.test", 86_400),
+        )
+        .await;
+    let server = w.verified_mx("shared.test", 50).await;
+    let client = w.store.client();
+    let run = start(w.config());
+    let id = enqueue_outbound(&client, "alice@a.test", &["bob@shared.test"], MSG).await;
+    let d = wait_job(&client, id, 20, is_done).await;
+    assert_eq!(
+        rcpt_state(&d, 0),
+        pb::RecipientState::Delivered,
+        "{}",
+        rcpt_detail(&d, 0)
+    );
+    run.stop().await;
+    assert_eq!(host.hits(), 1);
+    let cached = client
+        .mta_sts
+        .clone()
+        .get_mta_sts_policy(pb::GetMtaStsPolicyRequest {
+            domain: "shared.test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cached.found && cached.id == "s1", "{cached:?}");
+    assert!(cached.text.contains("mode: enforce"));
+    // The policy host goes away and the MX loses STARTTLS (a downgrade).
+    drop(host);
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let downgraded = mx(at(50, w.port), |_| Script::default()).await;
+    // A new process (a restart, or another replica) with an empty memory:
+    // the policy from the store still defers the mail.
+    let run = start(w.config());
+    let id = enqueue_outbound(&client, "alice@a.test", &["bob@shared.test"], MSG).await;
+    let d = wait_job(&client, id, 20, deferred).await;
+    run.stop().await;
+    let detail = rcpt_detail(&d, 0);
+    assert!(detail.starts_with("451 4.7.5 "), "{detail}");
+    assert!(detail.contains("did not offer STARTTLS"), "{detail}");
+    assert!(downgraded.messages().is_empty(), "nothing sent in clear");
 }

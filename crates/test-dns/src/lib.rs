@@ -2,9 +2,15 @@
 //!
 //! A minimal authoritative DNS responder (RFC 1035 wire format, UDP and TCP)
 //! for tests, on 127.0.0.1 and an ephemeral port. It serves MX, A, AAAA and
-//! TXT records set by the test; a name with no records is NXDOMAIN, a name
-//! with records of other types is NODATA (NOERROR, empty answer). Names can
-//! also be made to answer SERVFAIL or to stay silent (a timeout).
+//! TXT and TLSA records set by the test; a name with no records is NXDOMAIN,
+//! a name with records of other types is NODATA (NOERROR, empty answer).
+//! Names can also be made to answer SERVFAIL or to stay silent (a timeout).
+//!
+//! DNSSEC is not signed here: a name marked [`TestDns::secure`] answers
+//! with the AD bit set (RFC 4035 §3.2.3), as a validating resolver does for
+//! data it validated; SERVFAIL is what such a resolver answers for bogus
+//! data. That is all a client that trusts its resolver's AD bit
+//! (RFC 6698 §4.1, RFC 7672 §2.1.1) can see.
 //!
 //! ```no_run
 //! # async fn f() {
@@ -32,6 +38,7 @@ const TYPE_A: u16 = 1;
 const TYPE_MX: u16 = 15;
 const TYPE_TXT: u16 = 16;
 const TYPE_AAAA: u16 = 28;
+const TYPE_TLSA: u16 = 52;
 
 const RCODE_NOERROR: u8 = 0;
 const RCODE_FORMERR: u8 = 1;
@@ -42,10 +49,20 @@ const RCODE_NOTIMP: u8 = 4;
 /// One record's data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Mx { preference: u16, exchange: String },
+    Mx {
+        preference: u16,
+        exchange: String,
+    },
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    /// RFC 6698 §2.1: usage, selector, matching type, association data.
+    Tlsa {
+        usage: u8,
+        selector: u8,
+        matching: u8,
+        data: Vec<u8>,
+    },
 }
 
 impl Record {
@@ -55,6 +72,7 @@ impl Record {
             Record::A(_) => TYPE_A,
             Record::Aaaa(_) => TYPE_AAAA,
             Record::Txt(_) => TYPE_TXT,
+            Record::Tlsa { .. } => TYPE_TLSA,
         }
     }
 
@@ -83,6 +101,16 @@ impl Record {
                 }
                 v
             }
+            Record::Tlsa {
+                usage,
+                selector,
+                matching,
+                data,
+            } => {
+                let mut v = vec![*usage, *selector, *matching];
+                v.extend_from_slice(data);
+                v
+            }
         }
     }
 }
@@ -98,6 +126,8 @@ enum Behaviour {
 struct Zone {
     records: HashMap<String, Vec<Record>>,
     special: HashMap<String, Behaviour>,
+    /// Names whose answers carry the AD bit.
+    secure: std::collections::HashSet<String>,
     queries: u64,
 }
 
@@ -229,11 +259,31 @@ impl TestDns {
         self.add(name, Record::Txt(text.to_string()));
     }
 
+    /// Adds a TLSA record (RFC 6698 §2.1), e.g. at `_25._tcp.mx.b.test`.
+    pub fn tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) {
+        self.add(
+            name,
+            Record::Tlsa {
+                usage,
+                selector,
+                matching,
+                data: data.to_vec(),
+            },
+        );
+    }
+
+    /// Answers for the name (records, NODATA or NXDOMAIN) carry the AD
+    /// bit: a validating resolver found them DNSSEC-secure.
+    pub fn secure(&self, name: &str) {
+        self.with(|z| z.secure.insert(key(name)));
+    }
+
     /// Removes every record of a name (it becomes NXDOMAIN).
     pub fn remove(&self, name: &str) {
         self.with(|z| {
             z.records.remove(&key(name));
             z.special.remove(&key(name));
+            z.secure.remove(&key(name));
         });
     }
 
@@ -321,7 +371,7 @@ fn answer(zone: &Mutex<Zone>, q: &[u8]) -> Option<Vec<u8>> {
         let mut h = Vec::with_capacity(512);
         h.extend_from_slice(&id);
         h.push(0x80 | (opcode << 3) | 0x04 | rd); // QR, AA
-        h.push(0x80 | rcode); // RA
+        h.push(0x80 | rcode); // RA (AD is set below for secure names)
         h.extend_from_slice(&1u16.to_be_bytes());
         h.extend_from_slice(&an.to_be_bytes());
         h.extend_from_slice(&0u16.to_be_bytes());
@@ -358,8 +408,11 @@ fn answer(zone: &Mutex<Zone>, q: &[u8]) -> Option<Vec<u8>> {
         }
         None => {}
     }
+    // RFC 4035 §3.2.3 / RFC 6840 §5.8: AD only for validated (secure) data.
+    let ad = if z.secure.contains(&name) { 0x20 } else { 0 };
     let Some(records) = z.records.get(&name) else {
         let mut r = header(RCODE_NXDOMAIN, 0);
+        r[3] |= ad;
         r.extend_from_slice(question);
         return Some(r);
     };
@@ -368,6 +421,7 @@ fn answer(zone: &Mutex<Zone>, q: &[u8]) -> Option<Vec<u8>> {
         RCODE_NOERROR,
         u16::try_from(matching.len()).unwrap_or(u16::MAX),
     );
+    r[3] |= ad;
     r.extend_from_slice(question);
     for rec in matching {
         r.extend_from_slice(&[0xC0, 0x0C]); // pointer to the question name
@@ -458,5 +512,45 @@ mod tests {
         let e = r.mx_lookup("slow.test.").await.expect_err("timeout");
         assert!(!e.is_no_records_found(), "{e:?}");
         assert!(dns.queries() >= 6);
+    }
+
+    #[tokio::test]
+    async fn serves_tlsa_and_sets_ad_only_for_secure_names() {
+        use hickory_resolver::proto::op::{Message, Query};
+        use hickory_resolver::proto::rr::{Name, RecordType};
+        let dns = TestDns::start().await;
+        dns.tlsa("_25._tcp.mx.b.test", 3, 1, 1, &[0xAB; 32]);
+        dns.secure("_25._tcp.mx.b.test");
+        dns.a("mx.b.test", Ipv4Addr::new(127, 0, 0, 3));
+        let ask = |name: &str, rtype: RecordType| {
+            let mut m = Message::query();
+            m.metadata.id = 7;
+            m.metadata.recursion_desired = true;
+            m.metadata.authentic_data = true;
+            m.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+            m.to_vec().expect("encode")
+        };
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        sock.send_to(&ask("_25._tcp.mx.b.test.", RecordType::TLSA), dns.addr)
+            .await
+            .expect("send");
+        let mut buf = vec![0u8; 1500];
+        let n = sock.recv(&mut buf).await.expect("recv");
+        let m = Message::from_vec(&buf[..n]).expect("decode");
+        assert!(m.metadata.authentic_data, "secure name: AD");
+        let RData::TLSA(t) = &m.answers[0].data else {
+            panic!("not TLSA: {:?}", m.answers);
+        };
+        assert_eq!(u8::from(t.cert_usage), 3);
+        assert_eq!(u8::from(t.selector), 1);
+        assert_eq!(u8::from(t.matching), 1);
+        assert_eq!(t.cert_data, vec![0xAB; 32]);
+        sock.send_to(&ask("mx.b.test.", RecordType::A), dns.addr)
+            .await
+            .expect("send");
+        let n = sock.recv(&mut buf).await.expect("recv");
+        let m = Message::from_vec(&buf[..n]).expect("decode");
+        assert!(!m.metadata.authentic_data, "insecure name: no AD");
+        assert_eq!(m.answers.len(), 1);
     }
 }

@@ -11,6 +11,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// RFC 3461 parameters, passed on when the server offers DSN.
     pub dsn: Option<DsnParams>,
+    /// RFC 8689 §4.1: send `REQUIRETLS` with MAIL (the caller has checked
+    /// that the session is verified TLS and the server offers it).
+    pub requiretls: bool,
 }
 
 /// RFC 3461 DSN parameters of one message.

@@ -60,6 +60,7 @@ fn env(rcpts: &[&str]) -> Envelope {
         recipients: rcpts.iter().map(|s| (*s).to_string()).collect(),
         smtputf8: false,
         dsn: None,
+        requiretls: false,
     }
 }
 
@@ -150,6 +151,7 @@ async fn starttls_reply_is_read_alone() {
         connector: opportunistic_tls(),
         server_name: ServerName::try_from("mx.test").expect("name"),
         verifier: None,
+        dane: None,
     };
     let r = Connection::open(c, "out.test", Some(&tls), quick()).await;
     assert!(

@@ -85,6 +85,10 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Connection<S> {
         if (env.smtputf8 || non_ascii_envelope) && self.caps.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        // RFC 8689 §4.1 (never to a server that did not offer it).
+        if env.requiretls && self.caps.requiretls {
+            mail.push_str(" REQUIRETLS");
+        }
         // RFC 3461: the remote takes over DSN duties when it offers DSN.
         let dsn = env.dsn.as_ref().filter(|_| self.caps.dsn);
         if let Some(d) = dsn {

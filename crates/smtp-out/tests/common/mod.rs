@@ -84,6 +84,11 @@ pub struct Log {
     pub commands: Vec<String>,
     /// Users that authenticated successfully.
     pub authenticated: Vec<String>,
+    /// Connections open now.
+    pub open: usize,
+    /// Per connection: when it was accepted and how many were open then
+    /// (itself included).
+    pub accepted: Vec<(std::time::Instant, usize)>,
 }
 
 pub struct Mx {
@@ -109,6 +114,10 @@ impl Mx {
 
     pub fn authenticated(&self) -> Vec<String> {
         self.log.lock().unwrap().authenticated.clone()
+    }
+
+    pub fn accepted(&self) -> Vec<(std::time::Instant, usize)> {
+        self.log.lock().unwrap().accepted.clone()
     }
 
     pub fn commands(&self) -> Vec<String> {
@@ -140,12 +149,16 @@ pub async fn mx(addr: SocketAddr, script: impl Fn(usize) -> Script + Send + Sync
             let n = {
                 let mut g = l.lock().unwrap();
                 g.connections += 1;
+                g.open += 1;
+                let open = g.open;
+                g.accepted.push((std::time::Instant::now(), open));
                 g.connections - 1
             };
             let sc = script(n);
             let l = l.clone();
             tokio::spawn(async move {
-                let _ = connection(s, n, sc, l).await;
+                let _ = connection(s, n, sc, l.clone()).await;
+                l.lock().unwrap().open -= 1;
             });
         }
     });
@@ -351,6 +364,42 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A man in the middle: forwards the session to `upstream` and rewrites
+/// `STARTTLS` in the server's replies, as seen in real downgrade attacks.
+pub async fn stripping_proxy(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = sr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        let text =
+                            String::from_utf8_lossy(&buf[..n]).replace("STARTTLS", "XXXXXXXA");
+                        if cw.write_all(text.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::join!(up, down);
+            });
+        }
+    })
+}
+
 /// A free port on 127.0.0.1 (also used on 127.0.0.2, …, for several MX).
 pub async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -365,6 +414,7 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         batch: 32,
         max_in_flight: 64,
         per_destination: 1,
+        throttle_backoff: Duration::from_secs(1),
         messages_per_connection: 100,
         lease_ms: 10_000,
         max_unfinished: 5,
@@ -386,6 +436,11 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         allow_destinations: vec!["127.0.0.0/8".into(), "::1".into()],
         ca_file: None,
         no_mta_sts: false,
+        no_dane: false,
+        no_tlsrpt: false,
+        tlsrpt_org: None,
+        tlsrpt_contact: None,
+        tlsrpt_from: None,
         mta_sts_port: 443,
         http_listen: "127.0.0.1:0".parse().unwrap(),
     }

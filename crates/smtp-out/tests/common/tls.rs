@@ -104,6 +104,9 @@ impl TestCa {
     }
 }
 
+/// One request an [`Https`] server received: head and body.
+pub type Request = (String, Vec<u8>);
+
 /// An HTTPS server answering every request with one response.
 pub struct Https {
     pub addr: SocketAddr,
@@ -111,6 +114,8 @@ pub struct Https {
     pub hits: Arc<AtomicUsize>,
     /// The body served (changeable by the test).
     pub body: Arc<Mutex<String>>,
+    /// Every request received: head and body (by Content-Length).
+    pub requests: Arc<Mutex<Vec<Request>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -137,13 +142,14 @@ pub async fn https(addr: SocketAddr, cert: &TestCert, body: &str) -> Https {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config(&[b"http/1.1"])));
     let hits = Arc::new(AtomicUsize::new(0));
     let body = Arc::new(Mutex::new(body.to_string()));
-    let (h, b) = (hits.clone(), body.clone());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (h, b, rq) = (hits.clone(), body.clone(), requests.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
-            let (acceptor, h, b) = (acceptor.clone(), h.clone(), b.clone());
+            let (acceptor, h, b, rq) = (acceptor.clone(), h.clone(), b.clone(), rq.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(s).await else {
                     return;
@@ -156,6 +162,26 @@ pub async fn https(addr: SocketAddr, cert: &TestCert, body: &str) -> Https {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
+                let end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let head = String::from_utf8_lossy(&req[..end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())
+                            .flatten()
+                    })
+                    .unwrap_or(0)
+                    .min(1 << 20);
+                let mut content = req[end..].to_vec();
+                while content.len() < length {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => content.extend_from_slice(&buf[..n]),
+                    }
+                }
+                rq.lock().unwrap().push((head, content));
                 h.fetch_add(1, Ordering::SeqCst);
                 let text = b.lock().unwrap().clone();
                 let response = format!(
@@ -171,6 +197,7 @@ pub async fn https(addr: SocketAddr, cert: &TestCert, body: &str) -> Https {
         addr,
         hits,
         body,
+        requests,
         task,
     }
 }
