@@ -364,6 +364,93 @@ async fn inbox(store: &TestStore, user: u64) -> Vec<(u32, u64, usize)> {
     out
 }
 
+/// A raw IMAP session as alice (plaintext on loopback).
+struct Imap {
+    r: BufReader<TcpStream>,
+    tag: u32,
+}
+
+impl Imap {
+    async fn connect(port: u16) -> Option<Self> {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut imap = Self {
+            r: BufReader::new(s),
+            tag: 0,
+        };
+        imap.line().await?;
+        imap.run("LOGIN alice@a.test pw-alice").await?;
+        imap.run("SELECT INBOX").await?;
+        Some(imap)
+    }
+
+    async fn line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), self.r.read_line(&mut l))
+            .await
+            .ok()?
+            .ok()?;
+        (n > 0).then_some(l)
+    }
+
+    /// Runs a command; the untagged lines when it ends OK.
+    async fn run(&mut self, cmd: &str) -> Option<Vec<String>> {
+        self.tag += 1;
+        let tag = format!("t{}", self.tag);
+        self.r
+            .get_mut()
+            .write_all(format!("{tag} {cmd}\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut untagged = Vec::new();
+        loop {
+            let l = self.line().await?;
+            if let Some(rest) = l.strip_prefix(&format!("{tag} ")) {
+                return rest.starts_with("OK").then_some(untagged);
+            }
+            untagged.push(l);
+        }
+    }
+
+    /// The UIDs of the selected mailbox, by `UID SEARCH ALL`.
+    async fn uids(&mut self) -> Option<Vec<u32>> {
+        let lines = self.run("UID SEARCH ALL").await?;
+        let mut uids: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("* SEARCH"))
+            .flat_map(|l| l.split_whitespace().filter_map(|u| u.parse().ok()))
+            .collect();
+        uids.sort_unstable();
+        Some(uids)
+    }
+}
+
+async fn pop3_say(r: &mut BufReader<TcpStream>, cmd: Option<&str>) -> Option<String> {
+    if let Some(c) = cmd {
+        r.get_mut()
+            .write_all(format!("{c}\r\n").as_bytes())
+            .await
+            .ok()?;
+    }
+    let mut l = String::new();
+    tokio::time::timeout(Duration::from_secs(30), r.read_line(&mut l))
+        .await
+        .ok()?
+        .ok()?;
+    l.starts_with("+OK").then_some(l)
+}
+
+/// `STAT`'s message count for bob over POP3.
+async fn pop3_count(port: u16) -> Option<usize> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut r = BufReader::new(s);
+    pop3_say(&mut r, None).await?;
+    pop3_say(&mut r, Some("USER bob@a.test")).await?;
+    pop3_say(&mut r, Some("PASS pw-bob")).await?;
+    let stat = pop3_say(&mut r, Some("STAT")).await?;
+    let _ = pop3_say(&mut r, Some("QUIT")).await;
+    stat.split_whitespace().nth(1)?.parse().ok()
+}
+
 async fn unfinished(store: &TestStore) -> usize {
     let mut n = 0;
     for kind in [pb::QueueKind::Inbound, pb::QueueKind::Outbound] {
@@ -507,6 +594,57 @@ async fn run(seed: u64, seconds: u64) {
     for w in &mut workers {
         w.start().await;
     }
+    let (imap_port, pop3_port) = (free_port(), free_port());
+    let (imap_listen, pop3_listen) = (
+        format!("127.0.0.1:{imap_port}"),
+        format!("127.0.0.1:{pop3_port}"),
+    );
+    let mut access = Vec::new();
+    for (name, listen) in [("imap", &imap_listen), ("pop3", &pop3_listen)] {
+        let mut p = Proc::new(
+            name,
+            &[
+                "--log",
+                "warn",
+                name,
+                "--listen",
+                listen,
+                "--listen-tls",
+                "off",
+                "--http-listen",
+                "off",
+                "--allow-plaintext-auth",
+                "--auth-failure-delay-ms",
+                "0",
+            ],
+            &env,
+        );
+        p.start().await;
+        access.push(p);
+    }
+    // An IMAP client that stays connected through the faults, polling with
+    // NOOP; it reconnects when its server is killed (counted).
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = watching.clone();
+        tokio::spawn(async move {
+            let mut reconnects = 0u32;
+            let mut imap = None;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if imap.is_none() {
+                    imap = Imap::connect(imap_port).await;
+                    reconnects += 1;
+                }
+                if let Some(i) = imap.as_mut()
+                    && i.run("NOOP").await.is_none()
+                {
+                    imap = None;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            (imap, reconnects - 1)
+        })
+    };
 
     // The load: four senders, one message per connection.
     let records = Arc::new(Mutex::new(Vec::<(usize, usize, Outcome)>::new()));
@@ -531,14 +669,24 @@ async fn run(seed: u64, seconds: u64) {
 
     // The faults, in an order and at moments the seed chooses.
     let t0 = Instant::now();
-    let mut faults: Vec<u64> = (0..8).collect();
-    for i in (1..faults.len()).rev() {
-        let j = usize::try_from(rng.below(i as u64 + 1)).unwrap();
-        faults.swap(i, j);
+    // Every kind of fault once per round of 40 s, in an order the seed
+    // chooses.
+    let mut faults: Vec<u64> = Vec::new();
+    for _ in 0..(seconds / 40).max(1) {
+        let mut round: Vec<u64> = (0..10).collect();
+        for i in (1..round.len()).rev() {
+            let j = usize::try_from(rng.below(i as u64 + 1)).unwrap();
+            round.swap(i, j);
+        }
+        faults.extend(round);
     }
+    let injected = faults.len();
     let slot = Duration::from_millis(seconds * 1000 / faults.len() as u64);
     for fault in faults {
-        tokio::time::sleep(Duration::from_millis(rng.below(slot.as_millis() as u64 / 2))).await;
+        tokio::time::sleep(Duration::from_millis(
+            rng.below(slot.as_millis() as u64 / 2),
+        ))
+        .await;
         let at = t0.elapsed();
         let w = usize::try_from(rng.below(2)).unwrap();
         let what = match fault {
@@ -580,6 +728,16 @@ async fn run(seed: u64, seconds: u64) {
                 workers[2 * w + 1].signal("-CONT").await;
                 format!("SIGSTOP smtp-out-{w} 5 s (lease 2 s), SIGCONT")
             }
+            7 => {
+                access[0].kill9().await;
+                access[0].start().await;
+                "SIGKILL imap, restart".to_string()
+            }
+            8 => {
+                access[1].kill9().await;
+                access[1].start().await;
+                "SIGKILL pop3, restart".to_string()
+            }
             _ => {
                 // Both delivery workers at once: the queue waits, then resumes.
                 workers[0].kill9().await;
@@ -610,9 +768,13 @@ async fn run(seed: u64, seconds: u64) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let quarantined = test_kit::jobs(&setup, pb::QueueKind::Unspecified, pb::JobState::Quarantined)
-        .await
-        .len();
+    let quarantined = test_kit::jobs(
+        &setup,
+        pb::QueueKind::Unspecified,
+        pb::JobState::Quarantined,
+    )
+    .await
+    .len();
 
     // The checks.
     let records = records.lock().unwrap().clone();
@@ -620,7 +782,10 @@ async fn run(seed: u64, seconds: u64) {
     for (who, list) in [("alice", &a), ("bob", &b)] {
         for pair in list.windows(2) {
             assert!(pair[0].0 < pair[1].0, "{who}: UIDs out of order {pair:?}");
-            assert!(pair[0].1 < pair[1].1, "{who}: MODSEQs not increasing {pair:?}");
+            assert!(
+                pair[0].1 < pair[1].1,
+                "{who}: MODSEQs not increasing {pair:?}"
+            );
         }
     }
     let count = |list: &[(u32, u64, usize)]| {
@@ -631,7 +796,10 @@ async fn run(seed: u64, seconds: u64) {
         m
     };
     let (ca, cb) = (count(&a), count(&b));
-    let sink_state = sink_state.lock().unwrap();
+    let (acked, dropped_before, dropped_after) = {
+        let s = sink_state.lock().unwrap();
+        (s.acked.clone(), s.dropped_before, s.dropped_after)
+    };
     let (mut accepted, mut refused, mut unknown, mut unknown_delivered) = (0, 0, 0, 0);
     let (mut remote_dups, mut lost) = (0, Vec::new());
     for &(n, kind, outcome) in &records {
@@ -639,7 +807,7 @@ async fn run(seed: u64, seconds: u64) {
         let got = (
             ca.get(&n).copied().unwrap_or(0),
             cb.get(&n).copied().unwrap_or(0),
-            sink_state.acked.get(&n).copied().unwrap_or(0),
+            acked.get(&n).copied().unwrap_or(0),
         );
         match outcome {
             Outcome::Accepted => {
@@ -655,7 +823,10 @@ async fn run(seed: u64, seconds: u64) {
             }
             Outcome::Unknown => {
                 unknown += 1;
-                assert!(got.0 <= wa && got.1 <= wb, "message {n}: local duplicate {got:?}");
+                assert!(
+                    got.0 <= wa && got.1 <= wb,
+                    "message {n}: local duplicate {got:?}"
+                );
                 if got != (0, 0, 0) {
                     unknown_delivered += 1;
                 }
@@ -670,17 +841,51 @@ async fn run(seed: u64, seconds: u64) {
         records.len(),
         a.len(),
         b.len(),
-        sink_state.acked.values().sum::<usize>(),
-        sink_state.dropped_before,
-        sink_state.dropped_after,
+        acked.values().sum::<usize>(),
+        dropped_before,
+        dropped_after,
         lost.len(),
+    );
+    // The IMAP session that lived through the faults (or its last
+    // reconnection) sees exactly the store's UIDs; so does a new one; POP3
+    // counts bob's messages.
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (survivor, reconnects) = watcher.await.unwrap();
+    let store_uids: Vec<u32> = inbox(&setup, alice).await.iter().map(|m| m.0).collect();
+    let mut survivor = match survivor {
+        Some(s) => s,
+        None => Imap::connect(imap_port).await.unwrap(),
+    };
+    survivor.run("NOOP").await.unwrap();
+    assert_eq!(
+        survivor.uids().await.unwrap(),
+        store_uids,
+        "long-lived IMAP session"
+    );
+    let mut fresh = Imap::connect(imap_port).await.unwrap();
+    assert_eq!(fresh.uids().await.unwrap(), store_uids, "new IMAP session");
+    assert_eq!(
+        pop3_count(pop3_port).await.unwrap(),
+        b.len(),
+        "POP3 STAT for bob"
+    );
+    println!(
+        "faults: seed {seed}: {injected} faults; IMAP session through the faults reconnected {reconnects} times, \
+         sees {} UIDs as the store does; POP3 STAT agrees ({})",
+        store_uids.len(),
+        b.len()
     );
     assert!(lost.is_empty(), "lost or duplicated locally: {lost:?}");
     assert_eq!(quarantined, 0, "jobs quarantined");
-    assert!(accepted >= 20, "too little load got through to prove anything");
-    drop(sink_state);
+    assert!(
+        accepted >= 20,
+        "too little load got through to prove anything"
+    );
     for w in &mut workers {
         w.kill9().await;
+    }
+    for p in &mut access {
+        p.kill9().await;
     }
     smtp_in.kill9().await;
     store.kill9().await;
