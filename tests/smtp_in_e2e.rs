@@ -62,6 +62,10 @@ async fn start_smtp_in_with(store_url: &str, token: &str, extra: &[&str]) -> Smt
             "--tls-self-signed",
             "--store-timeout-ms",
             "3000",
+            // An outage answers 451 at once here (the retry budget is
+            // tests/faults.rs's business).
+            "--enqueue-retry-secs",
+            "0",
             "--dns-server",
             &dns_server,
             "--dns-timeout-ms",

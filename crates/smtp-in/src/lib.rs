@@ -230,6 +230,16 @@ pub struct Config {
         default_value_t = 3
     )]
     pub store_attempts: u32,
+    /// Seconds a failed Enqueue after the final dot keeps being retried
+    /// (same idempotency key) before the sender gets `451`: a store or
+    /// database restart then costs a wait, not a possible duplicate
+    /// (the sender has 10 minutes, RFC 5321 §4.5.3.2.6).
+    #[arg(
+        long = "enqueue-retry-secs",
+        env = "EPISTOLE_SMTP_ENQUEUE_RETRY_SECS",
+        default_value_t = 120
+    )]
+    pub enqueue_retry_secs: u64,
     /// MX only: delay before the greeting in ms; clients talking first are refused (0 = off).
     #[arg(
         long = "early-talker-delay-ms",
@@ -322,6 +332,7 @@ impl Config {
             guard_timeout_ms: 500,
             store_timeout_ms: 30_000,
             store_attempts: 3,
+            enqueue_retry_secs: 0,
             early_talker_delay_ms: 0,
             drain_timeout_secs: 30,
             // Tests turn the checks on with a test DNS server.
@@ -395,7 +406,8 @@ impl Server {
             client,
             Duration::from_millis(config.store_timeout_ms.max(1)),
             config.store_attempts,
-        );
+        )
+        .with_enqueue_budget(Duration::from_secs(config.enqueue_retry_secs));
         let inbound = if config.inbound_auth {
             Some(inbound::Checker::new(
                 config.dns_server,

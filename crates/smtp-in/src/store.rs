@@ -86,7 +86,12 @@ pub struct Backend {
     client: StoreClient,
     timeout: Duration,
     attempts: u32,
+    /// How long an Enqueue with an unknown outcome keeps being retried.
+    enqueue_budget: Duration,
 }
+
+/// Longest pause between two tries.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 fn request<T>(msg: T, sid: &str, timeout: Duration) -> Request<T> {
     let mut req = Request::new(msg);
@@ -114,15 +119,31 @@ impl Backend {
             client,
             timeout,
             attempts: attempts.max(1),
+            enqueue_budget: Duration::ZERO,
         }
     }
 
+    /// Keeps retrying a failed Enqueue (same idempotency key) for up to
+    /// `budget` after the first try, beyond `attempts`. The sender waits:
+    /// RFC 5321 §4.5.3.2.6 gives it 10 minutes for the reply to the final
+    /// dot. A store replica restarting or PostgreSQL failing over then
+    /// ends in `250` instead of a `451` whose outcome smtp-in cannot know
+    /// — the message may have been committed just before the answer was
+    /// lost, and the sender's resend would be a second copy (the RFC 5321
+    /// §6.1 duplicate window, made as small as the budget allows).
+    #[must_use]
+    pub fn with_enqueue_budget(mut self, budget: Duration) -> Self {
+        self.enqueue_budget = budget;
+        self
+    }
+
     /// Runs `call` with a deadline, retrying transient failures of
-    /// idempotent calls with a short exponential back-off.
+    /// idempotent calls with a short exponential back-off: `attempts`
+    /// tries, and more while `budget` since the first has not run out.
     async fn retry<T, F, Fut>(
         &self,
         rpc: &'static str,
-        attempts: u32,
+        (attempts, budget): (u32, Duration),
         mut call: F,
     ) -> Result<T, StoreError>
     where
@@ -131,6 +152,7 @@ impl Backend {
     {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
+        let first = Instant::now();
         loop {
             let start = Instant::now();
             let res = match tokio::time::timeout(self.timeout, call(self.client.clone())).await {
@@ -140,10 +162,13 @@ impl Backend {
             observe(rpc, start, res.is_ok());
             match res {
                 Ok(v) => return Ok(v),
-                Err(e) if e.retryable() && attempt < attempts => {
+                Err(e)
+                    if e.retryable()
+                        && (attempt < attempts || first.elapsed() + delay < budget) =>
+                {
                     tracing::warn!(rpc, attempt, error = %e, "store call failed, retrying");
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -174,25 +199,29 @@ impl Backend {
         sid: &str,
     ) -> Result<(Recipient, String), StoreError> {
         let t = self.timeout;
-        self.retry("lookup_recipient", self.attempts, |mut c| {
-            let req = request(
-                pb::LookupRecipientRequest {
-                    address: address.to_string(),
-                },
-                sid,
-                t,
-            );
-            async move {
-                let resp = c.accounts.lookup_recipient(req).await?.into_inner();
-                let status = match RecipientStatus::try_from(resp.status) {
-                    Ok(RecipientStatus::Local) => Recipient::Local,
-                    Ok(RecipientStatus::Unknown) => Recipient::Unknown,
-                    Ok(RecipientStatus::NotLocal) => Recipient::NotLocal,
-                    _ => return Err(StoreError::Protocol),
-                };
-                Ok((status, resp.dmarc_reject_action))
-            }
-        })
+        self.retry(
+            "lookup_recipient",
+            (self.attempts, Duration::ZERO),
+            |mut c| {
+                let req = request(
+                    pb::LookupRecipientRequest {
+                        address: address.to_string(),
+                    },
+                    sid,
+                    t,
+                );
+                async move {
+                    let resp = c.accounts.lookup_recipient(req).await?.into_inner();
+                    let status = match RecipientStatus::try_from(resp.status) {
+                        Ok(RecipientStatus::Local) => Recipient::Local,
+                        Ok(RecipientStatus::Unknown) => Recipient::Unknown,
+                        Ok(RecipientStatus::NotLocal) => Recipient::NotLocal,
+                        _ => return Err(StoreError::Protocol),
+                    };
+                    Ok((status, resp.dmarc_reject_action))
+                }
+            },
+        )
         .await
     }
 
@@ -208,7 +237,7 @@ impl Backend {
         sid: &str,
     ) -> Result<AuthOutcome, StoreError> {
         let t = self.timeout;
-        self.retry("authenticate", 1, |mut c| {
+        self.retry("authenticate", (1, Duration::ZERO), |mut c| {
             let req = request(
                 pb::AuthenticateRequest {
                     username: username.to_string(),
@@ -249,7 +278,7 @@ impl Backend {
         sid: &str,
     ) -> Result<bool, StoreError> {
         let t = self.timeout;
-        self.retry("check_sender", self.attempts, |mut c| {
+        self.retry("check_sender", (self.attempts, Duration::ZERO), |mut c| {
             let req = request(
                 pb::CheckSenderRequest {
                     user_id,
@@ -276,7 +305,7 @@ impl Backend {
         sid: &str,
     ) -> Result<pb::EnqueueResponse, StoreError> {
         let t = self.timeout;
-        self.retry("enqueue", self.attempts, |mut c| {
+        self.retry("enqueue", (self.attempts, self.enqueue_budget), |mut c| {
             let mut msgs =
                 Vec::with_capacity(2 + parts.iter().map(|p| p.len()).sum::<usize>() / CHUNK_SIZE);
             msgs.push(pb::EnqueueRequest {
