@@ -113,11 +113,15 @@ fn rpt(
 pub(crate) struct Payload {
     /// As stored, unsigned.
     original: Vec<u8>,
-    /// As stored, DKIM-signed when we hold a key (for 8BITMIME servers).
+    /// As stored, DKIM-signed when the job may be signed and we hold a key
+    /// (for 8BITMIME servers).
     pub(crate) signed: Vec<u8>,
     /// Converted to 7-bit, then signed (made on first need).
     seven_bit: OnceLock<Result<Vec<u8>, String>>,
     mail_from: String,
+    /// The job's `sign` mark: content we vouch for (an authenticated
+    /// submission, our own DSN or report). Without it nothing is signed.
+    sign: bool,
 }
 
 /// Largest message read from the store for sending.
@@ -161,12 +165,15 @@ impl Worker {
             return self.finish(&job, pb::FinishOutcome::Done, None, "").await;
         }
         let message = self.read_message(&job).await?;
-        // RFC 6376: signed as sent (CRLF), once per attempt.
+        // RFC 6376: signed as sent (CRLF), once per attempt — only what the
+        // enqueuer marked as ours (never relayed or forwarded inbound mail:
+        // our d= would vouch for a stranger's From:).
         let payload = Payload {
-            signed: self.sign(&message, &job.mail_from),
+            signed: self.sign(&message, &job.mail_from, job.sign),
             original: message,
             seven_bit: OnceLock::new(),
             mail_from: job.mail_from.clone(),
+            sign: job.sign,
         };
         // Recipients are grouped by domain: normally all are in `dest`
         // (delivery makes one job per recipient); any other domain gets its
@@ -221,7 +228,10 @@ impl Worker {
         Plan { route, sts, dane }
     }
 
-    fn sign(&self, message: &[u8], mail_from: &str) -> Vec<u8> {
+    fn sign(&self, message: &[u8], mail_from: &str, allowed: bool) -> Vec<u8> {
+        if !allowed {
+            return message.to_vec();
+        }
         let signer = self.dkim.read().map(|g| g.clone()).ok();
         signer
             .and_then(|s| s.sign(message, mail_from))
@@ -250,7 +260,7 @@ impl Worker {
         let converted = payload.seven_bit.get_or_init(|| {
             let crlf = mail_wire::dotstuff::normalise_crlf(&payload.original);
             downgrade::to_seven_bit(&crlf)
-                .map(|m| self.sign(&m, &payload.mail_from))
+                .map(|m| self.sign(&m, &payload.mail_from, payload.sign))
                 .map_err(|e| e.to_string())
         });
         match converted {

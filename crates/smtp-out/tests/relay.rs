@@ -424,18 +424,30 @@ async fn dkim_signatures_rsa_and_ed25519_verify_against_dns() {
         .unwrap();
     }
     let client = store.client();
-    let a = enqueue_outbound(
+    let a = enqueue_outbound_as(
         &client,
         "alice@a.test",
         &["bob@b.test"],
         b"From: Alice <alice@a.test>\nTo: bob@b.test\nSubject: signed rsa\nMessage-ID: <r@a.test>\n\n.dot line\nbody\n",
+        true,
     )
     .await;
-    let c = enqueue_outbound(
+    let c = enqueue_outbound_as(
         &client,
         "bounces@c.test",
         &["bob@b.test"],
         b"From: carol@c.test\r\nTo: bob@b.test\r\nSubject: signed ed25519\r\n\r\nhello\r\n",
+        true,
+    )
+    .await;
+    // Issue 14: a job not marked for signing (mail from outside, forwarded
+    // by an alias) leaves without our signature, even with a forged From:
+    // of a domain we hold a key for.
+    let forwarded = enqueue_outbound(
+        &client,
+        "stranger@elsewhere.test",
+        &["bob@b.test"],
+        b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: forged, forwarded\r\n\r\nphish\r\n",
     )
     .await;
     let mut cfg = config(&store, dns.addr, port);
@@ -446,6 +458,7 @@ async fn dkim_signatures_rsa_and_ed25519_verify_against_dns() {
     let run = start(cfg);
     wait_job(&client, a, 20, is_done).await;
     wait_job(&client, c, 20, is_done).await;
+    wait_job(&client, forwarded, 20, is_done).await;
     run.stop().await;
     let _ = std::fs::remove_file(&ed_path);
     let mut ns = hickory_resolver::config::NameServerConfig::udp_and_tcp(dns.addr.ip());
@@ -457,8 +470,15 @@ async fn dkim_signatures_rsa_and_ed25519_verify_against_dns() {
         hickory_resolver::config::ResolverOpts::default(),
     )
     .unwrap();
-    let got = server.messages();
-    assert_eq!(got.len(), 2);
+    let mut got = server.messages();
+    assert_eq!(got.len(), 3);
+    let (unsigned, got): (Vec<_>, Vec<_>) = got
+        .drain(..)
+        .partition(|m| String::from_utf8_lossy(&m.wire).contains("Subject: forged, forwarded"));
+    assert_eq!(unsigned.len(), 1);
+    let text = String::from_utf8_lossy(&unsigned[0].wire).into_owned();
+    assert!(!text.contains("DKIM-Signature"), "{text}");
+    assert!(text.starts_with("From: Alice <alice@a.test>"), "{text}");
     let mut algos = Vec::new();
     for m in &got {
         let raw = unstuff(&m.wire);

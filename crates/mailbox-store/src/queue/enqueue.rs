@@ -87,9 +87,10 @@ async fn insert_job(
     let job_id: i64 = sqlx::query_scalar!(
         "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         sent_date, crlf_size, requiretls) \
+         sent_date, crlf_size, requiretls, sign) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-                 $20 OR COALESCE((SELECT p.requiretls FROM queue_jobs p WHERE p.id = $15), false)) RETURNING id",
+                 $20 OR COALESCE((SELECT p.requiretls FROM queue_jobs p WHERE p.id = $15), false), \
+                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true)) RETURNING id",
         kind,
         key,
         body.hash,
@@ -109,7 +110,8 @@ async fn insert_job(
         not_before,
         body.sent_date,
         body.crlf_size,
-        h.requiretls
+        h.requiretls,
+        h.sign
     )
     .fetch_one(&mut *conn)
     .await?;

@@ -1,0 +1,6 @@
+-- Outbound DKIM only for mail we vouch for (issue 14): the one who enqueues
+-- says whether the job's message may carry our signature (an authenticated
+-- submission that passed the sender check, our own DSNs and reports).
+-- Default false: relayed or forwarded inbound mail leaves unsigned.
+-- Forward-only; older replicas ignore the column.
+ALTER TABLE queue_jobs ADD COLUMN sign BOOLEAN NOT NULL DEFAULT false;
