@@ -13,18 +13,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use mailstore_api::pb;
 use tokio::net::TcpStream;
 
 use crate::client::{self, Capabilities, ClientError, Connection, Envelope, RcptOutcome, Tls};
 use crate::dane::HostPolicy;
-use crate::downgrade;
 use crate::mta_sts::{Mode, Policy};
 use crate::outcome::{Note, TlsReport};
 use crate::route::{Host, RouteError};
 use crate::worker::{Open, Worker, domain_of};
+use crate::{dkim, downgrade};
 
 /// Where a destination's mail goes and under which MTA-STS and DANE policies.
 pub(crate) struct Plan {
@@ -165,6 +165,9 @@ impl Worker {
             return self.finish(&job, pb::FinishOutcome::Done, None, "").await;
         }
         let message = self.read_message(&job).await?;
+        if job.sign {
+            self.fresh_dkim_key(&message, &job.mail_from).await;
+        }
         // RFC 6376: signed as sent (CRLF), once per attempt — only what the
         // enqueuer marked as ours (never relayed or forwarded inbound mail:
         // our d= would vouch for a stranger's From:).
@@ -226,6 +229,51 @@ impl Worker {
             _ => HashMap::new(),
         };
         Plan { route, sts, dane }
+    }
+
+    /// A key made by `mailctl dkim generate` signs the very next message:
+    /// when no loaded key fits a marked message but the store has an active
+    /// key for one of its domains, the keys are reloaded now (not at the
+    /// next minute's reload). One cheap store call per such message.
+    async fn fresh_dkim_key(&self, message: &[u8], mail_from: &str) {
+        let candidates = dkim::Signer::candidates(message, mail_from);
+        let loaded = self.dkim.read().map(|g| g.clone()).ok();
+        if candidates.is_empty()
+            || loaded
+                .as_ref()
+                .is_some_and(|s| candidates.iter().any(|d| s.has(d)))
+        {
+            return;
+        }
+        let mut found = false;
+        for domain in &candidates {
+            let keys = self
+                .store
+                .accounts
+                .clone()
+                .list_dkim_keys(pb::ListDkimKeysRequest {
+                    domain: domain.clone(),
+                    include_private: false,
+                    active_only: true,
+                })
+                .await;
+            if keys.is_ok_and(|r| !r.into_inner().keys.is_empty()) {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return;
+        }
+        match crate::load_dkim(&self.store, &self.config.dkim_keys).await {
+            Ok(s) => {
+                tracing::info!(domains = ?candidates, "new DKIM key: keys reloaded");
+                if let Ok(mut g) = self.dkim.write() {
+                    *g = Arc::new(s);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "DKIM reload failed"),
+        }
     }
 
     fn sign(&self, message: &[u8], mail_from: &str, allowed: bool) -> Vec<u8> {

@@ -804,3 +804,74 @@ async fn a_job_spanning_two_domains_goes_to_each_domains_mx() {
     assert_eq!(c.messages()[0].rcpts, vec!["carol@c.test".to_string()]);
     run.stop().await;
 }
+
+/// Issue 14: a key made in the store (what `mailctl dkim generate` does)
+/// signs the very next marked message — no restart, no waiting for the
+/// minute's reload. Before it, the same kind of message leaves unsigned.
+#[tokio::test]
+async fn a_new_store_key_signs_the_next_message() {
+    let (store, dns, port) = setup("b.test", 43).await;
+    let server = mx(at(43, port), |_| Script::default()).await;
+    store.add_domain("k.test").await;
+    let client = store.client();
+    let run = start(config(&store, dns.addr, port));
+    let before = enqueue_outbound_as(
+        &client,
+        "alice@k.test",
+        &["bob@b.test"],
+        b"From: alice@k.test\r\nSubject: before\r\n\r\nx\r\n",
+        true,
+    )
+    .await;
+    wait_job(&client, before, 20, is_done).await;
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/dkim-rsa-test.pem"
+    ))
+    .unwrap();
+    let key = smtp_out::dkim::key_from_pem(&pem).unwrap();
+    let txt = smtp_out::dkim::txt_record(&key);
+    client
+        .accounts
+        .clone()
+        .put_dkim_key(pb::PutDkimKeyRequest {
+            domain: "k.test".into(),
+            selector: "fresh".into(),
+            algorithm: "rsa-sha256".into(),
+            private_key: pem,
+            public_key: txt.rsplit_once("p=").unwrap().1.to_string(),
+            activate: true,
+        })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let after = enqueue_outbound_as(
+        &client,
+        "alice@k.test",
+        &["bob@b.test"],
+        b"From: alice@k.test\r\nSubject: after\r\n\r\nx\r\n",
+        true,
+    )
+    .await;
+    wait_job(&client, after, 20, is_done).await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    run.stop().await;
+    let got = server.messages();
+    assert_eq!(got.len(), 2);
+    let text = |m: &Received| String::from_utf8_lossy(&m.wire).into_owned();
+    let first = got
+        .iter()
+        .map(text)
+        .find(|t| t.contains("Subject: before"))
+        .unwrap();
+    let second = got
+        .iter()
+        .map(text)
+        .find(|t| t.contains("Subject: after"))
+        .unwrap();
+    assert!(!first.contains("DKIM-Signature"), "{first}");
+    assert!(
+        second.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=fresh; d=k.test"),
+        "{second}"
+    );
+}
