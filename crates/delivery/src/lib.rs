@@ -266,7 +266,8 @@ impl Worker {
     }
 
     /// Hands recipients to the outbound queue, reusing the stored message,
-    /// from `mail_from` (the job's, or its SRS form for forwarding).
+    /// from `mail_from` (the job's, or its SRS form for forwarding);
+    /// `delivered_to` is the alias a forwarded copy went through.
     async fn relay(
         &self,
         job: &pb::Job,
@@ -274,6 +275,7 @@ impl Worker {
         rcpt: pb::Recipient,
         mark_parent: bool,
         mail_from: &str,
+        delivered_to: &str,
     ) -> Result<(), tonic::Status> {
         let header = pb::EnqueueHeader {
             kind: pb::QueueKind::Outbound as i32,
@@ -304,6 +306,7 @@ impl Worker {
             // (an authenticated submission, our DSN): mail from outside
             // forwarded by an alias leaves unsigned (the store enforces it too).
             sign: job.sign,
+            delivered_to: delivered_to.to_string(),
         };
         let req = pb::EnqueueRequest {
             part: Some(pb::enqueue_request::Part::Header(header)),
@@ -358,7 +361,7 @@ impl Worker {
             .into_inner();
         match pb::RecipientStatus::try_from(resolved.status) {
             Ok(pb::RecipientStatus::NotLocal) => {
-                self.relay(job, index, rcpt.clone(), true, &job.mail_from)
+                self.relay(job, index, rcpt.clone(), true, &job.mail_from, "")
                     .await?;
                 return Ok(Outcome::Done);
             }
@@ -425,7 +428,9 @@ impl Worker {
                         .as_ref()
                         .and_then(|s| s.forward(&job.mail_from, chrono::Utc::now().timestamp()))
                         .unwrap_or_else(|| job.mail_from.clone());
-                    self.relay(job, index, forwarded, false, &from).await?;
+                    // The next installation sees where it has been (T107).
+                    self.relay(job, index, forwarded, false, &from, &rcpt.address)
+                        .await?;
                 }
                 None => {}
             }

@@ -214,6 +214,9 @@ async fn forwarding_rewrites_the_sender_and_never_signs_mail_from_outside() {
     let sub = out.iter().find(|j| j.parent_job_id == submitted).unwrap();
     assert_eq!(rcpt(fwd), "carol@elsewhere.test");
     assert!(!fwd.sign, "forwarded mail from outside must leave unsigned");
+    // smtp-out puts this on top as Delivered-To: (T107).
+    assert_eq!(fwd.delivered_to, "fwd@example.org");
+    assert_eq!(sub.delivered_to, "");
     assert!(fwd.mail_from.starts_with("SRS0="), "{}", fwd.mail_from);
     assert!(
         fwd.mail_from.ends_with("=spoof.test=mallory@example.org"),

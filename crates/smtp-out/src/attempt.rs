@@ -164,7 +164,15 @@ impl Worker {
         if pending.is_empty() {
             return self.finish(&job, pb::FinishOutcome::Done, None, "").await;
         }
-        let message = self.read_message(&job).await?;
+        let mut message = self.read_message(&job).await?;
+        // A forwarded copy says which alias it went through (the stored
+        // message is shared with the local deliveries), so a loop back to us
+        // is seen by delivery's Delivered-To check.
+        if !job.delivered_to.is_empty() {
+            let mut with = format!("Delivered-To: {}\r\n", job.delivered_to).into_bytes();
+            with.extend_from_slice(&message);
+            message = with;
+        }
         if job.sign {
             self.fresh_dkim_key(&message, &job.mail_from).await;
         }

@@ -875,3 +875,53 @@ async fn a_new_store_key_signs_the_next_message() {
         "{second}"
     );
 }
+
+/// Threat model T107: a forwarded copy (delivery sets `delivered_to`)
+/// leaves with `Delivered-To:` of the alias on top, so the next
+/// installation's delivery sees the loop if it comes back.
+#[tokio::test]
+async fn a_forwarded_copy_carries_delivered_to() {
+    let (store, dns, port) = setup("b.test", 44).await;
+    let server = mx(at(44, port), |_| Script::default()).await;
+    let client = store.client();
+    let raw = b"From: x@elsewhere.test\r\nSubject: fwd\r\n\r\nx\r\n";
+    let header = pb::EnqueueHeader {
+        kind: pb::QueueKind::Outbound as i32,
+        idempotency_key: "fwd-copy".into(),
+        mail_from: "x@elsewhere.test".into(),
+        recipients: vec![pb::Recipient {
+            address: "bob@b.test".into(),
+            ..Default::default()
+        }],
+        size: raw.len() as u64,
+        delivered_to: "alias@a.test\r\nX-Injected: no".into(),
+        ..Default::default()
+    };
+    let msgs = vec![
+        pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Header(header)),
+        },
+        pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Data(raw.to_vec())),
+        },
+    ];
+    let id = client
+        .queue
+        .clone()
+        .enqueue(futures::stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let run = start(config(&store, dns.addr, port));
+    wait_job(&client, id, 20, is_done).await;
+    run.stop().await;
+    let got = server.messages();
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0].wire).into_owned();
+    // Control characters are dropped by the store: one header line only.
+    assert!(
+        text.starts_with("Delivered-To: alias@a.testX-Injected: no\r\nFrom: x@elsewhere.test\r\n"),
+        "{text}"
+    );
+}
