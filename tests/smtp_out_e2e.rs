@@ -5,6 +5,8 @@
 //! - A message from a local user to two remote recipients goes inbound →
 //!   delivery (relay) → outbound → smtp-out → MX lookup → the remote; the
 //!   refused recipient's DSN comes back into the sender's INBOX.
+//! - Forwarding by an alias: SRS sender out, the bounce back to the original
+//!   sender.
 //! - smtp-out killed (SIGKILL) while the remote holds the final reply, then
 //!   restarted: the message is delivered — at most one duplicate, never lost.
 #![allow(clippy::unwrap_used)]
@@ -117,6 +119,9 @@ async fn delivery(store: &TestStore) -> Proc {
         ])
         .env("EPISTOLE_STORE_URL", &store.grpc_url)
         .env("EPISTOLE_STORE_TOKEN", &store.token)
+        // SRS for forwarded mail (only the forwarding test forwards).
+        .env("EPISTOLE_SRS_SECRET", "e2e-srs-secret")
+        .env("EPISTOLE_SRS_DOMAIN", "a.test")
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -253,6 +258,75 @@ async fn relayed_through_mx_lookup_and_refusal_bounces_to_the_senders_inbox() {
         1,
         "exactly one DSN"
     );
+}
+
+/// Threat model T106: mail from outside forwarded by an alias to a remote
+/// address leaves with an SRS sender at our domain; the remote refuses it,
+/// smtp-out's DSN goes to the SRS address, delivery reverses it and the
+/// bounce reaches the original sender's MX — real delivery and smtp-out
+/// processes, scripted loopback MXes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_with_srs_and_the_bounce_reaches_the_original_sender() {
+    let store = TestStore::start().await;
+    store.add_domain("a.test").await;
+    store
+        .client()
+        .accounts
+        .clone()
+        .create_alias(pb::CreateAliasRequest {
+            source: "fwd@a.test".into(),
+            target: "nobody@remote.test".into(),
+        })
+        .await
+        .unwrap();
+    let dns = TestDns::start().await;
+    let port = free_port().await;
+    dns.mx("remote.test", 10, "mx.remote.test");
+    dns.a("mx.remote.test", [127, 0, 0, 23].into());
+    dns.mx("orig.test", 10, "mx.orig.test");
+    dns.a("mx.orig.test", [127, 0, 0, 24].into());
+    let (_, remote) = sink(SocketAddr::from(([127, 0, 0, 23], port)), &[]).await;
+    let (_, orig) = sink(SocketAddr::from(([127, 0, 0, 24], port)), &[]).await;
+    test_kit::enqueue(
+        &store.client(),
+        "srs-e2e",
+        "stranger@orig.test",
+        &["fwd@a.test"],
+        b"From: stranger@orig.test\r\nSubject: via alias\r\n\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let _d = delivery(&store).await;
+    let _o = smtp_out(&store, dns.addr, port, "out-srs").await;
+    test_kit::wait_until(
+        "the bounce at the original sender's MX",
+        Duration::from_secs(60),
+        || {
+            let n = orig.lock().unwrap().len();
+            async move { n >= 1 }
+        },
+    )
+    .await;
+    let jobs = outbound_jobs(&store).await;
+    let forwarded: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.mail_from.starts_with("SRS0="))
+        .collect();
+    assert_eq!(forwarded.len(), 1, "{jobs:?}");
+    assert!(
+        forwarded[0]
+            .mail_from
+            .ends_with("=orig.test=stranger@a.test"),
+        "{}",
+        forwarded[0].mail_from
+    );
+    assert!(remote.lock().unwrap().is_empty(), "the remote refused it");
+    let got = orig.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, vec!["stranger@orig.test".to_string()]);
+    let wire = String::from_utf8_lossy(&got[0].2).into_owned();
+    assert!(wire.contains("nobody@remote.test"), "{wire}");
+    assert!(wire.contains("multipart/report"), "{wire}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

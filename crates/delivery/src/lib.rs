@@ -59,6 +59,9 @@ pub struct Config {
     /// HTTP address for /healthz, /readyz and /metrics.
     #[arg(long, env = "EPISTOLE_DELIVERY_HTTP", default_value = "127.0.0.1:7021")]
     pub http_listen: SocketAddr,
+    /// Sender rewriting of mail forwarded to remote alias targets.
+    #[command(flatten)]
+    pub srs: service_kit::SrsArgs,
 }
 
 /// Bytes of the message read to parse its header block.
@@ -79,6 +82,8 @@ struct Worker {
     /// Per-job queue calls as this worker.
     jobs: Jobs,
     config: Config,
+    /// SRS for forwarded mail (`--srs-secret`), if configured.
+    srs: Option<mail_wire::srs::Srs>,
 }
 
 /// Runs the worker until shutdown.
@@ -96,16 +101,39 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     );
     let health = tokio::spawn(health.serve(shutdown.clone()));
     let jobs = Jobs::new(store.clone(), "delivery", id.clone());
+    let srs = config.srs.srs(&config.hostname);
+    if srs.is_none() {
+        tracing::warn!(
+            "no --srs-secret: mail forwarded to remote alias targets keeps its sender (SPF may fail at the destination)"
+        );
+    }
     let worker = Arc::new(Worker {
         store,
         id,
         jobs,
         config,
+        srs,
     });
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = health.await;
     Ok(())
+}
+
+/// The status of a recipient refused as a mail loop (RFC 3463 X.4.6
+/// "routing loop detected"); such failures get no DSN.
+const LOOP_STATUS: &str = "5.4.6";
+
+/// Whether a `Delivered-To:` field of the message names `address` (without
+/// case; angle brackets allowed).
+fn already_delivered_to(headers: &Headers, address: &str) -> bool {
+    headers.get("delivered-to").any(|v| {
+        v.trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .trim()
+            .eq_ignore_ascii_case(address)
+    })
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -237,13 +265,17 @@ impl Worker {
             .await
     }
 
-    /// Hands recipients to the outbound queue, reusing the stored message.
+    /// Hands recipients to the outbound queue, reusing the stored message,
+    /// from `mail_from` (the job's, or its SRS form for forwarding);
+    /// `delivered_to` is the alias a forwarded copy went through.
     async fn relay(
         &self,
         job: &pb::Job,
         index: u32,
         rcpt: pb::Recipient,
         mark_parent: bool,
+        mail_from: &str,
+        delivered_to: &str,
     ) -> Result<(), tonic::Status> {
         let header = pb::EnqueueHeader {
             kind: pb::QueueKind::Outbound as i32,
@@ -253,7 +285,7 @@ impl Worker {
                 index,
                 rcpt.address.to_ascii_lowercase()
             ),
-            mail_from: job.mail_from.clone(),
+            mail_from: mail_from.to_string(),
             recipients: vec![rcpt],
             envid: job.envid.clone(),
             ret: job.ret.clone(),
@@ -270,6 +302,11 @@ impl Worker {
             not_before: None,
             // RFC 8689: the relayed copy keeps the REQUIRETLS demand.
             requiretls: job.requiretls,
+            // Our DKIM signature only on what the parent was marked for
+            // (an authenticated submission, our DSN): mail from outside
+            // forwarded by an alias leaves unsigned (the store enforces it too).
+            sign: job.sign,
+            delivered_to: delivered_to.to_string(),
         };
         let req = pb::EnqueueRequest {
             part: Some(pb::enqueue_request::Part::Header(header)),
@@ -290,6 +327,29 @@ impl Worker {
         rcpt: &pb::Recipient,
         headers: &Headers,
     ) -> Result<Outcome, tonic::Status> {
+        // A bounce to one of our SRS addresses (smtp-in checked it; a DSN
+        // queued here directly did not pass smtp-in) goes to the original
+        // sender; a bad or expired one is no address at all.
+        let mut reversed = rcpt.clone();
+        if let Some(srs) = &self.srs {
+            match srs.reverse(&rcpt.address, chrono::Utc::now().timestamp()) {
+                Ok(None) => {}
+                Ok(Some(original)) => reversed.address = original,
+                Err(e) => {
+                    return Ok(Outcome::Failed(format!("5.1.1 <{}>: {e}", rcpt.address)));
+                }
+            }
+        }
+        let rcpt = &reversed;
+        // Loops across installations (RFC 5321 §6.3; the Delivered-To
+        // convention): a message that already passed this recipient is not
+        // delivered or forwarded again.
+        if already_delivered_to(headers, &rcpt.address) {
+            return Ok(Outcome::Failed(format!(
+                "{LOOP_STATUS} <{}>: mail loop (Delivered-To already names it)",
+                rcpt.address
+            )));
+        }
         let resolved = self
             .store
             .accounts
@@ -301,7 +361,8 @@ impl Worker {
             .into_inner();
         match pb::RecipientStatus::try_from(resolved.status) {
             Ok(pb::RecipientStatus::NotLocal) => {
-                self.relay(job, index, rcpt.clone(), true).await?;
+                self.relay(job, index, rcpt.clone(), true, &job.mail_from, "")
+                    .await?;
                 return Ok(Outcome::Done);
             }
             Ok(pb::RecipientStatus::Local) => {}
@@ -322,6 +383,14 @@ impl Worker {
         let mut deferred = None;
         for t in &resolved.targets {
             match &t.target {
+                Some(pb::resolved_target::Target::Local(local))
+                    if already_delivered_to(headers, &local.address) =>
+                {
+                    return Ok(Outcome::Failed(format!(
+                        "{LOOP_STATUS} <{}>: mail loop (Delivered-To already names it)",
+                        local.address
+                    )));
+                }
                 Some(pb::resolved_target::Target::Local(local)) => {
                     match self
                         .deliver_local(job, index, local, headers, only_one)
@@ -352,7 +421,16 @@ impl Worker {
                         },
                         notify: rcpt.notify,
                     };
-                    self.relay(job, index, forwarded, false).await?;
+                    // SRS: the remote sees our domain as the sender (its
+                    // SPF check passes) and bounces come back to us.
+                    let from = self
+                        .srs
+                        .as_ref()
+                        .and_then(|s| s.forward(&job.mail_from, chrono::Utc::now().timestamp()))
+                        .unwrap_or_else(|| job.mail_from.clone());
+                    // The next installation sees where it has been (T107).
+                    self.relay(job, index, forwarded, false, &from, &rcpt.address)
+                        .await?;
                 }
                 None => {}
             }
@@ -449,9 +527,12 @@ impl Worker {
             tracing::info!("no DSN: null sender or automatic message");
             return Ok(());
         }
+        // A looping message gets no DSN (its sender may be the other end
+        // of the loop, RFC 5321 §6.1 / RFC 3464 §2): the event log keeps it.
         let wanted: Vec<dsn::Failure> = failed
             .iter()
             .filter(|f| dsn::wants_failure_notice(&f.recipient))
+            .filter(|f| !f.diagnostic.starts_with(LOOP_STATUS))
             .cloned()
             .collect();
         if wanted.is_empty() {

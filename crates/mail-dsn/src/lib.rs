@@ -289,6 +289,9 @@ pub fn enqueue_requests(job: &pb::Job, key: String, raw: Vec<u8>) -> Vec<pb::Enq
         body_type: "8BITMIME".into(),
         session_id: job.session_id.clone(),
         size: raw.len() as u64,
+        // The DSN is ours as a whole (the quoted headers are inside our
+        // message/rfc822-headers part): it may carry our DKIM signature.
+        sign: true,
         ..Default::default()
     };
     vec![

@@ -16,6 +16,7 @@
 //! - [`sasl`]: PLAIN (RFC 4616), LOGIN, SCRAM (RFC 5802) messages.
 //! - [`body`]: the inbound DATA/BDAT decoder (RFC 5321 §4.5.2, RFC 3030)
 //!   with the smuggling-safe end-of-data rule and the bare CR/LF policy.
+//! - [`srs`]: the Sender Rewriting Scheme (SRS0) for forwarded mail.
 //! - [`dotstuff`] and [`crlf`]: the outbound encoder (dot-stuffing, every
 //!   line end made CRLF) and the size of that CRLF form.
 //!
@@ -24,6 +25,7 @@
 //!   domains to A-labels; IDNA is large and subtle, and that crate is the
 //!   reference implementation in Rust.
 //! - `base64` decodes SASL responses.
+//! - `ring` (already the workspace's crypto) computes SRS's HMAC-SHA1.
 //! - `smtp-proto` (Stalwart's SMTP grammar) was read, not used: its request
 //!   parser has its own error mapping (our replies are fixed by tests), no
 //!   relay-trick classification of paths, and its reply parser joins lines
@@ -42,6 +44,7 @@ pub mod params;
 pub mod path;
 pub mod reply;
 pub mod sasl;
+pub mod srs;
 
 pub use address::{Address, AddressError, Domain, LocalPart};
 pub use reply::{EnhancedStatus, Reply};

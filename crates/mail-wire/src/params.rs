@@ -45,6 +45,8 @@ pub struct MailParams {
     pub ret: Option<String>,
     /// RFC 3461 ENVID (xtext, as received).
     pub envid: Option<String>,
+    /// RFC 8689 §4.1 REQUIRETLS (no value).
+    pub requiretls: bool,
 }
 
 /// RFC 3461 §4.1 NOTIFY bits, the same values as `mailstore.v1.Notify`.
@@ -150,6 +152,7 @@ pub fn parse_mail(tail: &str) -> Result<MailParams, ParamError> {
                 });
             }
             ("SMTPUTF8", None) => p.smtputf8 = true,
+            ("REQUIRETLS", None) => p.requiretls = true,
             ("RET", Some(v)) => {
                 let v = v.to_ascii_uppercase();
                 if v != "FULL" && v != "HDRS" {
@@ -170,7 +173,8 @@ pub fn parse_mail(tail: &str) -> Result<MailParams, ParamError> {
                     return Err(ParamError::BadValue);
                 }
             }
-            ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH", None) | ("SMTPUTF8", Some(_)) => {
+            ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH", None)
+            | ("SMTPUTF8" | "REQUIRETLS", Some(_)) => {
                 return Err(ParamError::BadValue);
             }
             _ => return Err(ParamError::Unknown),

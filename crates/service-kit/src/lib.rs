@@ -9,6 +9,7 @@ pub mod listen;
 pub mod proxy;
 mod service;
 pub mod shutdown;
+mod srs;
 pub mod starttls;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ pub use listen::{
 pub use proxy::{ClientStream, ProxyPolicy};
 pub use service::{Service, StartError};
 pub use shutdown::{Shutdown, shutdown_on_signals};
+pub use srs::SrsArgs;
 
 /// How a service reaches the store. Flattened into every service's config.
 #[derive(clap::Args, Clone)]

@@ -64,6 +64,9 @@ pub struct Config {
     /// How to reach the store.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// SRS: bounces to the senders delivery rewrote (same secret).
+    #[command(flatten)]
+    pub srs: service_kit::SrsArgs,
     /// MX listener (port 25, STARTTLS); "off" disables it.
     #[arg(
         long = "mx-listen",
@@ -342,6 +345,7 @@ impl Config {
             dmarc_reject_action: inbound::Action::Enforce,
             spf_fail_action: inbound::Action::Report,
             max_received: 50,
+            srs: service_kit::SrsArgs::default(),
             listener: ListenerArgs {
                 hostname: "mx.test".into(),
                 tls_self_signed: true,
@@ -434,6 +438,7 @@ impl Server {
             spool: Arc::new(Semaphore::new(spool_kib)),
             guard,
             inbound,
+            srs: config.srs.srs(&config.listener.hostname),
         });
         if shared.tls.is_none()
             && !config.listener.allow_plaintext_auth

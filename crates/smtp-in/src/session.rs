@@ -162,6 +162,9 @@ pub struct Shared {
     pub guard: Guard,
     /// SPF/DKIM/ARC/DMARC checks of MX mail; `None`: off.
     pub inbound: Option<crate::inbound::Checker>,
+    /// SRS: bounces to our rewritten senders go back to the original
+    /// sender; `None` (no `--srs-secret`): such addresses are unknown.
+    pub srs: Option<mail_wire::srs::Srs>,
 }
 
 /// Negotiated TLS parameters, for the Received header and the log.

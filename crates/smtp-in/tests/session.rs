@@ -90,6 +90,9 @@ async fn mx_accepts_local_mail_byte_for_byte() {
         "{received}"
     );
     assert!(job.authenticated_user.is_empty());
+    // Issue 14: mail from the MX is never marked for our DKIM signature.
+    assert!(!job.sign);
+    assert!(!job.requiretls);
 }
 
 /// threat model T14: no relay for an unauthenticated client, whatever the
@@ -319,6 +322,9 @@ async fn submission_auth_and_relay() {
     let id = queued_id(&c.reply().await.unwrap());
     let job = h.job(id).await;
     assert_eq!(job.authenticated_user, ALICE);
+    // Issue 14: an authenticated submission that passed the sender check
+    // is the one kind of client mail smtp-out signs.
+    assert!(job.sign);
     assert_eq!(
         job.recipients[0].recipient.as_ref().unwrap().address,
         "friend@external.example"
@@ -604,4 +610,76 @@ async fn smtputf8() {
         body,
         "Subject: gr\u{fc}\u{df}e\r\n\r\n\u{e9}\r\n".as_bytes()
     );
+}
+
+/// RFC 8689 §4 (threat model T104): REQUIRETLS is offered only inside TLS;
+/// the MAIL parameter outside TLS is refused 530 5.7.10; inside TLS the
+/// queued job carries the flag for smtp-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiretls_only_over_tls() {
+    let h = Harness::new().await;
+    let mut c = h.connect(ListenerKind::Mx);
+    c.expect_reply("220").await;
+    let ehlo = c.expect("EHLO client.example", "250 ").await;
+    assert!(!ehlo.text().contains("REQUIRETLS"), "{:?}", ehlo.lines);
+    c.expect("MAIL FROM:<x@remote.example> REQUIRETLS", "530 5.7.10")
+        .await;
+    c.expect("MAIL FROM:<x@remote.example> REQUIRETLS=yes", "501")
+        .await;
+    c.expect("STARTTLS", "220").await;
+    let (raw, _) = c.into_inner();
+    let mut c = common::Client::new(h.tls(raw).await);
+    let ehlo = c.expect("EHLO client.example", "250 ").await;
+    assert!(ehlo.text().contains("REQUIRETLS"), "{:?}", ehlo.lines);
+    c.expect("MAIL FROM:<x@remote.example> REQUIRETLS", "250")
+        .await;
+    c.expect("RCPT TO:<alice@ours.example>", "250").await;
+    c.expect("DATA", "354").await;
+    c.write(b"Subject: tls only\r\n\r\nx\r\n.\r\n").await;
+    let id = queued_id(&c.reply().await.unwrap());
+    assert!(h.job(id).await.requiretls);
+    // Without the parameter, the flag is not set.
+    let r = c
+        .send_mail(
+            "x@remote.example",
+            &["alice@ours.example"],
+            b"Subject: t\r\n\r\nx\r\n.\r\n",
+        )
+        .await;
+    assert!(!h.job(queued_id(&r)).await.requiretls);
+}
+
+/// SRS (threat model T106): a bounce to a sender delivery rewrote is
+/// accepted on the MX and queued to the original sender (delivery relays
+/// it); a forged hash, an expired address or a changed original is 550
+/// 5.1.1 — the SRS domain is no open relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srs_bounces_go_back_to_the_original_sender_only_when_valid() {
+    let h = Harness::new().await;
+    let srs = mail_wire::srs::Srs::new(common::SRS_SECRET, "ours.example", 21);
+    let now = chrono::Utc::now().timestamp();
+    let good = srs.forward("carol@origin.example", now).unwrap();
+    let old = srs
+        .forward("carol@origin.example", now - 30 * 86_400)
+        .unwrap();
+    let forged = mail_wire::srs::Srs::new(b"guess", "ours.example", 21)
+        .forward("victim@origin.example", now)
+        .unwrap();
+    let tampered = good.replace("=carol@", "=mallory@");
+    let mut c = h.mx().await;
+    c.expect("MAIL FROM:<>", "250").await;
+    for bad in [&old, &forged, &tampered] {
+        c.expect(&format!("RCPT TO:<{bad}>"), "550 5.1.1").await;
+    }
+    c.expect(&format!("RCPT TO:<{good}>"), "250").await;
+    c.expect("DATA", "354").await;
+    c.write(b"Subject: Undelivered Mail\r\n\r\nbounce\r\n.\r\n")
+        .await;
+    let id = queued_id(&c.reply().await.unwrap());
+    let job = h.job(id).await;
+    assert_eq!(job.mail_from, "");
+    let rcpt = job.recipients[0].recipient.clone().unwrap();
+    assert_eq!(rcpt.address, "carol@origin.example");
+    assert_eq!(rcpt.orcpt, format!("rfc822;{good}"));
+    assert!(!job.sign, "a bounce from outside is not ours to sign");
 }

@@ -13,18 +13,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use mailstore_api::pb;
 use tokio::net::TcpStream;
 
 use crate::client::{self, Capabilities, ClientError, Connection, Envelope, RcptOutcome, Tls};
 use crate::dane::HostPolicy;
-use crate::downgrade;
 use crate::mta_sts::{Mode, Policy};
 use crate::outcome::{Note, TlsReport};
 use crate::route::{Host, RouteError};
 use crate::worker::{Open, Worker, domain_of};
+use crate::{dkim, downgrade};
 
 /// Where a destination's mail goes and under which MTA-STS and DANE policies.
 pub(crate) struct Plan {
@@ -113,11 +113,15 @@ fn rpt(
 pub(crate) struct Payload {
     /// As stored, unsigned.
     original: Vec<u8>,
-    /// As stored, DKIM-signed when we hold a key (for 8BITMIME servers).
+    /// As stored, DKIM-signed when the job may be signed and we hold a key
+    /// (for 8BITMIME servers).
     pub(crate) signed: Vec<u8>,
     /// Converted to 7-bit, then signed (made on first need).
     seven_bit: OnceLock<Result<Vec<u8>, String>>,
     mail_from: String,
+    /// The job's `sign` mark: content we vouch for (an authenticated
+    /// submission, our own DSN or report). Without it nothing is signed.
+    sign: bool,
 }
 
 /// Largest message read from the store for sending.
@@ -160,13 +164,27 @@ impl Worker {
         if pending.is_empty() {
             return self.finish(&job, pb::FinishOutcome::Done, None, "").await;
         }
-        let message = self.read_message(&job).await?;
-        // RFC 6376: signed as sent (CRLF), once per attempt.
+        let mut message = self.read_message(&job).await?;
+        // A forwarded copy says which alias it went through (the stored
+        // message is shared with the local deliveries), so a loop back to us
+        // is seen by delivery's Delivered-To check.
+        if !job.delivered_to.is_empty() {
+            let mut with = format!("Delivered-To: {}\r\n", job.delivered_to).into_bytes();
+            with.extend_from_slice(&message);
+            message = with;
+        }
+        if job.sign {
+            self.fresh_dkim_key(&message, &job.mail_from).await;
+        }
+        // RFC 6376: signed as sent (CRLF), once per attempt — only what the
+        // enqueuer marked as ours (never relayed or forwarded inbound mail:
+        // our d= would vouch for a stranger's From:).
         let payload = Payload {
-            signed: self.sign(&message, &job.mail_from),
+            signed: self.sign(&message, &job.mail_from, job.sign),
             original: message,
             seven_bit: OnceLock::new(),
             mail_from: job.mail_from.clone(),
+            sign: job.sign,
         };
         // Recipients are grouped by domain: normally all are in `dest`
         // (delivery makes one job per recipient); any other domain gets its
@@ -221,7 +239,55 @@ impl Worker {
         Plan { route, sts, dane }
     }
 
-    fn sign(&self, message: &[u8], mail_from: &str) -> Vec<u8> {
+    /// A key made by `mailctl dkim generate` signs the very next message:
+    /// when no loaded key fits a marked message but the store has an active
+    /// key for one of its domains, the keys are reloaded now (not at the
+    /// next minute's reload). One cheap store call per such message.
+    async fn fresh_dkim_key(&self, message: &[u8], mail_from: &str) {
+        let candidates = dkim::Signer::candidates(message, mail_from);
+        let loaded = self.dkim.read().map(|g| g.clone()).ok();
+        if candidates.is_empty()
+            || loaded
+                .as_ref()
+                .is_some_and(|s| candidates.iter().any(|d| s.has(d)))
+        {
+            return;
+        }
+        let mut found = false;
+        for domain in &candidates {
+            let keys = self
+                .store
+                .accounts
+                .clone()
+                .list_dkim_keys(pb::ListDkimKeysRequest {
+                    domain: domain.clone(),
+                    include_private: false,
+                    active_only: true,
+                })
+                .await;
+            if keys.is_ok_and(|r| !r.into_inner().keys.is_empty()) {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return;
+        }
+        match crate::load_dkim(&self.store, &self.config.dkim_keys).await {
+            Ok(s) => {
+                tracing::info!(domains = ?candidates, "new DKIM key: keys reloaded");
+                if let Ok(mut g) = self.dkim.write() {
+                    *g = Arc::new(s);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "DKIM reload failed"),
+        }
+    }
+
+    fn sign(&self, message: &[u8], mail_from: &str, allowed: bool) -> Vec<u8> {
+        if !allowed {
+            return message.to_vec();
+        }
         let signer = self.dkim.read().map(|g| g.clone()).ok();
         signer
             .and_then(|s| s.sign(message, mail_from))
@@ -250,7 +316,7 @@ impl Worker {
         let converted = payload.seven_bit.get_or_init(|| {
             let crlf = mail_wire::dotstuff::normalise_crlf(&payload.original);
             downgrade::to_seven_bit(&crlf)
-                .map(|m| self.sign(&m, &payload.mail_from))
+                .map(|m| self.sign(&m, &payload.mail_from, payload.sign))
                 .map_err(|e| e.to_string())
         });
         match converted {

@@ -122,6 +122,28 @@ impl Signer {
         self.keys.is_empty()
     }
 
+    /// The domains a message could be signed for, in order (the `From:`
+    /// domain, then the envelope sender's), whether or not we hold keys.
+    #[must_use]
+    pub fn candidates(message: &[u8], mail_from: &str) -> Vec<String> {
+        let crlf = normalise_crlf(message);
+        let envelope = mail_from
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
+        let mut out: Vec<String> = [header_from_domain(&crlf), envelope]
+            .into_iter()
+            .flatten()
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Whether a key for `domain` is loaded.
+    #[must_use]
+    pub fn has(&self, domain: &str) -> bool {
+        self.keys.contains_key(domain)
+    }
+
     /// The message with a `DKIM-Signature` header in front and every line
     /// ending CRLF, or `None` when we hold no key for its domains (or the
     /// message cannot be signed: it is then sent unsigned).

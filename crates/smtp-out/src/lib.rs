@@ -204,7 +204,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
 /// The DKIM signer: keys from `--dkim-key` files, then the active key of
 /// every domain in the store (which wins for its domain).
-async fn load_dkim(store: &StoreClient, specs: &[String]) -> anyhow::Result<dkim::Signer> {
+pub(crate) async fn load_dkim(
+    store: &StoreClient,
+    specs: &[String],
+) -> anyhow::Result<dkim::Signer> {
     let mut signer = dkim::Signer::load(specs).map_err(anyhow::Error::msg)?;
     let keys = store
         .accounts

@@ -398,6 +398,8 @@ async fn enqueue(
             ..Default::default()
         }],
         size: raw.len() as u64,
+        // Our own report (RFC 8460 §3: it SHOULD be DKIM-signed).
+        sign: true,
         ..Default::default()
     };
     let msgs = vec![

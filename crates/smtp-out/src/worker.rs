@@ -32,7 +32,8 @@ pub(crate) struct Worker {
     /// DANE (RFC 7672), unless `--no-dane` or without `--dns-server`.
     pub(crate) dane: Option<crate::dane::Dane>,
     /// Signing keys: `--dkim-key` files plus the active keys in the store,
-    /// reloaded every minute (so `mailctl dkim rotate` needs no restart).
+    /// reloaded every minute (so `mailctl dkim rotate` needs no restart)
+    /// and at once when a marked message's domain has a new store key.
     pub(crate) dkim: std::sync::RwLock<Arc<dkim::Signer>>,
     /// Smarthost credentials by host name.
     pub(crate) relay_auth: HashMap<String, Credentials>,

@@ -424,18 +424,30 @@ async fn dkim_signatures_rsa_and_ed25519_verify_against_dns() {
         .unwrap();
     }
     let client = store.client();
-    let a = enqueue_outbound(
+    let a = enqueue_outbound_as(
         &client,
         "alice@a.test",
         &["bob@b.test"],
         b"From: Alice <alice@a.test>\nTo: bob@b.test\nSubject: signed rsa\nMessage-ID: <r@a.test>\n\n.dot line\nbody\n",
+        true,
     )
     .await;
-    let c = enqueue_outbound(
+    let c = enqueue_outbound_as(
         &client,
         "bounces@c.test",
         &["bob@b.test"],
         b"From: carol@c.test\r\nTo: bob@b.test\r\nSubject: signed ed25519\r\n\r\nhello\r\n",
+        true,
+    )
+    .await;
+    // Issue 14: a job not marked for signing (mail from outside, forwarded
+    // by an alias) leaves without our signature, even with a forged From:
+    // of a domain we hold a key for.
+    let forwarded = enqueue_outbound(
+        &client,
+        "stranger@elsewhere.test",
+        &["bob@b.test"],
+        b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: forged, forwarded\r\n\r\nphish\r\n",
     )
     .await;
     let mut cfg = config(&store, dns.addr, port);
@@ -446,6 +458,7 @@ async fn dkim_signatures_rsa_and_ed25519_verify_against_dns() {
     let run = start(cfg);
     wait_job(&client, a, 20, is_done).await;
     wait_job(&client, c, 20, is_done).await;
+    wait_job(&client, forwarded, 20, is_done).await;
     run.stop().await;
     let _ = std::fs::remove_file(&ed_path);
     let mut ns = hickory_resolver::config::NameServerConfig::udp_and_tcp(dns.addr.ip());
@@ -457,8 +470,15 @@ async fn dkim_signatures_rsa_and_ed25519_verify_against_dns() {
         hickory_resolver::config::ResolverOpts::default(),
     )
     .unwrap();
-    let got = server.messages();
-    assert_eq!(got.len(), 2);
+    let mut got = server.messages();
+    assert_eq!(got.len(), 3);
+    let (unsigned, got): (Vec<_>, Vec<_>) = got
+        .drain(..)
+        .partition(|m| String::from_utf8_lossy(&m.wire).contains("Subject: forged, forwarded"));
+    assert_eq!(unsigned.len(), 1);
+    let text = String::from_utf8_lossy(&unsigned[0].wire).into_owned();
+    assert!(!text.contains("DKIM-Signature"), "{text}");
+    assert!(text.starts_with("From: Alice <alice@a.test>"), "{text}");
     let mut algos = Vec::new();
     for m in &got {
         let raw = unstuff(&m.wire);
@@ -783,4 +803,125 @@ async fn a_job_spanning_two_domains_goes_to_each_domains_mx() {
     assert_eq!(b.messages()[0].rcpts, vec!["bob@b.test".to_string()]);
     assert_eq!(c.messages()[0].rcpts, vec!["carol@c.test".to_string()]);
     run.stop().await;
+}
+
+/// Issue 14: a key made in the store (what `mailctl dkim generate` does)
+/// signs the very next marked message — no restart, no waiting for the
+/// minute's reload. Before it, the same kind of message leaves unsigned.
+#[tokio::test]
+async fn a_new_store_key_signs_the_next_message() {
+    let (store, dns, port) = setup("b.test", 43).await;
+    let server = mx(at(43, port), |_| Script::default()).await;
+    store.add_domain("k.test").await;
+    let client = store.client();
+    let run = start(config(&store, dns.addr, port));
+    let before = enqueue_outbound_as(
+        &client,
+        "alice@k.test",
+        &["bob@b.test"],
+        b"From: alice@k.test\r\nSubject: before\r\n\r\nx\r\n",
+        true,
+    )
+    .await;
+    wait_job(&client, before, 20, is_done).await;
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/dkim-rsa-test.pem"
+    ))
+    .unwrap();
+    let key = smtp_out::dkim::key_from_pem(&pem).unwrap();
+    let txt = smtp_out::dkim::txt_record(&key);
+    client
+        .accounts
+        .clone()
+        .put_dkim_key(pb::PutDkimKeyRequest {
+            domain: "k.test".into(),
+            selector: "fresh".into(),
+            algorithm: "rsa-sha256".into(),
+            private_key: pem,
+            public_key: txt.rsplit_once("p=").unwrap().1.to_string(),
+            activate: true,
+        })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let after = enqueue_outbound_as(
+        &client,
+        "alice@k.test",
+        &["bob@b.test"],
+        b"From: alice@k.test\r\nSubject: after\r\n\r\nx\r\n",
+        true,
+    )
+    .await;
+    wait_job(&client, after, 20, is_done).await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    run.stop().await;
+    let got = server.messages();
+    assert_eq!(got.len(), 2);
+    let text = |m: &Received| String::from_utf8_lossy(&m.wire).into_owned();
+    let first = got
+        .iter()
+        .map(text)
+        .find(|t| t.contains("Subject: before"))
+        .unwrap();
+    let second = got
+        .iter()
+        .map(text)
+        .find(|t| t.contains("Subject: after"))
+        .unwrap();
+    assert!(!first.contains("DKIM-Signature"), "{first}");
+    assert!(
+        second.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=fresh; d=k.test"),
+        "{second}"
+    );
+}
+
+/// Threat model T107: a forwarded copy (delivery sets `delivered_to`)
+/// leaves with `Delivered-To:` of the alias on top, so the next
+/// installation's delivery sees the loop if it comes back.
+#[tokio::test]
+async fn a_forwarded_copy_carries_delivered_to() {
+    let (store, dns, port) = setup("b.test", 44).await;
+    let server = mx(at(44, port), |_| Script::default()).await;
+    let client = store.client();
+    let raw = b"From: x@elsewhere.test\r\nSubject: fwd\r\n\r\nx\r\n";
+    let header = pb::EnqueueHeader {
+        kind: pb::QueueKind::Outbound as i32,
+        idempotency_key: "fwd-copy".into(),
+        mail_from: "x@elsewhere.test".into(),
+        recipients: vec![pb::Recipient {
+            address: "bob@b.test".into(),
+            ..Default::default()
+        }],
+        size: raw.len() as u64,
+        delivered_to: "alias@a.test\r\nX-Injected: no".into(),
+        ..Default::default()
+    };
+    let msgs = vec![
+        pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Header(header)),
+        },
+        pb::EnqueueRequest {
+            part: Some(pb::enqueue_request::Part::Data(raw.to_vec())),
+        },
+    ];
+    let id = client
+        .queue
+        .clone()
+        .enqueue(futures::stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let run = start(config(&store, dns.addr, port));
+    wait_job(&client, id, 20, is_done).await;
+    run.stop().await;
+    let got = server.messages();
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0].wire).into_owned();
+    // Control characters are dropped by the store: one header line only.
+    assert!(
+        text.starts_with("Delivered-To: alias@a.testX-Injected: no\r\nFrom: x@elsewhere.test\r\n"),
+        "{text}"
+    );
 }

@@ -65,7 +65,7 @@ pub(super) async fn get_job(
         JobRow,
         "SELECT id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at, \
          lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         lease_owner, last_error, requiretls \
+         lease_owner, last_error, requiretls, sign, delivered_to \
          FROM queue_jobs WHERE id = $1",
         job_id
     )

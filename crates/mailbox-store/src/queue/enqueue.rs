@@ -84,12 +84,20 @@ async fn insert_job(
     } else {
         String::new()
     };
+    // One header line's worth, no control characters (it goes on the wire).
+    let delivered_to: String = h
+        .delivered_to
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(998 - "Delivered-To: ".len())
+        .collect();
     let job_id: i64 = sqlx::query_scalar!(
         "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         sent_date, crlf_size, requiretls) \
+         sent_date, crlf_size, requiretls, sign, delivered_to) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-                 $20 OR COALESCE((SELECT p.requiretls FROM queue_jobs p WHERE p.id = $15), false)) RETURNING id",
+                 $20 OR COALESCE((SELECT p.requiretls FROM queue_jobs p WHERE p.id = $15), false), \
+                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true), $22) RETURNING id",
         kind,
         key,
         body.hash,
@@ -109,7 +117,9 @@ async fn insert_job(
         not_before,
         body.sent_date,
         body.crlf_size,
-        h.requiretls
+        h.requiretls,
+        h.sign,
+        &delivered_to
     )
     .fetch_one(&mut *conn)
     .await?;

@@ -43,7 +43,7 @@ pub(super) async fn job_recipients(
 }
 
 /// A job row: every column the API shows (the same list in every query
-/// that reads one: `id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at,  lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at,  lease_owner, last_error, requiretls`).
+/// that reads one: `id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at,  lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at,  lease_owner, last_error, requiretls, sign, delivered_to`).
 pub(super) struct JobRow {
     pub(super) id: i64,
     pub(super) kind: i16,
@@ -67,6 +67,8 @@ pub(super) struct JobRow {
     pub(super) lease_owner: Option<String>,
     pub(super) last_error: String,
     pub(super) requiretls: bool,
+    pub(super) sign: bool,
+    pub(super) delivered_to: String,
 }
 
 pub(super) fn job_row(r: &JobRow, recipients: Vec<pb::JobRecipient>) -> pb::Job {
@@ -90,6 +92,8 @@ pub(super) fn job_row(r: &JobRow, recipients: Vec<pb::JobRecipient>) -> pb::Job 
         parent_job_id: r.parent_job_id.unwrap_or(0) as u64,
         destination: r.destination.clone(),
         requiretls: r.requiretls,
+        sign: r.sign,
+        delivered_to: r.delivered_to.clone(),
     }
 }
 

@@ -219,6 +219,12 @@ impl Session {
                 .unwrap_or_default(),
             session_id: self.sid.clone(),
             size,
+            // Our DKIM signature only on an authenticated submission, which
+            // passed the From: check in `screen` (else we are not here);
+            // never on mail from the MX.
+            sign: self.auth.is_some(),
+            // RFC 8689 §4.1: smtp-out relays it only over verified TLS.
+            requiretls: txn.params.requiretls,
             ..Default::default()
         };
         match self

@@ -54,6 +54,10 @@ impl Session {
         if self.tls_offered() {
             lines.push("STARTTLS".into());
         }
+        // RFC 8689 §4: REQUIRETLS only on a TLS session.
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".into());
+        }
         // RFC 4954 §4 / threat model T11–T12: never advertised before TLS
         // (unless explicitly allowed for testing), never on MX.
         if self.auth_offered() {

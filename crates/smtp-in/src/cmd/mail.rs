@@ -18,6 +18,10 @@ impl Session {
             // RFC 1870 §6.1.
             return codes::too_big();
         }
+        // RFC 8689 §4.1: REQUIRETLS only over TLS (not offered otherwise).
+        if params.requiretls && self.tls.is_none() {
+            return codes::requiretls_needs_tls();
+        }
         if let Some(user) = &self.auth {
             // Submission: the envelope sender must be one of the user's
             // addresses (CheckSender knows aliases).

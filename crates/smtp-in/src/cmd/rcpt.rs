@@ -34,6 +34,30 @@ impl Session {
         if txn.rcpts.len() >= self.shared.limits.max_recipients {
             return reject_rcpt("too_many", codes::too_many_recipients());
         }
+        // SRS: a bounce to a sender we rewrote when forwarding goes back to
+        // the original sender — only with our hash and within the age limit
+        // (else anyone could relay through the SRS domain).
+        let mut params = params;
+        let mut srs_reversed = false;
+        let address = match self
+            .shared
+            .srs
+            .as_ref()
+            .map(|s| s.reverse(&address, chrono::Utc::now().timestamp()))
+        {
+            None | Some(Ok(None)) => address,
+            Some(Ok(Some(original))) => {
+                if params.orcpt.is_none() {
+                    params.orcpt = Some(format!("rfc822;{address}"));
+                }
+                srs_reversed = true;
+                original
+            }
+            Some(Err(e)) => {
+                tracing::info!(rcpt = %address, error = %e, "SRS address refused");
+                return reject_rcpt("srs", codes::unknown_user());
+            }
+        };
         let (status, dmarc_choice) = match self.shared.backend.recipient(&address, &self.sid).await
         {
             Ok(s) => s,
@@ -44,7 +68,7 @@ impl Session {
         };
         match status {
             Recipient::Local => {}
-            Recipient::NotLocal if self.auth.is_some() => {}
+            Recipient::NotLocal if self.auth.is_some() || srs_reversed => {}
             Recipient::NotLocal => {
                 tracing::info!(rcpt = %address, "relay denied");
                 return reject_rcpt("relay", codes::relay_denied());

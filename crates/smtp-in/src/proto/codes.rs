@@ -133,6 +133,8 @@ replies! {
     too_big = 552, Some(S::TOO_BIG), "Message size exceeds fixed maximum message size";
     /// DATA text line over the limit (RFC 5321 §4.5.3.1.6).
     data_line_too_long = 552, Some(S::TOO_BIG), "Message rejected: text line too long";
+    /// RFC 8689 §4.1 / §5: MAIL FROM with REQUIRETLS outside TLS.
+    requiretls_needs_tls = 530, Some(S::new(5, 7, 10)), "REQUIRETLS needs a TLS session";
     /// Submission: the sender is not an address of the authenticated user.
     sender_not_owned = 553, Some(S::NOT_AUTHORIZED), "Sender address rejected: not owned by authenticated user";
     /// Submission: a `From:` header address is not the authenticated

@@ -290,9 +290,21 @@ mod tests {
                 smtputf8: false,
                 ret: Some("HDRS".into()),
                 envid: Some("QQ+2B1".into()),
+                requiretls: false,
             },
         };
         assert_eq!(got, Ok(want));
+        // RFC 8689 §4.1: REQUIRETLS takes no value.
+        assert!(matches!(
+            p("MAIL FROM:<a@b.example> REQUIRETLS"),
+            Ok(Command::Mail {
+                params: MailParams {
+                    requiretls: true,
+                    ..
+                },
+                ..
+            })
+        ));
         assert!(matches!(
             p("MAIL FROM:<>"),
             Ok(Command::Mail {

@@ -41,6 +41,9 @@ pub fn limits() -> smtp_in::Limits {
     }
 }
 
+/// The SRS secret of the harness (its SRS domain is [`DOMAIN`]).
+pub const SRS_SECRET: &[u8] = b"test-srs-secret";
+
 impl Harness {
     pub async fn new() -> Self {
         Self::with_limits(limits()).await
@@ -77,6 +80,7 @@ impl Harness {
             spool: Arc::new(Semaphore::new(256 * 1024)),
             guard,
             inbound,
+            srs: Some(mail_wire::srs::Srs::new(SRS_SECRET, DOMAIN, 21)),
         });
         Self {
             store,

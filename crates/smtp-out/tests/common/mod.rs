@@ -470,9 +470,23 @@ pub fn start(config: smtp_out::Config) -> Running {
     Running { shutdown, task }
 }
 
-/// Enqueues an outbound job (as delivery would, but with its own body).
+/// Enqueues an outbound job (as delivery would, but with its own body),
+/// not marked for signing (as relayed or forwarded mail is).
 pub async fn enqueue_outbound(client: &StoreClient, from: &str, to: &[&str], raw: &[u8]) -> u64 {
+    enqueue_outbound_as(client, from, to, raw, false).await
+}
+
+/// Enqueues an outbound job; `sign` is the enqueuer's DKIM mark (an
+/// authenticated submission, our own DSN).
+pub async fn enqueue_outbound_as(
+    client: &StoreClient,
+    from: &str,
+    to: &[&str],
+    raw: &[u8],
+    sign: bool,
+) -> u64 {
     let header = pb::EnqueueHeader {
+        sign,
         kind: pb::QueueKind::Outbound as i32,
         idempotency_key: format!("test-{:016x}", rand::random::<u64>()),
         mail_from: from.into(),
