@@ -55,12 +55,10 @@ pub const SRV_SERVICES: [(&str, u16); 6] = [
     ("_pop3s._tcp", 995),
 ];
 
-/// The MTA-STS policy file (RFC 8461 §3.2), served at
-/// `https://mta-sts.<domain>/.well-known/mta-sts.txt`.
-#[must_use]
-pub fn mta_sts_policy(host: &str, mode: &str) -> String {
-    format!("version: STSv1\r\nmode: {mode}\r\nmx: {host}\r\nmax_age: 604800\r\n")
-}
+/// The MTA-STS policy file (RFC 8461 §3.2), served by the store's
+/// autoconfig listener at `https://mta-sts.<domain>/.well-known/mta-sts.txt`:
+/// one definition for the file and the TXT id derived from it.
+pub use mailbox_store::autoconfig::mta_sts_policy;
 
 /// The policy id (RFC 8461 §3.1: changes whenever the policy does): a hash
 /// of the policy text, so the same policy always gets the same id.
