@@ -236,7 +236,7 @@ async fn send(n: usize, kind: usize, mx: u16, submission: u16) -> Outcome {
 
 /// The remote receiver: counts acknowledged copies of each `fault-N`, and
 /// drops some connections just before or just after its `250`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Sink {
     acked: HashMap<usize, usize>,
     seen: HashMap<usize, usize>,
@@ -538,7 +538,10 @@ async fn run(seed: u64, seconds: u64) {
     }
     let slot = Duration::from_millis(seconds * 1000 / faults.len() as u64);
     for fault in faults {
-        tokio::time::sleep(Duration::from_millis(rng.below(slot.as_millis() as u64 / 2))).await;
+        tokio::time::sleep(Duration::from_millis(
+            rng.below(slot.as_millis() as u64 / 2),
+        ))
+        .await;
         let at = t0.elapsed();
         let w = usize::try_from(rng.below(2)).unwrap();
         let what = match fault {
@@ -610,9 +613,13 @@ async fn run(seed: u64, seconds: u64) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let quarantined = test_kit::jobs(&setup, pb::QueueKind::Unspecified, pb::JobState::Quarantined)
-        .await
-        .len();
+    let quarantined = test_kit::jobs(
+        &setup,
+        pb::QueueKind::Unspecified,
+        pb::JobState::Quarantined,
+    )
+    .await
+    .len();
 
     // The checks.
     let records = records.lock().unwrap().clone();
@@ -620,7 +627,10 @@ async fn run(seed: u64, seconds: u64) {
     for (who, list) in [("alice", &a), ("bob", &b)] {
         for pair in list.windows(2) {
             assert!(pair[0].0 < pair[1].0, "{who}: UIDs out of order {pair:?}");
-            assert!(pair[0].1 < pair[1].1, "{who}: MODSEQs not increasing {pair:?}");
+            assert!(
+                pair[0].1 < pair[1].1,
+                "{who}: MODSEQs not increasing {pair:?}"
+            );
         }
     }
     let count = |list: &[(u32, u64, usize)]| {
@@ -631,7 +641,7 @@ async fn run(seed: u64, seconds: u64) {
         m
     };
     let (ca, cb) = (count(&a), count(&b));
-    let sink_state = sink_state.lock().unwrap();
+    let sink_state = sink_state.lock().unwrap().clone(); // a copy: no lock across the awaits below
     let (mut accepted, mut refused, mut unknown, mut unknown_delivered) = (0, 0, 0, 0);
     let (mut remote_dups, mut lost) = (0, Vec::new());
     for &(n, kind, outcome) in &records {
@@ -655,7 +665,10 @@ async fn run(seed: u64, seconds: u64) {
             }
             Outcome::Unknown => {
                 unknown += 1;
-                assert!(got.0 <= wa && got.1 <= wb, "message {n}: local duplicate {got:?}");
+                assert!(
+                    got.0 <= wa && got.1 <= wb,
+                    "message {n}: local duplicate {got:?}"
+                );
                 if got != (0, 0, 0) {
                     unknown_delivered += 1;
                 }
@@ -677,7 +690,10 @@ async fn run(seed: u64, seconds: u64) {
     );
     assert!(lost.is_empty(), "lost or duplicated locally: {lost:?}");
     assert_eq!(quarantined, 0, "jobs quarantined");
-    assert!(accepted >= 20, "too little load got through to prove anything");
+    assert!(
+        accepted >= 20,
+        "too little load got through to prove anything"
+    );
     drop(sink_state);
     for w in &mut workers {
         w.kill9().await;

@@ -181,6 +181,25 @@ async fn autoconfig_autodiscover_and_mta_sts_for_hosted_domains() {
     .await;
     assert_eq!(status, 404);
 
+    let huge = format!("{request}{}", " ".repeat(20 * 1024));
+    let (status, _) = http(addr, "POST", "/autodiscover/autodiscover.xml", "x", &huge).await;
+    assert_eq!(status, 413, "bodies over 16 KiB are refused");
+    // Markup in the address is not echoed into the XML unescaped.
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/autodiscover/autodiscover.xml",
+        "x",
+        &request.replace("alice@", "a&amp;lt;b@"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    roxmltree::Document::parse(&body).unwrap();
+    assert!(
+        body.contains("<LoginName>a&amp;amp;lt;b@example.org</LoginName>"),
+        "{body}"
+    );
+
     // MTA-STS policy, by host.
     let (status, body) = http(
         addr,

@@ -9,6 +9,9 @@
 //! `_imaps`, `_pop3s`).
 
 use std::net::SocketAddr;
+
+use anyhow::{Context as _, bail};
+use mailstore_api::{StoreClient, pb};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -324,6 +327,142 @@ fn judge_txt(what: &str, site: &Site, want: &str, found: &[&String]) -> Verdict 
         }
         _ => Verdict::Ok,
     }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DnsArgs {
+    #[command(subcommand)]
+    pub check: Option<DnsCheck>,
+    #[command(flatten)]
+    pub site: DnsSite,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DnsCheck {
+    /// Resolve every record and report what is missing or wrong (exit
+    /// status 1 when something is).
+    Check {
+        #[command(flatten)]
+        site: DnsSite,
+        /// Ask this DNS server (ip:port) instead of the system resolver.
+        #[arg(long, env = "EPISTOLE_DNS_SERVER")]
+        dns_server: Option<std::net::SocketAddr>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DnsSite {
+    /// The mail domain.
+    pub domain: Option<String>,
+    /// The mail server's host name (default mail.<domain>).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// MTA-STS mode (RFC 8461 §3.2).
+    #[arg(long, default_value = "testing", value_parser = ["testing", "enforce", "none"])]
+    pub mta_sts_mode: String,
+}
+
+/// Runs `mailctl dns` / `mailctl dns check`.
+///
+/// # Errors
+/// Store errors, a missing domain, and (check) any record missing or wrong.
+pub async fn command(
+    c: &StoreClient,
+    args: DnsArgs,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let (site, server, checking) = match args.check {
+        Some(DnsCheck::Check { site, dns_server }) => (site, dns_server, true),
+        None => (args.site, None, false),
+    };
+    let domain = site
+        .domain
+        .context("name the domain: mailctl dns [check] <domain>")?
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let host = site.host.unwrap_or_else(|| format!("mail.{domain}"));
+    let key = c
+        .accounts
+        .clone()
+        .list_dkim_keys(pb::ListDkimKeysRequest {
+            domain: domain.clone(),
+            include_private: false,
+            active_only: true,
+        })
+        .await
+        .map_err(crate::status)?
+        .into_inner()
+        .keys
+        .into_iter()
+        .find(|k| k.active);
+    let s = Site {
+        domain: domain.clone(),
+        host: host.clone(),
+        dkim: key.map(|k| (k.selector, k.public_key, k.dns_txt)),
+        mta_sts_mode: site.mta_sts_mode,
+    };
+    let recs = records(&s);
+    if !checking {
+        writeln!(out, "; DNS records for {domain} (mail server {host})")?;
+        for r in &recs {
+            writeln!(out, "{}", zone_line(r))?;
+        }
+        if s.dkim.is_none() {
+            writeln!(
+                out,
+                "; no DKIM key yet: mailctl dkim generate {domain}, then run this again"
+            )?;
+        }
+        writeln!(
+            out,
+            "; MTA-STS policy, served at https://mta-sts.{domain}/.well-known/mta-sts.txt\n; (the store's --autoconfig-listen serves it; see docs/design.md):"
+        )?;
+        for l in mta_sts_policy(&host, &s.mta_sts_mode).lines() {
+            writeln!(out, ";   {l}")?;
+        }
+        return Ok(());
+    }
+    let resolver = resolver(server)?;
+    let mut problems = 0;
+    if s.dkim.is_none() {
+        problems += 1;
+        writeln!(
+            out,
+            "MISSING DKIM    no active key in the store: mailctl dkim generate {domain}"
+        )?;
+    }
+    for r in &recs {
+        match check(&resolver, &s, r).await {
+            Verdict::Ok => writeln!(out, "ok      {:<7} {}", r.what, r.name)?,
+            Verdict::Missing => {
+                problems += 1;
+                writeln!(
+                    out,
+                    "MISSING {:<7} {}: publish {}",
+                    r.what,
+                    r.name,
+                    zone_line(r)
+                )?;
+            }
+            Verdict::Wrong(why) => {
+                problems += 1;
+                writeln!(
+                    out,
+                    "WRONG   {:<7} {}: {why}; expected {}",
+                    r.what,
+                    r.name,
+                    zone_line(r)
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    if problems > 0 {
+        bail!("{problems} DNS record(s) of {domain} missing or wrong");
+    }
+    writeln!(out, "all DNS records of {domain} are in place")?;
+    Ok(())
 }
 
 #[cfg(test)]
