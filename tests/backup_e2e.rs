@@ -18,7 +18,9 @@ const ALICE: &str = "alice@example.org";
 const ALICE_PW: &str = "alice-password";
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
 
 /// A minimal IMAP client: tagged commands, untagged lines collected,
@@ -174,7 +176,10 @@ async fn backup_restores_into_a_fresh_database_with_the_same_uids() {
     assert!(text.contains("UID 2 FLAGS ("), "{text}");
     assert!(text.contains("\\Flagged"), "{text}");
     assert!(text.contains("$Important"), "{text}");
-    assert!(!text.contains("Body 1."), "the expunged message is gone: {text}");
+    assert!(
+        !text.contains("Body 1."),
+        "the expunged message is gone: {text}"
+    );
     assert!(text.contains("Body 5."), "{text}");
 
     // Back up while the system runs.
