@@ -161,10 +161,21 @@ pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> 
     })
 }
 
-/// Keeps the balanced set equal to the addresses the URLs resolve to.
-/// When nothing resolves, the URLs themselves form the set, so calls fail
-/// with a connection error (a transient failure, answered 4xx) instead of
-/// waiting for an endpoint that may never come.
+/// Does something accept connections at `a`? An address nobody listens on
+/// (`localhost` resolving to `::1` as well, a replica gone) would otherwise
+/// stay in the set and fail the calls the balancer sends it.
+async fn reachable(a: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(a)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Keeps the balanced set equal to the reachable addresses the URLs
+/// resolve to (resolved and probed every [`RESOLVE_EVERY`]). When none is,
+/// the URLs themselves form the set, so calls fail with a connection error
+/// (a transient failure, answered 4xx) instead of waiting for an endpoint
+/// that may never come, and succeed once the store is up.
 async fn discover(
     endpoints: Vec<Endpoint>,
     tx: tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
@@ -185,7 +196,7 @@ async fn discover(
             };
             for a in addrs {
                 let key = format!("{scheme}://{a}");
-                if want.contains_key(&key) {
+                if want.contains_key(&key) || !reachable(a).await {
                     continue;
                 }
                 if let Ok(e) = Endpoint::from_shared(key.clone()) {
