@@ -89,6 +89,19 @@ pub struct Config {
     /// Mailboxes one user may have; CreateMailbox beyond answers RESOURCE_EXHAUSTED.
     #[arg(long, env = "EPISTOLE_MAX_MAILBOXES_PER_USER", default_value_t = 1000)]
     pub max_mailboxes_per_user: u32,
+    /// Address of the client autoconfiguration endpoint (Thunderbird
+    /// autoconfig, Outlook autodiscover, the MTA-STS policy file; see
+    /// `autoconfig.rs`). Off unless set; needs --mail-host.
+    #[arg(long, env = "EPISTOLE_STORE_AUTOCONFIG_LISTEN")]
+    pub autoconfig_listen: Option<SocketAddr>,
+    /// The host name mail clients and MXs use (`mail.example.org`): what
+    /// autoconfig advertises and the MTA-STS policy's `mx:`.
+    #[arg(long, env = "EPISTOLE_MAIL_HOST")]
+    pub mail_host: Option<String>,
+    /// MTA-STS mode served in the policy file (RFC 8461 §3.2).
+    #[arg(long, env = "EPISTOLE_MTA_STS_MODE", default_value = "testing",
+          value_parser = ["testing", "enforce", "none"])]
+    pub mta_sts_mode: String,
     /// Apply migrations on start.
     #[arg(long, env = "EPISTOLE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
@@ -128,6 +141,14 @@ impl Config {
             if *admin == self.token {
                 return Err("--admin-token must differ from --token".into());
             }
+        }
+        if self.autoconfig_listen.is_some()
+            && self
+                .mail_host
+                .as_deref()
+                .is_none_or(|h| h.trim().is_empty())
+        {
+            return Err("--autoconfig-listen needs --mail-host (EPISTOLE_MAIL_HOST)".into());
         }
         Ok(())
     }
@@ -187,6 +208,9 @@ impl Config {
             hash_queue: 64,
             auth_cache_ttl_secs: 60,
             max_mailboxes_per_user: 1000,
+            autoconfig_listen: None,
+            mail_host: None,
+            mta_sts_mode: "testing".into(),
             migrate: true,
         }
     }

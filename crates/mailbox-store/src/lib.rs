@@ -44,6 +44,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod autoconfig;
 pub mod blobs;
 pub mod config;
 pub mod db;

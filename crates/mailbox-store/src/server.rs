@@ -22,6 +22,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Server {
     grpc: TcpListener,
     health: HealthServer,
+    autoconfig: Option<TcpListener>,
     store: Arc<Store>,
 }
 
@@ -67,9 +68,18 @@ impl Server {
         let health = HealthServer::bind(config.http_listen, readiness)
             .await
             .with_context(|| format!("bind HTTP listener {}", config.http_listen))?;
+        let autoconfig = match config.autoconfig_listen {
+            Some(addr) => Some(
+                crate::autoconfig::bind(addr)
+                    .await
+                    .with_context(|| format!("bind autoconfig listener {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             grpc,
             health,
+            autoconfig,
             store: Arc::new(Store {
                 pool,
                 config,
@@ -94,6 +104,12 @@ impl Server {
     /// If the socket has no local address.
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
         self.health.local_addr()
+    }
+
+    /// The bound autoconfig address, when `--autoconfig-listen` is set.
+    #[must_use]
+    pub fn autoconfig_addr(&self) -> Option<SocketAddr> {
+        self.autoconfig.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` is cancelled.
@@ -134,6 +150,15 @@ impl Server {
         );
         let janitor = tokio::spawn(janitor::janitor(store.clone(), shutdown.clone()));
         let health = tokio::spawn(self.health.serve(shutdown.clone()));
+        let autoconfig = self.autoconfig.map(|l| {
+            tokio::spawn(crate::autoconfig::serve(
+                l,
+                store.pool.clone(),
+                store.config.mail_host.clone().unwrap_or_default(),
+                store.config.mta_sts_mode.clone(),
+                shutdown.clone(),
+            ))
+        });
         tracing::info!(addr = ?self.grpc.local_addr().ok(), "mailbox-store serving");
         // TCP_NODELAY on every accepted connection: without it, small
         // streamed responses wait ~40 ms for Nagle + delayed ACK.
@@ -167,6 +192,9 @@ impl Server {
         shutdown.cancel();
         janitor.abort();
         let _ = health.await;
+        if let Some(a) = autoconfig {
+            let _ = a.await;
+        }
         store.hub.stop();
         result.context("gRPC server")
     }
@@ -178,8 +206,12 @@ impl Server {
 /// On start-up or fatal serving errors.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
+    let autoconfig = server
+        .autoconfig_addr()
+        .map(|a| format!(" autoconfig={a}"))
+        .unwrap_or_default();
     println!(
-        "listening grpc={} http={}",
+        "listening grpc={} http={}{autoconfig}",
         server.grpc_addr()?,
         server.http_addr()?
     );

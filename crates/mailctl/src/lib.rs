@@ -9,6 +9,7 @@
 //! refuses the administrative commands (PERMISSION_DENIED).
 
 pub mod dkim;
+pub mod dns;
 
 use std::io::{BufRead as _, IsTerminal as _};
 
@@ -86,6 +87,9 @@ pub enum Command {
     /// DKIM signing keys: prints the DNS TXT record to publish.
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// The DNS records to publish for a domain (`mailctl dns example.org`),
+    /// or a check of what is published (`mailctl dns check example.org`).
+    Dns(dns::DnsArgs),
     /// Apply database migrations directly (the store also does this on start).
     Migrate {
         /// PostgreSQL URL.
@@ -684,6 +688,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
             writeln!(out, "job {id} removed")?;
         }
         Command::Dkim(cmd) => dkim_command(&c, cmd, out).await?,
+        Command::Dns(args) => dns::command(&c, args, out).await?,
         Command::Filter(FilterCmd::Add {
             address,
             header,

@@ -1,10 +1,12 @@
 //! A channel to the store with the bearer token on every call.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::accounts_client::AccountsClient;
@@ -81,23 +83,67 @@ pub enum StoreClientError {
 /// metadata batches can be large).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
+/// How often the store URLs' host names are resolved again, so replicas
+/// added or removed (a scaled Deployment behind a headless Service) join or
+/// leave the balanced set.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+fn endpoint(url: &str) -> Result<Endpoint, StoreClientError> {
+    Ok(configure(Endpoint::from_shared(url.to_string()).map_err(
+        |e| StoreClientError::BadAddress(url.to_string(), e.to_string()),
+    )?))
+}
+
+fn configure(e: Endpoint) -> Endpoint {
+    e.connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+}
+
 /// Creates the clients. The channel connects lazily and reconnects by itself,
 /// so a service can start before the store and survive store restarts.
+///
+/// `url` is one URL or a comma-separated list. Unless it is a single URL
+/// naming an IP address, calls are spread over every address the URLs'
+/// host names resolve to (tonic's balanced channel: power of two choices
+/// over the least loaded), re-resolved every [`RESOLVE_EVERY`]: give a
+/// headless Service name (one A record per replica) or list the replicas.
+/// Balancing needs a Tokio runtime; outside one the first URL is used alone.
 ///
 /// # Errors
 /// On a malformed address or token.
 pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| StoreClientError::BadAddress(url.to_string(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
+    let endpoints = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(endpoint)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = endpoints.first() else {
+        return Err(StoreClientError::BadAddress(
+            url.to_string(),
+            "no URL".into(),
+        ));
+    };
     if token.is_empty() {
         return Err(StoreClientError::NoToken);
     }
-    let channel = endpoint.connect_lazy();
+    let single_ip = endpoints.len() == 1
+        && first
+            .uri()
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok());
+    let channel = match tokio::runtime::Handle::try_current() {
+        Ok(rt) if !single_ip => {
+            let (channel, tx) = Channel::balance_channel::<String>(64);
+            rt.spawn(discover(endpoints, tx));
+            channel
+        }
+        _ => first.connect_lazy(),
+    };
     let auth = AuthInterceptor::new(token)?;
     Ok(StoreClient {
         accounts: AccountsClient::with_interceptor(channel.clone(), auth.clone())
@@ -113,4 +159,80 @@ pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> 
         tls_reports: TlsReportsClient::with_interceptor(channel.clone(), auth.clone()),
         mta_sts: MtaStsCacheClient::with_interceptor(channel, auth),
     })
+}
+
+/// Does something accept connections at `a`? An address nobody listens on
+/// (`localhost` resolving to `::1` as well, a replica gone) would otherwise
+/// stay in the set and fail the calls the balancer sends it.
+async fn reachable(a: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(a)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Keeps the balanced set equal to the reachable addresses the URLs
+/// resolve to (resolved and probed every [`RESOLVE_EVERY`]). When none is,
+/// the URLs themselves form the set, so calls fail with a connection error
+/// (a transient failure, answered 4xx) instead of waiting for an endpoint
+/// that may never come, and succeed once the store is up.
+async fn discover(
+    endpoints: Vec<Endpoint>,
+    tx: tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
+) {
+    let mut current: HashMap<String, ()> = HashMap::new();
+    loop {
+        let mut want: HashMap<String, Endpoint> = HashMap::new();
+        for ep in &endpoints {
+            let uri = ep.uri();
+            let scheme = uri.scheme_str().unwrap_or("http");
+            let Some(host) = uri.host() else { continue };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri
+                .port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+            let Ok(addrs) = tokio::net::lookup_host((host, port)).await else {
+                continue;
+            };
+            for a in addrs {
+                let key = format!("{scheme}://{a}");
+                if want.contains_key(&key) || !reachable(a).await {
+                    continue;
+                }
+                if let Ok(e) = Endpoint::from_shared(key.clone()) {
+                    // Keep the URL's host name as the HTTP/2 :authority.
+                    want.insert(key, configure(e).origin(uri.clone()));
+                }
+            }
+        }
+        if want.is_empty() {
+            for ep in &endpoints {
+                want.insert(ep.uri().to_string(), ep.clone());
+            }
+        }
+        let gone: Vec<String> = current
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            current.remove(&k);
+            if tx.send(Change::Remove(k)).await.is_err() {
+                return;
+            }
+        }
+        for (k, e) in want {
+            if current.contains_key(&k) {
+                continue;
+            }
+            current.insert(k.clone(), ());
+            if tx.send(Change::Insert(k, e)).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(RESOLVE_EVERY).await;
+        if tx.is_closed() {
+            return;
+        }
+    }
 }

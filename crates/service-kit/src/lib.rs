@@ -30,7 +30,10 @@ pub use srs::SrsArgs;
 /// How a service reaches the store. Flattened into every service's config.
 #[derive(clap::Args, Clone)]
 pub struct StoreArgs {
-    /// gRPC URL of the mailbox-store (any replica, or a load balancer).
+    /// gRPC URL of the mailbox-store, or a comma-separated list of replicas.
+    /// Calls are balanced over every address the host names resolve to
+    /// (re-resolved every 30 s): name a headless Service to spread over
+    /// all replicas.
     #[arg(
         long = "store-url",
         env = "EPISTOLE_STORE_URL",

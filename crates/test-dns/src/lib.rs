@@ -1,8 +1,8 @@
 //! # test-dns
 //!
 //! A minimal authoritative DNS responder (RFC 1035 wire format, UDP and TCP)
-//! for tests, on 127.0.0.1 and an ephemeral port. It serves MX, A, AAAA and
-//! TXT and TLSA records set by the test; a name with no records is NXDOMAIN,
+//! for tests, on 127.0.0.1 and an ephemeral port. It serves MX, A, AAAA,
+//! TXT, TLSA and SRV records set by the test; a name with no records is NXDOMAIN,
 //! a name with records of other types is NODATA (NOERROR, empty answer).
 //! Names can also be made to answer SERVFAIL or to stay silent (a timeout).
 //!
@@ -39,6 +39,7 @@ const TYPE_MX: u16 = 15;
 const TYPE_TXT: u16 = 16;
 const TYPE_AAAA: u16 = 28;
 const TYPE_TLSA: u16 = 52;
+const TYPE_SRV: u16 = 33;
 
 const RCODE_NOERROR: u8 = 0;
 const RCODE_FORMERR: u8 = 1;
@@ -63,6 +64,13 @@ pub enum Record {
         matching: u8,
         data: Vec<u8>,
     },
+    /// RFC 2782: priority, weight, port, target.
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: String,
+    },
 }
 
 impl Record {
@@ -73,6 +81,7 @@ impl Record {
             Record::Aaaa(_) => TYPE_AAAA,
             Record::Txt(_) => TYPE_TXT,
             Record::Tlsa { .. } => TYPE_TLSA,
+            Record::Srv { .. } => TYPE_SRV,
         }
     }
 
@@ -109,6 +118,19 @@ impl Record {
             } => {
                 let mut v = vec![*usage, *selector, *matching];
                 v.extend_from_slice(data);
+                v
+            }
+            // RFC 2782: the target is not compressed.
+            Record::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => {
+                let mut v = priority.to_be_bytes().to_vec();
+                v.extend_from_slice(&weight.to_be_bytes());
+                v.extend_from_slice(&port.to_be_bytes());
+                encode_name(target, &mut v);
                 v
             }
         }

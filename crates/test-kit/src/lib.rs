@@ -401,6 +401,19 @@ impl TestStore {
         .await
     }
 
+    /// A store over an existing database (one restored from a backup, say),
+    /// with new tokens: tokens are configuration, not data.
+    pub async fn start_over(database_url: &str) -> Self {
+        let tokens = (random_token(), random_token());
+        Self::start_on(
+            database_url.to_string(),
+            tokens,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            no_tune,
+        )
+        .await
+    }
+
     async fn start_on(
         database_url: String,
         (token, service_token): (String, String),

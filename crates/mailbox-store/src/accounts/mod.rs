@@ -51,7 +51,8 @@ impl AccountsSvc {
     }
 }
 
-async fn domain_id(pool: &PgPool, domain: &str) -> Result<Option<i64>> {
+/// The id of a hosted domain (lowercase ASCII name).
+pub(crate) async fn domain_id(pool: &PgPool, domain: &str) -> Result<Option<i64>> {
     Ok(
         sqlx::query_scalar!("SELECT id FROM domains WHERE name = $1", domain)
             .fetch_optional(pool)
