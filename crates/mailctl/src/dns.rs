@@ -15,8 +15,6 @@ use mailstore_api::{StoreClient, pb};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
 /// What the published records describe.
@@ -159,25 +157,9 @@ pub enum Verdict {
 /// # Errors
 /// When the system resolver configuration cannot be read.
 pub fn resolver(server: Option<SocketAddr>) -> anyhow::Result<TokioResolver> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = match server {
-        Some(addr) => {
-            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-            for c in &mut ns.connections {
-                c.port = addr.port();
-            }
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(vec![ns]),
-                provider,
-            )
-        }
-        None => TokioResolver::builder(provider)?,
-    };
-    let opts = builder.options_mut();
-    opts.timeout = Duration::from_secs(5);
-    opts.attempts = 2;
-    opts.cache_size = 0;
-    opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    let mut builder = service_kit::dns::resolver_builder(server, Duration::from_secs(5))?;
+    // `dns check` reports what is published now, not what was cached.
+    builder.options_mut().cache_size = 0;
     Ok(builder.build()?)
 }
 

@@ -4,6 +4,7 @@
 //! `/readyz` and `/metrics` (Prometheus text format) each service exposes.
 
 mod args;
+pub mod dns;
 pub mod http;
 pub mod listen;
 pub mod proxy;

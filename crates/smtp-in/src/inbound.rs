@@ -21,9 +21,6 @@ use std::time::Duration;
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dmarc::Policy as DmarcPolicy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::hickory_resolver::TokioResolver;
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
-use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
@@ -157,26 +154,11 @@ impl Checker {
         timeout: Duration,
         policy: Policy,
     ) -> Result<Self, ResolverError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match dns {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for c in &mut ns.connections {
-                    c.port = addr.port();
-                }
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    provider,
-                )
-            }
-            None => TokioResolver::builder(provider).map_err(|e| ResolverError(e.to_string()))?,
-        };
+        let mut builder = service_kit::dns::resolver_builder(dns, timeout)
+            .map_err(|e| ResolverError(e.to_string()))?;
         let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 2;
         opts.positive_max_ttl = Some(Duration::from_secs(3600));
         opts.negative_max_ttl = Some(Duration::from_secs(60));
-        opts.use_hosts_file = ResolveHosts::Never;
         let resolver = builder.build().map_err(|e| ResolverError(e.to_string()))?;
         Ok(Self {
             auth: MessageAuthenticator(resolver),

@@ -21,9 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom as _;
 
@@ -181,29 +179,13 @@ impl Router {
         relays: HashMap<String, Smarthost>,
         policy: destination::Policy,
     ) -> Result<Self, NetError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match dns {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for c in &mut ns.connections {
-                    c.port = addr.port();
-                }
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    provider,
-                )
-            }
-            None => TokioResolver::builder(provider)?,
-        };
+        let mut builder = service_kit::dns::resolver_builder(dns, timeout)?;
         let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 2;
         opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
         // A small cache: queue runs re-resolve the same domains; tests
         // change records between runs, so keep it short.
         opts.positive_max_ttl = Some(Duration::from_secs(300));
         opts.negative_max_ttl = Some(Duration::from_secs(30));
-        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         Ok(Self {
             resolver: builder.build()?,
             port,
