@@ -270,7 +270,15 @@ async fn eight_bit_is_converted_for_a_7bit_server_and_dkim_still_verifies() {
         "Subject: =?utf-8?q?caf=C3=A9?= menu",
     );
     let client = store.client();
-    let eight = enqueue_outbound(&client, "alice@a.test", &["bob@old.test"], body.as_bytes()).await;
+    // Marked for signing, as an authenticated submission is (T105).
+    let eight = enqueue_outbound_as(
+        &client,
+        "alice@a.test",
+        &["bob@old.test"],
+        body.as_bytes(),
+        true,
+    )
+    .await;
     let utf8_header = enqueue_utf8(
         &client,
         "alice@a.test",
