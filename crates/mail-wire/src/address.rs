@@ -68,10 +68,18 @@ impl Domain {
         if !ascii.split('.').all(is_ldh_label) {
             return Err(AddressError::Syntax);
         }
-        Ok(Self {
-            ascii,
-            utf8: s.to_lowercase(),
-        })
+        // The U-label form is the one IDNA gives back for the A-labels, so
+        // that printing and parsing again finds the same name (Unicode
+        // lower-casing differs: "İ" lowers to "i" + U+0307, which IDNA
+        // refuses; found by fuzz/smtp_envelope).
+        let utf8 = if s.is_ascii() {
+            ascii.clone()
+        } else {
+            let (unicode, check) = idna::domain_to_unicode(&ascii);
+            check.map_err(|_| AddressError::Syntax)?;
+            unicode
+        };
+        Ok(Self { ascii, utf8 })
     }
 
     /// The lower-cased ASCII (A-label) form.
@@ -282,5 +290,15 @@ mod tests {
             Address::parse(&format!("{}@x.example", "a".repeat(65))),
             Err(AddressError::TooLong)
         );
+    }
+
+    /// A name whose Unicode lower case IDNA refuses still prints in a form
+    /// that parses back to the same name (fuzz/smtp_envelope).
+    #[test]
+    fn u_label_form_round_trips() {
+        let d = Domain::parse("a0JJKİJJRE.exampé").expect("parses");
+        let again = Domain::parse(d.as_utf8()).expect("printed form parses");
+        assert_eq!(again.as_str(), d.as_str());
+        assert_eq!(again.as_utf8(), d.as_utf8());
     }
 }
