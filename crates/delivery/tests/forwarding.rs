@@ -40,24 +40,11 @@ async fn enqueue_with(client: &StoreClient, header: pb::EnqueueHeader, raw: &[u8
             header.kind
         },
         idempotency_key: format!("t-{:016x}", rand_key()),
-        size: raw.len() as u64,
         ..header
     };
-    let msgs = vec![
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Header(header)),
-        },
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Data(raw.to_vec())),
-        },
-    ];
-    client
-        .queue
-        .clone()
-        .enqueue(futures::stream::iter(msgs))
+    test_kit::enqueue_header(client, header, raw)
         .await
         .unwrap()
-        .into_inner()
         .job_id
 }
 

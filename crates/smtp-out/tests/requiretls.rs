@@ -27,24 +27,12 @@ async fn enqueue_requiretls(client: &mailstore_api::StoreClient, to: &str) -> u6
             address: to.into(),
             ..Default::default()
         }],
-        size: MSG.len() as u64,
         requiretls: true,
         ..Default::default()
     };
-    client
-        .queue
-        .clone()
-        .enqueue(futures::stream::iter(vec![
-            pb::EnqueueRequest {
-                part: Some(pb::enqueue_request::Part::Header(header)),
-            },
-            pb::EnqueueRequest {
-                part: Some(pb::enqueue_request::Part::Data(MSG.to_vec())),
-            },
-        ]))
+    test_kit::enqueue_header(client, header, MSG)
         .await
         .unwrap()
-        .into_inner()
         .job_id
 }
 

@@ -211,25 +211,12 @@ async fn enqueue_utf8(client: &StoreClient, from: &str, to: &str, raw: &[u8]) ->
             address: to.to_string(),
             ..Default::default()
         }],
-        size: raw.len() as u64,
         smtputf8: true,
         ..Default::default()
     };
-    let msgs = vec![
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Header(header)),
-        },
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Data(raw.to_vec())),
-        },
-    ];
-    client
-        .queue
-        .clone()
-        .enqueue(futures::stream::iter(msgs))
+    test_kit::enqueue_header(client, header, raw)
         .await
         .unwrap()
-        .into_inner()
         .job_id
 }
 

@@ -577,21 +577,38 @@ pub async fn enqueue(
     to: &[&str],
     raw: &[u8],
 ) -> Result<pb::EnqueueResponse, tonic::Status> {
+    let header = pb::EnqueueHeader {
+        kind: pb::QueueKind::Inbound as i32,
+        idempotency_key: key.into(),
+        mail_from: from.into(),
+        recipients: to
+            .iter()
+            .map(|a| pb::Recipient {
+                address: (*a).to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    enqueue_header(client, header, raw).await
+}
+
+/// Enqueues `raw` under any `header` (its `size` is filled in), in 256 KiB
+/// chunks, as smtp-in does.
+///
+/// # Errors
+/// The store's status.
+pub async fn enqueue_header(
+    client: &StoreClient,
+    header: pb::EnqueueHeader,
+    raw: &[u8],
+) -> Result<pb::EnqueueResponse, tonic::Status> {
+    let header = pb::EnqueueHeader {
+        size: raw.len() as u64,
+        ..header
+    };
     let mut msgs = vec![pb::EnqueueRequest {
-        part: Some(pb::enqueue_request::Part::Header(pb::EnqueueHeader {
-            kind: pb::QueueKind::Inbound as i32,
-            idempotency_key: key.into(),
-            mail_from: from.into(),
-            recipients: to
-                .iter()
-                .map(|a| pb::Recipient {
-                    address: (*a).to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            size: raw.len() as u64,
-            ..Default::default()
-        })),
+        part: Some(pb::enqueue_request::Part::Header(header)),
     }];
     for c in raw.chunks(256 * 1024) {
         msgs.push(pb::EnqueueRequest {

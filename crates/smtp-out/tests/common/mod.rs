@@ -497,24 +497,11 @@ pub async fn enqueue_outbound_as(
                 ..Default::default()
             })
             .collect(),
-        size: raw.len() as u64,
         ..Default::default()
     };
-    let msgs = vec![
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Header(header)),
-        },
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Data(raw.to_vec())),
-        },
-    ];
-    client
-        .queue
-        .clone()
-        .enqueue(futures::stream::iter(msgs))
+    test_kit::enqueue_header(client, header, raw)
         .await
         .unwrap()
-        .into_inner()
         .job_id
 }
 
