@@ -114,3 +114,49 @@ async fn lookups_and_auth() {
     );
     assert!(dead.lookup_recipient("u@ours.example", "s").await.is_err());
 }
+
+/// A store that is down for a moment after the final dot: with a retry
+/// budget the Enqueue outlives the outage (250, one job); without one it
+/// fails at once (the sender gets 451 and resends — a possible duplicate
+/// if the first try had committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_retry_budget_outlives_a_short_store_outage() {
+    let mut store = TestStore::start().await;
+    store.add_domain("ours.example").await;
+    let client = store.client();
+    let header = |key: &str| pb::EnqueueHeader {
+        kind: pb::QueueKind::Inbound.into(),
+        idempotency_key: key.into(),
+        mail_from: "a@remote.example".into(),
+        recipients: vec![pb::Recipient {
+            address: "u@ours.example".into(),
+            ..Default::default()
+        }],
+        size: 9,
+        ..Default::default()
+    };
+    let quick = Backend::new(client.clone(), Duration::from_secs(1), 3);
+    let patient = Backend::new(client, Duration::from_secs(1), 3)
+        .with_enqueue_budget(Duration::from_secs(30));
+    store.stop().await;
+    assert!(
+        quick
+            .enqueue(header("budget:0"), &[b"Hi there\n"], "s")
+            .await
+            .is_err(),
+        "no budget: the outage is an error at once"
+    );
+    let back = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        store.restart().await;
+        store
+    });
+    let r = patient
+        .enqueue(header("budget:30"), &[b"Hi there\n"], "s")
+        .await
+        .expect("queued once the store is back");
+    assert!(r.job_id > 0);
+    let store = back.await.unwrap();
+    let jobs = test_kit::jobs(&store, pb::QueueKind::Inbound, pb::JobState::Unspecified).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+}
