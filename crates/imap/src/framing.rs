@@ -114,19 +114,13 @@ impl Framer {
             }
             let rest = &buf[self.pos..];
             let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
-                if rest.len() > limits.max_line || buf.len() > limits.max_command {
-                    return Frame::TooLong;
-                }
-                if !authenticated && rest.len() > limits.preauth_max {
-                    return self.preauth_too_long(buf);
+                if let Some(frame) = self.over_limit(rest.len(), buf, limits, authenticated) {
+                    return frame;
                 }
                 return Frame::Incomplete;
             };
-            if lf + 1 > limits.max_line || self.pos + lf + 1 > limits.max_command {
-                return Frame::TooLong;
-            }
-            if !authenticated && lf + 1 > limits.preauth_max {
-                return self.preauth_too_long(buf);
+            if let Some(frame) = self.over_limit(lf + 1, buf, limits, authenticated) {
+                return frame;
             }
             let line_end = self.pos + lf + 1;
             let line = &rest[..lf];
@@ -172,6 +166,36 @@ impl Framer {
 }
 
 impl Framer {
+    /// The line at `self.pos` is `len` bytes so far (or in all, LF
+    /// included): is a limit exceeded? The answer must not depend on how
+    /// the input was split into reads, so when a line exceeds several
+    /// limits at once, the one with the lowest threshold wins: that is the
+    /// one a client sending byte by byte would reach first (a tie goes to
+    /// the fatal [`Frame::TooLong`], checked first at equal length).
+    fn over_limit(
+        &mut self,
+        len: usize,
+        buf: &[u8],
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Option<Frame> {
+        let fatal = limits
+            .max_line
+            .min(limits.max_command.saturating_sub(self.pos));
+        let preauth = if authenticated {
+            usize::MAX
+        } else {
+            limits.preauth_max
+        };
+        if len > fatal && fatal <= preauth {
+            Some(Frame::TooLong)
+        } else if len > preauth {
+            Some(self.preauth_too_long(buf))
+        } else {
+            None
+        }
+    }
+
     /// A pre-authentication line over [`Limits::preauth_max`] (but within
     /// the hard [`Limits::max_line`]): a `BAD`, and the line is skipped.
     fn preauth_too_long(&mut self, buf: &[u8]) -> Frame {
@@ -368,6 +392,50 @@ mod tests {
         let mut f = Framer::new();
         let buf = vec![b'('; 200];
         assert_eq!(f.advance(&buf, &limits, false), Frame::TooLong);
+    }
+
+    /// Fuzzer find (fuzz/imap_command, seed 1): before login, a line over
+    /// both `preauth_max` and `max_line` was fatal when it arrived whole but
+    /// answered and skipped when it arrived in pieces (the pre-login limit
+    /// was reached first). The lower limit now wins either way.
+    #[test]
+    fn preauth_limit_wins_over_line_limit_however_split() {
+        let limits = Limits {
+            max_line: 64,
+            preauth_max: 16,
+            ..Limits::default()
+        };
+        let mut line = vec![b'a', b' '];
+        line.extend(std::iter::repeat_n(b'x', 100));
+        line.extend_from_slice(b"\r\nb NOOP\r\n");
+        let expected = vec![
+            Frame::PreauthTooLong {
+                tag: Some("a".into()),
+            },
+            Frame::Discard(104),
+            Frame::Complete(8),
+        ];
+        let mut f = Framer::new();
+        let mut whole = Vec::new();
+        let mut at = 0;
+        while at < line.len() {
+            let frame = f.advance(&line[at..], &limits, false);
+            match frame {
+                Frame::Discard(n) | Frame::Complete(n) => at += n,
+                Frame::PreauthTooLong { .. } => {}
+                _ => panic!("unexpected {frame:?}"),
+            }
+            whole.push(frame);
+        }
+        assert_eq!(whole, expected);
+        // In pieces the same answer, then everything up to the LF dropped.
+        let mut f = Framer::new();
+        assert!(matches!(
+            f.advance(&line[..30], &limits, false),
+            Frame::PreauthTooLong { .. }
+        ));
+        // After login the line limit is the only one, and it is fatal.
+        assert_eq!(Framer::new().advance(&line, &limits, true), Frame::TooLong);
     }
 
     /// Before login a line over `preauth_max` is answered and skipped,
