@@ -102,6 +102,18 @@ pub struct Config {
     #[arg(long, env = "EPISTOLE_MTA_STS_MODE", default_value = "testing",
           value_parser = ["testing", "enforce", "none"])]
     pub mta_sts_mode: String,
+    /// Certificate chain (PEM) for TLS on the gRPC listener; needs
+    /// --grpc-tls-key. Clients then use https:// URLs and --store-ca.
+    #[arg(long, env = "EPISTOLE_STORE_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --grpc-tls-cert.
+    #[arg(long, env = "EPISTOLE_STORE_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+    /// CA (PEM) whose client certificates the gRPC listener requires
+    /// (mutual TLS between the services and the store; threat model T118).
+    /// Needs --grpc-tls-cert. The bearer tokens are still checked.
+    #[arg(long, env = "EPISTOLE_STORE_GRPC_CLIENT_CA")]
+    pub grpc_client_ca: Option<std::path::PathBuf>,
     /// Apply migrations on start.
     #[arg(long, env = "EPISTOLE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
@@ -150,6 +162,12 @@ impl Config {
         {
             return Err("--autoconfig-listen needs --mail-host (EPISTOLE_MAIL_HOST)".into());
         }
+        if self.grpc_tls_cert.is_some() != self.grpc_tls_key.is_some() {
+            return Err("--grpc-tls-cert and --grpc-tls-key go together".into());
+        }
+        if self.grpc_client_ca.is_some() && self.grpc_tls_cert.is_none() {
+            return Err("--grpc-client-ca needs --grpc-tls-cert and --grpc-tls-key".into());
+        }
         Ok(())
     }
 
@@ -170,6 +188,25 @@ impl Config {
             self.admin_token = Some(first_line(path)?);
         }
         Ok(())
+    }
+
+    /// TLS for the gRPC listener (`--grpc-tls-cert`, `--grpc-tls-key`,
+    /// `--grpc-client-ca`), read at start.
+    ///
+    /// # Errors
+    /// An unreadable file.
+    pub fn grpc_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.grpc_tls_cert, &self.grpc_tls_key) else {
+            return Ok(None);
+        };
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &self.grpc_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(tls))
     }
 
     /// The database password from `--database-password-file`, if given.
@@ -211,6 +248,9 @@ impl Config {
             autoconfig_listen: None,
             mail_host: None,
             mta_sts_mode: "testing".into(),
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
+            grpc_client_ca: None,
             migrate: true,
         }
     }

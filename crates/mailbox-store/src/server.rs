@@ -34,6 +34,8 @@ impl Server {
     pub async fn bind(mut config: Config) -> anyhow::Result<Self> {
         config.load_secret_files().map_err(anyhow::Error::msg)?;
         config.validate().map_err(anyhow::Error::msg)?;
+        // Unreadable TLS files fail the start, not the first connection.
+        config.grpc_tls().map_err(anyhow::Error::msg)?;
         if config.admin_token.is_none() {
             tracing::warn!(
                 "no --admin-token (EPISTOLE_STORE_ADMIN_TOKEN): administrative RPCs (users, domains, aliases, queue admin) are refused"
@@ -166,7 +168,11 @@ impl Server {
         let incoming =
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let sd = shutdown.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = store.config.grpc_tls().map_err(anyhow::Error::msg)? {
+            builder = builder.tls_config(tls).context("gRPC TLS")?;
+        }
+        let server = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(accounts)

@@ -58,7 +58,11 @@ impl StoreAccess {
     /// When neither is set, or the token is not a valid header value.
     pub fn client(&self) -> anyhow::Result<StoreClient> {
         match self.admin_token.as_deref().filter(|t| !t.is_empty()) {
-            Some(admin) => Ok(mailstore_api::connect(&self.store.url, admin)?),
+            Some(admin) => Ok(mailstore_api::connect_tls(
+                &self.store.url,
+                admin,
+                self.store.tls()?.as_ref(),
+            )?),
             None => self
                 .store
                 .client()

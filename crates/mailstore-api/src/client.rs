@@ -7,7 +7,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::pb::accounts_client::AccountsClient;
 use crate::pb::guard_client::GuardClient;
@@ -77,6 +77,40 @@ pub enum StoreClientError {
     TokenFile(String, String),
     #[error("invalid store address {0:?}: {1}")]
     BadAddress(String, String),
+    #[error("store TLS: {0}")]
+    Tls(String),
+}
+
+/// TLS towards the store (optional; threat model T118): the CA that signs
+/// the store's certificate and, for mutual TLS, this service's own
+/// certificate and key. All PEM.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// The tonic configuration, verifying the store's certificate for
+    /// `host` (the URL's host name, also when the balancer connects to one
+    /// of its addresses).
+    fn config(&self, host: &str) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name(host);
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        c
+    }
 }
 
 /// Messages up to this size travel in one gRPC message (bodies are chunked,
@@ -88,10 +122,31 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// leave the balanced set.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
-fn endpoint(url: &str) -> Result<Endpoint, StoreClientError> {
-    Ok(configure(Endpoint::from_shared(url.to_string()).map_err(
-        |e| StoreClientError::BadAddress(url.to_string(), e.to_string()),
-    )?))
+fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, StoreClientError> {
+    let e = configure(
+        Endpoint::from_shared(url.to_string())
+            .map_err(|e| StoreClientError::BadAddress(url.to_string(), e.to_string()))?,
+    );
+    let https = e.uri().scheme_str() == Some("https");
+    match tls {
+        Some(_) if !https => Err(StoreClientError::Tls(format!(
+            "{url}: TLS to the store needs an https:// URL"
+        ))),
+        None if https => Err(StoreClientError::Tls(format!(
+            "{url}: an https:// store URL needs the store's CA (--store-ca)"
+        ))),
+        None => Ok(e),
+        Some(tls) => {
+            let host = e.uri().host().unwrap_or_default().to_string();
+            with_tls(e, tls, &host)
+        }
+    }
+}
+
+fn with_tls(e: Endpoint, tls: &ClientTls, host: &str) -> Result<Endpoint, StoreClientError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    e.tls_config(tls.config(host))
+        .map_err(|e| StoreClientError::Tls(e.to_string()))
 }
 
 fn configure(e: Endpoint) -> Endpoint {
@@ -115,11 +170,25 @@ fn configure(e: Endpoint) -> Endpoint {
 /// # Errors
 /// On a malformed address or token.
 pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> {
+    connect_tls(url, token, None)
+}
+
+/// [`connect`], with TLS (and, when `tls` carries an identity, mutual TLS)
+/// to the store: every URL must then be `https://`.
+///
+/// # Errors
+/// On a malformed address or token, or a URL scheme that does not match
+/// whether `tls` is given.
+pub fn connect_tls(
+    url: &str,
+    token: &str,
+    tls: Option<&ClientTls>,
+) -> Result<StoreClient, StoreClientError> {
     let endpoints = url
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(endpoint)
+        .map(|u| endpoint(u, tls))
         .collect::<Result<Vec<_>, _>>()?;
     let Some(first) = endpoints.first() else {
         return Err(StoreClientError::BadAddress(
@@ -139,7 +208,7 @@ pub fn connect(url: &str, token: &str) -> Result<StoreClient, StoreClientError> 
     let channel = match tokio::runtime::Handle::try_current() {
         Ok(rt) if !single_ip => {
             let (channel, tx) = Channel::balance_channel::<String>(64);
-            rt.spawn(discover(endpoints, tx));
+            rt.spawn(discover(endpoints, tls.cloned(), tx));
             channel
         }
         _ => first.connect_lazy(),
@@ -178,6 +247,7 @@ async fn reachable(a: std::net::SocketAddr) -> bool {
 /// that may never come, and succeed once the store is up.
 async fn discover(
     endpoints: Vec<Endpoint>,
+    tls: Option<ClientTls>,
     tx: tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
 ) {
     let mut current: HashMap<String, ()> = HashMap::new();
@@ -200,8 +270,17 @@ async fn discover(
                     continue;
                 }
                 if let Ok(e) = Endpoint::from_shared(key.clone()) {
-                    // Keep the URL's host name as the HTTP/2 :authority.
-                    want.insert(key, configure(e).origin(uri.clone()));
+                    // Keep the URL's host name as the HTTP/2 :authority
+                    // and as the name the certificate is checked for.
+                    let e = configure(e).origin(uri.clone());
+                    let e = match &tls {
+                        Some(tls) => match with_tls(e, tls, host) {
+                            Ok(e) => e,
+                            Err(_) => continue,
+                        },
+                        None => e,
+                    };
+                    want.insert(key, e);
                 }
             }
         }

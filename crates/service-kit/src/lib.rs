@@ -53,6 +53,17 @@ pub struct StoreArgs {
     /// --store-token is not given.
     #[arg(long = "store-token-file", env = "EPISTOLE_STORE_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signs the store's certificate: turns on
+    /// TLS to the store (the URLs must then be https://).
+    #[arg(long = "store-ca", env = "EPISTOLE_STORE_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// This service's client certificate (PEM) for mutual TLS with a store
+    /// started with --grpc-client-ca; needs --store-client-key.
+    #[arg(long = "store-client-cert", env = "EPISTOLE_STORE_CLIENT_CERT")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --store-client-cert.
+    #[arg(long = "store-client-key", env = "EPISTOLE_STORE_CLIENT_KEY")]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -72,6 +83,41 @@ impl StoreArgs {
             url: url.into(),
             token: token.into(),
             token_file: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+
+    /// TLS towards the store from `--store-ca` and, for mutual TLS,
+    /// `--store-client-cert` / `--store-client-key` (read once, at start).
+    ///
+    /// # Errors
+    /// A file cannot be read, or only one of certificate and key is given.
+    pub fn tls(&self) -> Result<Option<mailstore_api::ClientTls>, mailstore_api::StoreClientError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                mailstore_api::StoreClientError::Tls(format!("read {}: {e}", p.display()))
+            })
+        };
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(mailstore_api::StoreClientError::Tls(
+                    "--store-client-cert and --store-client-key go together".into(),
+                ));
+            }
+        };
+        match &self.ca {
+            Some(ca) => Ok(Some(mailstore_api::ClientTls {
+                ca_pem: read(ca)?,
+                identity,
+            })),
+            None if identity.is_some() => Err(mailstore_api::StoreClientError::Tls(
+                "a client certificate needs --store-ca".into(),
+            )),
+            None => Ok(None),
         }
     }
 
@@ -102,7 +148,7 @@ impl StoreArgs {
     /// # Errors
     /// On a malformed URL, or a missing or malformed token.
     pub fn client(&self) -> Result<mailstore_api::StoreClient, mailstore_api::StoreClientError> {
-        mailstore_api::connect(&self.url, &self.token()?)
+        mailstore_api::connect_tls(&self.url, &self.token()?, self.tls()?.as_ref())
     }
 }
 
