@@ -1,7 +1,8 @@
 //! Password guessing against real binaries: two imap replicas and one pop3
 //! share one store, so a client guessing from one address is throttled and
 //! then banned on all of them, while a user from another address logs in;
-//! guessing one account from many addresses throttles that account.
+//! guessing one account from many addresses throttles that account; and
+//! the per-IP connection limit counts the connections on every replica.
 //! Threat model: password guessing (T17, T45).
 #![allow(clippy::unwrap_used)]
 
@@ -213,4 +214,84 @@ async fn guessing_is_throttled_across_replicas_and_protocols() {
             .await,
         Outcome::Ok
     );
+}
+
+/// Whether a new connection from `source` is greeted (`+OK`) or refused
+/// over the limits; the greeted connection is returned to be held.
+async fn pop3_greeted(source: &str, to: SocketAddr) -> Option<BufReader<TcpStream>> {
+    let mut c = connect_from(source, to).await;
+    let mut l = String::new();
+    match tokio::time::timeout(Duration::from_secs(30), c.read_line(&mut l)).await {
+        Ok(Ok(_)) if l.starts_with("+OK") => Some(c),
+        Ok(_) => None,
+        Err(_) => panic!("no greeting nor refusal in time"),
+    }
+}
+
+/// Polls until a new connection from `source` to `to` is greeted
+/// (`want` = true) or refused; each greeted probe is closed at once.
+async fn until_greeted(source: &str, to: SocketAddr, want: bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if pop3_greeted(source, to).await.is_some() == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The per-IP connection limit counts every replica's connections (threat
+/// model T43): an address holding its whole allowance on one pop3 replica
+/// is refused by the other (within a report interval), other addresses
+/// are not, and the allowance comes back when those connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_per_ip_holds_across_replicas() {
+    let store = test_kit::TestStore::start().await;
+    let args = [
+        "--log",
+        "warn",
+        "pop3",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen-tls",
+        "off",
+        "--http-listen",
+        "off",
+        "--max-connections-per-ip",
+        "4",
+    ];
+    let a = test_kit::spawn_service(&store, &args, &["pop3"]).await;
+    let b = test_kit::spawn_service(&store, &args, &["pop3"]).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(
+            pop3_greeted("127.0.0.2", a.addr("pop3"))
+                .await
+                .unwrap_or_else(|| panic!("connection {i} to replica A")),
+        );
+    }
+    assert!(
+        pop3_greeted("127.0.0.2", a.addr("pop3")).await.is_none(),
+        "A's own limit"
+    );
+    until_greeted(
+        "127.0.0.2",
+        b.addr("pop3"),
+        false,
+        "replica B never learnt of A's 4 connections",
+    )
+    .await;
+    assert!(
+        pop3_greeted("127.0.0.3", b.addr("pop3")).await.is_some(),
+        "another address is not limited"
+    );
+    drop(held);
+    until_greeted(
+        "127.0.0.2",
+        b.addr("pop3"),
+        true,
+        "replica B never learnt that A's connections closed",
+    )
+    .await;
 }

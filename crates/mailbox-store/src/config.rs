@@ -200,8 +200,9 @@ impl Config {
         let (Some(cert), Some(key)) = (&self.grpc_tls_cert, &self.grpc_tls_key) else {
             return Ok(None);
         };
-        let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()))
+        };
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
         if let Some(ca) = &self.grpc_client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));

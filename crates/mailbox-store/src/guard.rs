@@ -15,6 +15,12 @@
 //!   [`names::ip_key`] (IPv4-mapped → IPv4, IPv6 → its /64); any other key
 //!   (an account) is lower-cased. Scope: 1–64 bytes; key: 1–320 bytes
 //!   (RFC 5321 §4.5.3.1: 64 + 1 + 255); otherwise INVALID_ARGUMENT.
+//! - **Open connections** per client address are shared by replicas as
+//!   reports (`ShareConnections`): each replica replaces its own rows
+//!   every few seconds and reads the others' sums; rows of a replica that
+//!   stopped reporting expire. A connection limit is then eventually
+//!   consistent across replicas (one report interval late), without a
+//!   store round trip per connection.
 //! - Expired rows are deleted by the janitor.
 
 use std::sync::Arc;
@@ -177,12 +183,86 @@ async fn check_mark(pool: &PgPool, req: pb::CheckMarkRequest) -> Result<pb::Chec
     })
 }
 
+/// Most addresses in one connection report, and in its answer.
+pub const MAX_SHARED: usize = 10_000;
+
+async fn share_connections(
+    pool: &PgPool,
+    req: pb::ShareConnectionsRequest,
+) -> Result<pb::ShareConnectionsResponse> {
+    let bad = |s: &str| s.is_empty() || s.len() > MAX_SCOPE || s.chars().any(char::is_control);
+    if bad(&req.scope) || bad(&req.replica) {
+        return Err(StoreError::invalid(
+            "scope and replica must be 1 to 64 bytes",
+        ));
+    }
+    if req.ttl_secs == 0 || req.ttl_secs > 3600 {
+        return Err(StoreError::invalid("ttl_secs must be 1 s to 1 hour"));
+    }
+    if req.counts.len() > MAX_SHARED {
+        return Err(StoreError::invalid("at most 10,000 addresses per report"));
+    }
+    let mut keys = Vec::with_capacity(req.counts.len());
+    let mut counts = Vec::with_capacity(req.counts.len());
+    for c in req.counts.iter().filter(|c| c.count > 0) {
+        if c.key.is_empty() || c.key.len() > MAX_KEY || c.key.chars().any(char::is_control) {
+            return Err(StoreError::invalid("key must be 1 to 320 bytes"));
+        }
+        keys.push(c.key.clone());
+        counts.push(i32::try_from(c.count).unwrap_or(i32::MAX));
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "DELETE FROM guard_connections WHERE scope = $1 AND replica = $2",
+        req.scope,
+        req.replica
+    )
+    .execute(&mut *tx)
+    .await?;
+    // A key reported twice counts once (the first).
+    sqlx::query!(
+        "INSERT INTO guard_connections (scope, replica, key, count, expires_at) \
+         SELECT $1, $2, k, c, now() + make_interval(secs => $5) \
+         FROM UNNEST($3::text[], $4::int4[]) AS r(k, c) \
+         ON CONFLICT DO NOTHING",
+        req.scope,
+        req.replica,
+        &keys,
+        &counts,
+        f64::from(req.ttl_secs)
+    )
+    .execute(&mut *tx)
+    .await?;
+    let rows = sqlx::query!(
+        r#"SELECT key, sum(count)::int8 AS "total!" FROM guard_connections
+           WHERE scope = $1 AND replica <> $2 AND expires_at > now()
+           GROUP BY key ORDER BY 2 DESC LIMIT 10000"#,
+        req.scope,
+        req.replica
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(pb::ShareConnectionsResponse {
+        elsewhere: rows
+            .into_iter()
+            .map(|r| pb::ConnectionCount {
+                key: r.key,
+                count: clamp_u32(r.total),
+            })
+            .collect(),
+    })
+}
+
 /// Deletes expired counters and marks (called by the janitor).
 pub async fn collect_expired(pool: &PgPool) {
     let _ = sqlx::query!("DELETE FROM guard_counters WHERE expires_at < now()")
         .execute(pool)
         .await;
     let _ = sqlx::query!("DELETE FROM guard_marks WHERE expires_at < now()")
+        .execute(pool)
+        .await;
+    let _ = sqlx::query!("DELETE FROM guard_connections WHERE expires_at < now()")
         .execute(pool)
         .await;
 }
@@ -207,6 +287,15 @@ impl pb::guard_server::Guard for GuardSvc {
     ) -> Result<Response<pb::CheckMarkResponse>, Status> {
         Ok(Response::new(
             check_mark(self.pool(), req.into_inner()).await?,
+        ))
+    }
+
+    async fn share_connections(
+        &self,
+        req: Request<pb::ShareConnectionsRequest>,
+    ) -> Result<Response<pb::ShareConnectionsResponse>, Status> {
+        Ok(Response::new(
+            share_connections(self.pool(), req.into_inner()).await?,
         ))
     }
 }

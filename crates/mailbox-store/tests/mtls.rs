@@ -16,7 +16,9 @@ struct Ca {
 fn ca(name: &str) -> Ca {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
@@ -65,11 +67,8 @@ async fn only_clients_with_a_certificate_from_the_ca_get_in() {
         "localhost",
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
     );
-    let (client_cert, client_key) = leaf(
-        &good,
-        "smtp-in",
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let (client_cert, client_key) =
+        leaf(&good, "smtp-in", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
     let (stranger_cert, stranger_key) = leaf(
         &other,
         "smtp-in",
@@ -107,7 +106,9 @@ async fn only_clients_with_a_certificate_from_the_ca_get_in() {
         .unwrap_or_else(|e| panic!("a client with our certificate is served: {e} ({last})"));
 
     // The certificate does not replace the token.
-    let err = probe(&url, "wrong-token", &member).await.expect_err("token");
+    let err = probe(&url, "wrong-token", &member)
+        .await
+        .expect_err("token");
     assert!(err.starts_with("Unauthenticated"), "{err}");
 
     // No client certificate, or one from another CA: the handshake fails.
@@ -121,7 +122,10 @@ async fn only_clients_with_a_certificate_from_the_ca_get_in() {
     };
     for (who, tls) in [("no certificate", &anonymous), ("another CA", &stranger)] {
         let err = probe(&url, &admin, tls).await.expect_err(who);
-        assert!(err.starts_with("Unavailable") || err.starts_with("Unknown"), "{who}: {err}");
+        assert!(
+            err.starts_with("Unavailable") || err.starts_with("Unknown"),
+            "{who}: {err}"
+        );
     }
 
     // A plain-text client gets nowhere either.

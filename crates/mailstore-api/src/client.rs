@@ -47,7 +47,8 @@ impl Interceptor for AuthInterceptor {
     }
 }
 
-type Authed = InterceptedService<Channel, AuthInterceptor>;
+/// A channel that adds the bearer token to every call.
+pub type Authed = InterceptedService<Channel, AuthInterceptor>;
 
 /// Clients for the store services over one (lazily connected,
 /// reconnecting) HTTP/2 channel. Cheap to clone.

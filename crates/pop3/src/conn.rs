@@ -53,6 +53,11 @@ impl TlsProtocol for Server {
     fn tls(&self) -> Option<&Tls> {
         self.acceptor.as_ref()
     }
+
+    /// Per-IP connection counts are shared with the other replicas.
+    fn store(&self) -> Option<mailstore_api::StoreClient> {
+        Some(self.shared.store.clone())
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> TlsSession<S> for Session {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod listen;
 pub mod proxy;
 mod service;
+pub mod share;
 pub mod shutdown;
 mod srs;
 pub mod starttls;

@@ -54,6 +54,9 @@ pub struct ConnLimits {
     total: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     max_per_ip: u32,
+    /// Other replicas' connections per address, as last reported through
+    /// the store (`crate::share`); empty when not shared.
+    pub(crate) elsewhere: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl ConnLimits {
@@ -65,7 +68,36 @@ impl ConnLimits {
             total: Arc::new(Semaphore::new(total.clamp(1, Semaphore::MAX_PERMITS))),
             per_ip: Mutex::new(HashMap::new()),
             max_per_ip: per_ip.max(1),
+            elsewhere: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The per-address limit.
+    #[must_use]
+    pub fn max_per_ip(&self) -> u32 {
+        self.max_per_ip
+    }
+
+    /// Addresses with at least `min` connections here, and how many.
+    #[must_use]
+    pub fn snapshot(&self, min: u32) -> Vec<(IpAddr, u32)> {
+        self.per_ip
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, n)| **n >= min)
+                    .map(|(ip, n)| (*ip, *n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Replaces what the other replicas hold per address.
+    pub fn set_elsewhere(&self, counts: HashMap<IpAddr, u32>) {
+        *self
+            .elsewhere
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
     }
 
     /// A slot held for the life of one connection from `ip`.
@@ -82,8 +114,16 @@ impl ConnLimits {
             .per_ip
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let others = self
+            .elsewhere
+            .lock()
+            .map(|m| m.get(&ip).copied().unwrap_or(0))
+            .unwrap_or(0);
         let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if n.saturating_add(others) >= self.max_per_ip {
+            if *n == 0 {
+                map.remove(&ip);
+            }
             return Err(Refused::PerIp);
         }
         *n += 1;
@@ -378,6 +418,13 @@ pub trait Protocol: Send + Sync + 'static {
         info: ConnectionInfo,
         shutdown: Shutdown,
     ) -> BoxFuture;
+
+    /// The store, through which the per-IP connection counts are shared
+    /// with the service's other replicas (`crate::share`). `None` keeps
+    /// them per process.
+    fn store(&self) -> Option<mailstore_api::StoreClient> {
+        None
+    }
 }
 
 /// Accepts on every endpoint until `shutdown`, admitting each connection
@@ -393,6 +440,14 @@ pub async fn serve<P: Protocol>(
     drain: Duration,
 ) {
     let tasks = tokio_util::task::TaskTracker::new();
+    let sharing = protocol.store().map(|store| {
+        tokio::spawn(crate::share::share_connections(
+            limits.clone(),
+            store.guard,
+            format!("conn_{}", protocol.name()),
+            shutdown.clone(),
+        ))
+    });
     for endpoint in endpoints {
         for listener in endpoint.listeners {
             let accept = AcceptLoop {
@@ -411,6 +466,10 @@ pub async fn serve<P: Protocol>(
     tasks.close();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         tracing::warn!("sessions still running after the drain time-out; exiting");
+    }
+    if let Some(s) = sharing {
+        // It withdraws this replica's counts, within a bounded time.
+        let _ = s.await;
     }
 }
 

@@ -85,6 +85,11 @@ pub trait TlsProtocol: Send + Sync + 'static {
 
     /// TLS for implicit TLS and the upgrade, if configured.
     fn tls(&self) -> Option<&Tls>;
+
+    /// As [`crate::Protocol::store`].
+    fn store(&self) -> Option<mailstore_api::StoreClient> {
+        None
+    }
 }
 
 /// Serves one connection of `protocol` on `stream` (a socket, or a pipe in
@@ -120,6 +125,10 @@ where
 
     fn refusal(&self, why: crate::Refused) -> Vec<u8> {
         TlsProtocol::refusal(self, why)
+    }
+
+    fn store(&self) -> Option<mailstore_api::StoreClient> {
+        TlsProtocol::store(self)
     }
 
     fn serve(

@@ -36,6 +36,11 @@ impl Protocol for Smtp {
         codes::too_many_connections().to_wire().into_bytes()
     }
 
+    /// Per-IP connection counts are shared with the other replicas.
+    fn store(&self) -> Option<mailstore_api::StoreClient> {
+        Some(self.shared.backend.client())
+    }
+
     fn serve(
         self: Arc<Self>,
         tcp: ClientStream,

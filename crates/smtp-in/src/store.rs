@@ -111,6 +111,12 @@ fn observe(rpc: &'static str, start: Instant, ok: bool) {
 }
 
 impl Backend {
+    /// The store client underneath (cheap to clone).
+    #[must_use]
+    pub fn client(&self) -> StoreClient {
+        self.client.clone()
+    }
+
     /// Wraps a client; each call gets `timeout`, and the idempotent ones up
     /// to `attempts` tries.
     #[must_use]
