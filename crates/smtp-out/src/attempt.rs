@@ -239,22 +239,17 @@ impl Worker {
         Plan { route, sts, dane }
     }
 
-    /// A key made by `mailctl dkim generate` signs the very next message:
-    /// when no loaded key fits a marked message but the store has an active
-    /// key for one of its domains, the keys are reloaded now (not at the
-    /// next minute's reload). One cheap store call per such message.
+    /// A key made by `mailctl dkim generate` or `rotate` signs the very
+    /// next message (issue #14): before signing a marked message, the
+    /// store's active key for the domain it would be signed for is compared
+    /// with the loaded one (selector); on a difference — a new domain, a
+    /// rotated key, a store key withdrawn — the keys are reloaded now, not
+    /// at the next minute's reload. One cheap store call per signed
+    /// message (only authenticated submissions and our reports are).
     async fn fresh_dkim_key(&self, message: &[u8], mail_from: &str) {
-        let candidates = dkim::Signer::candidates(message, mail_from);
         let loaded = self.dkim.read().map(|g| g.clone()).ok();
-        if candidates.is_empty()
-            || loaded
-                .as_ref()
-                .is_some_and(|s| candidates.iter().any(|d| s.has(d)))
-        {
-            return;
-        }
-        let mut found = false;
-        for domain in &candidates {
+        let mut stale = false;
+        for domain in dkim::Signer::candidates(message, mail_from) {
             let keys = self
                 .store
                 .accounts
@@ -265,17 +260,32 @@ impl Worker {
                     active_only: true,
                 })
                 .await;
-            if keys.is_ok_and(|r| !r.into_inner().keys.is_empty()) {
-                found = true;
-                break;
+            // Store unreachable: sign with what is loaded.
+            let Ok(keys) = keys else { return };
+            let active = keys
+                .into_inner()
+                .keys
+                .into_iter()
+                .next()
+                .map(|k| k.selector);
+            let held = loaded.as_ref().and_then(|s| s.selector(&domain));
+            match (active.as_deref(), held) {
+                (Some(a), Some((h, true))) if a == h => return,
+                (None, None) => continue,
+                // A file key and no store key: the file key signs.
+                (None, Some((_, false))) => return,
+                _ => {
+                    stale = true;
+                    break;
+                }
             }
         }
-        if !found {
+        if !stale {
             return;
         }
         match crate::load_dkim(&self.store, &self.config.dkim_keys).await {
             Ok(s) => {
-                tracing::info!(domains = ?candidates, "new DKIM key: keys reloaded");
+                tracing::info!("DKIM keys changed in the store: reloaded");
                 if let Ok(mut g) = self.dkim.write() {
                     *g = Arc::new(s);
                 }

@@ -75,6 +75,9 @@ pub fn txt_record(key: &DkimKey) -> String {
 #[derive(Default)]
 pub struct Signer {
     keys: HashMap<String, DkimSigner<DkimKey, Done>>,
+    /// The selector of each domain's key, and whether it came from the
+    /// store (not from a `--dkim-key` file).
+    selectors: HashMap<String, (String, bool)>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -102,19 +105,31 @@ impl Signer {
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| format!("dkim key {domain}: read {path}: {e}"))?;
             let key = key_from_pem(&pem).map_err(|e| format!("dkim key {domain}: {e}"))?;
-            s.add(domain, selector, key);
+            s.add(domain, selector, key, false);
         }
         Ok(s)
     }
 
-    /// Adds a key for a domain (replacing any other).
-    pub fn add(&mut self, domain: &str, selector: &str, key: DkimKey) {
+    /// Adds a key for a domain (replacing any other); `from_store` when
+    /// it is the store's active key rather than a `--dkim-key` file.
+    pub fn add(&mut self, domain: &str, selector: &str, key: DkimKey, from_store: bool) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let signer = DkimSigner::from_key(key)
             .domain(domain.clone())
             .selector(selector)
             .headers(SIGNED_HEADERS.iter().copied());
-        self.keys.insert(domain, signer);
+        self.keys.insert(domain.clone(), signer);
+        self.selectors
+            .insert(domain, (selector.to_string(), from_store));
+    }
+
+    /// The selector of the key loaded for `domain`, and whether it came
+    /// from the store.
+    #[must_use]
+    pub fn selector(&self, domain: &str) -> Option<(&str, bool)> {
+        self.selectors
+            .get(domain)
+            .map(|(s, from_store)| (s.as_str(), *from_store))
     }
 
     #[must_use]
@@ -220,7 +235,7 @@ mod tests {
         let key = DkimKey::Ed25519(key);
         assert!(txt_record(&key).starts_with("v=DKIM1; k=ed25519; p="));
         let mut s = Signer::default();
-        s.add("a.test", "sel", key);
+        s.add("a.test", "sel", key, false);
         let signed = s
             .sign(
                 b"From: alice@a.test\nSubject: hi\n\nbody\n",

@@ -222,7 +222,7 @@ pub(crate) async fn load_dkim(
         Ok(r) => {
             for k in r.into_inner().keys {
                 match dkim::key_from_pem(&k.private_key) {
-                    Ok(key) => signer.add(&k.domain, &k.selector, key),
+                    Ok(key) => signer.add(&k.domain, &k.selector, key, true),
                     Err(e) => {
                         tracing::warn!(domain = %k.domain, selector = %k.selector, error = %e, "unusable DKIM key")
                     }

@@ -807,7 +807,8 @@ async fn a_job_spanning_two_domains_goes_to_each_domains_mx() {
 
 /// Issue 14: a key made in the store (what `mailctl dkim generate` does)
 /// signs the very next marked message — no restart, no waiting for the
-/// minute's reload. Before it, the same kind of message leaves unsigned.
+/// minute's reload. Before it, the same kind of message leaves unsigned;
+/// after a rotation, the next one carries the new selector.
 #[tokio::test]
 async fn a_new_store_key_signs_the_next_message() {
     let (store, dns, port) = setup("b.test", 43).await;
@@ -838,7 +839,7 @@ async fn a_new_store_key_signs_the_next_message() {
             domain: "k.test".into(),
             selector: "fresh".into(),
             algorithm: "rsa-sha256".into(),
-            private_key: pem,
+            private_key: pem.clone(),
             public_key: txt.rsplit_once("p=").unwrap().1.to_string(),
             activate: true,
         })
@@ -855,9 +856,34 @@ async fn a_new_store_key_signs_the_next_message() {
     .await;
     wait_job(&client, after, 20, is_done).await;
     assert!(started.elapsed() < Duration::from_secs(30));
+    // Rotation (what `mailctl dkim rotate` does): the next message is
+    // signed with the new selector at once, not after the minute's reload.
+    client
+        .accounts
+        .clone()
+        .put_dkim_key(pb::PutDkimKeyRequest {
+            domain: "k.test".into(),
+            selector: "rotated".into(),
+            algorithm: "rsa-sha256".into(),
+            private_key: pem.clone(),
+            public_key: txt.rsplit_once("p=").unwrap().1.to_string(),
+            activate: true,
+        })
+        .await
+        .unwrap();
+    let rotated = enqueue_outbound_as(
+        &client,
+        "alice@k.test",
+        &["bob@b.test"],
+        b"From: alice@k.test\r\nSubject: rotated\r\n\r\nx\r\n",
+        true,
+    )
+    .await;
+    wait_job(&client, rotated, 20, is_done).await;
+    assert!(started.elapsed() < Duration::from_secs(45));
     run.stop().await;
     let got = server.messages();
-    assert_eq!(got.len(), 2);
+    assert_eq!(got.len(), 3);
     let text = |m: &Received| String::from_utf8_lossy(&m.wire).into_owned();
     let first = got
         .iter()
@@ -873,6 +899,15 @@ async fn a_new_store_key_signs_the_next_message() {
     assert!(
         second.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=fresh; d=k.test"),
         "{second}"
+    );
+    let third = got
+        .iter()
+        .map(text)
+        .find(|t| t.contains("Subject: rotated"))
+        .unwrap();
+    assert!(
+        third.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=rotated; d=k.test"),
+        "{third}"
     );
 }
 
