@@ -38,7 +38,8 @@ fn needs_body(k: &pb::SearchKey, depth: usize) -> Result<bool> {
             any
         }
         Some(Key::Not(k)) => needs_body(k, depth + 1)?,
-        Some(Key::Header(_) | Key::Body(_) | Key::Text(_)) => true,
+        // SENT* compare the Date: field's own calendar day (below).
+        Some(Key::Header(_) | Key::Body(_) | Key::Text(_) | Key::SentDate(_)) => true,
         _ => false,
     })
 }
@@ -75,6 +76,9 @@ pub async fn search(
                 sqlx::query_scalar!("SELECT data FROM blobs WHERE hash = $1", &c.hash)
                     .fetch_one(pool)
                     .await?;
+            if let Some(day) = sent_local_day(&data) {
+                c.sent_day = Some(day);
+            }
             c.raw = Some(data);
         }
         if matches(&c, key) {
@@ -161,6 +165,17 @@ fn header_matches(c: &Candidate, field: &str, value: &str) -> bool {
         };
         contains_ci(&rawv, value) || contains_ci(&decoded, value)
     })
+}
+
+/// The calendar day of the `Date:` field in the sender's own time zone,
+/// as days since 1970-01-01: RFC 9051 §6.4.4 (SENTBEFORE, SENTON,
+/// SENTSINCE) compares dates "disregarding time and timezone", so
+/// `Sat, 24 Mar 2007 23:30:00 +0200` is on 24 March although it is
+/// 21:30 UTC. The stored `sent_date` (UTC) is the fallback.
+fn sent_local_day(raw: &[u8]) -> Option<i64> {
+    let msg = MessageParser::default().parse_headers(raw)?;
+    let d = msg.date().filter(|d| d.is_valid())?;
+    Some(d.to_timestamp_local().div_euclid(86_400))
 }
 
 fn header_text(c: &Candidate) -> Option<String> {
