@@ -47,7 +47,14 @@ fn section_range(tree: &Tree<'_>, section: &Section, size: u64) -> Option<(u64, 
         }
         SectionText::Text => {
             let m = tree.parts.get(msg(i))?;
-            (m.body_offset, m.end_offset)
+            // The text of an encapsulated message runs to the end of the
+            // message/rfc822 part: a multipart body's epilogue included.
+            let end = if section.part.is_empty() {
+                m.end_offset
+            } else {
+                p.end_offset
+            };
+            (m.body_offset, end)
         }
     };
     (r.0 <= r.1 && r.1 <= size).then_some(r)
@@ -146,31 +153,44 @@ fn decode_cte(encoding: Option<&[u8]>, data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Quoted-printable decoding (RFC 2045 §6.7), line by line: trailing
+/// white space is transport padding and is dropped (rule 3), a final `=`
+/// joins the next line (rule 5), `=XX` is an octet; a malformed `=` stays
+/// as it is. Line ends come out as CRLF.
 fn decode_qp(data: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
     let mut out = Vec::with_capacity(data.len());
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] == b'=' {
-            if data.get(i + 1) == Some(&b'\r') && data.get(i + 2) == Some(&b'\n') {
-                i += 3;
-                continue;
-            }
-            if data.get(i + 1) == Some(&b'\n') {
-                i += 2;
-                continue;
-            }
-            if let (Some(a), Some(b)) = (
-                data.get(i + 1).and_then(|&c| hex(c)),
-                data.get(i + 2).and_then(|&c| hex(c)),
-            ) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (line, has_eol, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], true, &rest[i + 1..]),
+            None => (rest, false, &rest[rest.len()..]),
+        };
+        rest = next;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = line.trim_ascii_end();
+        let (line, soft) = match line.strip_suffix(b"=") {
+            Some(l) => (l, true),
+            None => (line, false),
+        };
+        let mut i = 0;
+        while i < line.len() {
+            if line[i] == b'='
+                && let (Some(a), Some(b)) = (
+                    line.get(i + 1).and_then(|&c| hex(c)),
+                    line.get(i + 2).and_then(|&c| hex(c)),
+                )
+            {
                 out.push(a * 16 + b);
                 i += 3;
                 continue;
             }
+            out.push(line[i]);
+            i += 1;
         }
-        out.push(data[i]);
-        i += 1;
+        if has_eol && !soft {
+            out.extend_from_slice(b"\r\n");
+        }
     }
     out
 }
@@ -286,8 +306,8 @@ impl Session {
         atts: &[FetchAtt],
         changed_since: Option<u64>,
     ) -> std::io::Result<Status> {
-        if changed_since.is_some() {
-            self.enabled.condstore = true;
+        if changed_since.is_some() || atts.contains(&FetchAtt::ModSeq) {
+            self.enable_condstore(io);
         }
         let condstore = self.enabled.condstore;
         let utf8 = self.utf8();
@@ -300,7 +320,7 @@ impl Session {
         if uids.is_empty() {
             return Ok(Status::ok("FETCH completed"));
         }
-        let (mailbox_id, read_only, recent_floor) = (mb.id, mb.read_only, mb.recent_floor);
+        let (mailbox_id, read_only) = (mb.id, mb.read_only);
         let with_structure = atts.iter().any(needs_structure);
         // RFC 9051 §6.4.5: BODY[...] (not PEEK) sets \Seen; FLAGS then follow.
         let mark_seen = !read_only && atts.iter().any(sets_seen);
@@ -360,9 +380,11 @@ impl Session {
                     continue;
                 };
                 let idx = seq as usize - 1;
+                let ann = mb.announce(&m.flags);
+                io.write(&ann);
                 let flags_changed = seen_before.binary_search(&m.uid).is_ok();
                 mb.flags[idx].clone_from(&m.flags);
-                let recent = !rev2 && m.uid >= recent_floor;
+                let recent = !rev2 && mb.is_recent(m.uid);
                 let mut out: Vec<u8> = format!("* {seq} FETCH (").into_bytes();
                 let mut first = true;
                 let structure = m.structure.as_ref();
