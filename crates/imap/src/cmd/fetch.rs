@@ -221,45 +221,62 @@ fn sets_seen(a: &FetchAtt) -> bool {
 }
 
 impl Session {
-    /// Streams `length` bytes at `offset` of message `uid` as a literal.
+    /// Streams `length` bytes at `offset` of message `uid` as a literal,
+    /// after `prefix` (the response so far, written and cleared once the
+    /// store has answered). `Ok(false)`, with nothing written, when
+    /// `can_skip` and the store has no such message (expunged meanwhile).
+    #[allow(clippy::too_many_arguments)]
     async fn body_literal<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: &mut Io<S>,
+        prefix: &mut Vec<u8>,
+        can_skip: bool,
         mailbox_id: u64,
         uid: u32,
         offset: u64,
         length: u64,
-    ) -> std::io::Result<()> {
-        io.write(format!("{{{length}}}\r\n").as_bytes());
-        if length == 0 {
-            return Ok(());
+    ) -> std::io::Result<bool> {
+        let mut stream = None;
+        let mut first = None;
+        if length > 0 {
+            match self
+                .store()
+                .fetch_body(mailbox_id, uid, offset, length)
+                .await
+            {
+                Ok(mut s) => match s.next_chunk().await {
+                    Ok(Some(c)) => {
+                        first = Some(c);
+                        stream = Some(s);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, uid, "body stream failed"),
+                },
+                Err(e) => tracing::debug!(error = %e, uid, "fetch body failed"),
+            }
+            if first.is_none() && can_skip {
+                return Ok(false);
+            }
         }
+        io.write(prefix);
+        prefix.clear();
+        io.write(format!("{{{length}}}\r\n").as_bytes());
         let mut sent = 0u64;
-        match self
-            .store()
-            .fetch_body(mailbox_id, uid, offset, length)
-            .await
-        {
-            Ok(mut s) => loop {
+        let mut chunk = first;
+        while let Some(c) = chunk.take() {
+            let take = usize::try_from((length - sent).min(c.len() as u64)).unwrap_or(0);
+            io.write(&c[..take]);
+            sent += take as u64;
+            io.maybe_flush().await?;
+            if sent >= length {
+                break;
+            }
+            if let Some(s) = stream.as_mut() {
                 match s.next_chunk().await {
-                    Ok(Some(chunk)) => {
-                        let take =
-                            usize::try_from((length - sent).min(chunk.len() as u64)).unwrap_or(0);
-                        io.write(&chunk[..take]);
-                        sent += take as u64;
-                        io.maybe_flush().await?;
-                        if sent >= length {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, uid, "body stream failed");
-                        break;
-                    }
+                    Ok(next) => chunk = next,
+                    Err(e) => tracing::warn!(error = %e, uid, "body stream failed"),
                 }
-            },
-            Err(e) => tracing::warn!(error = %e, uid, "fetch body failed"),
+            }
         }
         // The literal length is promised: pad if the store came up short
         // (message expunged under us), so the protocol stays in sync.
@@ -267,7 +284,7 @@ impl Session {
             let pad = vec![b' '; usize::try_from(length - sent).unwrap_or(0)];
             io.write(&pad);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Loads a (small, bounded by the message size limit) byte range.
@@ -292,6 +309,10 @@ impl Session {
             if out.len() as u64 >= length {
                 break;
             }
+        }
+        // Short: the message was expunged meanwhile (or the store failed).
+        if (out.len() as u64) < length {
+            return None;
         }
         out.truncate(usize::try_from(length).unwrap_or(usize::MAX));
         Some(out)
@@ -365,6 +386,7 @@ impl Session {
             Err(e) => return Ok(store_error(&e)),
         };
         let mut unknown_cte = false;
+        let (mut answered, mut gone) = (0usize, false);
         loop {
             let batch = match stream.next_batch().await {
                 Ok(Some(b)) => b,
@@ -385,8 +407,13 @@ impl Session {
                 let flags_changed = seen_before.binary_search(&m.uid).is_ok();
                 mb.flags[idx].clone_from(&m.flags);
                 let recent = !rev2 && mb.is_recent(m.uid);
+                answered += 1;
                 let mut out: Vec<u8> = format!("* {seq} FETCH (").into_bytes();
                 let mut first = true;
+                // Nothing of this message's response written yet: it can
+                // still be left out if the message turns out expunged.
+                let mut fresh = true;
+                let mut skip = false;
                 let structure = m.structure.as_ref();
                 let parts: &[BodyPart] = structure.map_or(&[], |s| s.parts.as_slice());
                 let tree = Tree::new(parts);
@@ -450,11 +477,14 @@ impl Session {
                                 continue;
                             };
                             if let SectionText::HeaderFields { not, fields } = &section.text {
-                                let raw = self
-                                    .load_range(mailbox_id, m.uid, start, end - start)
-                                    .await
-                                    .unwrap_or_default();
-                                let filtered = filter_header(&raw, fields, *not);
+                                let raw =
+                                    self.load_range(mailbox_id, m.uid, start, end - start).await;
+                                if raw.is_none() && fresh {
+                                    skip = true;
+                                    break;
+                                }
+                                let filtered =
+                                    filter_header(&raw.unwrap_or_default(), fields, *not);
                                 let slice = apply_partial(&filtered, partial);
                                 let _ = write!(Vecw(&mut out), "{{{}}}\r\n", slice.len());
                                 out.extend_from_slice(slice);
@@ -467,9 +497,14 @@ impl Session {
                                 }
                                 None => (start, end),
                             };
-                            io.write(&out);
-                            out.clear();
-                            self.body_literal(io, mailbox_id, m.uid, s, e - s).await?;
+                            if !self
+                                .body_literal(io, &mut out, fresh, mailbox_id, m.uid, s, e - s)
+                                .await?
+                            {
+                                skip = true;
+                                break;
+                            }
+                            fresh = false;
                         }
                         FetchAtt::Binary { part, .. } | FetchAtt::BinarySize { part } => {
                             let section = Section {
@@ -486,10 +521,12 @@ impl Session {
                                 tree.resolve(part)
                                     .and_then(|i| tree.parts[i].encoding.clone())
                             };
-                            let raw = self
-                                .load_range(mailbox_id, m.uid, start, end - start)
-                                .await
-                                .unwrap_or_default();
+                            let raw = self.load_range(mailbox_id, m.uid, start, end - start).await;
+                            if raw.is_none() && fresh {
+                                skip = true;
+                                break;
+                            }
+                            let raw = raw.unwrap_or_default();
                             let Some(decoded) = decode_cte(enc.as_deref(), &raw) else {
                                 unknown_cte = true;
                                 out.extend_from_slice(b"NIL");
@@ -516,6 +553,10 @@ impl Session {
                         }
                     }
                 }
+                if skip {
+                    gone = true;
+                    continue;
+                }
                 if flags_changed && condstore && !list.contains(&FetchAtt::ModSeq) {
                     let _ = write!(Vecw(&mut out), " MODSEQ ({})", m.modseq);
                 }
@@ -526,6 +567,12 @@ impl Session {
         }
         if unknown_cte {
             return Ok(Status::no("Unknown Content-Transfer-Encoding").with(Code::Cannot));
+        }
+        // Expunged by another session since this one last heard (RFC 9051
+        // §7.1 EXPUNGEISSUED): no made-up data, a NO once the rest is sent.
+        if gone || (changed_since.is_none() && answered < uids.len()) {
+            return Ok(Status::no("Some of the requested messages no longer exist")
+                .with(Code::ExpungeIssued));
         }
         Ok(Status::ok("FETCH completed"))
     }

@@ -57,6 +57,9 @@ impl Session {
             let Ok(i) = mb.uids.binary_search(&u.uid) else {
                 continue;
             };
+            // Keywords other sessions set on these messages, too.
+            let ann = mb.announce(&u.flags);
+            io.write(&ann);
             mb.flags[i] = u.flags;
             if silent && unchanged_since.is_none() {
                 continue;
