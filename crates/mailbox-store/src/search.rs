@@ -201,3 +201,18 @@ fn body_text(c: &Candidate) -> Option<String> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// imaptest search-date: the day of the Date: field in its own zone.
+    #[test]
+    fn sent_day_is_the_local_calendar_day() {
+        let day = |d: &str| sent_local_day(format!("Date: {d}\r\n\r\nx").as_bytes());
+        // 2007-03-25 is day 13597 since 1970-01-01.
+        assert_eq!(day("Sun, 25 Mar 2007 01:00:00 +0300"), Some(13_597));
+        assert_eq!(day("Sat, 24 Mar 2007 23:00:00 -0500"), Some(13_596));
+        assert_eq!(day("not a date"), None);
+    }
+}

@@ -414,6 +414,19 @@ mod tests {
         assert!(p.sent_date.is_some());
     }
 
+    /// imaptest fetch-envelope: a source route is the adl; a comment in an
+    /// empty group is not a member (RFC 9051 §7.5.2).
+    #[test]
+    fn envelope_route_and_empty_group() {
+        let raw = b"From: <@route:user@domain>\r\nCc: g1:;, g2: (foo) ;\r\n\r\nx\r\n";
+        let env = parse(raw).structure.envelope.expect("envelope");
+        assert_eq!(env.from[0].adl.as_deref(), Some(&b"@route"[..]));
+        assert_eq!(env.from[0].mailbox.as_deref(), Some(&b"user"[..]));
+        assert_eq!(env.from[0].host.as_deref(), Some(&b"domain"[..]));
+        let cc: Vec<Option<&[u8]>> = env.cc.iter().map(|a| a.mailbox.as_deref()).collect();
+        assert_eq!(cc, vec![Some(&b"g1"[..]), None, Some(&b"g2"[..]), None]);
+    }
+
     #[test]
     fn multipart_with_encapsulated_message() {
         let raw = b"From: a@x\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nbody one\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\nFrom: inner@y\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=YY\r\n\r\n--YY\r\n\r\nplain\r\n--YY\r\nContent-Type: text/html\r\n\r\n<b>x</b>\r\n--YY--\r\n\r\n--XX--\r\n";
