@@ -8,9 +8,14 @@
 //! continuation: the line length, each literal's size, the number of
 //! literals and the total size of the command.
 
-/// Default [`Limits::preauth_max`]: a LOGIN or AUTHENTICATE line never
-/// needs more than a few hundred bytes.
-pub const PREAUTH_MAX: usize = 8 * 1024;
+/// Default [`Limits::preauth_max`]: the longest legitimate line before
+/// login is an ID command (RFC 2971 §3.3: up to 30 pairs of a 30-octet
+/// field and a 1,024-octet value, about 32 KiB); LOGIN and AUTHENTICATE
+/// need a few hundred bytes.
+pub const PREAUTH_MAX: usize = 40 * 1024;
+/// Largest literal before login, whatever [`Limits::preauth_max`] says:
+/// credentials never need more (threat model T27).
+pub const PREAUTH_LITERAL_MAX: u64 = 8 * 1024;
 
 /// Limits applied while framing.
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +136,10 @@ impl Framer {
                 return Frame::Complete(len);
             };
             let limit = if !authenticated {
-                limits.max_literal.min(limits.preauth_max as u64)
+                limits
+                    .max_literal
+                    .min(limits.preauth_max as u64)
+                    .min(PREAUTH_LITERAL_MAX)
             } else if is_append(buf) {
                 limits.max_append_literal
             } else {

@@ -23,10 +23,12 @@
 //! machine and read loop, [`selected`] the selected mailbox's view and its
 //! resync; `cmd` holds the per-state command table, the dispatcher and
 //! one module per command family; [`store`] is the only module that talks
-//! to the store and sees its protobuf types; [`conn`] owns listeners,
+//! to the store and sees its protobuf types; [`binary`] re-encodes a
+//! binary body APPEND brings (RFC 3516 §4.3); [`conn`] owns listeners,
 //! limits and the TLS swap (configuration from the shared `tls-kit` crate:
 //! rustls with ring).
 
+pub mod binary;
 mod cmd;
 pub mod command;
 pub mod conn;

@@ -10,6 +10,12 @@ use std::sync::atomic::AtomicBool;
 use tokio::sync::Notify;
 
 use crate::command::SeqSet;
+use crate::response::{Code, Status};
+
+/// The system flags every mailbox supports (RFC 9051 §2.3.2).
+pub const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+/// Most keywords one session tracks and announces.
+pub const MAX_KEYWORDS: usize = 1000;
 
 /// The selected mailbox: this session's view of it (RFC 9051 §2.3.1.2:
 /// sequence numbers are per session).
@@ -22,8 +28,15 @@ pub struct Selected {
     pub uids: Vec<u32>,
     /// Flags known to the client, parallel to `uids`.
     pub flags: Vec<Vec<String>>,
-    /// UIDs at or above this are \Recent for this session.
-    pub recent_floor: u32,
+    /// UID ranges `[from, to)` that are \Recent for this session: the
+    /// ranges it claimed from the store (RFC 3501 §2.3.2: one session
+    /// only sees a message as \Recent), or, read-only, saw at EXAMINE.
+    pub recent: Vec<(u32, u32)>,
+    /// UIDNEXT up to which this session has claimed \Recent; `u32::MAX`
+    /// when it never claims (EXAMINE).
+    pub claimed_to: u32,
+    /// Keywords announced to the client in FLAGS / PERMANENTFLAGS.
+    pub keywords: Vec<String>,
     /// Highest MODSEQ of the changes this session has reported.
     pub flags_mark: u64,
     /// MODSEQ up to which expunges have been reported.
@@ -32,6 +45,74 @@ pub struct Selected {
 }
 
 impl Selected {
+    /// The untagged FLAGS and PERMANENTFLAGS responses for the keywords
+    /// announced so far (RFC 9051 §7.3.5, §7.1).
+    #[must_use]
+    pub fn flags_responses(&self) -> Vec<u8> {
+        let kw: String = self.keywords.iter().map(|k| format!(" {k}")).collect();
+        let mut out = format!("* FLAGS ({SYSTEM_FLAGS}{kw})\r\n").into_bytes();
+        let perm = if self.read_only {
+            String::new()
+        } else {
+            format!("{SYSTEM_FLAGS}{kw} \\*")
+        };
+        out.extend_from_slice(
+            &Status::ok("Permanent flags")
+                .with(Code::PermanentFlags(perm))
+                .encode(None),
+        );
+        out
+    }
+
+    /// Records the keywords of `flags` the client has not been told of
+    /// and returns the FLAGS / PERMANENTFLAGS announcing them (empty when
+    /// none is new): a client may not see a keyword in a FETCH before it
+    /// appears in FLAGS (RFC 9051 §7.3.5). At most [`MAX_KEYWORDS`] are
+    /// tracked.
+    pub fn announce(&mut self, flags: &[String]) -> Vec<u8> {
+        let mut new = false;
+        for f in flags {
+            if !f.starts_with('\\')
+                && self.keywords.len() < MAX_KEYWORDS
+                && !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(f))
+            {
+                self.keywords.push(f.clone());
+                new = true;
+            }
+        }
+        if new {
+            self.flags_responses()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether `uid` is \Recent in this session.
+    #[must_use]
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.recent.iter().any(|&(a, b)| (a..b).contains(&uid))
+    }
+
+    /// Adds a claimed range, merging it with the last one when adjacent.
+    pub fn add_recent(&mut self, from: u32, to: u32) {
+        if from >= to {
+            return;
+        }
+        if let Some(last) = self.recent.last_mut()
+            && last.1 == from
+        {
+            last.1 = to;
+            return;
+        }
+        self.recent.push((from, to));
+    }
+
+    /// How many of the known messages are \Recent in this session.
+    #[must_use]
+    pub fn recent_count(&self) -> usize {
+        self.uids.iter().filter(|&&u| self.is_recent(u)).count()
+    }
+
     /// Sequence number of `uid`, if the client knows it.
     #[must_use]
     pub fn seq_of(&self, uid: u32) -> Option<u32> {
@@ -112,7 +193,9 @@ mod tests {
             uidvalidity: 1,
             uids: uids.to_vec(),
             flags: vec![Vec::new(); uids.len()],
-            recent_floor: u32::MAX,
+            recent: Vec::new(),
+            claimed_to: u32::MAX,
+            keywords: Vec::new(),
             flags_mark: 0,
             expunge_mark: 0,
             watch: None,

@@ -108,9 +108,18 @@ fn shared(env: &Env, cfg: SessionConfig) -> Arc<Shared> {
 #[tokio::test]
 async fn preauth_long_lines_are_bad_then_bye() {
     let env = env().await;
-    let sh = shared(&env, config());
+    // Two over-long lines exceed the default 64 KiB pre-login budget, which
+    // has its own test (`preauth_byte_budget_ends_in_bye`).
+    let sh = shared(
+        &env,
+        SessionConfig {
+            max_preauth_bytes: 256 * 1024,
+            ..config()
+        },
+    );
     let (mut c, _) = connect(&env, &sh, "127.0.0.1").await;
-    let long = format!("a LOGIN {} x\r\n", "u".repeat(9000));
+    // Over the pre-login line cap (40 KiB: room for ID, RFC 2971 §3.3).
+    let long = format!("a LOGIN {} x\r\n", "u".repeat(41_000));
     c.send(long.as_bytes()).await;
     let l = c.line().await;
     assert!(l.starts_with("a BAD [CLIENTBUG]"), "{l}");
@@ -124,7 +133,7 @@ async fn preauth_long_lines_are_bad_then_bye() {
     // After login the same line is only a bad password.
     let (mut c, _) = connect(&env, &sh, "127.0.0.1").await;
     c.cmd("l", "LOGIN bob@example.org secret").await;
-    let (_, t) = c.cmd("c", &format!("SELECT {}", "u".repeat(9000))).await;
+    let (_, t) = c.cmd("c", &format!("SELECT {}", "u".repeat(41_000))).await;
     assert!(t.starts_with("c NO"), "{t}");
 }
 

@@ -38,7 +38,8 @@ fn needs_body(k: &pb::SearchKey, depth: usize) -> Result<bool> {
             any
         }
         Some(Key::Not(k)) => needs_body(k, depth + 1)?,
-        Some(Key::Header(_) | Key::Body(_) | Key::Text(_)) => true,
+        // SENT* compare the Date: field's own calendar day (below).
+        Some(Key::Header(_) | Key::Body(_) | Key::Text(_) | Key::SentDate(_)) => true,
         _ => false,
     })
 }
@@ -75,6 +76,9 @@ pub async fn search(
                 sqlx::query_scalar!("SELECT data FROM blobs WHERE hash = $1", &c.hash)
                     .fetch_one(pool)
                     .await?;
+            if let Some(day) = sent_local_day(&data) {
+                c.sent_day = Some(day);
+            }
             c.raw = Some(data);
         }
         if matches(&c, key) {
@@ -163,6 +167,17 @@ fn header_matches(c: &Candidate, field: &str, value: &str) -> bool {
     })
 }
 
+/// The calendar day of the `Date:` field in the sender's own time zone,
+/// as days since 1970-01-01: RFC 9051 §6.4.4 (SENTBEFORE, SENTON,
+/// SENTSINCE) compares dates "disregarding time and timezone", so
+/// `Sat, 24 Mar 2007 23:30:00 +0200` is on 24 March although it is
+/// 21:30 UTC. The stored `sent_date` (UTC) is the fallback.
+fn sent_local_day(raw: &[u8]) -> Option<i64> {
+    let msg = MessageParser::default().parse_headers(raw)?;
+    let d = msg.date().filter(|d| d.is_valid())?;
+    Some(d.to_timestamp_local().div_euclid(86_400))
+}
+
 fn header_text(c: &Candidate) -> Option<String> {
     let raw = c.raw.as_ref()?;
     let msg = MessageParser::default().parse_headers(raw)?;
@@ -185,4 +200,19 @@ fn body_text(c: &Candidate) -> Option<String> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// imaptest search-date: the day of the Date: field in its own zone.
+    #[test]
+    fn sent_day_is_the_local_calendar_day() {
+        let day = |d: &str| sent_local_day(format!("Date: {d}\r\n\r\nx").as_bytes());
+        // 2007-03-25 is day 13597 since 1970-01-01.
+        assert_eq!(day("Sun, 25 Mar 2007 01:00:00 +0300"), Some(13_597));
+        assert_eq!(day("Sat, 24 Mar 2007 23:00:00 -0500"), Some(13_596));
+        assert_eq!(day("not a date"), None);
+    }
 }

@@ -328,7 +328,15 @@ fn addresses(part: &mail_parser::MessagePart<'_>, name: HeaderName<'_>) -> Vec<p
                         mailbox: Some(gname.as_bytes().to_vec()),
                         ..Default::default()
                     });
-                    for a in g.addresses.iter().take(1_000) {
+                    // `group2: (comment) ;` is an empty group: mail-parser
+                    // gives the comment as an address without a mailbox,
+                    // which must not show up as a member (RFC 9051 §7.5.2).
+                    for a in g
+                        .addresses
+                        .iter()
+                        .take(1_000)
+                        .filter(|a| a.address.is_some())
+                    {
                         out.push(imap_addr(a.name.as_deref(), a.address.as_deref()));
                     }
                     out.push(pb::ImapAddress::default());
@@ -351,9 +359,18 @@ fn imap_addr(name: Option<&str>, address: Option<&str>) -> pb::ImapAddress {
         },
         None => (None, None),
     };
+    // An obsolete source route (`<@route:user@domain>`, RFC 5322 §4.4) is
+    // the envelope's adl, not part of the mailbox (RFC 9051 §7.5.2).
+    let (adl, mailbox) = match mailbox {
+        Some(m) if m.first() == Some(&b'@') => match m.iter().position(|&b| b == b':') {
+            Some(i) => (Some(m[..i].to_vec()), Some(m[i + 1..].to_vec())),
+            None => (None, Some(m)),
+        },
+        m => (None, m),
+    };
     pb::ImapAddress {
         name: name.map(|n| n.as_bytes().to_vec()),
-        adl: None,
+        adl,
         mailbox,
         host,
     }
@@ -395,6 +412,19 @@ mod tests {
         );
         assert_eq!(root.lines, 2);
         assert!(p.sent_date.is_some());
+    }
+
+    /// imaptest fetch-envelope: a source route is the adl; a comment in an
+    /// empty group is not a member (RFC 9051 §7.5.2).
+    #[test]
+    fn envelope_route_and_empty_group() {
+        let raw = b"From: <@route:user@domain>\r\nCc: g1:;, g2: (foo) ;\r\n\r\nx\r\n";
+        let env = parse(raw).structure.envelope.expect("envelope");
+        assert_eq!(env.from[0].adl.as_deref(), Some(&b"@route"[..]));
+        assert_eq!(env.from[0].mailbox.as_deref(), Some(&b"user"[..]));
+        assert_eq!(env.from[0].host.as_deref(), Some(&b"domain"[..]));
+        let cc: Vec<Option<&[u8]>> = env.cc.iter().map(|a| a.mailbox.as_deref()).collect();
+        assert_eq!(cc, vec![Some(&b"g1"[..]), None, Some(&b"g2"[..]), None]);
     }
 
     #[test]

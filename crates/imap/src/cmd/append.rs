@@ -34,7 +34,10 @@ impl Session {
         let store = self.store();
         let mut done: Vec<Appended> = Vec::new();
         let mut failure = None;
-        for message in messages {
+        for mut message in messages {
+            if let Some(converted) = crate::binary::base64_binary_body(&message.data) {
+                message.data = converted;
+            }
             match store.append(user_id, &name, message).await {
                 Ok(r) => done.push(r),
                 Err(e) => {

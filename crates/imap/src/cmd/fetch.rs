@@ -47,7 +47,14 @@ fn section_range(tree: &Tree<'_>, section: &Section, size: u64) -> Option<(u64, 
         }
         SectionText::Text => {
             let m = tree.parts.get(msg(i))?;
-            (m.body_offset, m.end_offset)
+            // The text of an encapsulated message runs to the end of the
+            // message/rfc822 part: a multipart body's epilogue included.
+            let end = if section.part.is_empty() {
+                m.end_offset
+            } else {
+                p.end_offset
+            };
+            (m.body_offset, end)
         }
     };
     (r.0 <= r.1 && r.1 <= size).then_some(r)
@@ -146,31 +153,44 @@ fn decode_cte(encoding: Option<&[u8]>, data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Quoted-printable decoding (RFC 2045 §6.7), line by line: trailing
+/// white space is transport padding and is dropped (rule 3), a final `=`
+/// joins the next line (rule 5), `=XX` is an octet; a malformed `=` stays
+/// as it is. Line ends come out as CRLF.
 fn decode_qp(data: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
     let mut out = Vec::with_capacity(data.len());
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] == b'=' {
-            if data.get(i + 1) == Some(&b'\r') && data.get(i + 2) == Some(&b'\n') {
-                i += 3;
-                continue;
-            }
-            if data.get(i + 1) == Some(&b'\n') {
-                i += 2;
-                continue;
-            }
-            if let (Some(a), Some(b)) = (
-                data.get(i + 1).and_then(|&c| hex(c)),
-                data.get(i + 2).and_then(|&c| hex(c)),
-            ) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (line, has_eol, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], true, &rest[i + 1..]),
+            None => (rest, false, &rest[rest.len()..]),
+        };
+        rest = next;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = line.trim_ascii_end();
+        let (line, soft) = match line.strip_suffix(b"=") {
+            Some(l) => (l, true),
+            None => (line, false),
+        };
+        let mut i = 0;
+        while i < line.len() {
+            if line[i] == b'='
+                && let (Some(a), Some(b)) = (
+                    line.get(i + 1).and_then(|&c| hex(c)),
+                    line.get(i + 2).and_then(|&c| hex(c)),
+                )
+            {
                 out.push(a * 16 + b);
                 i += 3;
                 continue;
             }
+            out.push(line[i]);
+            i += 1;
         }
-        out.push(data[i]);
-        i += 1;
+        if has_eol && !soft {
+            out.extend_from_slice(b"\r\n");
+        }
     }
     out
 }
@@ -201,45 +221,62 @@ fn sets_seen(a: &FetchAtt) -> bool {
 }
 
 impl Session {
-    /// Streams `length` bytes at `offset` of message `uid` as a literal.
+    /// Streams `length` bytes at `offset` of message `uid` as a literal,
+    /// after `prefix` (the response so far, written and cleared once the
+    /// store has answered). `Ok(false)`, with nothing written, when
+    /// `can_skip` and the store has no such message (expunged meanwhile).
+    #[allow(clippy::too_many_arguments)]
     async fn body_literal<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: &mut Io<S>,
+        prefix: &mut Vec<u8>,
+        can_skip: bool,
         mailbox_id: u64,
         uid: u32,
         offset: u64,
         length: u64,
-    ) -> std::io::Result<()> {
-        io.write(format!("{{{length}}}\r\n").as_bytes());
-        if length == 0 {
-            return Ok(());
+    ) -> std::io::Result<bool> {
+        let mut stream = None;
+        let mut first = None;
+        if length > 0 {
+            match self
+                .store()
+                .fetch_body(mailbox_id, uid, offset, length)
+                .await
+            {
+                Ok(mut s) => match s.next_chunk().await {
+                    Ok(Some(c)) => {
+                        first = Some(c);
+                        stream = Some(s);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, uid, "body stream failed"),
+                },
+                Err(e) => tracing::debug!(error = %e, uid, "fetch body failed"),
+            }
+            if first.is_none() && can_skip {
+                return Ok(false);
+            }
         }
+        io.write(prefix);
+        prefix.clear();
+        io.write(format!("{{{length}}}\r\n").as_bytes());
         let mut sent = 0u64;
-        match self
-            .store()
-            .fetch_body(mailbox_id, uid, offset, length)
-            .await
-        {
-            Ok(mut s) => loop {
+        let mut chunk = first;
+        while let Some(c) = chunk.take() {
+            let take = usize::try_from((length - sent).min(c.len() as u64)).unwrap_or(0);
+            io.write(&c[..take]);
+            sent += take as u64;
+            io.maybe_flush().await?;
+            if sent >= length {
+                break;
+            }
+            if let Some(s) = stream.as_mut() {
                 match s.next_chunk().await {
-                    Ok(Some(chunk)) => {
-                        let take =
-                            usize::try_from((length - sent).min(chunk.len() as u64)).unwrap_or(0);
-                        io.write(&chunk[..take]);
-                        sent += take as u64;
-                        io.maybe_flush().await?;
-                        if sent >= length {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, uid, "body stream failed");
-                        break;
-                    }
+                    Ok(next) => chunk = next,
+                    Err(e) => tracing::warn!(error = %e, uid, "body stream failed"),
                 }
-            },
-            Err(e) => tracing::warn!(error = %e, uid, "fetch body failed"),
+            }
         }
         // The literal length is promised: pad if the store came up short
         // (message expunged under us), so the protocol stays in sync.
@@ -247,7 +284,7 @@ impl Session {
             let pad = vec![b' '; usize::try_from(length - sent).unwrap_or(0)];
             io.write(&pad);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Loads a (small, bounded by the message size limit) byte range.
@@ -273,6 +310,10 @@ impl Session {
                 break;
             }
         }
+        // Short: the message was expunged meanwhile (or the store failed).
+        if (out.len() as u64) < length {
+            return None;
+        }
         out.truncate(usize::try_from(length).unwrap_or(usize::MAX));
         Some(out)
     }
@@ -286,8 +327,8 @@ impl Session {
         atts: &[FetchAtt],
         changed_since: Option<u64>,
     ) -> std::io::Result<Status> {
-        if changed_since.is_some() {
-            self.enabled.condstore = true;
+        if changed_since.is_some() || atts.contains(&FetchAtt::ModSeq) {
+            self.enable_condstore(io);
         }
         let condstore = self.enabled.condstore;
         let utf8 = self.utf8();
@@ -300,7 +341,7 @@ impl Session {
         if uids.is_empty() {
             return Ok(Status::ok("FETCH completed"));
         }
-        let (mailbox_id, read_only, recent_floor) = (mb.id, mb.read_only, mb.recent_floor);
+        let (mailbox_id, read_only) = (mb.id, mb.read_only);
         let with_structure = atts.iter().any(needs_structure);
         // RFC 9051 §6.4.5: BODY[...] (not PEEK) sets \Seen; FLAGS then follow.
         let mark_seen = !read_only && atts.iter().any(sets_seen);
@@ -345,6 +386,7 @@ impl Session {
             Err(e) => return Ok(store_error(&e)),
         };
         let mut unknown_cte = false;
+        let (mut answered, mut gone) = (0usize, false);
         loop {
             let batch = match stream.next_batch().await {
                 Ok(Some(b)) => b,
@@ -360,11 +402,18 @@ impl Session {
                     continue;
                 };
                 let idx = seq as usize - 1;
+                let ann = mb.announce(&m.flags);
+                io.write(&ann);
                 let flags_changed = seen_before.binary_search(&m.uid).is_ok();
                 mb.flags[idx].clone_from(&m.flags);
-                let recent = !rev2 && m.uid >= recent_floor;
+                let recent = !rev2 && mb.is_recent(m.uid);
+                answered += 1;
                 let mut out: Vec<u8> = format!("* {seq} FETCH (").into_bytes();
                 let mut first = true;
+                // Nothing of this message's response written yet: it can
+                // still be left out if the message turns out expunged.
+                let mut fresh = true;
+                let mut skip = false;
                 let structure = m.structure.as_ref();
                 let parts: &[BodyPart] = structure.map_or(&[], |s| s.parts.as_slice());
                 let tree = Tree::new(parts);
@@ -428,11 +477,14 @@ impl Session {
                                 continue;
                             };
                             if let SectionText::HeaderFields { not, fields } = &section.text {
-                                let raw = self
-                                    .load_range(mailbox_id, m.uid, start, end - start)
-                                    .await
-                                    .unwrap_or_default();
-                                let filtered = filter_header(&raw, fields, *not);
+                                let raw =
+                                    self.load_range(mailbox_id, m.uid, start, end - start).await;
+                                if raw.is_none() && fresh {
+                                    skip = true;
+                                    break;
+                                }
+                                let filtered =
+                                    filter_header(&raw.unwrap_or_default(), fields, *not);
                                 let slice = apply_partial(&filtered, partial);
                                 let _ = write!(Vecw(&mut out), "{{{}}}\r\n", slice.len());
                                 out.extend_from_slice(slice);
@@ -445,9 +497,14 @@ impl Session {
                                 }
                                 None => (start, end),
                             };
-                            io.write(&out);
-                            out.clear();
-                            self.body_literal(io, mailbox_id, m.uid, s, e - s).await?;
+                            if !self
+                                .body_literal(io, &mut out, fresh, mailbox_id, m.uid, s, e - s)
+                                .await?
+                            {
+                                skip = true;
+                                break;
+                            }
+                            fresh = false;
                         }
                         FetchAtt::Binary { part, .. } | FetchAtt::BinarySize { part } => {
                             let section = Section {
@@ -464,10 +521,12 @@ impl Session {
                                 tree.resolve(part)
                                     .and_then(|i| tree.parts[i].encoding.clone())
                             };
-                            let raw = self
-                                .load_range(mailbox_id, m.uid, start, end - start)
-                                .await
-                                .unwrap_or_default();
+                            let raw = self.load_range(mailbox_id, m.uid, start, end - start).await;
+                            if raw.is_none() && fresh {
+                                skip = true;
+                                break;
+                            }
+                            let raw = raw.unwrap_or_default();
                             let Some(decoded) = decode_cte(enc.as_deref(), &raw) else {
                                 unknown_cte = true;
                                 out.extend_from_slice(b"NIL");
@@ -494,6 +553,10 @@ impl Session {
                         }
                     }
                 }
+                if skip {
+                    gone = true;
+                    continue;
+                }
                 if flags_changed && condstore && !list.contains(&FetchAtt::ModSeq) {
                     let _ = write!(Vecw(&mut out), " MODSEQ ({})", m.modseq);
                 }
@@ -504,6 +567,12 @@ impl Session {
         }
         if unknown_cte {
             return Ok(Status::no("Unknown Content-Transfer-Encoding").with(Code::Cannot));
+        }
+        // Expunged by another session since this one last heard (RFC 9051
+        // §7.1 EXPUNGEISSUED): no made-up data, a NO once the rest is sent.
+        if gone || (changed_since.is_none() && answered < uids.len()) {
+            return Ok(Status::no("Some of the requested messages no longer exist")
+                .with(Code::ExpungeIssued));
         }
         Ok(Status::ok("FETCH completed"))
     }

@@ -81,6 +81,7 @@ impl Session {
         if pats.len() > MAX_PATTERNS {
             return Status::no("Too many patterns").with(Code::Limit);
         }
+        let percent = pats.iter().any(|p| p.contains('%'));
         let pats: Vec<Pattern> = pats.iter().map(|p| Pattern::new(p)).collect();
         if pats
             .iter()
@@ -171,9 +172,27 @@ impl Session {
                 .as_ref()
                 .map(|m| m.special_use.clone())
                 .unwrap_or_default();
-            let childinfo = select.recursive_match && select.subscribed && e.subscribed_child;
+            // RFC 5258 §3.5: CHILDINFO tells of a subscribed descendant
+            // the patterns do not list themselves.
+            let mut childinfo = select.recursive_match && select.subscribed && e.subscribed_child;
+            if childinfo {
+                let prefix = format!("{name}/");
+                childinfo = subscribed
+                    .iter()
+                    .filter(|n| n.starts_with(&prefix))
+                    .any(|n| {
+                        !pats.iter().any(|p| {
+                            let (m, w) = p.matches(n);
+                            work += w;
+                            m
+                        })
+                    });
+            }
+            // RFC 3501 §6.3.9: LSUB with "%" shows the unsubscribed parent
+            // of a subscribed mailbox the "%" stops at, as \Noselect.
+            let lsub_parent = lsub && percent && !e.subscribed && e.subscribed_child;
             if lsub || select.subscribed {
-                if !e.subscribed && !childinfo {
+                if !e.subscribed && !childinfo && !lsub_parent {
                     continue;
                 }
             } else if !exists && !e.has_children {
@@ -184,7 +203,7 @@ impl Session {
                 continue;
             }
             let mut attrs: Vec<String> = Vec::new();
-            if !exists {
+            if !exists || lsub_parent {
                 if extended && (select.subscribed || ret.subscribed) && !e.has_children {
                     attrs.push("\\NonExistent".into());
                 } else {

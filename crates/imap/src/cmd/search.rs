@@ -13,7 +13,22 @@ use crate::model::Query;
 use crate::response::{self, Status};
 use crate::selected::Selected;
 use crate::session::Session;
-use crate::store::store_error;
+use crate::store::{Store, store_error};
+
+/// The highest MODSEQ of some messages (`None` if the store fails).
+async fn highest_modseq_of(store: &Store, mailbox_id: u64, uids: &[u32]) -> Option<u64> {
+    let mut stream = store
+        .fetch_meta(mailbox_id, Some(uids), 0, false)
+        .await
+        .ok()?;
+    let mut highest = 0;
+    while let Some(batch) = stream.next_batch().await.ok()? {
+        for m in batch {
+            highest = highest.max(m.modseq);
+        }
+    }
+    Some(highest)
+}
 
 fn has_modseq(k: &SearchKey) -> bool {
     match k {
@@ -32,7 +47,7 @@ fn convert(k: &SearchKey, mb: &Selected) -> Query {
         mb.uids
             .iter()
             .copied()
-            .filter(|&u| u >= mb.recent_floor)
+            .filter(|&u| mb.is_recent(u))
             .collect()
     };
     match k {
@@ -84,7 +99,7 @@ impl Session {
     ) -> Status {
         let modseq = has_modseq(k);
         if modseq {
-            self.enabled.condstore = true;
+            self.enable_condstore(io);
         }
         // IMAP4rev2 always answers ESEARCH (RFC 9051 §6.4.4).
         let ret = ret.or_else(|| {
@@ -132,7 +147,31 @@ impl Session {
                     let _ = write!(line, " ALL {}", response::seq_set_string(&nums));
                 }
                 if modseq && !nums.is_empty() {
-                    let _ = write!(line, " MODSEQ {}", r.highest_modseq);
+                    // RFC 4731 §3.2 / RFC 7162 §3.1.5: with only MIN and/or
+                    // MAX, MODSEQ is the highest of the messages returned.
+                    let highest = if ret.all || ret.count {
+                        r.highest_modseq
+                    } else {
+                        let mut shown = Vec::new();
+                        if ret.min {
+                            shown.extend(nums.first().copied());
+                        }
+                        if ret.max {
+                            shown.extend(nums.last().copied());
+                        }
+                        let shown: Vec<u32> = if uid {
+                            shown
+                        } else {
+                            shown
+                                .iter()
+                                .filter_map(|&s| mb.uids.get(s as usize - 1).copied())
+                                .collect()
+                        };
+                        highest_modseq_of(&store, mb.id, &shown)
+                            .await
+                            .unwrap_or(r.highest_modseq)
+                    };
+                    let _ = write!(line, " MODSEQ {highest}");
                 }
             }
             None => {

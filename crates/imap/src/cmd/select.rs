@@ -9,8 +9,6 @@ use crate::selected::Selected;
 use crate::session::{Session, State};
 use crate::store::store_error;
 
-const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
-
 impl Session {
     /// SELECT / EXAMINE (RFC 9051 §6.3.2, §6.3.3; RFC 7162 §3.1.8).
     pub(super) async fn select<S: AsyncRead + AsyncWrite + Unpin>(
@@ -56,7 +54,9 @@ impl Session {
                 match stream.next_batch().await {
                     Ok(Some(batch)) => {
                         for m in batch {
-                            if uids.last().is_none_or(|&l| m.uid > l) {
+                            // Later arrivals are reported (and claimed) by
+                            // the next sync, so \Recent is decided once.
+                            if m.uid < mb.uidnext && uids.last().is_none_or(|&l| m.uid > l) {
                                 uids.push(m.uid);
                                 flags.push(m.flags);
                             }
@@ -68,17 +68,16 @@ impl Session {
             },
             Err(e) => return store_error(&e),
         }
-        let recent_floor = if read_only {
-            u32::MAX
-        } else {
-            mb.recent_floor.max(1)
-        };
-        let selected = Selected {
+        // SELECT claimed [floor, uidnext) (RFC 3501 §2.3.2); EXAMINE shows
+        // the same range as \Recent without taking it (RFC 3501 §6.3.2).
+        let mut selected = Selected {
             id: mb.id,
             name: name.clone(),
             read_only,
             uidvalidity: mb.uidvalidity,
-            recent_floor,
+            recent: Vec::new(),
+            claimed_to: if read_only { u32::MAX } else { mb.uidnext },
+            keywords: Vec::new(),
             // Watermarks from the snapshot taken before the listing (see `sync`).
             flags_mark: mb.highestmodseq,
             expunge_mark: mb.highestmodseq,
@@ -86,23 +85,15 @@ impl Session {
             uids,
             flags,
         };
+        selected.add_recent(mb.recent_floor.max(1), mb.uidnext);
         let exists = selected.uids.len();
-        let recent = selected.uids.iter().filter(|&&u| u >= recent_floor).count();
+        let recent = selected.recent_count();
         let first_unseen = selected
             .flags
             .iter()
             .position(|f| !f.iter().any(|x| x == "\\Seen"));
-        let mut keywords: Vec<&str> = Vec::new();
-        for f in selected.flags.iter().flatten() {
-            if !f.starts_with('\\') && !keywords.contains(&f.as_str()) && keywords.len() < 100 {
-                keywords.push(f);
-            }
-        }
-        let kw = if keywords.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", keywords.join(" "))
-        };
+        let all: Vec<String> = selected.flags.iter().flatten().cloned().collect();
+        let _ = selected.announce(&all);
         io.write(&response::exists(exists));
         if !self.enabled.rev2 {
             io.write(&response::recent(recent));
@@ -114,17 +105,7 @@ impl Session {
                 );
             }
         }
-        io.write(format!("* FLAGS ({SYSTEM_FLAGS}{kw})\r\n").as_bytes());
-        let perm = if read_only {
-            String::new()
-        } else {
-            format!("{SYSTEM_FLAGS}{kw} \\*")
-        };
-        io.write(
-            &Status::ok("Permanent flags")
-                .with(Code::PermanentFlags(perm))
-                .encode(None),
-        );
+        io.write(&selected.flags_responses());
         io.write(
             &Status::ok("UIDs valid")
                 .with(Code::UidValidity(mb.uidvalidity))

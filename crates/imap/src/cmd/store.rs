@@ -24,7 +24,7 @@ impl Session {
     ) -> Status {
         let rev2 = self.enabled.rev2;
         if unchanged_since.is_some() {
-            self.enabled.condstore = true;
+            self.enable_condstore(io);
         }
         let condstore = self.enabled.condstore;
         let store = self.store();
@@ -39,6 +39,7 @@ impl Session {
             return Status::ok("STORE completed");
         }
         let flags: Vec<String> = flags.iter().filter(|f| *f != "\\Recent").cloned().collect();
+        let flags_sent = flags.clone();
         let r = match store
             .store_flags(mb.id, &uids, op, flags, unchanged_since.unwrap_or(0))
             .await
@@ -46,10 +47,19 @@ impl Session {
             Ok(r) => r,
             Err(e) => return store_error(&e),
         };
+        // New keywords are announced before any FETCH shows them (and
+        // even when the client asked for silence: FLAGS changed).
+        if op != StoreOp::Remove {
+            let ann = mb.announce(&flags_sent);
+            io.write(&ann);
+        }
         for u in r.updated {
             let Ok(i) = mb.uids.binary_search(&u.uid) else {
                 continue;
             };
+            // Keywords other sessions set on these messages, too.
+            let ann = mb.announce(&u.flags);
+            io.write(&ann);
             mb.flags[i] = u.flags;
             if silent && unchanged_since.is_none() {
                 continue;
@@ -58,7 +68,7 @@ impl Session {
                 i + 1,
                 uid.then_some(u.uid),
                 &mb.flags[i],
-                !rev2 && u.uid >= mb.recent_floor,
+                !rev2 && mb.is_recent(u.uid),
                 condstore.then_some(u.modseq),
             ));
         }

@@ -12,6 +12,25 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
 impl Session {
+    /// Turns CONDSTORE on for the session if a command implies it (RFC
+    /// 7162 §3.1: FETCH MODSEQ / CHANGEDSINCE, SEARCH MODSEQ, STORE
+    /// UNCHANGEDSINCE). The first time, with a mailbox selected, the client
+    /// is told the mailbox's HIGHESTMODSEQ (RFC 7162 §3.1.2.1).
+    pub(crate) fn enable_condstore<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) {
+        if self.enabled.condstore {
+            return;
+        }
+        self.enabled.condstore = true;
+        if let Some(mb) = self.selected() {
+            let hms = mb.flags_mark.max(mb.expunge_mark);
+            io.write(
+                &response::Status::ok("Highest")
+                    .with(response::Code::HighestModSeq(hms))
+                    .encode(None),
+            );
+        }
+    }
+
     /// Starts following the store's change stream for the mailbox and
     /// waits (bounded) for its READY, so nothing committed after the
     /// snapshot SELECT takes next can be missed.
@@ -59,7 +78,7 @@ impl Session {
         // queries: taking the largest MODSEQ seen in the (batched, not
         // snapshot-consistent) results could skip a change committed while
         // they streamed. Changes seen twice are filtered by the flag cache.
-        let new_mark = match store.get_mailbox(user_id, &mb.name, false).await {
+        let (new_mark, uidnext) = match store.get_mailbox(user_id, &mb.name, false).await {
             Ok(m) => {
                 let hms = m.highestmodseq;
                 // Every append, flag change and expunge raises the
@@ -67,13 +86,30 @@ impl Session {
                 if hms <= mb.flags_mark && (hms <= mb.expunge_mark || !allow_expunge) {
                     return;
                 }
-                hms.max(mb.flags_mark)
+                (hms.max(mb.flags_mark), m.uidnext)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "mailbox snapshot failed");
-                mb.flags_mark
+                (mb.flags_mark, 0)
             }
         };
+        // New messages: a read-write session claims their \Recent before
+        // it reports them (RFC 3501 §2.3.2), so exactly one session (or a
+        // later SELECT, or STATUS) counts each message as recent.
+        let mut uidnext = uidnext;
+        if uidnext > mb.claimed_to {
+            match store.get_mailbox(user_id, &mb.name, true).await {
+                Ok(m) => {
+                    mb.add_recent(m.recent_floor.max(mb.claimed_to), m.uidnext);
+                    mb.claimed_to = m.uidnext;
+                    uidnext = m.uidnext;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming recent failed");
+                    uidnext = mb.claimed_to;
+                }
+            }
+        }
         if allow_expunge {
             let mark = new_mark;
             match store.list_expunged(mb.id, mb.expunge_mark).await {
@@ -92,6 +128,7 @@ impl Session {
             }
         }
         let mut changed: Vec<(u32, u64)> = Vec::new();
+        let mut announce: Vec<u8> = Vec::new();
         let before = mb.uids.len();
         match store.fetch_meta(mb.id, None, mb.flags_mark, false).await {
             Ok(mut s) => {
@@ -109,6 +146,7 @@ impl Session {
                         }
                     };
                     for m in batch {
+                        announce.extend_from_slice(&mb.announce(&m.flags));
                         match mb.uids.binary_search(&m.uid) {
                             Ok(i) => {
                                 if mb.flags[i] != m.flags {
@@ -116,7 +154,9 @@ impl Session {
                                     changed.push((m.uid, m.modseq));
                                 }
                             }
-                            Err(i) if i == mb.uids.len() => {
+                            // Messages past the snapshot's UIDNEXT wait for
+                            // the next sync (their \Recent is not decided).
+                            Err(i) if i == mb.uids.len() && m.uid < uidnext => {
                                 mb.uids.push(m.uid);
                                 mb.flags.push(m.flags);
                             }
@@ -132,11 +172,11 @@ impl Session {
             }
             Err(e) => tracing::warn!(error = %e, "fetch meta failed"),
         }
+        io.write(&announce);
         if mb.uids.len() != before {
             io.write(&response::exists(mb.uids.len()));
             if !rev2 {
-                let recent = mb.uids.iter().filter(|&&u| u >= mb.recent_floor).count();
-                io.write(&response::recent(recent));
+                io.write(&response::recent(mb.recent_count()));
             }
         }
         for (uid, modseq) in changed {
@@ -146,7 +186,7 @@ impl Session {
                 seq as usize,
                 Some(uid),
                 &mb.flags[i],
-                !rev2 && uid >= mb.recent_floor,
+                !rev2 && mb.is_recent(uid),
                 condstore.then_some(modseq),
             ));
         }

@@ -15,6 +15,8 @@ use super::{MailboxesSvc, ranges};
 
 /// Copies (and with `move_` removes) messages between mailboxes in one
 /// transaction; returns (uidvalidity, source uids, destination uids).
+/// Moving into the same mailbox is allowed (RFC 6851 §3.3 does not forbid
+/// it): the messages get new UIDs and the old ones are expunged.
 pub(crate) async fn copy_in_tx(
     conn: &mut PgConnection,
     src: i64,
@@ -22,9 +24,6 @@ pub(crate) async fn copy_in_tx(
     dst: i64,
     move_: bool,
 ) -> Result<pb::CopyMessagesResponse> {
-    if src == dst && move_ {
-        return Err(StoreError::invalid("cannot move a mailbox into itself"));
-    }
     // Lock order: lower id first.
     let (first, second) = if src <= dst { (src, dst) } else { (dst, src) };
     let a = lock_mailbox(conn, first).await?;
