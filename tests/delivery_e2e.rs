@@ -461,15 +461,21 @@ async fn over_quota_defers_then_bounces_when_too_old() {
     let s = TestStore::start().await;
     s.add_domain("example.org").await;
     let c = s.client();
-    c.accounts
+    let tiny = c
+        .accounts
         .clone()
         .create_user(pb::CreateUserRequest {
             address: "tiny@example.org".into(),
             password: "tiny-password".into(),
-            quota_bytes: 10,
+            quota_bytes: 1000,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .id;
+    // Nearly full: the message would fit in an empty mailbox (4.2.2, RFC
+    // 3463 X.2.2 as a persistent transient failure), not in this one.
+    s.append(tiny, "Archive", &vec![b'x'; 900]).await;
     let sender = s.add_user("sender@example.org", "sender-password").await;
     enqueue(
         &c,
@@ -518,6 +524,58 @@ async fn over_quota_defers_then_bounces_when_too_old() {
         !subjects(&s, sender, "INBOX").await.is_empty()
     })
     .await;
+}
+
+/// Issue #16: a message larger than the recipient's whole quota can never
+/// be delivered, however much is expunged: it bounces at once with 5.2.2
+/// (RFC 3463 §3.3) instead of waiting out the retry period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_larger_than_the_quota_bounces_at_once() {
+    let s = TestStore::start().await;
+    s.add_domain("example.org").await;
+    let c = s.client();
+    c.accounts
+        .clone()
+        .create_user(pb::CreateUserRequest {
+            address: "tiny@example.org".into(),
+            password: "tiny-password".into(),
+            quota_bytes: 10,
+        })
+        .await
+        .unwrap();
+    let sender = s.add_user("sender@example.org", "sender-password").await;
+    enqueue(
+        &c,
+        "q1",
+        "sender@example.org",
+        &["tiny@example.org"],
+        &message("never fits"),
+    )
+    .await
+    .unwrap();
+    // The default give-up period is days: only "never fits" bounces now.
+    let _d = delivery(&s, "w", 60_000);
+    wait_until("the bounce", Duration::from_secs(60), || async {
+        !subjects(&s, sender, "INBOX").await.is_empty()
+    })
+    .await;
+    let job = &jobs(&s, pb::QueueKind::Inbound, pb::JobState::Done).await;
+    let original = job
+        .iter()
+        .find(|j| j.mail_from == "sender@example.org")
+        .expect("the original job is done");
+    let detail = c
+        .queue
+        .clone()
+        .get_job(pb::GetJobRequest {
+            job_id: original.id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = &detail.job.unwrap().recipients[0];
+    assert_eq!(r.state, pb::RecipientState::Failed as i32, "{r:?}");
+    assert!(r.detail.contains("5.2.2"), "{}", r.detail);
 }
 
 /// The issue's acceptance path with a real client: Python smtplib sends

@@ -397,6 +397,16 @@ impl Worker {
                         .await
                     {
                         Ok(()) => {}
+                        // RFC 3463 §3.3 X.2.2 "mailbox full": a message
+                        // larger than the quota can never fit (5.2.2 now);
+                        // otherwise the mailbox may be emptied, so 4.2.2
+                        // until the job is quota_give_up_secs old, then 5.2.2.
+                        Err(e) if mailstore_api::quota_exceeds_limit(&e) => {
+                            return Ok(Outcome::Failed(format!(
+                                "5.2.2 <{}>: message larger than the mailbox quota",
+                                local.address
+                            )));
+                        }
                         Err(e) if e.code() == Code::ResourceExhausted => {
                             let age = job
                                 .created_at

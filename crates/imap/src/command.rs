@@ -41,6 +41,8 @@ pub enum StatusItem {
     Deleted,
     Size,
     HighestModseq,
+    /// RFC 9208 §4.2.2.
+    DeletedStorage,
 }
 
 /// `LIST` selection options (RFC 5258 §3.1).
@@ -257,6 +259,15 @@ pub enum CommandKind {
         mailbox: Vec<u8>,
         is_move: bool,
     },
+    /// RFC 9208 §4.1.1.
+    GetQuota(Vec<u8>),
+    /// RFC 9208 §4.1.2.
+    GetQuotaRoot(Vec<u8>),
+    /// RFC 9208 §4.1.3: resource names (upper case) and limits.
+    SetQuota {
+        root: Vec<u8>,
+        limits: Vec<(String, u64)>,
+    },
 }
 
 impl CommandKind {
@@ -298,6 +309,9 @@ impl CommandKind {
             Self::Store { .. } => "STORE",
             Self::Copy { is_move: false, .. } => "COPY",
             Self::Copy { is_move: true, .. } => "MOVE",
+            Self::GetQuota(_) => "GETQUOTA",
+            Self::GetQuotaRoot(_) => "GETQUOTAROOT",
+            Self::SetQuota { .. } => "SETQUOTA",
         }
     }
 }

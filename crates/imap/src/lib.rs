@@ -8,7 +8,8 @@
 //! (RFC 5258), LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154), STATUS=SIZE
 //! (RFC 8438), CONDSTORE (RFC 7162), ESEARCH (RFC 4731), BINARY
 //! (RFC 3516), UTF8=ACCEPT (RFC 6855), APPENDLIMIT (RFC 7889), MULTIAPPEND
-//! (RFC 3502); STARTTLS on
+//! (RFC 3502), QUOTA (RFC 9208: STORAGE and MESSAGE, SETQUOTA for the
+//! configured quota administrators); STARTTLS on
 //! the plain port and implicit TLS (RFC 8314).
 //!
 //! Stateless over the mailbox-store (gRPC `mailstore.v1`), the only thing it
@@ -127,6 +128,15 @@ pub struct Config {
         default_value_t = 50
     )]
     pub max_sessions_per_user: u32,
+    /// Users (addresses) allowed RFC 9208 SETQUOTA and GETQUOTA of other
+    /// users' quota roots (a root is named by the user's address);
+    /// repeatable or comma-separated.
+    #[arg(
+        long = "quota-admin",
+        env = "EPISTOLE_IMAP_QUOTA_ADMINS",
+        value_delimiter = ','
+    )]
+    pub quota_admins: Vec<String>,
 }
 
 impl Config {
@@ -164,6 +174,12 @@ impl Config {
                 max_literals: 64,
                 preauth_max: framing::PREAUTH_MAX,
             },
+            quota_admins: self
+                .quota_admins
+                .iter()
+                .map(|a| a.trim().to_ascii_lowercase())
+                .filter(|a| !a.is_empty())
+                .collect(),
         })
     }
 }

@@ -25,6 +25,20 @@ pub struct MailboxInfo {
     pub size: u64,
     /// Messages with \Deleted (RFC 9051 §6.3.11 DELETED).
     pub deleted: u32,
+    /// Bytes of the messages with \Deleted (RFC 9208 DELETED-STORAGE).
+    pub deleted_size: u64,
+}
+
+/// A user's quota root (RFC 9208): usage and effective limits (`None` =
+/// unlimited); STORAGE is counted in bytes here, in KiB on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaInfo {
+    pub user_id: u64,
+    pub address: String,
+    pub used_bytes: u64,
+    pub used_messages: u64,
+    pub limit_bytes: Option<u64>,
+    pub limit_messages: Option<u64>,
 }
 
 /// One message's metadata, as FETCH and the session's sync need it.

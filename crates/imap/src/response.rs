@@ -49,6 +49,8 @@ pub enum Code {
     BadCharset,
     InUse,
     ContactAdmin,
+    /// RFC 5530 §3.
+    NoPerm,
 }
 
 impl Code {
@@ -84,6 +86,7 @@ impl Code {
             Self::BadCharset => write!(out, "BADCHARSET (UTF-8 US-ASCII)"),
             Self::InUse => write!(out, "INUSE"),
             Self::ContactAdmin => write!(out, "CONTACTADMIN"),
+            Self::NoPerm => write!(out, "NOPERM"),
         };
     }
 }

@@ -75,6 +75,9 @@ pub struct SessionConfig {
     /// Most mailboxes one LIST or LSUB answers; beyond, `NO [LIMIT]`.
     pub max_list_results: usize,
     pub limits: Limits,
+    /// Users (addresses) allowed RFC 9208 SETQUOTA, and GETQUOTA of any
+    /// user's root (named by its address).
+    pub quota_admins: Vec<String>,
 }
 
 impl Default for SessionConfig {
@@ -92,6 +95,7 @@ impl Default for SessionConfig {
             max_sessions_per_user: 50,
             max_list_results: MAX_LIST_RESULTS,
             limits: Limits::default(),
+            quota_admins: Vec::new(),
         }
     }
 }
@@ -269,6 +273,9 @@ impl Session {
         }
         c.push_str(" SASL-IR ID ENABLE IDLE LITERAL+ NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN");
         c.push_str(" LIST-EXTENDED LIST-STATUS SPECIAL-USE STATUS=SIZE CONDSTORE ESEARCH BINARY UTF8=ACCEPT MULTIAPPEND");
+        // RFC 9208 §3.1, §4.1.3: both resources, SETQUOTA (for the
+        // configured quota administrators).
+        c.push_str(" QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QUOTASET");
         if authed {
             c.push_str(&format!(
                 " APPENDLIMIT={}",

@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 use crate::command::AppendMessage;
 use crate::model::{
     Address, Appended, AuthOutcome, BodyPart, CopyOutcome, Disposition, Envelope, FlagOp,
-    FlagUpdate, MailboxInfo, MessageMeta, Param, Query, SearchOutcome, StoreOutcome, Structure,
+    FlagUpdate, MailboxInfo, MessageMeta, Param, Query, QuotaInfo, SearchOutcome, StoreOutcome,
+    Structure,
 };
 use crate::response::{Code, Status};
 
@@ -132,6 +133,45 @@ impl Store {
             Ok(pb::AuthStatus::Unavailable) => AuthOutcome::Unavailable,
             _ => AuthOutcome::Failed,
         })
+    }
+
+    /// A user's quota root (RFC 9208 GETQUOTA), by id or by address.
+    pub async fn get_quota(&self, user_id: u64, address: Option<&str>) -> Result<QuotaInfo> {
+        use pb::get_quota_request::Key;
+        let key = match address {
+            Some(a) => Key::Address(a.to_string()),
+            None => Key::UserId(user_id),
+        };
+        let q = self
+            .client
+            .accounts
+            .clone()
+            .get_quota(pb::GetQuotaRequest { key: Some(key) })
+            .await?
+            .into_inner();
+        Ok(quota_info(q))
+    }
+
+    /// Replaces a user's own limits (RFC 9208 SETQUOTA; `None` = the
+    /// domain default).
+    pub async fn set_quota(
+        &self,
+        address: &str,
+        limit_bytes: Option<u64>,
+        limit_messages: Option<u64>,
+    ) -> Result<QuotaInfo> {
+        let q = self
+            .client
+            .accounts
+            .clone()
+            .set_quota(pb::SetQuotaRequest {
+                key: Some(pb::set_quota_request::Key::Address(address.to_string())),
+                limit_bytes,
+                limit_messages,
+            })
+            .await?
+            .into_inner();
+        Ok(quota_info(q))
     }
 
     /// One mailbox by name; `claim_recent` makes its new messages \Recent
@@ -472,6 +512,18 @@ fn mailbox(m: pb::Mailbox) -> MailboxInfo {
         recent_floor: m.recent_floor,
         size: m.size,
         deleted: m.deleted,
+        deleted_size: m.deleted_size,
+    }
+}
+
+fn quota_info(q: pb::Quota) -> QuotaInfo {
+    QuotaInfo {
+        user_id: q.user_id,
+        address: q.address,
+        used_bytes: q.used_bytes,
+        used_messages: q.used_messages,
+        limit_bytes: q.limit_bytes,
+        limit_messages: q.limit_messages,
     }
 }
 

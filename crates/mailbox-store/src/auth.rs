@@ -29,6 +29,9 @@
 //! | Accounts | ListFilters                           | service | delivery |
 //! | Accounts | PutDkimKey                            | admin   | signs as the domain |
 //! | Accounts | ListDkimKeys                          | service | smtp-out signs with them |
+//! | Accounts | GetQuota                              | service | imap GETQUOTA, smtp-in RCPT |
+//! | Accounts | SetQuota                              | service | imap SETQUOTA by its quota admins (RFC 9208 §4.1.3); a leaked service token can lift a quota (disk use), nothing more |
+//! | Accounts | SetDomainQuota                        | admin   | every user of a domain at once |
 //! | Queue    | Enqueue, Lease, RenewLease, ReadMessage, SetRecipientResult, FinishJob, AddEvent | service | workers |
 //! | Queue    | ListJobs, GetJob, RetryJob, DeleteJob, ListEvents | admin | reads everyone's envelopes, drops mail |
 //! | Mailboxes| all                                   | service | imap, pop3, delivery |

@@ -16,8 +16,9 @@ pub enum StoreError {
     FailedPrecondition(String),
     #[error("message larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// RFC 9208 quota; `permanent`: the request alone exceeds the limit.
     #[error("over quota")]
-    OverQuota,
+    OverQuota { permanent: bool },
     /// A count limit (e.g. mailboxes per user): RESOURCE_EXHAUSTED like a
     /// quota, with its own message; the caller knows which limit its RPC has.
     #[error("{0}")]
@@ -82,7 +83,15 @@ impl From<StoreError> for Status {
             StoreError::TooLarge(limit) => {
                 Status::out_of_range(format!("message larger than {limit} bytes"))
             }
-            StoreError::OverQuota => Status::resource_exhausted("over quota"),
+            StoreError::OverQuota { permanent: false } => Status::resource_exhausted("over quota"),
+            StoreError::OverQuota { permanent: true } => {
+                let mut st = Status::resource_exhausted("over quota: larger than the quota");
+                st.metadata_mut().insert(
+                    mailstore_api::QUOTA_EXCEEDS_LIMIT,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                st
+            }
             StoreError::LimitReached(what) => Status::resource_exhausted(what),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "store unavailable");

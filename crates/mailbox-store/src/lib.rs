@@ -25,16 +25,17 @@
 //! server ──> accounts, mailboxes, queue, guard, janitor, auth, config, db,
 //!            hashing, notify
 //! mailboxes ──> queue (DeliverFromQueue), messages, blobs, search, db, wire,
-//!               names, flags, notify
+//!               names, flags, notify, quota
 //! queue ──> messages, blobs, db, wire, names, flags, structure, notify, auth
-//! accounts ──> db, wire, names, auth, hashing, config
+//! accounts ──> db, wire, names, auth, hashing, config, quota
 //! guard ──> db, names
 //! janitor ──> blobs, db, guard
-//! messages ──> flags, structure, notify
+//! messages ──> flags, structure, notify, quota
 //! search ──> flags
 //! blobs ──> wire
 //! db ──> config, notify, hashing
-//! wire, names, flags, structure, notify, config, auth, hashing, error: leaves
+//! wire, names, flags, structure, notify, config, auth, hashing, quota, error:
+//! leaves
 //! ```
 //!
 //! [`messages`] owns message insertion (UID and MODSEQ allocation, the row,
@@ -59,6 +60,7 @@ pub mod mta_sts;
 pub mod names;
 pub mod notify;
 pub mod queue;
+pub mod quota;
 pub mod search;
 pub mod server;
 pub mod structure;

@@ -9,7 +9,7 @@ use tonic::Streaming;
 
 use crate::error::{Result, StoreError};
 use crate::notify::{MAILBOX_CHANNEL, MailboxChange};
-use crate::{flags, structure};
+use crate::{flags, quota, structure};
 
 pub(crate) async fn notify(conn: &mut PgConnection, c: MailboxChange) -> Result<()> {
     sqlx::query!("SELECT pg_notify($1, $2)", MAILBOX_CHANNEL, c.payload())
@@ -56,6 +56,8 @@ pub(crate) struct NewMessage<'a> {
     pub flags: flags::FlagSet,
     pub structure: Vec<u8>,
     pub crlf_size: i64,
+    /// Refuse when the user's quota would be exceeded (APPEND, delivery).
+    pub enforce_quota: bool,
 }
 
 /// Appends into a locked transaction: allocates the UID and MODSEQ, inserts,
@@ -96,13 +98,7 @@ pub(crate) async fn insert_message(
     )
     .execute(&mut *conn)
     .await?;
-    sqlx::query!(
-        "UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1",
-        user_id,
-        m.size
-    )
-    .execute(&mut *conn)
-    .await?;
+    quota::charge(conn, user_id, m.size, 1, m.enforce_quota).await?;
     notify(
         conn,
         MailboxChange {

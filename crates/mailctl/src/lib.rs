@@ -10,6 +10,7 @@
 
 pub mod dkim;
 pub mod dns;
+pub mod quota;
 
 use std::io::{BufRead as _, IsTerminal as _};
 
@@ -91,6 +92,9 @@ pub enum Command {
     /// DKIM signing keys: prints the DNS TXT record to publish.
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// Quotas (RFC 9208 STORAGE and MESSAGE): per user, and a domain default.
+    #[command(subcommand)]
+    Quota(quota::QuotaCmd),
     /// The DNS records to publish for a domain (`mailctl dns example.org`),
     /// or a check of what is published (`mailctl dns check example.org`).
     Dns(dns::DnsArgs),
@@ -133,7 +137,8 @@ pub enum UserCmd {
     /// Create a user; the password is prompted for (or read from stdin).
     Add {
         address: String,
-        /// Quota in bytes (0 = unlimited).
+        /// The user's own storage quota in bytes (0 = none: the domain
+        /// default, see `mailctl quota`).
         #[arg(long, default_value_t = 0)]
         quota: u64,
         /// Read the password from the first line of standard input.
@@ -402,6 +407,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
     }
     let c: StoreClient = cli.store.client()?;
     match cli.command {
+        Command::Quota(cmd) => quota::run(&c, cmd, out, status).await?,
         Command::Domain(DomainCmd::Add { name }) => {
             let d = c
                 .accounts
@@ -515,7 +521,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
                 .into_inner();
             for u in r.users {
                 let quota = if u.quota_bytes == 0 {
-                    "unlimited".to_string()
+                    "default".to_string()
                 } else {
                     u.quota_bytes.to_string()
                 };

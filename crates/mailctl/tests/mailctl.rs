@@ -297,3 +297,68 @@ async fn the_admin_token_is_needed_for_administration() {
     assert!(!ok);
     assert!(err.contains("EPISTOLE_STORE_ADMIN_TOKEN"), "{err}");
 }
+
+/// `mailctl quota` (issue #16, RFC 9208): the domain default needs the
+/// admin token; a user's own limits override it and `none` restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_domain_default_and_user_limits() {
+    let store = TestStore::start().await;
+    let s = &store;
+    s.add_domain("example.org").await;
+    s.add_user("alice@example.org", "pw").await;
+    let admin = [("EPISTOLE_STORE_ADMIN_TOKEN", s.token.as_str())];
+    let svc = [("EPISTOLE_STORE_TOKEN", s.service_token.as_str())];
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        tokio::task::block_in_place(|| mailctl_env(s, env, args, None))
+    };
+    let (ok, _, err) = run(&svc, &["quota", "domain", "example.org", "--storage", "1M"]);
+    assert!(!ok);
+    assert!(err.contains("EPISTOLE_STORE_ADMIN_TOKEN"), "{err}");
+    let (ok, out, err) = run(
+        &admin,
+        &[
+            "quota",
+            "domain",
+            "example.org",
+            "--storage",
+            "1M",
+            "--messages",
+            "100",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "domain example.org default storage=1048576 messages=100"
+    );
+    let (ok, out, err) = run(&admin, &["quota", "show", "alice@example.org"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "alice@example.org\tstorage=0/1048576 (domain)\tmessages=0/100 (domain)"
+    );
+    let (ok, out, err) = run(
+        &admin,
+        &["quota", "set", "alice@example.org", "--storage", "2G"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "alice@example.org\tstorage=0/2147483648 (user)\tmessages=0/100 (domain)"
+    );
+    let (ok, out, err) = run(&admin, &["quota", "set", "alice@example.org"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("storage=0/1048576 (domain)"), "{out}");
+    let (ok, _, err) = run(
+        &admin,
+        &["quota", "set", "alice@example.org", "--storage", "lots"],
+    );
+    assert!(!ok);
+    assert!(err.contains("expected a number"), "{err}");
+    let (ok, _, err) = run(&admin, &["quota", "show", "nobody@example.org"]);
+    assert!(!ok);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+}

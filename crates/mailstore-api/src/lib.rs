@@ -24,6 +24,19 @@ pub const SESSION_ID_HEADER: &str = "x-epistole-session";
 /// presence in a queued message always comes from smtp-in.
 pub const QUARANTINE_HEADER: &str = "X-Epistole-Quarantine";
 
+/// gRPC metadata key on a `RESOURCE_EXHAUSTED` quota refusal whose request
+/// alone is larger than the user's limit: it can never fit, so delivery
+/// fails it at once (5.2.2) instead of retrying (RFC 3463 §3.3).
+pub const QUOTA_EXCEEDS_LIMIT: &str = "x-epistole-quota-exceeds-limit";
+
+/// True for a quota refusal that no expunge can cure (see
+/// [`QUOTA_EXCEEDS_LIMIT`]).
+#[must_use]
+pub fn quota_exceeds_limit(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::ResourceExhausted
+        && status.metadata().contains_key(QUOTA_EXCEEDS_LIMIT)
+}
+
 /// The closed set of outcomes a caller distinguishes after a failed store call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

@@ -15,6 +15,11 @@
 //! has finished its release RPC; [`LocalLocks`] lets the new session see
 //! that the holder is a session of this process that is ending and wait
 //! for its release instead of answering `[IN-USE]`.
+//!
+//! The refresh task is joined before the release RPC: a refresh already
+//! sent when the session ends must not reach the store after the release
+//! and take the lock again for a whole TTL (the "released" lock would then
+//! refuse the returning client with `[IN-USE]` until it expired).
 
 use std::collections::HashMap;
 
@@ -24,6 +29,7 @@ use std::time::Duration;
 
 use mailstore_api::StoreClient;
 use mailstore_api::pb;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Deadline for the lock RPCs.
@@ -31,7 +37,11 @@ const LOCK_RPC_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The longest a new session waits for an ending session of this process
 /// to release the maildrop (one release RPC).
-pub(crate) const RELEASE_WAIT: Duration = LOCK_RPC_TIMEOUT;
+const RELEASE_WAIT: Duration = LOCK_RPC_TIMEOUT;
+
+/// The longest a new session waits for a session of this process that
+/// holds the maildrop but has not (yet) seen its connection end.
+const LOCAL_GRACE: Duration = Duration::from_secs(1);
 
 /// One lock held by a session of this process.
 #[derive(Debug, Default)]
@@ -64,13 +74,21 @@ impl LocalLocks {
         holder.released.cancel();
     }
 
-    /// When a session of this process holds `name` and is ending, a token
-    /// cancelled once its release is done.
-    pub(crate) fn ending(&self, name: &str) -> Option<CancellationToken> {
+    /// When a session of this process holds `name`: how long to wait for
+    /// its release, and a token cancelled once the release is done. An
+    /// ending session gets [`RELEASE_WAIT`]; one not yet known to be ending
+    /// gets [`LOCAL_GRACE`] — its client may have dropped the connection a
+    /// moment ago and the session not yet have read the end of the stream.
+    pub(crate) fn holder(&self, name: &str) -> Option<(Duration, CancellationToken)> {
         let map = self.0.lock().ok()?;
-        map.get(name)
-            .filter(|h| h.ending.load(Ordering::SeqCst))
-            .map(|h| h.released.clone())
+        map.get(name).map(|h| {
+            let wait = if h.ending.load(Ordering::SeqCst) {
+                RELEASE_WAIT
+            } else {
+                LOCAL_GRACE
+            };
+            (wait, h.released.clone())
+        })
     }
 }
 
@@ -86,6 +104,8 @@ pub(crate) struct LockGuard {
     released: bool,
     locals: LocalLocks,
     holder: Arc<Holder>,
+    /// The refresh task; joined before the lock is released.
+    refresher: Option<JoinHandle<()>>,
 }
 
 impl LockGuard {
@@ -106,7 +126,7 @@ impl LockGuard {
             name.clone(),
             owner.clone(),
         );
-        tokio::spawn(async move {
+        let refresher = tokio::spawn(async move {
             let period = ttl / 3;
             loop {
                 tokio::select! {
@@ -135,6 +155,7 @@ impl LockGuard {
             released: false,
             locals: locals.clone(),
             holder,
+            refresher: Some(refresher),
         }
     }
 
@@ -148,6 +169,7 @@ impl LockGuard {
         self.holder.ending.store(true, Ordering::SeqCst);
         self.stop.cancel();
         self.released = true;
+        join_refresher(self.refresher.take()).await;
         release_lock(&self.store, &self.name, &self.owner).await;
         self.locals.unregister(&self.name, &self.holder);
     }
@@ -163,13 +185,24 @@ impl Drop for LockGuard {
         let (locals, holder) = (self.locals.clone(), self.holder.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (s, n, o) = (self.store.clone(), self.name.clone(), self.owner.clone());
+            let refresher = self.refresher.take();
             rt.spawn(async move {
+                join_refresher(refresher).await;
                 release_lock(&s, &n, &o).await;
                 locals.unregister(&n, &holder);
             });
         } else {
             locals.unregister(&self.name, &holder);
         }
+    }
+}
+
+/// Waits for the (cancelled) refresh task to finish a refresh it may have
+/// in flight, so that the release is the last lock RPC of the session.
+async fn join_refresher(refresher: Option<JoinHandle<()>>) {
+    if let Some(task) = refresher {
+        // Bounded by the refresh RPC's own deadline.
+        let _ = tokio::time::timeout(LOCK_RPC_TIMEOUT * 2, task).await;
     }
 }
 

@@ -122,3 +122,22 @@ async fn lock_released_at_server_shutdown() {
     assert!(c.cmd("STAT").await.starts_with("+OK 3 "));
     assert_eq!(env.inbox_uids().await, uids);
 }
+
+/// The lock refreshed several times (TTL 3 s: a refresh every second) is
+/// still released when the connection drops: the refresh task is joined
+/// before the release, so no refresh lands after it and takes the lock
+/// back for another TTL.
+#[tokio::test]
+async fn lock_released_after_refreshes_when_the_connection_drops() {
+    let (env, uids) = env_with_three(|c| c.lock_ttl = Duration::from_secs(3)).await;
+    for wait_ms in [2_900_u64, 3_000, 3_100] {
+        let mut c = env.connect().await;
+        login_and_dele(&mut c).await;
+        // Outlive the TTL: only the refreshes keep the lock.
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
+        drop(c); // no QUIT, close to a refresh
+        relogin_at_once(&env, 3).await;
+    }
+    assert_eq!(env.inbox_uids().await, uids);
+}

@@ -78,6 +78,8 @@ pub enum Recipient {
     Unknown,
     /// Not our domain.
     NotLocal,
+    /// Ours, but every mailbox it reaches is at its quota (RFC 3463 X.2.2).
+    Full,
 }
 
 /// The store, as smtp-in uses it.
@@ -219,6 +221,7 @@ impl Backend {
                 async move {
                     let resp = c.accounts.lookup_recipient(req).await?.into_inner();
                     let status = match RecipientStatus::try_from(resp.status) {
+                        Ok(RecipientStatus::Local) if resp.over_quota => Recipient::Full,
                         Ok(RecipientStatus::Local) => Recipient::Local,
                         Ok(RecipientStatus::Unknown) => Recipient::Unknown,
                         Ok(RecipientStatus::NotLocal) => Recipient::NotLocal,

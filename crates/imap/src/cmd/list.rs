@@ -274,6 +274,7 @@ impl Session {
                 StatusItem::Deleted => format!("DELETED {}", mb.deleted),
                 StatusItem::Size => format!("SIZE {}", mb.size),
                 StatusItem::HighestModseq => format!("HIGHESTMODSEQ {}", mb.highestmodseq),
+                StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", mb.deleted_size),
             };
             out.extend_from_slice(s.as_bytes());
         }

@@ -15,6 +15,7 @@ mod idle;
 mod list;
 mod mailbox;
 mod misc;
+mod quota;
 mod search;
 mod select;
 mod store;
@@ -50,6 +51,9 @@ fn allowed(kind: &CommandKind, state: &State) -> bool {
         | C::Namespace
         | C::Status { .. }
         | C::Append { .. }
+        | C::GetQuota(_)
+        | C::GetQuotaRoot(_)
+        | C::SetQuota { .. }
         | C::Idle => matches!(state, State::Authenticated { .. } | State::Selected { .. }),
         C::Check
         | C::Close
@@ -251,6 +255,11 @@ impl Session {
                 mailbox,
                 is_move,
             } => Reply(self.copy(io, uid, &set, &mailbox, is_move).await),
+            CommandKind::GetQuota(root) => Reply(self.getquota(io, &root).await),
+            CommandKind::GetQuotaRoot(mailbox) => Reply(self.getquotaroot(io, &mailbox).await),
+            CommandKind::SetQuota { root, limits } => {
+                Reply(self.setquota(io, &root, &limits).await)
+            }
         })
     }
 }

@@ -10,6 +10,7 @@ mod append;
 mod fetch;
 mod lexer;
 mod list;
+mod quota;
 mod search;
 mod store;
 
@@ -19,6 +20,7 @@ use append::append_command;
 use fetch::fetch_command;
 use lexer::{P, R, is_astring_char};
 use list::{list_command, status_items};
+use quota::setquota_command;
 use search::search_command;
 use store::store_command;
 
@@ -148,6 +150,9 @@ fn body(p: &mut P<'_>, name: &str) -> Result<CommandKind, (&'static str, bool)> 
             CommandKind::Status { mailbox, items }
         }
         "APPEND" => append_command(p).map_err(e)?,
+        "GETQUOTA" => CommandKind::GetQuota(mailbox_arg(p).map_err(e)?),
+        "GETQUOTAROOT" => CommandKind::GetQuotaRoot(mailbox_arg(p).map_err(e)?),
+        "SETQUOTA" => setquota_command(p).map_err(e)?,
         "SEARCH" => search_command(p, false)?,
         "FETCH" => fetch_command(p, false).map_err(e)?,
         "STORE" => store_command(p, false).map_err(e)?,

@@ -11,6 +11,7 @@ mod aliases;
 mod authenticate;
 mod dkim;
 mod filters;
+mod quotas;
 mod recipients;
 
 use std::sync::{Arc, LazyLock};
@@ -220,5 +221,27 @@ impl pb::accounts_server::Accounts for AccountsSvc {
     ) -> Result<Response<pb::DeleteFilterResponse>, Status> {
         require_admin(&req)?;
         filters::delete_filter(self, req).await
+    }
+
+    async fn get_quota(
+        &self,
+        req: Request<pb::GetQuotaRequest>,
+    ) -> Result<Response<pb::Quota>, Status> {
+        quotas::get_quota(self, req).await
+    }
+
+    async fn set_quota(
+        &self,
+        req: Request<pb::SetQuotaRequest>,
+    ) -> Result<Response<pb::Quota>, Status> {
+        quotas::set_quota(self, req).await
+    }
+
+    async fn set_domain_quota(
+        &self,
+        req: Request<pb::SetDomainQuotaRequest>,
+    ) -> Result<Response<pb::DomainQuota>, Status> {
+        require_admin(&req)?;
+        quotas::set_domain_quota(self, req).await
     }
 }

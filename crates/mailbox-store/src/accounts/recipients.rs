@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Result, StoreError};
-use crate::names;
+use crate::{names, quota};
 
 use super::users::get_user_by_id;
 use super::{AccountsSvc, domain_id};
@@ -166,9 +166,23 @@ pub(super) async fn lookup_recipient(
         .map_err(StoreError::from)?
         .unwrap_or_default();
     }
+    // RFC 3463 X.2.2 at RCPT: when every target is a local user that has
+    // reached its quota, nothing can be delivered now (smtp-in: 452 4.2.2).
+    let mut users = Vec::new();
+    for t in &r.targets {
+        match &t.target {
+            Some(pb::resolved_target::Target::Local(l)) => users.push(l.user_id as i64),
+            _ => {
+                users.clear();
+                break;
+            }
+        }
+    }
+    let over_quota = quota::all_full(svc.pool(), &users).await?;
     Ok(Response::new(pb::LookupRecipientResponse {
         status: r.status,
         dmarc_reject_action,
+        over_quota,
     }))
 }
 

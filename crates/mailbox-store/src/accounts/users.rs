@@ -37,7 +37,8 @@ pub async fn create_user(
         did,
         &local,
         &hash,
-        i64::try_from(quota).unwrap_or(i64::MAX)
+        // 0 = no own limit: the domain default applies (migration 0009).
+        (quota > 0).then(|| i64::try_from(quota).unwrap_or(i64::MAX))
     )
     .fetch_one(&mut *tx)
     .await;
@@ -99,7 +100,7 @@ struct UserRow {
     id: i64,
     local_part: String,
     domain: String,
-    quota_bytes: i64,
+    quota_bytes: Option<i64>,
     used_bytes: i64,
     disabled: bool,
     created_at: chrono::DateTime<chrono::Utc>,
@@ -110,7 +111,7 @@ impl From<UserRow> for pb::User {
         pb::User {
             id: row.id as u64,
             address: format!("{}@{}", row.local_part, row.domain),
-            quota_bytes: row.quota_bytes as u64,
+            quota_bytes: row.quota_bytes.unwrap_or(0).max(0) as u64,
             used_bytes: row.used_bytes.max(0) as u64,
             disabled: row.disabled,
             created_at: timestamp(row.created_at),

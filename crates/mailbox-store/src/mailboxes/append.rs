@@ -65,6 +65,8 @@ pub(super) async fn append(
             flags: fl.clone(),
             structure: structure.clone(),
             crlf_size,
+            // RFC 9208 §4.3 / §5.1: APPEND over quota is NO [OVERQUOTA].
+            enforce_quota: true,
         };
         match insert_message(&mut tx, mailbox_id, &msg).await {
             Ok(r) => {

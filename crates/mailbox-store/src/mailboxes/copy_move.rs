@@ -8,6 +8,7 @@ use crate::error::{Result, StoreError};
 use crate::messages::{lock_mailbox, mailbox_id_by_name, notify};
 use crate::names;
 use crate::notify::MailboxChange;
+use crate::quota;
 use crate::wire::id;
 
 use super::expunge::remove_messages;
@@ -97,15 +98,13 @@ pub(crate) async fn copy_in_tx(
     )
     .await?;
     if move_ {
+        // Usage moves with the messages (net zero): a move never fails
+        // for quota (RFC 9208 §5.1 counts what the operation adds).
+        quota::charge(conn, user_id, total, n, false).await?;
         remove_messages(conn, src, user_id, &src_uids).await?;
     } else {
-        sqlx::query!(
-            "UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1",
-            user_id,
-            total
-        )
-        .execute(&mut *conn)
-        .await?;
+        // RFC 9208 §4.3: COPY over quota is NO [OVERQUOTA]; nothing copied.
+        quota::charge(conn, user_id, total, n, true).await?;
     }
     resp.source_uids = src_uids.iter().map(|u| *u as u32).collect();
     resp.destination_uids = (0..n).map(|i| (first_uid + i) as u32).collect();

@@ -8,6 +8,7 @@ use crate::blobs::collect_garbage;
 use crate::error::{Result, StoreError};
 use crate::messages::{lock_mailbox, notify};
 use crate::notify::MailboxChange;
+use crate::quota;
 use crate::wire::id;
 
 use super::{MailboxesSvc, ranges};
@@ -60,13 +61,7 @@ pub(crate) async fn remove_messages(
     )
     .execute(&mut *conn)
     .await?;
-    sqlx::query!(
-        "UPDATE users SET used_bytes = GREATEST(0, used_bytes - $2) WHERE id = $1",
-        user_id,
-        size
-    )
-    .execute(&mut *conn)
-    .await?;
+    quota::release(conn, user_id, size, gone.len() as i64).await?;
     notify(
         conn,
         MailboxChange {

@@ -24,6 +24,7 @@ use crate::error::{Result, StoreError};
 use crate::messages::{lock_mailbox, mailbox_id_by_name, notify};
 use crate::names;
 use crate::notify::MailboxChange;
+use crate::quota;
 use crate::wire::id;
 
 use super::MailboxesSvc;
@@ -197,19 +198,13 @@ pub(super) async fn delete_mailbox(
     .await
     .map_err(StoreError::from)?;
     let size: i64 = rows.iter().map(|r| r.size).sum();
+    let rows_n = rows.len() as i64;
     let hashes: Vec<Vec<u8>> = rows.into_iter().map(|r| r.blob_hash).collect();
     sqlx::query!("DELETE FROM mailboxes WHERE id = $1", mid)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
-    sqlx::query!(
-        "UPDATE users SET used_bytes = GREATEST(0, used_bytes - $2) WHERE id = $1",
-        uid,
-        size
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+    quota::release(&mut tx, uid, size, rows_n).await?;
     notify(&mut tx, user_change(uid)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     collect_garbage(svc.pool(), hashes).await;

@@ -45,6 +45,7 @@ pub(super) async fn counts(pool: &PgPool, mb: &mut pb::Mailbox) -> Result<()> {
                 count(*) FILTER (WHERE flags & 8 <> 0) AS \"deleted!\", \
                 count(*) FILTER (WHERE uid >= $2) AS \"recent!\", \
                 COALESCE(sum(size), 0)::bigint AS \"size!\", \
+                COALESCE(sum(size) FILTER (WHERE flags & 8 <> 0), 0)::bigint AS \"deleted_size!\", \
                 COALESCE(min(uid) FILTER (WHERE flags & 1 = 0), 0) AS \"first_unseen!\" \
          FROM messages WHERE mailbox_id = $1",
         mb.id as i64,
@@ -57,6 +58,7 @@ pub(super) async fn counts(pool: &PgPool, mb: &mut pb::Mailbox) -> Result<()> {
     mb.deleted = r.deleted as u32;
     mb.recent = r.recent as u32;
     mb.size = r.size as u64;
+    mb.deleted_size = r.deleted_size as u64;
     mb.first_unseen_uid = r.first_unseen as u32;
     Ok(())
 }

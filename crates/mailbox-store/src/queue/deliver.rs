@@ -75,19 +75,6 @@ pub async fn deliver(
     let mut st = pb::MessageStructure::decode(job.structure.as_slice())
         .map_err(|e| StoreError::Internal(format!("stored structure: {e}")))?;
     let size = parent_size + req.prefix.len() as i64;
-    if req.enforce_quota {
-        let u = sqlx::query!(
-            "SELECT quota_bytes, used_bytes FROM users WHERE id = $1",
-            user_id
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("user"))?;
-        let (quota, used) = (u.quota_bytes, u.used_bytes);
-        if quota > 0 && used + size > quota {
-            return Err(StoreError::OverQuota);
-        }
-    }
     let wanted = if req.mailbox.is_empty() {
         "INBOX".to_string()
     } else {
@@ -130,6 +117,8 @@ pub async fn deliver(
         } else {
             0
         },
+        // RFC 9208 §5.1 / RFC 3463 X.2.2: checked and counted with the append.
+        enforce_quota: req.enforce_quota,
     };
     let resp = insert_message(&mut tx, mailbox_id, &msg).await?;
     sqlx::query!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mail_wire::sasl::{SaslError, plain};
 use mailstore_api::pb;
 
-use crate::lock::{LockGuard, RELEASE_WAIT, acquire_lock};
+use crate::lock::{LockGuard, acquire_lock};
 use crate::proto::{Reply, RespCode};
 use crate::session::{Flow, Maildrop, Msg, Session, State};
 use crate::sizes::blob_key;
@@ -169,11 +169,12 @@ impl Session {
         let ttl = self.cfg().lock_ttl;
         let mut got = acquire_lock(&store, &name, &self.sid, ttl).await;
         if matches!(got, Ok(false))
-            && let Some(released) = self.shared.locks.ending(&name)
+            && let Some((wait, released)) = self.shared.locks.holder(&name)
         {
-            // A session of this process that is ending holds it (its client
-            // dropped the connection and came back at once): wait for it.
-            let _ = tokio::time::timeout(RELEASE_WAIT, released.cancelled()).await;
+            // A session of this process holds it; when it is ending (its
+            // client dropped the connection and came back at once), wait
+            // for its release.
+            let _ = tokio::time::timeout(wait, released.cancelled()).await;
             got = acquire_lock(&store, &name, &self.sid, ttl).await;
         }
         match got {

@@ -74,6 +74,10 @@ impl Session {
                 return reject_rcpt("relay", codes::relay_denied());
             }
             Recipient::Unknown => return reject_rcpt("unknown_user", codes::unknown_user()),
+            // Known full now: refused at RCPT, so nothing is queued that
+            // delivery could only defer (a message larger than the space
+            // left is still accepted here and handled by delivery).
+            Recipient::Full => return reject_rcpt("mailbox_full", codes::mailbox_full()),
         }
         let repeated = matches!(&self.state, State::Mail(t) | State::Rcpt(t)
             if t.rcpts.iter().any(|r| r.address == address));

@@ -73,6 +73,10 @@ replies! {
     /// for RCPT; RFC 3463 X.7.1 delivery not authorized, here transient).
     /// The transaction goes on with the recipients already accepted.
     hourly_recipients = 450, Some(S::new(4, 7, 1)), "Hourly recipient limit reached, try again later";
+    /// RCPT to a local mailbox that has reached its quota (RFC 3463 X.2.2
+    /// mailbox full; RFC 5321 §4.2.2 452 at RCPT): the sender retries, as
+    /// with Postfix and Dovecot's quota-status service.
+    mailbox_full = 452, Some(S::new(4, 2, 2)), "Mailbox full, try again later";
     /// RFC 5321 §4.5.3.1.10: recipients past the limit get 452.
     too_many_recipients = 452, Some(S::TOO_MANY_RECIPIENTS), "Too many recipients";
     /// AUTH throttled by the store.
