@@ -6,7 +6,8 @@
 //!   delivery (relay) → outbound → smtp-out → MX lookup → the remote; the
 //!   refused recipient's DSN comes back into the sender's INBOX.
 //! - Forwarding by an alias: SRS sender out, the bounce back to the original
-//!   sender.
+//!   sender; across two installations, the forwarded message still passes
+//!   SPF, DKIM and DMARC at the second.
 //! - smtp-out killed (SIGKILL) while the remote holds the final reply, then
 //!   restarted: the message is delivered — at most one duplicate, never lost.
 #![allow(clippy::unwrap_used)]
@@ -711,10 +712,12 @@ async fn smtp_in_on(
     hostname: &str,
     ip: [u8; 4],
     mx_port: u16,
+    extra: &[&str],
 ) -> (Proc, std::collections::HashMap<String, SocketAddr>) {
     let ip = std::net::Ipv4Addr::from(ip);
     let mut child = Command::new(env!("CARGO_BIN_EXE_epistole"))
         .args(["--log", "warn", "smtp-in", "--hostname", hostname])
+        .args(extra)
         .arg("--mx-listen")
         .arg(format!("{ip}:{mx_port}"))
         .arg("--submission-listen")
@@ -902,8 +905,8 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
     assert!(txt.starts_with("v=DKIM1; k=rsa; p="), "{txt}");
     dns.txt("sel1._domainkey.a.test", &txt);
 
-    let (_in_a, listeners_a) = smtp_in_on(&a, "mx.a.test", [127, 0, 0, 2], port).await;
-    let (_in_b, _) = smtp_in_on(&b, "mx.b.test", [127, 0, 0, 3], port).await;
+    let (_in_a, listeners_a) = smtp_in_on(&a, "mx.a.test", [127, 0, 0, 2], port, &[]).await;
+    let (_in_b, _) = smtp_in_on(&b, "mx.b.test", [127, 0, 0, 3], port, &[]).await;
     let _da = delivery(&a).await;
     let _db = delivery(&b).await;
     let mut out = Command::new(env!("CARGO_BIN_EXE_epistole"))
@@ -988,4 +991,163 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
         results.iter().map(|r| r.result()).collect::<Vec<_>>()
     );
     let _ = out.start_kill();
+}
+
+/// One SMTP transaction from `source` to `mx`, waiting for each reply;
+/// returns the last reply (to the final dot).
+async fn smtp_send(source: &str, mx: SocketAddr, from: &str, to: &str, data: &[u8]) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(mx).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            tokio::time::timeout(Duration::from_secs(60), r.read_line(&mut l))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+    let greeting = reply(&mut r).await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    for cmd in [
+        "EHLO mail.orig.test\r\n".to_string(),
+        format!("MAIL FROM:<{from}>\r\n"),
+        format!("RCPT TO:<{to}>\r\n"),
+        "DATA\r\n".to_string(),
+    ] {
+        w.write_all(cmd.as_bytes()).await.unwrap();
+        let got = reply(&mut r).await;
+        assert!(
+            got.starts_with('2') || got.starts_with("354"),
+            "{cmd}: {got}"
+        );
+    }
+    w.write_all(data).await.unwrap();
+    w.write_all(b".\r\n").await.unwrap();
+    let done = reply(&mut r).await;
+    let _ = w.write_all(b"QUIT\r\n").await;
+    done
+}
+
+/// Issue #14's acceptance: a message DKIM-signed by its sender's domain
+/// (orig.test, `p=reject`) reaches an alias at installation A, which
+/// forwards it to a user at installation B. A rewrites the envelope sender
+/// with SRS (so SPF at B is checked against a.test, which authorises A)
+/// and leaves the message unsigned by us and unchanged (so the original
+/// signature still verifies): B's `Authentication-Results` says
+/// spf=pass, dkim=pass and dmarc=pass, and the message is delivered, not
+/// refused or quarantined. Real smtp-in × 2, delivery × 2, smtp-out, IMAP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_by_a_still_passes_dmarc_at_b() {
+    let a = TestStore::start().await;
+    a.add_domain("a.test").await;
+    a.client()
+        .accounts
+        .clone()
+        .create_alias(pb::CreateAliasRequest {
+            source: "fwd@a.test".into(),
+            target: "dave@b.test".into(),
+        })
+        .await
+        .unwrap();
+    let b = TestStore::start().await;
+    b.add_domain("b.test").await;
+    let dave = b.add_user("dave@b.test", "pw-dave").await;
+    let port = free_port().await;
+    let dns = TestDns::start().await;
+    dns.mx("a.test", 10, "mx.a.test");
+    dns.a("mx.a.test", [127, 0, 0, 2].into());
+    dns.mx("b.test", 10, "mx.b.test");
+    dns.a("mx.b.test", [127, 0, 0, 3].into());
+    // The original sender: SPF for its own server, a DKIM key, p=reject.
+    dns.txt("orig.test", "v=spf1 ip4:127.0.0.4 -all");
+    dns.txt("_dmarc.orig.test", "v=DMARC1; p=reject");
+    // A's relays leave from loopback addresses.
+    dns.txt("a.test", "v=spf1 ip4:127.0.0.0/8 -all");
+    dns.txt("_dmarc.a.test", "v=DMARC1; p=reject");
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/smtp-out/tests/fixtures/dkim-rsa-test.pem"
+    ))
+    .unwrap();
+    let key = smtp_out::dkim::key_from_pem(&pem).unwrap();
+    let txt = smtp_out::dkim::txt_record(&key);
+    dns.txt("s1._domainkey.orig.test", &txt);
+    let mut signer = smtp_out::dkim::Signer::default();
+    signer.add("orig.test", "s1", key, false);
+    let original = b"From: Stranger <stranger@orig.test>\r\nTo: <fwd@a.test>\r\n\
+        Subject: forwarded and still aligned\r\nMessage-ID: <fwd-dmarc@orig.test>\r\n\
+        Date: Wed, 02 Dec 2026 10:00:00 +0000\r\n\r\nHello through the alias.\r\n";
+    let signed = signer.sign(original, "stranger@orig.test").unwrap();
+
+    let dns_arg = dns.addr.to_string();
+    let checks = ["--dns-server", dns_arg.as_str()];
+    let (_in_a, listeners_a) = smtp_in_on(&a, "mx.a.test", [127, 0, 0, 2], port, &checks).await;
+    let (_in_b, _) = smtp_in_on(&b, "mx.b.test", [127, 0, 0, 3], port, &checks).await;
+    let _da = delivery(&a).await;
+    let _db = delivery(&b).await;
+    let _out = smtp_out(&a, dns.addr, port, "out-fwd-dmarc").await;
+    let (_imap_b, imap_addr) = imap_on(&b, [127, 0, 0, 3]).await;
+
+    let done = smtp_send(
+        "127.0.0.4",
+        listeners_a["mx"],
+        "stranger@orig.test",
+        "fwd@a.test",
+        &signed,
+    )
+    .await;
+    assert!(done.starts_with("250"), "A accepts it: {done}");
+    test_kit::wait_until(
+        "the forwarded message in dave's INBOX on B",
+        Duration::from_secs(90),
+        || async {
+            test_kit::subjects(&b, dave, "INBOX")
+                .await
+                .iter()
+                .any(|s| s == "forwarded and still aligned")
+        },
+    )
+    .await;
+    let fetched = python(
+        PY_IMAP_FETCH,
+        &[
+            imap_addr.ip().to_string(),
+            imap_addr.port().to_string(),
+            "dave@b.test".into(),
+            "pw-dave".into(),
+        ],
+    )
+    .await;
+    let raw = unhex(fetched.trim());
+    let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    let results: Vec<String> = parsed
+        .header_values("Authentication-Results")
+        .filter_map(|v| v.as_text().map(str::to_string))
+        .collect();
+    let at_b = results
+        .iter()
+        .find(|r| r.trim_start().starts_with("mx.b.test"))
+        .unwrap_or_else(|| panic!("B's Authentication-Results: {results:?}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    println!("at B: {at_b}");
+    for want in ["spf=pass", "dkim=pass", "dmarc=pass"] {
+        assert!(at_b.contains(want), "{want} at B: {at_b}\n{text}");
+    }
+    assert!(
+        at_b.contains("smtp.mailfrom=SRS0=") || text.contains("Return-Path: <SRS0="),
+        "the envelope was rewritten: {at_b}\n{text}"
+    );
+    assert!(
+        !text.contains("d=a.test"),
+        "A does not sign forwarded mail: {text}"
+    );
 }
