@@ -218,6 +218,8 @@ pub enum CommandKind {
         pattern: Vec<u8>,
     },
     Namespace,
+    /// COMPRESS (RFC 4978) with its mechanism name.
+    Compress(String),
     Status {
         mailbox: Vec<u8>,
         items: Vec<StatusItem>,
@@ -297,6 +299,7 @@ impl CommandKind {
             Self::List { .. } => "LIST",
             Self::Lsub { .. } => "LSUB",
             Self::Namespace => "NAMESPACE",
+            Self::Compress(_) => "COMPRESS",
             Self::Status { .. } => "STATUS",
             Self::Append { .. } => "APPEND",
             Self::Idle => "IDLE",

@@ -14,6 +14,11 @@ pub const FLUSH_AT: usize = 64 * 1024;
 /// is dropped (a stalled reader must not pin a session forever).
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// At most this much decompressed input is produced per read, so a
+/// small compressed input cannot expand into a huge buffer before the
+/// framer's limits see it.
+pub const INFLATE_STEP: usize = 64 * 1024;
+
 /// A byte stream with its buffers.
 pub struct Io<S> {
     pub stream: S,
@@ -21,6 +26,60 @@ pub struct Io<S> {
     pub rbuf: Vec<u8>,
     pub framer: Framer,
     wbuf: Vec<u8>,
+    /// COMPRESS=DEFLATE in force (RFC 4978), both directions.
+    deflate: Option<Box<Deflate>>,
+}
+
+/// Raw DEFLATE (RFC 1951) streams of a compressed session: what the
+/// client sent but was not yet inflated, and both stream states.
+struct Deflate {
+    out: flate2::Compress,
+    inp: flate2::Decompress,
+    raw: Vec<u8>,
+}
+
+impl Deflate {
+    fn new() -> Self {
+        Self {
+            out: flate2::Compress::new(flate2::Compression::fast(), false),
+            inp: flate2::Decompress::new(false),
+            raw: Vec::new(),
+        }
+    }
+
+    /// Inflates pending input into `to`, at most [`INFLATE_STEP`] bytes.
+    fn inflate(&mut self, to: &mut Vec<u8>) -> std::io::Result<usize> {
+        let (in0, out0) = (self.inp.total_in(), self.inp.total_out());
+        let keep = to.len();
+        to.resize(keep + INFLATE_STEP, 0);
+        let r = self
+            .inp
+            .decompress(&self.raw, &mut to[keep..], flate2::FlushDecompress::Sync);
+        let consumed = usize::try_from(self.inp.total_in() - in0).unwrap_or(usize::MAX);
+        let produced = usize::try_from(self.inp.total_out() - out0).unwrap_or(usize::MAX);
+        to.truncate(keep + produced.min(INFLATE_STEP));
+        self.raw.drain(..consumed.min(self.raw.len()));
+        r.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Ok(produced)
+    }
+
+    /// `data` deflated and sync-flushed (RFC 4978 §4: every response
+    /// leaves in full).
+    fn deflate(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        let mut at = 0;
+        loop {
+            let before = self.out.total_in();
+            self.out
+                .compress_vec(&data[at..], &mut out, flate2::FlushCompress::Sync)
+                .map_err(std::io::Error::other)?;
+            at += usize::try_from(self.out.total_in() - before).unwrap_or(0);
+            if at >= data.len() && out.len() < out.capacity() {
+                return Ok(out);
+            }
+            out.reserve(out.capacity().max(4096));
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -30,7 +89,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             rbuf: Vec::with_capacity(4096),
             framer: Framer::new(),
             wbuf: Vec::with_capacity(8192),
+            deflate: None,
         }
+    }
+
+    /// Whether COMPRESS=DEFLATE is in force.
+    #[must_use]
+    pub fn compressing(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// Turns COMPRESS=DEFLATE on, after the tagged OK was flushed (RFC
+    /// 4978 §3): whatever follows is compressed both ways, including input
+    /// already received behind the command.
+    pub fn start_compression(&mut self) {
+        let mut z = Box::new(Deflate::new());
+        z.raw = std::mem::take(&mut self.rbuf);
+        self.rbuf = Vec::with_capacity(4096);
+        self.deflate = Some(z);
     }
 
     /// Queues bytes for the client.
@@ -57,7 +133,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     pub async fn flush(&mut self) -> std::io::Result<()> {
         let write = async {
             if !self.wbuf.is_empty() {
-                self.stream.write_all(&self.wbuf).await?;
+                match &mut self.deflate {
+                    Some(z) => {
+                        let out = z.deflate(&self.wbuf)?;
+                        self.stream.write_all(&out).await?;
+                    }
+                    None => self.stream.write_all(&self.wbuf).await?,
+                }
                 self.wbuf.clear();
             }
             self.stream.flush().await
@@ -74,6 +156,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// # Errors
     /// I/O errors of the stream.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
+        if let Some(z) = &mut self.deflate {
+            // Inflate what is pending first; read only when that yields
+            // nothing (a partial block), so no input waits behind a read.
+            loop {
+                if !z.raw.is_empty() {
+                    let n = z.inflate(&mut self.rbuf)?;
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                }
+                if z.raw.len() > INFLATE_STEP {
+                    // Input that inflates to nothing, piling up.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "compressed input that inflates to nothing",
+                    ));
+                }
+                z.raw.reserve(16 * 1024);
+                if self.stream.read_buf(&mut z.raw).await? == 0 {
+                    return Ok(0);
+                }
+            }
+        }
         // Read straight into the buffer (no large array in the future).
         self.rbuf.reserve(16 * 1024);
         self.stream.read_buf(&mut self.rbuf).await
@@ -89,5 +194,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Gives the stream back (for the STARTTLS swap).
     pub fn into_inner(self) -> S {
         self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// RFC 4978 both ways over a pipe, and a decompression bomb (10 MB of
+    /// one byte, compressed to a few KB) that is inflated at most
+    /// [`INFLATE_STEP`] bytes per read, so the framer's limits see it
+    /// before it can fill memory.
+    #[tokio::test]
+    async fn deflate_both_ways_and_bounded_inflation() {
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let mut io = Io::new(server);
+        io.start_compression();
+        io.write(b"* OK hello\r\n");
+        io.flush().await.expect("flush");
+        let mut wire = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut client, &mut wire)
+            .await
+            .expect("read");
+        let mut inflate = flate2::Decompress::new(false);
+        let mut plain = Vec::with_capacity(64);
+        inflate
+            .decompress_vec(&wire[..n], &mut plain, flate2::FlushDecompress::Sync)
+            .expect("inflate");
+        assert_eq!(plain, b"* OK hello\r\n");
+
+        let mut deflate =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        deflate.write_all(&vec![b'a'; 10 << 20]).expect("deflate");
+        let bomb = deflate.finish().expect("finish");
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        client.write_all(&bomb).await.expect("send");
+        for _ in 0..3 {
+            let before = io.rbuf.len();
+            let got = io.fill().await.expect("fill");
+            assert!(got > 0 && got <= INFLATE_STEP, "{got}");
+            assert_eq!(io.rbuf.len(), before + got);
+        }
+        assert!(io.rbuf.len() <= 3 * INFLATE_STEP);
+    }
+
+    /// Garbage after COMPRESS is an error, not a hang or a panic.
+    #[tokio::test]
+    async fn corrupt_deflate_input_is_an_error() {
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut io = Io::new(server);
+        io.start_compression();
+        client.write_all(&[0xff; 64]).await.expect("send");
+        assert!(io.fill().await.is_err());
     }
 }

@@ -51,6 +51,8 @@ pub enum Code {
     ContactAdmin,
     /// RFC 5530 §3.
     NoPerm,
+    /// RFC 4978 §3.
+    CompressionActive,
 }
 
 impl Code {
@@ -87,6 +89,7 @@ impl Code {
             Self::InUse => write!(out, "INUSE"),
             Self::ContactAdmin => write!(out, "CONTACTADMIN"),
             Self::NoPerm => write!(out, "NOPERM"),
+            Self::CompressionActive => write!(out, "COMPRESSIONACTIVE"),
         };
     }
 }

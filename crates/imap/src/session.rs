@@ -200,6 +200,8 @@ pub struct Session {
     pub sid: String,
     pub peer: IpAddr,
     pub tls: bool,
+    /// COMPRESS=DEFLATE is in force (RFC 4978).
+    pub compressed: bool,
     pub enabled: Enabled,
     pub(crate) errors: u32,
     pub(crate) auth_failures: u32,
@@ -221,6 +223,7 @@ impl Session {
             sid,
             peer,
             tls,
+            compressed: false,
             enabled: Enabled::default(),
             errors: 0,
             auth_failures: 0,
@@ -276,6 +279,10 @@ impl Session {
         // RFC 9208 §3.1, §4.1.3: both resources, SETQUOTA (for the
         // configured quota administrators).
         c.push_str(" QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QUOTASET");
+        if authed && !self.compressed {
+            // RFC 4978 §3: offered after login, until it is in force.
+            c.push_str(" COMPRESS=DEFLATE");
+        }
         if authed {
             c.push_str(&format!(
                 " APPENDLIMIT={}",

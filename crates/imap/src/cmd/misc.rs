@@ -1,6 +1,6 @@
 //! Commands valid in every state, or with no mailbox work: CAPABILITY
 //! (RFC 9051 §6.1.1), NOOP and CHECK (§6.1.2), LOGOUT (§6.1.3), ID
-//! (RFC 2971) and ENABLE (RFC 5161).
+//! (RFC 2971), ENABLE (RFC 5161) and COMPRESS (RFC 4978).
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -75,5 +75,29 @@ impl Session {
             .as_bytes(),
         );
         Status::ok("ENABLE completed")
+    }
+
+    /// COMPRESS (RFC 4978 §3): the tagged OK leaves uncompressed, then
+    /// both directions are raw DEFLATE streams. A second COMPRESS is
+    /// `NO [COMPRESSIONACTIVE]`; another mechanism is `BAD`.
+    pub(super) async fn compress<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        tag: &str,
+        mechanism: &str,
+    ) -> std::io::Result<Option<Exit>> {
+        let st = if self.compressed {
+            Status::no("DEFLATE active already").with(crate::response::Code::CompressionActive)
+        } else if mechanism != "DEFLATE" {
+            Status::bad("Only DEFLATE is supported")
+        } else {
+            io.write(&Status::ok("DEFLATE active").encode(Some(tag)));
+            io.flush().await?;
+            io.start_compression();
+            self.compressed = true;
+            return Ok(None);
+        };
+        io.write(&st.encode(Some(tag)));
+        Ok(None)
     }
 }

@@ -49,6 +49,7 @@ fn allowed(kind: &CommandKind, state: &State) -> bool {
         | C::List { .. }
         | C::Lsub { .. }
         | C::Namespace
+        | C::Compress(_)
         | C::Status { .. }
         | C::Append { .. }
         | C::GetQuota(_)
@@ -219,6 +220,7 @@ impl Session {
                 )
             }
             CommandKind::Namespace => Reply(Self::namespace(io)),
+            CommandKind::Compress(mechanism) => Done(self.compress(io, tag, &mechanism).await?),
             CommandKind::Status { mailbox, items } => {
                 Reply(self.status(io, &mailbox, &items).await)
             }

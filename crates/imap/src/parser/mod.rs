@@ -57,6 +57,12 @@ fn body(p: &mut P<'_>, name: &str) -> Result<CommandKind, (&'static str, bool)> 
         "LOGOUT" => CommandKind::Logout,
         "STARTTLS" => CommandKind::StartTls,
         "NAMESPACE" => CommandKind::Namespace,
+        "COMPRESS" => {
+            p.sp().map_err(e)?;
+            CommandKind::Compress(
+                String::from_utf8_lossy(p.atom().map_err(e)?).to_ascii_uppercase(),
+            )
+        }
         "IDLE" => CommandKind::Idle,
         "CHECK" => CommandKind::Check,
         "CLOSE" => CommandKind::Close,
