@@ -307,6 +307,9 @@ impl Worker {
             // forwarded by an alias leaves unsigned (the store enforces it too).
             sign: job.sign,
             delivered_to: delivered_to.to_string(),
+            // A copy: the parent's RECEIVED event tells where it came from.
+            received: std::collections::HashMap::new(),
+            about_job_id: 0,
         };
         let req = pb::EnqueueRequest {
             part: Some(pb::enqueue_request::Part::Header(header)),

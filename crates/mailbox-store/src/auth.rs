@@ -30,7 +30,7 @@
 //! | Accounts | PutDkimKey                            | admin   | signs as the domain |
 //! | Accounts | ListDkimKeys                          | service | smtp-out signs with them |
 //! | Queue    | Enqueue, Lease, RenewLease, ReadMessage, SetRecipientResult, FinishJob, AddEvent | service | workers |
-//! | Queue    | ListJobs, GetJob, RetryJob, DeleteJob, ListEvents | admin | reads everyone's envelopes, drops mail |
+//! | Queue    | ListJobs, GetJob, RetryJob, DeleteJob, ListEvents, Trace | admin | reads everyone's envelopes, drops mail |
 //! | Mailboxes| all                                   | service | imap, pop3, delivery |
 //! | Guard    | all                                   | service | every protocol service |
 //!
