@@ -194,6 +194,8 @@ impl Worker {
         // The span follows the future across every await (a guard from
         // `span.enter()` would leak it to whatever runs on the thread).
         let span = tracing::info_span!("job", id = job.id, sid = %job.session_id);
+        // OpenTelemetry: the message's trace, from its Enqueue.
+        service_kit::otel::set_parent(&span, &job.traceparent);
         self.process_in_span(job).instrument(span).await
     }
 

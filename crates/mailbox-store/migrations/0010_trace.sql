@@ -7,3 +7,6 @@ ALTER TABLE queue_jobs ADD COLUMN about_job_id BIGINT;
 CREATE INDEX queue_jobs_message_id ON queue_jobs (message_id) WHERE message_id <> '';
 CREATE INDEX queue_jobs_about ON queue_jobs (about_job_id) WHERE about_job_id IS NOT NULL;
 CREATE INDEX queue_jobs_parent ON queue_jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;
+-- OpenTelemetry: the W3C traceparent of the Enqueue call, so the workers
+-- that lease the job continue the message's trace.
+ALTER TABLE queue_jobs ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';

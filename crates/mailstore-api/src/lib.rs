@@ -12,7 +12,9 @@ pub mod pb {
     tonic::include_proto!("mailstore.v1");
 }
 
-pub use client::{AuthInterceptor, StoreClient, StoreClientError, connect};
+pub use client::{
+    AuthInterceptor, StoreClient, StoreClientError, TRACE_CONTEXT, TRACEPARENT, connect,
+};
 
 /// gRPC metadata key carrying the session id, so logs join up across services.
 pub const SESSION_ID_HEADER: &str = "x-epistole-session";

@@ -71,7 +71,7 @@ pub(super) async fn job_detail(pool: &PgPool, job_id: i64) -> Result<pb::JobDeta
         JobRow,
         "SELECT id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at, \
          lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         lease_owner, last_error, requiretls, sign, delivered_to, message_id, about_job_id \
+         lease_owner, last_error, requiretls, sign, delivered_to, message_id, about_job_id, traceparent \
          FROM queue_jobs WHERE id = $1",
         job_id
     )

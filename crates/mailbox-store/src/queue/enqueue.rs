@@ -71,6 +71,8 @@ struct Body<'a> {
     sent_date: Option<chrono::DateTime<chrono::Utc>>,
     crlf_size: i64,
     message_id: &'a str,
+    /// The Enqueue call's W3C `traceparent` ("" when none).
+    traceparent: &'a str,
 }
 
 /// Inserts a job row, its recipients and the QUEUED event; notifies workers.
@@ -103,10 +105,10 @@ async fn insert_job(
     let job_id: i64 = sqlx::query_scalar!(
         "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         sent_date, crlf_size, requiretls, sign, delivered_to, message_id, about_job_id) \
+         sent_date, crlf_size, requiretls, sign, delivered_to, message_id, about_job_id, traceparent) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
                  $20 OR COALESCE((SELECT p.requiretls FROM queue_jobs p WHERE p.id = $15), false), \
-                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true), $22, $23, $24) RETURNING id",
+                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true), $22, $23, $24, $25) RETURNING id",
         kind,
         key,
         body.hash,
@@ -130,7 +132,8 @@ async fn insert_job(
         h.sign,
         &delivered_to,
         body.message_id,
-        about
+        about,
+        body.traceparent
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -195,6 +198,7 @@ pub(super) async fn enqueue(
 ) -> Result<Response<pb::EnqueueResponse>, Status> {
     let started = std::time::Instant::now();
     let max = svc.store.config.max_message_size;
+    let traceparent = service_kit::otel::request_traceparent(&req);
     let (h, data) = collect_body(
         req.into_inner(),
         max,
@@ -237,6 +241,7 @@ pub(super) async fn enqueue(
             sent_date: p.sent_date,
             crlf_size: p.crlf_size,
             message_id: &p.message_id,
+            traceparent: &traceparent,
         };
         let job_id = insert_job(&mut tx, &h, kind, &body).await?;
         let idxs: Vec<i32> = h
@@ -270,6 +275,7 @@ pub(super) async fn enqueue(
             sent_date: a.sent_date,
             crlf_size: a.crlf_size,
             message_id: &a.message_id,
+            traceparent: &traceparent,
         };
         let mut attempt = 0;
         loop {

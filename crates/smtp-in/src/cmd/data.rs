@@ -9,6 +9,7 @@ use mail_wire::path::ReversePath;
 use mail_wire::reply::EnhancedStatus;
 use mailstore_api::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument as _;
 
 use crate::io::{Conn, ConnError};
 use crate::proto::command::MailParams;
@@ -230,6 +231,9 @@ impl Session {
             received: facts,
             ..Default::default()
         };
+        // OpenTelemetry: each message its own trace (not the connection's),
+        // carried to the store and, with the job, to the workers.
+        let span = tracing::info_span!(parent: None, "message", id = %id, size);
         match self
             .shared
             .backend
@@ -238,6 +242,7 @@ impl Session {
                 &[received.as_bytes(), added.as_bytes(), &spool.buf],
                 &self.sid,
             )
+            .instrument(span)
             .await
         {
             Ok(resp) => {
