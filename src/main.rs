@@ -57,9 +57,18 @@ fn main() -> anyhow::Result<()> {
             Service::Probe { url } => return tools::probe(&url).await,
             _ => {}
         }
-        service_kit::init_tracing(&cli.log);
+        let name = match &cli.service {
+            Service::MailboxStore(_) => "mailbox-store",
+            Service::SmtpIn(_) => "smtp-in",
+            Service::Pop3(_) => "pop3",
+            Service::Imap(_) => "imap",
+            Service::Delivery(_) => "delivery",
+            Service::SmtpOut(_) => "smtp-out",
+            Service::Mailctl(_) | Service::TlsCert(_) | Service::Probe { .. } => "epistole",
+        };
+        service_kit::init_tracing(&cli.log, name);
         let shutdown = service_kit::shutdown_on_signals();
-        match cli.service {
+        let result = match cli.service {
             Service::MailboxStore(c) => mailbox_store::run(c, shutdown).await,
             Service::SmtpIn(c) => smtp_in::run(c, shutdown).await,
             Service::Pop3(c) => pop3::run(c, shutdown).await,
@@ -67,6 +76,8 @@ fn main() -> anyhow::Result<()> {
             Service::Delivery(c) => delivery::run(c, shutdown).await,
             Service::SmtpOut(c) => smtp_out::run(c, shutdown).await,
             Service::Mailctl(_) | Service::TlsCert(_) | Service::Probe { .. } => Ok(()),
-        }
+        };
+        service_kit::otel::flush();
+        result
     })
 }

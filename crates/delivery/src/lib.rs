@@ -194,6 +194,8 @@ impl Worker {
         // The span follows the future across every await (a guard from
         // `span.enter()` would leak it to whatever runs on the thread).
         let span = tracing::info_span!("job", id = job.id, sid = %job.session_id);
+        // OpenTelemetry: the message's trace, from its Enqueue.
+        service_kit::otel::set_parent(&span, &job.traceparent);
         self.process_in_span(job).instrument(span).await
     }
 
@@ -307,6 +309,9 @@ impl Worker {
             // forwarded by an alias leaves unsigned (the store enforces it too).
             sign: job.sign,
             delivered_to: delivered_to.to_string(),
+            // A copy: the parent's RECEIVED event tells where it came from.
+            received: std::collections::HashMap::new(),
+            about_job_id: 0,
         };
         let req = pb::EnqueueRequest {
             part: Some(pb::enqueue_request::Part::Header(header)),

@@ -27,7 +27,7 @@ fn config(store: &TestStore) -> delivery::Config {
         srs: service_kit::SrsArgs {
             srs_secret: Some(SECRET.into()),
             srs_domain: Some("example.org".into()),
-            srs_max_age_days: 21,
+            ..service_kit::SrsArgs::default()
         },
     }
 }

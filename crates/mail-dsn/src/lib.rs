@@ -292,6 +292,8 @@ pub fn enqueue_requests(job: &pb::Job, key: String, raw: Vec<u8>) -> Vec<pb::Enq
         // The DSN is ours as a whole (the quoted headers are inside our
         // message/rfc822-headers part): it may carry our DKIM signature.
         sign: true,
+        // mailctl trace shows the report with the message it is about.
+        about_job_id: job.id,
         ..Default::default()
     };
     vec![

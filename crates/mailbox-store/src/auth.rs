@@ -33,7 +33,7 @@
 //! | Accounts | SetQuota                              | service | imap SETQUOTA by its quota admins (RFC 9208 §4.1.3); a leaked service token can lift a quota (disk use), nothing more |
 //! | Accounts | SetDomainQuota                        | admin   | every user of a domain at once |
 //! | Queue    | Enqueue, Lease, RenewLease, ReadMessage, SetRecipientResult, FinishJob, AddEvent | service | workers |
-//! | Queue    | ListJobs, GetJob, RetryJob, DeleteJob, ListEvents | admin | reads everyone's envelopes, drops mail |
+//! | Queue    | ListJobs, GetJob, RetryJob, DeleteJob, ListEvents, Trace | admin | reads everyone's envelopes, drops mail |
 //! | Mailboxes| all                                   | service | imap, pop3, delivery |
 //! | Guard    | all                                   | service | every protocol service |
 //!

@@ -164,14 +164,43 @@ pub(crate) struct Analysed {
     pub structure: Vec<u8>,
     pub sent_date: Option<chrono::DateTime<chrono::Utc>>,
     pub crlf_size: i64,
+    /// The Message-ID, as [`message_id`] keeps it.
+    pub message_id: String,
     pub data: Vec<u8>,
+}
+
+/// A Message-ID as the queue keeps it for `mailctl trace`: the text
+/// between the first `<` and the following `>` (RFC 5322 §3.6.4 msg-id), or
+/// the trimmed field when it has no brackets; at most 250 characters, no
+/// control characters.
+#[must_use]
+pub fn message_id(raw: &str) -> String {
+    let t = raw.trim();
+    let inner = t
+        .find('<')
+        .and_then(|a| t[a + 1..].find('>').map(|b| &t[a + 1..a + 1 + b]))
+        .unwrap_or(t);
+    inner
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(250)
+        .collect()
 }
 
 /// Hash, structure and CRLF size of a raw message, computed off the async runtime.
 pub(crate) async fn analyse(data: Vec<u8>) -> Result<Analysed> {
     tokio::task::spawn_blocking(move || {
         let parsed = structure::parse(&data);
+        let id = parsed
+            .structure
+            .envelope
+            .as_ref()
+            .and_then(|e| e.message_id.as_deref())
+            .map(|m| message_id(&String::from_utf8_lossy(m)))
+            .unwrap_or_default();
         Analysed {
+            message_id: id,
             hash: Sha256::digest(&data).to_vec(),
             structure: parsed.structure.encode_to_vec(),
             sent_date: parsed.sent_date,
@@ -181,4 +210,19 @@ pub(crate) async fn analyse(data: Vec<u8>) -> Result<Analysed> {
     })
     .await
     .map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_id;
+
+    #[test]
+    fn message_ids_are_kept_without_brackets() {
+        assert_eq!(message_id(" <a.b@example.org> "), "a.b@example.org");
+        assert_eq!(message_id("a.b@example.org"), "a.b@example.org");
+        assert_eq!(message_id("<a@x> (comment) <b@y>"), "a@x");
+        assert_eq!(message_id("<a\u{1b}b@x>"), "ab@x");
+        assert_eq!(message_id(&"x".repeat(1000)).len(), 250);
+        assert_eq!(message_id("<>"), "");
+    }
 }

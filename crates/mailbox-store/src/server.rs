@@ -175,6 +175,8 @@ impl Server {
         let server = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // OpenTelemetry: each call a span, continuing the caller's trace.
+            .trace_fn(service_kit::otel::server_span)
             .add_service(accounts)
             .add_service(mailboxes)
             .add_service(queue)

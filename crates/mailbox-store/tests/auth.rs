@@ -335,6 +335,7 @@ async fn administrative_rpcs_need_the_admin_token() {
             .await
             .map(drop),
     );
+    denied(q.trace(pb::TraceRequest::default()).await.map(drop));
     // What the services call works with the service token.
     a.list_domains(pb::ListDomainsRequest {}).await.unwrap();
     a.list_dkim_keys(pb::ListDkimKeysRequest::default())

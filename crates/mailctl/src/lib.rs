@@ -2,7 +2,7 @@
 //!
 //! The administrator's command line: domains, users (passwords read from a
 //! prompt or standard input, never from argv), aliases, queue inspection and
-//! retry, and database migrations. Everything but `migrate` goes through the
+//! retry, message traces, and database migrations. Everything but `migrate` goes through the
 //! store's gRPC API with the store's **admin token**
 //! (`--store-admin-token`, `EPISTOLE_STORE_ADMIN_TOKEN`); when only the
 //! service token (`--store-token`) is given it is used, and the store then
@@ -11,6 +11,7 @@
 pub mod dkim;
 pub mod dns;
 pub mod quota;
+pub mod trace;
 
 use std::io::{BufRead as _, IsTerminal as _};
 
@@ -98,6 +99,9 @@ pub enum Command {
     /// The DNS records to publish for a domain (`mailctl dns example.org`),
     /// or a check of what is published (`mailctl dns check example.org`).
     Dns(dns::DnsArgs),
+    /// Where a message went: every hop with its facts, by Message-ID or
+    /// queue id (`mailctl trace '<abc@example.org>'`, `mailctl trace 42`).
+    Trace(trace::TraceArgs),
     /// Apply database migrations directly (the store also does this on start).
     Migrate {
         /// PostgreSQL URL.
@@ -699,6 +703,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
         }
         Command::Dkim(cmd) => dkim_command(&c, cmd, out).await?,
         Command::Dns(args) => dns::command(&c, args, out).await?,
+        Command::Trace(args) => trace::command(&c, args, out).await?,
         Command::Filter(FilterCmd::Add {
             address,
             header,

@@ -43,9 +43,24 @@ impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut()
             .insert("authorization", self.header.clone());
+        // W3C Trace Context: the caller's span continues in the store.
+        if let Some(current) = TRACE_CONTEXT.get()
+            && let Some(value) = current().and_then(|v| v.parse().ok())
+        {
+            req.metadata_mut().insert(TRACEPARENT, value);
+        }
         Ok(req)
     }
 }
+
+/// The metadata key of the W3C Trace Context (`traceparent`).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Set once by the tracing set-up when traces are exported
+/// (`service_kit::init_tracing` with an OTLP endpoint): returns the current
+/// span's `traceparent`, which every store call then carries. Unset: no
+/// header, no cost.
+pub static TRACE_CONTEXT: std::sync::OnceLock<fn() -> Option<String>> = std::sync::OnceLock::new();
 
 /// A channel that adds the bearer token to every call.
 pub type Authed = InterceptedService<Channel, AuthInterceptor>;

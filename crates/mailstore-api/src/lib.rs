@@ -12,7 +12,10 @@ pub mod pb {
     tonic::include_proto!("mailstore.v1");
 }
 
-pub use client::{AuthInterceptor, ClientTls, StoreClient, StoreClientError, connect, connect_tls};
+pub use client::{
+    AuthInterceptor, ClientTls, StoreClient, StoreClientError, TRACE_CONTEXT, TRACEPARENT, connect,
+    connect_tls,
+};
 
 /// gRPC metadata key carrying the session id, so logs join up across services.
 pub const SESSION_ID_HEADER: &str = "x-epistole-session";

@@ -7,6 +7,7 @@ mod args;
 pub mod dns;
 pub mod http;
 pub mod listen;
+pub mod otel;
 pub mod proxy;
 mod service;
 pub mod share;
@@ -166,23 +167,53 @@ pub struct LogArgs {
     /// Filter in tracing-subscriber EnvFilter syntax (RUST_LOG is also read).
     #[arg(long = "log", env = "EPISTOLE_LOG", default_value = "info")]
     pub filter: String,
+    /// OpenTelemetry: export tracing spans over OTLP/gRPC to this collector
+    /// (`http://collector:4317`); off when unset. The standard OTEL_BSP_*
+    /// variables tune the batching.
+    #[arg(long = "otlp-endpoint", env = "EPISTOLE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
-/// Installs the global tracing subscriber. Idempotent, so in-process tests
-/// can start several services.
-pub fn init_tracing(args: &LogArgs) {
+/// Installs the global tracing subscriber, with OTLP export of spans as
+/// `service` when `--otlp-endpoint` is set (inside the Tokio runtime).
+/// Idempotent, so in-process tests can start several services.
+pub fn init_tracing(args: &LogArgs, service: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.filter.clone());
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init fails only when a subscriber is already installed: fine.
-    let _ = if args.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| args.filter.clone());
+    // The log filter applies to the log only: exported spans are those at
+    // info and above whatever the log shows.
+    let filter = || EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = args.format == "json";
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    let otel = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => match otel::layer(endpoint, service) {
+            Ok(l) => Some(l.with_filter(tracing_subscriber::filter::LevelFilter::INFO)),
+            Err(e) => {
+                eprintln!("--otlp-endpoint {endpoint}: {e}; spans are not exported");
+                None
+            }
+        },
+        None => None,
     };
+    // try_init fails only when a subscriber is already installed: fine.
+    let _ = tracing_subscriber::registry()
+        .with(text)
+        .with(json)
+        .with(otel)
+        .try_init();
 }
 
 /// Readiness of a service that needs the store: ready when the store
@@ -254,10 +285,12 @@ where
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        init_tracing(&log);
+        init_tracing(&log, name);
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _ = metrics_handle();
-        run(config, shutdown_on_signals()).await
+        let result = run(config, shutdown_on_signals()).await;
+        otel::flush();
+        result
     })
 }
 

@@ -208,7 +208,14 @@ impl Worker {
                 self.active.remove(id);
                 continue;
             }
-            if let Err(e) = self.work_job(dest, job, plan, &mut open).await {
+            // OpenTelemetry: the message's trace, from its Enqueue.
+            let span = tracing::info_span!("job", id);
+            service_kit::otel::set_parent(&span, &job.traceparent);
+            if let Err(e) = self
+                .work_job(dest, job, plan, &mut open)
+                .instrument(span)
+                .await
+            {
                 tracing::warn!(job = id, error = %e.message(), "job left for retry after a store error");
             }
             self.active.remove(id);

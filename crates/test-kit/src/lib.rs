@@ -33,6 +33,9 @@ pub struct Postgres {
     control: Option<(PathBuf, PathBuf, bool)>,
 }
 
+mod tls_pg;
+pub use tls_pg::TlsPostgres;
+
 static PG: OnceLock<Result<Postgres, String>> = OnceLock::new();
 
 impl Postgres {
@@ -420,10 +423,14 @@ impl TestStore {
         listen: SocketAddr,
         tune: Tune,
     ) -> Self {
-        service_kit::init_tracing(&service_kit::LogArgs {
-            format: "text".into(),
-            filter: "warn".into(),
-        });
+        service_kit::init_tracing(
+            &service_kit::LogArgs {
+                format: "text".into(),
+                filter: "warn".into(),
+                otlp_endpoint: None,
+            },
+            "mailbox-store",
+        );
         let (db, tk, st) = (database_url.clone(), token.clone(), service_token.clone());
         let (grpc_addr, http_addr, running) =
             tokio::task::spawn_blocking(move || launch(&db, (&tk, &st), listen, tune))

@@ -45,6 +45,7 @@ pub(super) async fn append(
         sent_date,
         crlf_size,
         data,
+        ..
     } = analyse(data).await?;
     let started = std::time::Instant::now();
     // One retry: a concurrent garbage collection may remove the blob

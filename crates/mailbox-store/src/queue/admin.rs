@@ -1,6 +1,7 @@
 //! Operator RPCs (mailctl queue): list, inspect, retry and delete jobs.
 
 use mailstore_api::pb;
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::blobs::collect_garbage;
@@ -61,28 +62,32 @@ pub(super) async fn get_job(
     req: Request<pb::GetJobRequest>,
 ) -> Result<Response<pb::JobDetail>, Status> {
     let job_id = id(req.get_ref().job_id, "job")?;
+    Ok(Response::new(job_detail(svc.pool(), job_id).await?))
+}
+
+/// One job with its recipients and events.
+pub(super) async fn job_detail(pool: &PgPool, job_id: i64) -> Result<pb::JobDetail> {
     let row = sqlx::query_as!(
         JobRow,
         "SELECT id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at, \
          lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         lease_owner, last_error, requiretls, sign, delivered_to \
+         lease_owner, last_error, requiretls, sign, delivered_to, message_id, about_job_id, traceparent \
          FROM queue_jobs WHERE id = $1",
         job_id
     )
-    .fetch_optional(svc.pool())
-    .await
-    .map_err(StoreError::from)?
+    .fetch_optional(pool)
+    .await?
     .ok_or(StoreError::NotFound("job"))?;
-    let mut rcpts = job_recipients(svc.pool(), &[job_id]).await?;
+    let mut rcpts = job_recipients(pool, &[job_id]).await?;
     let rcpts = rcpts.remove(&job_id).unwrap_or_default();
     let summary = summary_row(&row, rcpts.len() as u32);
     let job = job_row(&row, rcpts);
-    let events = list_events(svc.pool(), job_id).await?;
-    Ok(Response::new(pb::JobDetail {
+    let events = list_events(pool, job_id).await?;
+    Ok(pb::JobDetail {
         summary: Some(summary),
         job: Some(job),
         events,
-    }))
+    })
 }
 
 pub(super) async fn retry_job(

@@ -25,6 +25,13 @@ fn check_envelope(h: &pb::EnqueueHeader) -> Result<()> {
     if h.idempotency_key.len() > 256 || h.mail_from.len() > 1024 {
         return Err(StoreError::invalid("envelope field too long"));
     }
+    if h.received.len() > 32
+        || h.received
+            .iter()
+            .any(|(k, v)| k.len() > 64 || v.len() > 2048)
+    {
+        return Err(StoreError::invalid("received facts too long"));
+    }
     for r in &h.recipients {
         if r.address.is_empty() || r.address.len() > 1024 || r.orcpt.len() > 1024 {
             return Err(StoreError::invalid("invalid recipient"));
@@ -63,6 +70,9 @@ struct Body<'a> {
     structure: &'a [u8],
     sent_date: Option<chrono::DateTime<chrono::Utc>>,
     crlf_size: i64,
+    message_id: &'a str,
+    /// The Enqueue call's W3C `traceparent` ("" when none).
+    traceparent: &'a str,
 }
 
 /// Inserts a job row, its recipients and the QUEUED event; notifies workers.
@@ -79,6 +89,7 @@ async fn insert_job(
         .unwrap_or_else(chrono::Utc::now);
     let key = (!h.idempotency_key.is_empty()).then_some(h.idempotency_key.as_str());
     let parent = (h.parent_job_id != 0).then(|| i64::try_from(h.parent_job_id).unwrap_or(0));
+    let about = (h.about_job_id != 0).then(|| i64::try_from(h.about_job_id).unwrap_or(0));
     let dest = if kind == 2 {
         destination(h)
     } else {
@@ -94,10 +105,10 @@ async fn insert_job(
     let job_id: i64 = sqlx::query_scalar!(
         "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         sent_date, crlf_size, requiretls, sign, delivered_to) \
+         sent_date, crlf_size, requiretls, sign, delivered_to, message_id, about_job_id, traceparent) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
                  $20 OR COALESCE((SELECT p.requiretls FROM queue_jobs p WHERE p.id = $15), false), \
-                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true), $22) RETURNING id",
+                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true), $22, $23, $24, $25) RETURNING id",
         kind,
         key,
         body.hash,
@@ -119,10 +130,28 @@ async fn insert_job(
         body.crlf_size,
         h.requiretls,
         h.sign,
-        &delivered_to
+        &delivered_to,
+        body.message_id,
+        about,
+        body.traceparent
     )
     .fetch_one(&mut *conn)
     .await?;
+    if !h.received.is_empty() {
+        // Who took the message, and what it knew then (mailctl trace).
+        let source = h.received.get("service").map_or("receiver", String::as_str);
+        let detail = format!("from {} [{}]", h.helo, h.client_ip);
+        sqlx::query!(
+            "INSERT INTO events (job_id, kind, source, recipient, detail, attributes) VALUES ($1, $2, $3, '', $4, $5::text::jsonb)",
+            job_id,
+            pb::EventKind::Received as i16,
+            source,
+            &detail,
+            serde_json::to_string(&h.received).unwrap_or_else(|_| "{}".into())
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     let addrs: Vec<String> = h.recipients.iter().map(|r| r.address.clone()).collect();
     let orcpts: Vec<String> = h.recipients.iter().map(|r| r.orcpt.clone()).collect();
     let notify: Vec<i32> = h
@@ -169,6 +198,7 @@ pub(super) async fn enqueue(
 ) -> Result<Response<pb::EnqueueResponse>, Status> {
     let started = std::time::Instant::now();
     let max = svc.store.config.max_message_size;
+    let traceparent = service_kit::otel::request_traceparent(&req);
     let (h, data) = collect_body(
         req.into_inner(),
         max,
@@ -195,7 +225,7 @@ pub(super) async fn enqueue(
         }
         check_lease(&mut tx, parent, &h.parent_worker_id).await?;
         let p = sqlx::query!(
-            "SELECT blob_hash, size, structure, sent_date, crlf_size FROM queue_jobs WHERE id = $1",
+            "SELECT blob_hash, size, structure, sent_date, crlf_size, message_id FROM queue_jobs WHERE id = $1",
             parent
         )
         .fetch_one(&mut *tx)
@@ -210,6 +240,8 @@ pub(super) async fn enqueue(
             structure: &st,
             sent_date: p.sent_date,
             crlf_size: p.crlf_size,
+            message_id: &p.message_id,
+            traceparent: &traceparent,
         };
         let job_id = insert_job(&mut tx, &h, kind, &body).await?;
         let idxs: Vec<i32> = h
@@ -242,6 +274,8 @@ pub(super) async fn enqueue(
             structure: &a.structure,
             sent_date: a.sent_date,
             crlf_size: a.crlf_size,
+            message_id: &a.message_id,
+            traceparent: &traceparent,
         };
         let mut attempt = 0;
         loop {

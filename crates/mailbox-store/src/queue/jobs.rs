@@ -43,7 +43,7 @@ pub(super) async fn job_recipients(
 }
 
 /// A job row: every column the API shows (the same list in every query
-/// that reads one: `id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at,  lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at,  lease_owner, last_error, requiretls, sign, delivered_to`).
+/// that reads one: `id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at,  lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at,  lease_owner, last_error, requiretls, sign, delivered_to, message_id, about_job_id, traceparent`).
 pub(super) struct JobRow {
     pub(super) id: i64,
     pub(super) kind: i16,
@@ -69,6 +69,9 @@ pub(super) struct JobRow {
     pub(super) requiretls: bool,
     pub(super) sign: bool,
     pub(super) delivered_to: String,
+    pub(super) message_id: String,
+    pub(super) about_job_id: Option<i64>,
+    pub(super) traceparent: String,
 }
 
 pub(super) fn job_row(r: &JobRow, recipients: Vec<pb::JobRecipient>) -> pb::Job {
@@ -94,6 +97,9 @@ pub(super) fn job_row(r: &JobRow, recipients: Vec<pb::JobRecipient>) -> pb::Job 
         requiretls: r.requiretls,
         sign: r.sign,
         delivered_to: r.delivered_to.clone(),
+        message_id: r.message_id.clone(),
+        about_job_id: r.about_job_id.unwrap_or(0) as u64,
+        traceparent: r.traceparent.clone(),
     }
 }
 

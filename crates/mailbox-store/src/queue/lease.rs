@@ -60,7 +60,7 @@ async fn lease_once(
                       ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
          RETURNING id, kind, state, mail_from, envid, ret, body_type, smtputf8, size, attempts, created_at, \
          lease_expires_at, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         lease_owner, last_error, requiretls, sign, delivered_to",
+         lease_owner, last_error, requiretls, sign, delivered_to, message_id, about_job_id, traceparent",
         kind,
         worker,
         n,

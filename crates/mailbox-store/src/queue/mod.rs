@@ -9,6 +9,7 @@ mod enqueue;
 mod events;
 mod jobs;
 mod lease;
+mod trace;
 
 pub use deliver::deliver;
 
@@ -156,5 +157,13 @@ impl pb::queue_server::Queue for QueueSvc {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         crate::auth::require_admin(&req)?;
         events::list_events_rpc(self, req).await
+    }
+
+    async fn trace(
+        &self,
+        req: Request<pb::TraceRequest>,
+    ) -> Result<Response<pb::TraceResponse>, Status> {
+        crate::auth::require_admin(&req)?;
+        trace::trace(self, req).await
     }
 }

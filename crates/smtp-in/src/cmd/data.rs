@@ -1,6 +1,7 @@
 //! DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030): message content through
 //! the `mail-wire` decoder into a memory spool, then one `Queue.Enqueue`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use mail_wire::body::{BodyDecoder, Defect, Mode};
@@ -8,6 +9,7 @@ use mail_wire::path::ReversePath;
 use mail_wire::reply::EnhancedStatus;
 use mailstore_api::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument as _;
 
 use crate::io::{Conn, ConnError};
 use crate::proto::command::MailParams;
@@ -194,6 +196,7 @@ impl Session {
         };
         let received = stamp.render();
         let size = (received.len() + added.len() + spool.buf.len()) as u64;
+        let facts = self.received_facts(&helo, &id, size, &added);
         let header = pb::EnqueueHeader {
             kind: pb::QueueKind::Inbound.into(),
             idempotency_key: txn.key.clone(),
@@ -225,8 +228,12 @@ impl Session {
             sign: self.auth.is_some(),
             // RFC 8689 §4.1: smtp-out relays it only over verified TLS.
             requiretls: txn.params.requiretls,
+            received: facts,
             ..Default::default()
         };
+        // OpenTelemetry: each message its own trace (not the connection's),
+        // carried to the store and, with the job, to the workers.
+        let span = tracing::info_span!(parent: None, "message", id = %id, size);
         match self
             .shared
             .backend
@@ -235,6 +242,7 @@ impl Session {
                 &[received.as_bytes(), added.as_bytes(), &spool.buf],
                 &self.sid,
             )
+            .instrument(span)
             .await
         {
             Ok(resp) => {
@@ -262,6 +270,69 @@ impl Session {
             }
         }
     }
+}
+
+impl Session {
+    /// What we knew of the message when we took it, for the job's RECEIVED
+    /// event (`mailctl trace`).
+    fn received_facts(
+        &self,
+        helo: &str,
+        id: &str,
+        size: u64,
+        added: &str,
+    ) -> HashMap<String, String> {
+        let mut f = HashMap::from([
+            ("service".to_string(), "smtp-in".to_string()),
+            ("by".to_string(), self.shared.hostname.clone()),
+            ("listener".to_string(), self.kind.name().to_string()),
+            ("client_ip".to_string(), self.peer.ip().to_string()),
+            ("helo".to_string(), helo.chars().take(255).collect()),
+            ("id".to_string(), id.to_string()),
+            ("size".to_string(), size.to_string()),
+            (
+                "tls".to_string(),
+                self.tls.as_ref().map_or("none".to_string(), |t| {
+                    format!("{} {}", t.version, t.cipher)
+                }),
+            ),
+            (
+                "auth".to_string(),
+                self.auth
+                    .as_ref()
+                    .map_or("none".to_string(), |a| a.address.clone()),
+            ),
+        ]);
+        if let Some(results) = auth_results(added) {
+            f.insert("auth_results".to_string(), results);
+        }
+        f
+    }
+}
+
+/// The `method=result` pairs of our `Authentication-Results:` field
+/// (RFC 8601 §2.2), e.g. "dkim=pass spf=none spf=pass dmarc=pass"; None
+/// when we added none (submission, or checks off).
+fn auth_results(added: &str) -> Option<String> {
+    let start = added.find("Authentication-Results:")?;
+    let field = &added[start + "Authentication-Results:".len()..];
+    // The field ends at the first line that does not begin with white space.
+    let mut end = field.len();
+    let bytes = field.as_bytes();
+    for (i, w) in bytes.windows(3).enumerate() {
+        if w[0] == b'\r' && w[1] == b'\n' && w[2] != b' ' && w[2] != b'\t' {
+            end = i;
+            break;
+        }
+    }
+    let pairs: Vec<&str> = field[..end]
+        .split(';')
+        .skip(1) // the authserv-id
+        .filter_map(|p| p.split_whitespace().next())
+        .filter(|t| t.contains('='))
+        .collect();
+    let out = pairs.join(" ");
+    (!out.is_empty()).then(|| out.chars().take(2000).collect())
 }
 
 // The size a message may reach: the server maximum, or less when the
@@ -386,5 +457,21 @@ mod tests {
             .expect("next command");
         assert_eq!(line, crate::io::Line::Ok(b"QUIT".to_vec()));
         drop(writer.await);
+    }
+
+    /// The trace keeps the `method=result` pairs of our field, and stops
+    /// at the next header field.
+    #[test]
+    fn auth_results_are_summarised() {
+        let added = "Authentication-Results: mx.test;\r\n\tdkim=pass header.d=a.test;\r\n\tspf=none (mx.test: no SPF record) smtp.helo=x;\r\n\tdmarc=none\r\nX-Quarantine: spf=fail\r\n";
+        assert_eq!(
+            auth_results(added).as_deref(),
+            Some("dkim=pass spf=none dmarc=none")
+        );
+        assert_eq!(auth_results(""), None);
+        assert_eq!(
+            auth_results("Authentication-Results: mx.test; none\r\n"),
+            None
+        );
     }
 }
