@@ -401,7 +401,17 @@ impl Worker {
                         .deliver_local(job, index, local, headers, only_one)
                         .await
                     {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            // Acceptance to mailbox (alerts: deploy/monitoring).
+                            if let Some(c) = &job.created_at {
+                                let ms = chrono::Utc::now().timestamp_millis()
+                                    - c.seconds * 1000
+                                    - i64::from(c.nanos / 1_000_000);
+                                #[allow(clippy::cast_precision_loss)]
+                                metrics::histogram!("delivery_latency_seconds")
+                                    .record(ms.max(0) as f64 / 1000.0);
+                            }
+                        }
                         // RFC 3463 §3.3 X.2.2 "mailbox full": a message
                         // larger than the quota can never fit (5.2.2 now);
                         // otherwise the mailbox may be emptied, so 4.2.2

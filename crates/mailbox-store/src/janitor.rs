@@ -7,6 +7,41 @@ use crate::blobs::collect_garbage;
 use crate::db::Store;
 use crate::guard;
 
+/// Every 15 s: per queue, the jobs waiting, how many of them were tried
+/// already (deferred), and the age of the oldest — the gauges the alert
+/// rules in `deploy/monitoring/` watch. One aggregate over the ready index.
+pub async fn queue_gauges(store: Arc<Store>, shutdown: service_kit::Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let rows = sqlx::query!(
+            r#"SELECT k.kind AS "kind!",
+                      count(j.id) AS "waiting!",
+                      count(j.id) FILTER (WHERE j.attempts > 0) AS "deferred!",
+                      COALESCE(extract(epoch FROM now() - min(j.created_at)), 0)::float8 AS "oldest!"
+               FROM (VALUES (1::int2), (2::int2)) AS k(kind)
+               LEFT JOIN queue_jobs j ON j.kind = k.kind AND j.state = 1
+               GROUP BY k.kind"#
+        )
+        .fetch_all(&store.pool)
+        .await;
+        let Ok(rows) = rows else { continue };
+        for r in rows {
+            let kind = if r.kind == 1 { "inbound" } else { "outbound" };
+            #[allow(clippy::cast_precision_loss)]
+            {
+                metrics::gauge!("store_queue_jobs", "queue" => kind).set(r.waiting as f64);
+                metrics::gauge!("store_queue_deferred_jobs", "queue" => kind)
+                    .set(r.deferred as f64);
+            }
+            metrics::gauge!("store_queue_oldest_seconds", "queue" => kind).set(r.oldest);
+        }
+    }
+}
+
 /// Periodic housekeeping: old auth failures and throttle rows, expired
 /// Guard counters and marks, the auth cache, expired locks, finished jobs
 /// past retention, and the blobs they leave behind.

@@ -151,6 +151,7 @@ impl Server {
             auth,
         );
         let janitor = tokio::spawn(janitor::janitor(store.clone(), shutdown.clone()));
+        let gauges = tokio::spawn(janitor::queue_gauges(store.clone(), shutdown.clone()));
         let health = tokio::spawn(self.health.serve(shutdown.clone()));
         let autoconfig = self.autoconfig.map(|l| {
             tokio::spawn(crate::autoconfig::serve(
@@ -199,6 +200,7 @@ impl Server {
         };
         shutdown.cancel();
         janitor.abort();
+        gauges.abort();
         let _ = health.await;
         if let Some(a) = autoconfig {
             let _ = a.await;

@@ -1065,6 +1065,35 @@ async fn health_endpoints_answer() {
     }
 }
 
+/// The queue gauges the alert rules watch (deploy/monitoring/alerts.yaml)
+/// are on /metrics, for both queues, soon after start.
+#[tokio::test]
+async fn queue_gauges_are_exported() {
+    let s = TestStore::start().await;
+    let url = format!("http://{}/metrics", s.http_addr);
+    let mut body = String::new();
+    for _ in 0..100 {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", &url])
+            .output()
+            .await
+            .unwrap();
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.contains("store_queue_oldest_seconds{queue=\"outbound\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for want in [
+        "store_queue_jobs{queue=\"inbound\"}",
+        "store_queue_deferred_jobs{queue=\"outbound\"}",
+        "store_queue_oldest_seconds{queue=\"inbound\"}",
+        "store_queue_oldest_seconds{queue=\"outbound\"}",
+    ] {
+        assert!(body.contains(want), "{want} in\n{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_stopped_store_answers_nothing_and_a_restarted_one_keeps_the_data() {
     let (mut s, _) = setup().await;

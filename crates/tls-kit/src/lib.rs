@@ -85,7 +85,26 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         return Err(TlsError::NoCertificate(cert.display().to_string()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| read(key, &e))?;
-    Ok(CertifiedKey::from_der(chain, key_der, &provider())?)
+    let pair = CertifiedKey::from_der(chain, key_der, &provider())?;
+    record_expiry(&pair);
+    Ok(pair)
+}
+
+/// `tls_certificate_not_after_seconds`: when the certificate in use
+/// expires (Unix time), set at start and at every reload, so an alert can
+/// warn before a renewal that did not happen (`deploy/monitoring/`).
+fn record_expiry(pair: &CertifiedKey) {
+    if let Some(t) = not_after(pair) {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("tls_certificate_not_after_seconds").set(t as f64);
+    }
+}
+
+/// The leaf certificate's notAfter, Unix time.
+fn not_after(pair: &CertifiedKey) -> Option<i64> {
+    let leaf = pair.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Modification time and length of both files: what "changed" means.
@@ -205,6 +224,21 @@ pub fn configure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `tls_certificate_not_after_seconds` reports: the leaf's
+    /// notAfter (rcgen's default validity ends in 4096).
+    #[test]
+    fn not_after_of_the_served_certificate() {
+        let dir = std::env::temp_dir().join(format!("tls-kit-na-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = self_signed_pem("mx.test").expect("generate");
+        std::fs::write(dir.join("c.pem"), cert).expect("write");
+        std::fs::write(dir.join("k.pem"), key).expect("write");
+        let pair = load_pair(&dir.join("c.pem"), &dir.join("k.pem")).expect("load");
+        let t = not_after(&pair).expect("parsed");
+        assert!(t > 4_000_000_000, "{t}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn pem_round_trip_and_explicit_self_signed() {
