@@ -213,3 +213,42 @@ impl Sampler {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_syntax() {
+        let g: Group = "server=12,34".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(g.name, "server");
+        assert_eq!(g.roots, vec![12, 34]);
+        assert!("server".parse::<Group>().is_err());
+        assert!("server=x".parse::<Group>().is_err());
+    }
+
+    /// This process is its own tree: its PSS is seen, and CPU it burns is
+    /// counted.
+    #[test]
+    fn own_process_is_measured() {
+        let me = vec![Group {
+            name: "me".into(),
+            roots: vec![std::process::id()],
+        }];
+        assert!(pss(&me)[0] > 0, "no PSS read from /proc");
+        let before = cpu_ticks(&me)[0];
+        // Burn CPU until a tick (10 ms) is counted; no speed assumed, only
+        // a generous bound for a machine that never schedules us.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_ticks(&me)[0] == before {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "CPU time not counted"
+            );
+        }
+    }
+}

@@ -16,3 +16,18 @@ pub fn message(from: &str, to: &str, kib: usize, n: usize) -> Vec<u8> {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn message_is_crlf_dot_safe_and_sized() {
+        let m = super::message("a@x.test", "b@y.test", 5, 1);
+        assert!(m.len() >= 5 * 1024 && m.len() < 6 * 1024);
+        assert!(m.ends_with(b"\r\n"));
+        let text = String::from_utf8(m).unwrap_or_default();
+        assert!(
+            text.split("\r\n")
+                .all(|l| !l.starts_with('.') && !l.contains('\n'))
+        );
+    }
+}
