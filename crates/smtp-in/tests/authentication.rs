@@ -561,3 +561,29 @@ async fn submission_sends_only_as_owned_addresses() {
     }
     assert_eq!(h.jobs().await.len(), 3);
 }
+
+/// A sender domain without records is NXDOMAIN without an SOA (the test
+/// DNS server, like some resolvers, sends none); that answer is cached
+/// (30 s) so the next message from the same domain asks nothing — before,
+/// every message asked again and a dropped answer cost the query timeout
+/// (issue #17, docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_answers_without_soa_are_cached() {
+    let dns = TestDns::start().await;
+    zones(&dns);
+    let h = harness(&dns, Policy::default()).await;
+    let body = b"From: someone@nowhere.test\r\nSubject: one\r\n\r\nhello\r\n";
+    let r = send(&h, "someone@nowhere.test", body).await;
+    let ar = auth_results(&h.message(queued_id(&r)).await).remove(0);
+    assert!(ar.contains("spf=none"), "{ar}");
+    let after_first = dns.queries();
+    assert!(after_first > 0, "the first message asked nothing");
+    let r = send(&h, "other@nowhere.test", body).await;
+    let ar = auth_results(&h.message(queued_id(&r)).await).remove(0);
+    assert!(ar.contains("spf=none") && ar.contains("dmarc=none"), "{ar}");
+    assert_eq!(
+        dns.queries(),
+        after_first,
+        "the second message from the same domain asked the DNS server again"
+    );
+}
