@@ -29,6 +29,7 @@
 //! queue ──> messages, blobs, db, wire, names, flags, structure, notify, auth
 //! accounts ──> db, wire, names, auth, hashing, config
 //! guard ──> db, names
+//! dmarc, tlsrpt, mta_sts ──> db
 //! janitor ──> blobs, db, guard
 //! messages ──> flags, structure, notify
 //! search ──> flags
@@ -48,6 +49,7 @@ pub mod autoconfig;
 pub mod blobs;
 pub mod config;
 pub mod db;
+pub mod dmarc;
 pub mod error;
 pub mod flags;
 pub mod guard;
