@@ -9,6 +9,7 @@
 //! refuses the administrative commands (PERMISSION_DENIED).
 
 pub mod dkim;
+pub mod dmarc;
 pub mod dns;
 
 use std::io::{BufRead as _, IsTerminal as _};
@@ -91,6 +92,9 @@ pub enum Command {
     /// DKIM signing keys: prints the DNS TXT record to publish.
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// DMARC aggregate reports received about our domains (`mailctl dmarc report`).
+    #[command(subcommand)]
+    Dmarc(dmarc::DmarcCmd),
     /// The DNS records to publish for a domain (`mailctl dns example.org`),
     /// or a check of what is published (`mailctl dns check example.org`).
     Dns(dns::DnsArgs),
@@ -693,6 +697,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
         }
         Command::Dkim(cmd) => dkim_command(&c, cmd, out).await?,
         Command::Dns(args) => dns::command(&c, args, out).await?,
+        Command::Dmarc(cmd) => dmarc::command(&c, cmd, out).await?,
         Command::Filter(FilterCmd::Add {
             address,
             header,
