@@ -14,6 +14,7 @@
 //! (leasing and the per-job queue calls come from the `queue-worker` crate,
 //! shared with smtp-out).
 
+pub mod dmarc;
 pub mod dsn;
 pub mod filter;
 
@@ -59,6 +60,11 @@ pub struct Config {
     /// HTTP address for /healthz, /readyz and /metrics.
     #[arg(long, env = "EPISTOLE_DELIVERY_HTTP", default_value = "127.0.0.1:7021")]
     pub http_listen: SocketAddr,
+    /// Incoming DMARC aggregate reports (RFC 7489 §7.2) sent to this
+    /// address are parsed and stored for `mailctl dmarc report` (and
+    /// delivered as usual).
+    #[arg(long, env = "EPISTOLE_DMARC_REPORT_ADDRESS")]
+    pub dmarc_report_address: Option<String>,
     /// Sender rewriting of mail forwarded to remote alias targets.
     #[command(flatten)]
     pub srs: service_kit::SrsArgs,
@@ -202,6 +208,7 @@ impl Worker {
     async fn process_in_span(&self, job: pb::Job) -> Result<(), tonic::Status> {
         let header_block = self.headers(&job).await?;
         let headers = Headers::parse(&header_block);
+        self.dmarc_report(&job).await;
         let mut deferred = Vec::new();
         let mut failed = Vec::new();
         for r in &job.recipients {
@@ -252,6 +259,57 @@ impl Worker {
                     deferred.join("; "),
                 )
                 .await
+        }
+    }
+
+    /// A pending recipient is the report address: parse and store the
+    /// report (again after a re-lease: the store keeps one copy).
+    async fn dmarc_report(&self, job: &pb::Job) {
+        let Some(address) = &self.config.dmarc_report_address else {
+            return;
+        };
+        let to_us = job.recipients.iter().any(|r| {
+            queue_worker::is_pending(r)
+                && r.recipient
+                    .as_ref()
+                    .is_some_and(|x| x.address.eq_ignore_ascii_case(address))
+        });
+        if !to_us {
+            return;
+        }
+        let raw = match self
+            .jobs
+            .read_message(
+                job.id,
+                dmarc::MAX_REPORT_MESSAGE,
+                dmarc::MAX_REPORT_MESSAGE,
+                0,
+            )
+            .await
+        {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "DMARC report not read");
+                return;
+            }
+        };
+        match dmarc::parse(&raw) {
+            Ok(report) => {
+                let (domain, org) = (report.domain.clone(), report.org_name.clone());
+                let stored = self
+                    .store
+                    .dmarc_reports
+                    .clone()
+                    .store_aggregate_report(pb::StoreAggregateReportRequest {
+                        report: Some(report),
+                    })
+                    .await;
+                match stored {
+                    Ok(_) => tracing::info!(%domain, %org, "DMARC aggregate report stored"),
+                    Err(e) => tracing::warn!(error = %e.message(), "DMARC report not stored"),
+                }
+            }
+            Err(e) => tracing::info!(error = %e, "message to the DMARC report address"),
         }
     }
 

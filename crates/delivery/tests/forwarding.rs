@@ -23,6 +23,7 @@ fn config(store: &TestStore) -> delivery::Config {
         max_attempts: 5,
         hostname: "mx.example.org".into(),
         quota_give_up_secs: 3600,
+        dmarc_report_address: None,
         http_listen: "127.0.0.1:0".parse().unwrap(),
         srs: service_kit::SrsArgs {
             srs_secret: Some(SECRET.into()),

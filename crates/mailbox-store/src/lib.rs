@@ -29,6 +29,7 @@
 //! queue ──> messages, blobs, db, wire, names, flags, structure, notify, auth
 //! accounts ──> db, wire, names, auth, hashing, config, quota
 //! guard ──> db, names
+//! dmarc, tlsrpt, mta_sts ──> db
 //! janitor ──> blobs, db, guard
 //! messages ──> flags, structure, notify, quota
 //! search ──> flags
@@ -49,6 +50,7 @@ pub mod autoconfig;
 pub mod blobs;
 pub mod config;
 pub mod db;
+pub mod dmarc;
 pub mod error;
 pub mod flags;
 pub mod guard;

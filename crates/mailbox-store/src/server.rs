@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::db::{Store, migrate};
 use crate::hashing::{AuthCache, HashPool};
-use crate::{accounts, auth, guard, janitor, mailboxes, mta_sts, notify, queue, tlsrpt};
+use crate::{accounts, auth, dmarc, guard, janitor, mailboxes, mta_sts, notify, queue, tlsrpt};
 
 /// How long in-flight calls may run after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -146,6 +146,10 @@ impl Server {
             tlsrpt::TlsReportsSvc::new(store.clone()),
             auth.clone(),
         );
+        let dmarc_reports = pb::dmarc_reports_server::DmarcReportsServer::with_interceptor(
+            dmarc::DmarcReportsSvc::new(store.clone()),
+            auth.clone(),
+        );
         let mta_sts = pb::mta_sts_cache_server::MtaStsCacheServer::with_interceptor(
             mta_sts::MtaStsSvc::new(store.clone()),
             auth,
@@ -183,6 +187,7 @@ impl Server {
             .add_service(queue)
             .add_service(guard)
             .add_service(tls_reports)
+            .add_service(dmarc_reports)
             .add_service(mta_sts)
             .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await });
         // On shutdown, in-flight calls get a grace period; long-lived Watch

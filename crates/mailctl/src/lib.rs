@@ -9,6 +9,7 @@
 //! refuses the administrative commands (PERMISSION_DENIED).
 
 pub mod dkim;
+pub mod dmarc;
 pub mod dns;
 pub mod quota;
 pub mod trace;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Quotas (RFC 9208 STORAGE and MESSAGE): per user, and a domain default.
     #[command(subcommand)]
     Quota(quota::QuotaCmd),
+    /// DMARC aggregate reports received about our domains (`mailctl dmarc report`).
+    #[command(subcommand)]
+    Dmarc(dmarc::DmarcCmd),
     /// The DNS records to publish for a domain (`mailctl dns example.org`),
     /// or a check of what is published (`mailctl dns check example.org`).
     Dns(dns::DnsArgs),
@@ -704,6 +708,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
         Command::Dkim(cmd) => dkim_command(&c, cmd, out).await?,
         Command::Dns(args) => dns::command(&c, args, out).await?,
         Command::Trace(args) => trace::command(&c, args, out).await?,
+        Command::Dmarc(cmd) => dmarc::command(&c, cmd, out).await?,
         Command::Filter(FilterCmd::Add {
             address,
             header,

@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
+use mailstore_api::pb;
 use test_kit::TestStore;
 
 fn mailctl(store: &TestStore, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
@@ -361,4 +362,78 @@ async fn quota_domain_default_and_user_limits() {
         err.contains("NotFound") || err.contains("not found"),
         "{err}"
     );
+}
+
+/// `mailctl dmarc report`: a stored incoming aggregate report, per source
+/// IP with its count, disposition and DKIM/SPF results; `--domain` filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dmarc_report_shows_incoming_aggregate_reports() {
+    let store = TestStore::start().await;
+    let row = |ip: &str, count: u64, disposition: &str, aligned: &str| pb::AggregateReportRow {
+        source_ip: ip.into(),
+        count,
+        disposition: disposition.into(),
+        dkim_aligned: aligned.into(),
+        spf_aligned: aligned.into(),
+        header_from: "ours.example".into(),
+        dkim: vec![format!("ours.example={aligned}")],
+        spf: vec![format!("ours.example={aligned}")],
+    };
+    for (domain, id) in [("ours.example", "r-1"), ("other.example", "r-2")] {
+        store
+            .client()
+            .dmarc_reports
+            .clone()
+            .store_aggregate_report(pb::StoreAggregateReportRequest {
+                report: Some(pb::AggregateReport {
+                    org_name: "receiver.example".into(),
+                    email: "noreply-dmarc@receiver.example".into(),
+                    report_id: id.into(),
+                    domain: domain.into(),
+                    begin: 1_700_000_000,
+                    end: 1_700_086_399,
+                    rows: vec![
+                        row("192.0.2.10", 12, "none", "pass"),
+                        row("203.0.113.9", 3, "reject", "fail"),
+                    ],
+                    received_at: 0,
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let s = &store;
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        mailctl(s, &["dmarc", "report", "--domain", "ours.example"], None)
+    });
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ours.example from receiver.example <noreply-dmarc@receiver.example> report r-1 (2023-11-14 22:13 to 2023-11-15 22:13 UTC)"),
+        "{out}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "192.0.2.10",
+                    "12",
+                    "none",
+                    "pass",
+                    "pass",
+                    "dkim:ours.example=pass",
+                    "spf:ours.example=pass"
+                ]),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().take(5).collect::<Vec<_>>()
+                == ["203.0.113.9", "3", "reject", "fail", "fail"]),
+        "{out}"
+    );
+    assert!(out.contains("15 messages, 12 passed DMARC"), "{out}");
+    assert!(!out.contains("other.example"), "{out}");
 }

@@ -10,6 +10,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::pb::accounts_client::AccountsClient;
+use crate::pb::dmarc_reports_client::DmarcReportsClient;
 use crate::pb::guard_client::GuardClient;
 use crate::pb::mailboxes_client::MailboxesClient;
 use crate::pb::mta_sts_cache_client::MtaStsCacheClient;
@@ -77,6 +78,8 @@ pub struct StoreClient {
     pub guard: GuardClient<Authed>,
     /// Outbound TLS outcomes for TLS-RPT (RFC 8460).
     pub tls_reports: TlsReportsClient<Authed>,
+    /// Inbound DMARC results and incoming aggregate reports (RFC 7489 §7.2).
+    pub dmarc_reports: DmarcReportsClient<Authed>,
     /// MTA-STS policies shared by smtp-out replicas (RFC 8461 §5.1).
     pub mta_sts: MtaStsCacheClient<Authed>,
 }
@@ -242,6 +245,7 @@ pub fn connect_tls(
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
         guard: GuardClient::with_interceptor(channel.clone(), auth.clone()),
         tls_reports: TlsReportsClient::with_interceptor(channel.clone(), auth.clone()),
+        dmarc_reports: DmarcReportsClient::with_interceptor(channel.clone(), auth.clone()),
         mta_sts: MtaStsCacheClient::with_interceptor(channel, auth),
     })
 }

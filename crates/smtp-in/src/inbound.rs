@@ -118,6 +118,9 @@ pub struct Verdict {
     pub header: String,
     /// What to do.
     pub decision: Decision,
+    /// One row per author domain with a DMARC record, for the aggregate
+    /// report that domain may ask for (RFC 7489 §7.2).
+    pub dmarc: Vec<mailstore_api::pb::DmarcResult>,
 }
 
 /// A resolver could not be built.
@@ -329,7 +332,31 @@ impl Checker {
             decision = ?decision,
             "inbound authentication"
         );
-        Verdict { header, decision }
+        let mut rows = Vec::new();
+        for d in &dmarc {
+            let Some(record) = d.dmarc_record() else {
+                continue;
+            };
+            let disposition = match self.decide(dmarc_reject, &spf_mail, &dkim, d) {
+                Decision::Reject(_) => "reject",
+                Decision::Quarantine(_) => "quarantine",
+                Decision::Accept => "none",
+            };
+            rows.push(report_row(
+                d,
+                record,
+                ip,
+                &mail_from_domain,
+                &dkim,
+                &spf_mail,
+                disposition,
+            ));
+        }
+        Verdict {
+            header,
+            decision,
+            dmarc: rows,
+        }
     }
 
     async fn dmarc(
@@ -398,5 +425,115 @@ impl Checker {
             );
         }
         Decision::Accept
+    }
+}
+
+/// The aggregate-report row of one DMARC evaluation (RFC 7489 §7.2,
+/// Appendix C): what was checked, what was found, what we did.
+fn report_row(
+    d: &DmarcOutput,
+    record: &mail_auth::dmarc::Dmarc,
+    ip: IpAddr,
+    mail_from_domain: &str,
+    dkim: &[DkimOutput<'_>],
+    spf: &SpfOutput,
+    disposition: &str,
+) -> mailstore_api::pb::DmarcResult {
+    use mail_auth::dmarc::{Alignment, Report};
+    let policy = |p: &DmarcPolicy| match p {
+        DmarcPolicy::Reject => "reject",
+        DmarcPolicy::Quarantine => "quarantine",
+        DmarcPolicy::None | DmarcPolicy::Unspecified => "none",
+    };
+    let align = |a: &Alignment| match a {
+        Alignment::Strict => "s",
+        Alignment::Relaxed => "r",
+    };
+    let aligned = |r: &DmarcResult| {
+        if *r == DmarcResult::Pass {
+            "pass"
+        } else {
+            "fail"
+        }
+    };
+    let sp = match record.sp {
+        DmarcPolicy::Unspecified => &record.p,
+        ref sp => sp,
+    };
+    let spf_result = match spf.result() {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    };
+    let dkim = dkim
+        .iter()
+        .filter_map(|o| {
+            let sig = o.signature()?;
+            let result = match o.result() {
+                DkimResult::Pass => "pass",
+                DkimResult::Neutral(_) => "neutral",
+                DkimResult::Fail(_) => "fail",
+                DkimResult::PermError(_) => "permerror",
+                DkimResult::TempError(_) => "temperror",
+                DkimResult::None => "none",
+            };
+            Some(mailstore_api::pb::DmarcDkimAuth {
+                domain: sig.d.clone(),
+                selector: sig.s.clone(),
+                result: result.into(),
+            })
+        })
+        .take(MAX_DKIM_SIGNATURES)
+        .collect();
+    mailstore_api::pb::DmarcResult {
+        policy_domain: d.domain().to_ascii_lowercase(),
+        header_from: d.domain().to_ascii_lowercase(),
+        envelope_from: mail_from_domain.to_string(),
+        source_ip: ip.to_string(),
+        disposition: disposition.into(),
+        dkim_aligned: aligned(d.dkim_result()).into(),
+        spf_aligned: aligned(d.spf_result()).into(),
+        dkim,
+        spf_domain: spf.domain().to_ascii_lowercase(),
+        spf_result: spf_result.into(),
+        p: policy(&record.p).into(),
+        sp: policy(sp).into(),
+        adkim: align(&record.adkim).into(),
+        aspf: align(&record.aspf).into(),
+        // DMARCbis dropped pct; mail-auth applies the policy to all mail.
+        pct: 100,
+        fo: match record.fo {
+            Report::All => "0",
+            Report::Any => "1",
+            Report::Dkim => "d",
+            Report::Spf => "s",
+            Report::DkimSpf => "d:s",
+        }
+        .into(),
+        // RFC 7489 §6.2: `uri!size`, the limit kept for the sender.
+        // mail-auth keeps mailto: URIs only, without their scheme.
+        rua: record
+            .rua
+            .iter()
+            .take(16)
+            .map(|u| {
+                let uri = if u.uri().contains(':') {
+                    u.uri().to_string()
+                } else {
+                    format!("mailto:{}", u.uri())
+                };
+                if u.max_size() > 0 {
+                    format!("{uri}!{}", u.max_size())
+                } else {
+                    uri
+                }
+            })
+            .collect(),
+        count: 1,
+        day: String::new(),
     }
 }

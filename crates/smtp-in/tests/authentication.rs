@@ -587,3 +587,92 @@ async fn negative_answers_without_soa_are_cached() {
         "the second message from the same domain asked the DNS server again"
     );
 }
+
+/// threat model T119: a day's DMARC outcomes are recorded for the
+/// aggregate report (RFC 7489 §7.2): per author domain with a DMARC
+/// record, the source IP, the aligned results, what we did (reject,
+/// quarantine, none) and the domain's rua with its `!size`; a domain
+/// without a DMARC record leaves no row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dmarc_outcomes_are_recorded_for_aggregate_reports() {
+    let dns = TestDns::start().await;
+    let bank = zones(&dns);
+    dns.remove("_dmarc.bank.example");
+    dns.txt(
+        "_dmarc.bank.example",
+        "v=DMARC1; p=reject; rua=mailto:dmarc@bank.example!10m",
+    );
+    let h = harness(&dns, Policy::default()).await;
+    let msg = b"From: Bank <news@bank.example>\r\nTo: alice@ours.example\r\nSubject: statement\r\n\r\nYour statement.\r\n";
+    for _ in 0..2 {
+        let r = send(&h, "bounce@none.test", &bank.sign(msg)).await;
+        assert!(r.last().starts_with("250"), "{:?}", r.lines);
+    }
+    let forged = b"From: CEO <ceo@bank.example>\r\nSubject: pay\r\n\r\nNow.\r\n";
+    let r = send(&h, "attacker@pass.test", forged).await;
+    assert!(r.last().starts_with("550 5.7.1"), "{:?}", r.lines);
+    let r = send(
+        &h,
+        "attacker@pass.test",
+        b"From: shop@shop.example\r\nSubject: sale\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r.last().starts_with("250"), "{:?}", r.lines);
+    let r = send(
+        &h,
+        "someone@pass.test",
+        b"From: someone@pass.test\r\nSubject: hi\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r.last().starts_with("250"), "{:?}", r.lines);
+
+    // Recorded in the background: wait (generously) for all four.
+    let client = h.store.client();
+    let today = chrono::Utc::now().date_naive().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows = client
+            .dmarc_reports
+            .clone()
+            .list_dmarc_results(pb::ListDmarcResultsRequest {
+                day: today.clone(),
+                policy_domain: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        if rows.iter().map(|r| r.count).sum::<u64>() >= 4 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let find = |domain: &str, disposition: &str| {
+        rows.iter()
+            .find(|r| r.policy_domain == domain && r.disposition == disposition)
+            .unwrap_or_else(|| panic!("no {domain} {disposition} row in {rows:#?}"))
+    };
+    let pass = find("bank.example", "none");
+    assert_eq!(pass.count, 2);
+    assert_eq!(
+        (pass.dkim_aligned.as_str(), pass.spf_aligned.as_str()),
+        ("pass", "fail")
+    );
+    assert_eq!(pass.source_ip, CLIENT_IP);
+    assert_eq!(pass.dkim[0].domain, "bank.example");
+    assert_eq!(pass.dkim[0].selector, "s1");
+    assert_eq!(pass.dkim[0].result, "pass");
+    assert_eq!(pass.p, "reject");
+    assert_eq!(pass.rua, ["mailto:dmarc@bank.example!10485760"]);
+    let rejected = find("bank.example", "reject");
+    assert_eq!(rejected.count, 1);
+    assert_eq!(rejected.dkim_aligned, "fail");
+    assert_eq!(rejected.envelope_from, "pass.test");
+    assert_eq!(rejected.spf_result, "pass");
+    let quarantined = find("shop.example", "quarantine");
+    assert!(quarantined.rua.is_empty());
+    assert!(
+        rows.iter().all(|r| r.policy_domain != "pass.test"),
+        "no DMARC record, no row: {rows:#?}"
+    );
+}

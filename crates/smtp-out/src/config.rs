@@ -105,6 +105,13 @@ pub struct Config {
     /// Sender of TLS-RPT report messages (default: noreply-tlsrpt@<hostname>).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_TLSRPT_FROM")]
     pub tlsrpt_from: Option<String>,
+    /// Do not send DMARC aggregate reports (RFC 7489 §7.2).
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_DMARC_REPORTS")]
+    pub no_dmarc_reports: bool,
+    /// Sender of DMARC aggregate reports (default: postmaster@ the domain
+    /// of --hostname).
+    #[arg(long, env = "EPISTOLE_DMARC_REPORT_FROM")]
+    pub dmarc_report_from: Option<String>,
     /// TCP port of MTA-STS policy hosts (443; other values are for tests).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_MTA_STS_PORT", default_value_t = 443)]
     pub mta_sts_port: u16,
@@ -154,6 +161,25 @@ pub struct Config {
 /// # Errors
 /// A message for clap.
 impl Config {
+    /// Who we are in DMARC aggregate reports (RFC 7489 §7.2.1.1).
+    #[must_use]
+    pub fn dmarc_reporter(&self) -> crate::dmarc::Reporter {
+        let host = self.hostname.trim_end_matches('.');
+        // The host name's domain: mx.example.org → example.org.
+        let domain = match host.split_once('.') {
+            Some((_, d)) if d.contains('.') => d,
+            _ => host,
+        };
+        crate::dmarc::Reporter {
+            organization: host.to_string(),
+            from: self
+                .dmarc_report_from
+                .clone()
+                .unwrap_or_else(|| format!("postmaster@{domain}")),
+            receiver: host.to_string(),
+        }
+    }
+
     /// Who we are in TLS-RPT reports (RFC 8460 §4.4).
     #[must_use]
     pub fn reporter(&self) -> crate::tlsrpt::Reporter {

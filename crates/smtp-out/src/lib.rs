@@ -54,6 +54,7 @@ pub mod config;
 pub mod dane;
 pub mod destination;
 pub mod dkim;
+pub mod dmarc;
 pub mod downgrade;
 pub mod mta_sts;
 pub mod route;
@@ -192,10 +193,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             shutdown.clone(),
         ))
     });
+    let dmarc_reports = (!worker.config.no_dmarc_reports).then(|| {
+        tokio::spawn(dmarc::daily(
+            worker.store.clone(),
+            worker.clone(),
+            worker.config.dmarc_reporter(),
+            shutdown.clone(),
+        ))
+    });
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
     reload.abort();
     if let Some(r) = reports {
+        r.abort();
+    }
+    if let Some(r) = dmarc_reports {
         r.abort();
     }
     let _ = health.await;

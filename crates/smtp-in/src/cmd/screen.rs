@@ -56,6 +56,7 @@ impl Session {
                 )
                 .await;
             added = verdict.header;
+            self.record_dmarc(verdict.dmarc);
             match verdict.decision {
                 Decision::Accept => {}
                 Decision::Quarantine(why) => {
@@ -80,6 +81,30 @@ impl Session {
             tracing::info!(removed, "removed header fields claiming to be ours");
         }
         Ok(added)
+    }
+
+    /// Counts the DMARC outcomes for the aggregate reports (RFC 7489 §7.2)
+    /// in the background: a report row is never worth delaying or failing
+    /// the message; a store error is logged.
+    fn record_dmarc(&self, rows: Vec<mailstore_api::pb::DmarcResult>) {
+        if rows.is_empty() {
+            return;
+        }
+        let client = self.shared.backend.client();
+        tokio::spawn(async move {
+            for row in rows {
+                let mut c = client.dmarc_reports.clone();
+                let req = mailstore_api::pb::RecordDmarcResultRequest { result: Some(row) };
+                let call = c.record_dmarc_result(req);
+                match tokio::time::timeout(std::time::Duration::from_secs(30), call).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e.message(), "DMARC result not recorded");
+                    }
+                    Err(_) => tracing::warn!("DMARC result not recorded: time-out"),
+                }
+            }
+        });
     }
 
     /// Submission: every `From:` address must be the user's own (address,

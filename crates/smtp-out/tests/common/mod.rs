@@ -441,6 +441,8 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         tlsrpt_org: None,
         tlsrpt_contact: None,
         tlsrpt_from: None,
+        no_dmarc_reports: true,
+        dmarc_report_from: None,
         mta_sts_port: 443,
         http_listen: "127.0.0.1:0".parse().unwrap(),
     }
