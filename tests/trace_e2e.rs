@@ -377,4 +377,8 @@ async fn trace_shows_every_hop_of_a_message_with_its_facts() {
     // The queue id from the 250 reply finds the same message.
     let by_queue_id = trace(&store, &queue_id).await;
     assert_eq!(by_queue_id, by_id);
+    // So do its sender's and a recipient's addresses (no Message-ID is
+    // one of them): the only message from or to them here.
+    assert_eq!(trace(&store, "stranger@orig.test").await, by_id);
+    assert_eq!(trace(&store, "<Bob@remote.test>").await, by_id);
 }

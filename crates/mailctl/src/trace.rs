@@ -13,8 +13,10 @@ use crate::{kind_name, state_name, status, when};
 /// Which message to trace.
 #[derive(clap::Args, Debug)]
 pub struct TraceArgs {
-    /// The Message-ID (`<abc@example.org>` or `abc@example.org`), or a
-    /// queue id (the number in smtp-in's "250 … queued as N").
+    /// The Message-ID (`<abc@example.org>` or `abc@example.org`), a
+    /// queue id (the number in smtp-in's "250 … queued as N"), or a sender
+    /// or recipient address (its last 10 messages; tried when no
+    /// Message-ID matches).
     pub key: String,
 }
 
@@ -27,18 +29,25 @@ pub async fn command(
     args: TraceArgs,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
-    let key = args.key.trim();
-    let key = match key.parse::<u64>() {
+    let raw = args.key.trim();
+    let key = match raw.parse::<u64>() {
         Ok(id) if id > 0 => pb::trace_request::Key::JobId(id),
-        _ => pb::trace_request::Key::MessageId(key.to_string()),
+        _ => pb::trace_request::Key::MessageId(raw.to_string()),
     };
-    let r = c
-        .queue
-        .clone()
-        .trace(pb::TraceRequest { key: Some(key) })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let ask = |key| async move {
+        c.queue
+            .clone()
+            .trace(pb::TraceRequest { key: Some(key) })
+            .await
+            .map_err(status)
+            .map(tonic::Response::into_inner)
+    };
+    let mut r = ask(key).await?;
+    // `local@domain` is a Message-ID or an address: a Message-ID first,
+    // then the last messages from or to the address.
+    if r.jobs.is_empty() && raw.contains('@') {
+        r = ask(pb::trace_request::Key::Address(raw.to_string())).await?;
+    }
     if r.jobs.is_empty() {
         anyhow::bail!("no queued message matches {:?}", args.key);
     }

@@ -1,5 +1,6 @@
 //! `Trace` (mailctl trace): every job of one message. A message is found
-//! by its Message-ID or by any of its job ids; from there the store walks
+//! by its Message-ID, by any of its job ids, or (the last 10 messages) by a
+//! sender or recipient address; from there the store walks
 //! up to the job that was received (`parent_job_id`: delivery's relayed
 //! copies; `about_job_id`: DSNs about a job) and back down to every copy
 //! and report, so one answer holds each hop the message took.
@@ -23,6 +24,9 @@ pub(super) async fn trace(
     req: Request<pb::TraceRequest>,
 ) -> Result<Response<pb::TraceResponse>, Status> {
     let (job_id, mid) = match req.into_inner().key {
+        Some(pb::trace_request::Key::Address(a)) => {
+            return Ok(Response::new(by_address(svc, &a).await?));
+        }
         Some(pb::trace_request::Key::JobId(j)) => (id(j, "job")?, String::new()),
         Some(pb::trace_request::Key::MessageId(m)) => {
             let m = message_id(&m);
@@ -34,16 +38,53 @@ pub(super) async fn trace(
         None => return Err(StoreError::invalid("message_id or job_id required").into()),
     };
     let ids = related_jobs(svc, job_id, &mid).await?;
+    Ok(Response::new(details(svc, ids).await?))
+}
+
+/// The last messages sent from or to `address` (each with all its jobs),
+/// newest first, at most [`MAX_JOBS`] jobs in all.
+async fn by_address(svc: &QueueSvc, address: &str) -> Result<pb::TraceResponse> {
+    let address = address.trim().trim_matches(['<', '>']).to_lowercase();
+    if address.is_empty() || address.len() > 320 {
+        return Err(StoreError::invalid("address must be 1 to 320 bytes"));
+    }
+    let seeds: Vec<i64> = sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM queue_jobs j
+           WHERE lower(j.mail_from) = $1
+              OR EXISTS (SELECT 1 FROM queue_recipients r
+                         WHERE r.job_id = j.id AND lower(r.address) = $1)
+           ORDER BY id DESC LIMIT 10"#,
+        address
+    )
+    .fetch_all(svc.pool())
+    .await?;
+    let mut ids: Vec<i64> = Vec::new();
+    for seed in seeds {
+        for j in related_jobs(svc, seed, "").await? {
+            if !ids.contains(&j) {
+                ids.push(j);
+            }
+        }
+        if ids.len() >= usize::try_from(MAX_JOBS).unwrap_or(100) {
+            break;
+        }
+    }
+    ids.sort_unstable();
+    ids.truncate(usize::try_from(MAX_JOBS).unwrap_or(100));
+    details(svc, ids).await
+}
+
+async fn details(svc: &QueueSvc, ids: Vec<i64>) -> Result<pb::TraceResponse> {
     let mut jobs = Vec::with_capacity(ids.len());
     for j in ids {
         match job_detail(svc.pool(), j).await {
             Ok(d) => jobs.push(d),
             // Removed (janitor, mailctl queue rm) between the two reads.
             Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
-    Ok(Response::new(pb::TraceResponse { jobs }))
+    Ok(pb::TraceResponse { jobs })
 }
 
 /// The ids of the seed jobs, their ancestors and all their descendants.
