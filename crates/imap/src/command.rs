@@ -82,6 +82,33 @@ impl SearchReturn {
     }
 }
 
+/// One SORT criterion (RFC 5256 §3, DISPLAYFROM/DISPLAYTO of RFC 5957).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Arrival,
+    Cc,
+    Date,
+    From,
+    Size,
+    Subject,
+    To,
+    DisplayFrom,
+    DisplayTo,
+}
+
+/// A SORT criterion with its REVERSE prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortCriterion {
+    pub reverse: bool,
+    pub key: SortKey,
+}
+
+/// THREAD algorithms (RFC 5256 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadAlgorithm {
+    OrderedSubject,
+}
+
 /// A search key (RFC 9051 §6.4.4), before sequence numbers are resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchKey {
@@ -239,6 +266,19 @@ pub enum CommandKind {
         ret: Option<SearchReturn>,
         key: SearchKey,
     },
+    /// SORT / UID SORT (RFC 5256 §3), ESORT's RETURN (RFC 5267 §3).
+    Sort {
+        uid: bool,
+        ret: Option<SearchReturn>,
+        criteria: Vec<SortCriterion>,
+        key: SearchKey,
+    },
+    /// THREAD / UID THREAD (RFC 5256 §3).
+    Thread {
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        key: SearchKey,
+    },
     Fetch {
         uid: bool,
         set: SeqSet,
@@ -305,6 +345,8 @@ impl CommandKind {
             Self::Unselect => "UNSELECT",
             Self::Expunge { .. } => "EXPUNGE",
             Self::Search { .. } => "SEARCH",
+            Self::Sort { .. } => "SORT",
+            Self::Thread { .. } => "THREAD",
             Self::Fetch { .. } => "FETCH",
             Self::Store { .. } => "STORE",
             Self::Copy { is_move: false, .. } => "COPY",

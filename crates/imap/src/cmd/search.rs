@@ -42,7 +42,7 @@ fn has_modseq(k: &SearchKey) -> bool {
 
 /// Converts a parsed key into the program the store evaluates (bounded
 /// recursion: the parser limits nesting depth).
-fn convert(k: &SearchKey, mb: &Selected) -> Query {
+pub(super) fn convert(k: &SearchKey, mb: &Selected) -> Query {
     let recent = || -> Vec<u32> {
         mb.uids
             .iter()
