@@ -403,3 +403,63 @@ fn random_mutations_never_panic() {
         }
     }
 }
+
+#[test]
+fn sort_and_thread_commands() {
+    use crate::command::{SortCriterion, SortKey, ThreadAlgorithm};
+    let k = ok("a UID SORT (REVERSE DATE SUBJECT displayfrom) UTF-8 SEEN 1:3\r\n");
+    let CommandKind::Sort {
+        uid: true,
+        ret: None,
+        criteria,
+        key: SearchKey::And(keys),
+    } = k
+    else {
+        panic!("{k:?}")
+    };
+    assert_eq!(
+        criteria,
+        [
+            SortCriterion {
+                reverse: true,
+                key: SortKey::Date
+            },
+            SortCriterion {
+                reverse: false,
+                key: SortKey::Subject
+            },
+            SortCriterion {
+                reverse: false,
+                key: SortKey::DisplayFrom
+            },
+        ]
+    );
+    assert_eq!(keys.len(), 2);
+    // RFC 5267 §3: RETURN before the criteria; () means ALL.
+    let k = ok("a SORT RETURN (MIN COUNT) (SIZE) US-ASCII ALL\r\n");
+    assert!(
+        matches!(k, CommandKind::Sort { ret: Some(ref r), .. } if r.min && r.count && !r.all),
+        "{k:?}"
+    );
+    let k = ok("a SORT RETURN () (ARRIVAL) UTF-8 ALL\r\n");
+    assert!(matches!(k, CommandKind::Sort { ret: Some(ref r), .. } if r.all));
+    assert_eq!(
+        ok("a THREAD ORDEREDSUBJECT UTF-8 ALL\r\n"),
+        CommandKind::Thread {
+            uid: false,
+            algorithm: ThreadAlgorithm::OrderedSubject,
+            key: SearchKey::All
+        }
+    );
+    // The charset is mandatory; REVERSE needs a key; no empty criteria;
+    // unknown criteria and algorithms are BAD; unknown charsets NO.
+    bad(b"a SORT (DATE) ALL\r\n");
+    bad(b"a SORT (DATE REVERSE) UTF-8 ALL\r\n");
+    bad(b"a SORT (REVERSE REVERSE DATE) UTF-8 ALL\r\n");
+    bad(b"a SORT () UTF-8 ALL\r\n");
+    bad(b"a SORT (COLOUR) UTF-8 ALL\r\n");
+    bad(b"a THREAD REFERENCES UTF-8 ALL\r\n");
+    bad(b"a THREAD ORDEREDSUBJECT\r\n");
+    assert!(bad(b"a SORT (DATE) KOI8-R ALL\r\n").bad_charset);
+    assert!(bad(b"a THREAD ORDEREDSUBJECT KOI8-R ALL\r\n").bad_charset);
+}
