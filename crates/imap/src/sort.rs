@@ -170,7 +170,9 @@ fn display(list: &[Address]) -> String {
 /// One message's precomputed sort keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Value {
-    Num(i64),
+    /// A number and its tie-breaker (ARRIVAL: the UID, since messages
+    /// arrive in UID order within one second of INTERNALDATE).
+    Num(i64, u32),
     Text(String),
 }
 
@@ -178,9 +180,9 @@ fn value(m: &MessageMeta, key: SortKey) -> Value {
     let env = envelope(m);
     let list = |f: fn(&Envelope) -> &Vec<Address>| env.map(f).map(Vec::as_slice).unwrap_or(&[]);
     match key {
-        SortKey::Arrival => Value::Num(m.internal_date.unwrap_or(0)),
-        SortKey::Date => Value::Num(sent_date(m)),
-        SortKey::Size => Value::Num(i64::try_from(m.size).unwrap_or(i64::MAX)),
+        SortKey::Arrival => Value::Num(m.internal_date.unwrap_or(0), m.uid),
+        SortKey::Date => Value::Num(sent_date(m), 0),
+        SortKey::Size => Value::Num(i64::try_from(m.size).unwrap_or(i64::MAX), 0),
         SortKey::Subject => Value::Text(
             env.and_then(|e| e.subject.as_deref())
                 .map(|s| base_subject(s).0)
@@ -196,10 +198,10 @@ fn value(m: &MessageMeta, key: SortKey) -> Value {
 
 fn cmp_value(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
-        (Value::Num(x), Value::Num(y)) => x.cmp(y),
+        (Value::Num(x, i), Value::Num(y, j)) => (x, i).cmp(&(y, j)),
         (Value::Text(x), Value::Text(y)) => x.cmp(y),
-        (Value::Num(_), Value::Text(_)) => Ordering::Less,
-        (Value::Text(_), Value::Num(_)) => Ordering::Greater,
+        (Value::Num(..), Value::Text(_)) => Ordering::Less,
+        (Value::Text(_), Value::Num(..)) => Ordering::Greater,
     }
 }
 
