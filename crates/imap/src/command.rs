@@ -15,6 +15,27 @@ pub struct SeqRange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqSet(pub Vec<SeqRange>);
 
+impl SeqSet {
+    /// The range standing for `$` (RFC 5182 §2.1): 0 is no valid
+    /// `nz-number`, so the parser never produces it for anything else.
+    const SAVED: SeqRange = SeqRange {
+        first: Some(0),
+        last: Some(0),
+    };
+
+    /// `$`: the last saved search result (RFC 5182).
+    #[must_use]
+    pub fn saved() -> Self {
+        Self(vec![Self::SAVED])
+    }
+
+    /// Whether this is `$`.
+    #[must_use]
+    pub fn is_saved(&self) -> bool {
+        self.0 == [Self::SAVED]
+    }
+}
+
 /// A command with its tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -69,13 +90,16 @@ pub struct SearchReturn {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// SEARCHRES (RFC 5182 §2.1): keep the result for `$`.
+    pub save: bool,
 }
 
 impl SearchReturn {
-    /// `RETURN ()` means `RETURN (ALL)` (RFC 4731 §3.1).
+    /// `RETURN ()` means `RETURN (ALL)` (RFC 4731 §3.1); `RETURN (SAVE)`
+    /// alone answers nothing (RFC 5182 §2.1).
     #[must_use]
     pub fn normalised(mut self) -> Self {
-        if !(self.min || self.max || self.all || self.count) {
+        if !(self.min || self.max || self.all || self.count || self.save) {
             self.all = true;
         }
         self

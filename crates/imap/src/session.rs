@@ -276,8 +276,8 @@ impl Session {
         // RFC 9208 §3.1, §4.1.3: both resources, SETQUOTA (for the
         // configured quota administrators).
         c.push_str(" QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QUOTASET");
-        // RFC 5256 §3, RFC 5957 §2, RFC 5267 §3.
-        c.push_str(" SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT ESORT");
+        // RFC 5256 §3, RFC 5957 §2, RFC 5267 §3, RFC 5182 §2.
+        c.push_str(" SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT ESORT SEARCHRES");
         if authed {
             c.push_str(&format!(
                 " APPENDLIMIT={}",

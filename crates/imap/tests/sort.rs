@@ -326,3 +326,57 @@ async fn thread_orderedsubject_groups_by_base_subject() {
     let (_, t) = a.cmd("x", "THREAD REFERENCES UTF-8 ALL").await;
     assert!(t.starts_with("x BAD"), "{t}");
 }
+
+/// SEARCHRES (RFC 5182): RETURN (SAVE) answers nothing and keeps the
+/// result; `$` works in FETCH, STORE, UID SEARCH and SEARCH; MIN with SAVE
+/// keeps only the minimum; SORT RETURN (SAVE) saves too; expunged
+/// messages leave `$`; a new SELECT empties it.
+#[tokio::test]
+async fn searchres_saves_results_for_dollar() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    let u = a.ok("c", "CAPABILITY").await;
+    assert!(u.contains(" SEARCHRES"), "{u}");
+    four(&mut a).await;
+    a.ok("s", "SELECT INBOX").await;
+    let u = a.ok("a", "SEARCH RETURN (SAVE) SUBJECT beta").await;
+    assert_eq!(u, "");
+    let u = a.ok("b", "FETCH $ (UID)").await;
+    assert!(
+        u.contains("* 1 FETCH (UID 1)") && u.contains("* 4 FETCH (UID 4)"),
+        "{u}"
+    );
+    assert!(!u.contains("* 2 FETCH"), "{u}");
+    a.ok("c", "STORE $ +FLAGS.SILENT (\\Flagged)").await;
+    assert_eq!(a.ok("d", "SEARCH FLAGGED").await, "* SEARCH 1 4\r\n");
+    assert_eq!(a.ok("e", "UID SEARCH UID $").await, "* SEARCH 1 4\r\n");
+    // SAVE with MIN and ALL reports and saves everything; with only MIN,
+    // just the minimum (RFC 5182 §2.4).
+    let u = a.ok("f", "SEARCH RETURN (SAVE MIN ALL) NOT $").await;
+    assert_eq!(u, "* ESEARCH (TAG \"f\") MIN 2 ALL 2:3\r\n");
+    assert_eq!(a.ok("g", "SEARCH $").await, "* SEARCH 2 3\r\n");
+    let u = a.ok("h", "SEARCH RETURN (SAVE MIN) ALL").await;
+    assert_eq!(u, "* ESEARCH (TAG \"h\") MIN 1\r\n");
+    assert_eq!(a.ok("i", "SEARCH $").await, "* SEARCH 1\r\n");
+    // SORT RETURN (SAVE MAX): the last in sort order (subject: 2 3 1 4).
+    assert_eq!(
+        a.ok("j", "SORT RETURN (SAVE) (SUBJECT) UTF-8 ALL").await,
+        ""
+    );
+    assert_eq!(a.ok("k", "SEARCH $").await, "* SEARCH 1 2 3 4\r\n");
+    let u = a
+        .ok("l", "SORT RETURN (SAVE MAX) (SUBJECT) UTF-8 ALL")
+        .await;
+    assert_eq!(u, "* ESEARCH (TAG \"l\") MAX 4\r\n");
+    assert_eq!(a.ok("m", "UID SEARCH $").await, "* SEARCH 4\r\n");
+    // Expunged messages leave `$`.
+    a.ok("n", "SEARCH RETURN (SAVE) 3:4").await;
+    a.ok("o", "STORE 4 +FLAGS (\\Deleted)").await;
+    a.ok("p", "EXPUNGE").await;
+    assert_eq!(a.ok("q", "UID SEARCH $").await, "* SEARCH 3\r\n");
+    // A new SELECT starts with an empty `$`.
+    a.ok("r", "SELECT INBOX").await;
+    assert_eq!(a.ok("t", "SEARCH $").await, "* SEARCH\r\n");
+    let (_, t) = a.cmd("u", "FETCH $,1 (UID)").await;
+    assert!(t.starts_with("u BAD"), "{t}");
+}

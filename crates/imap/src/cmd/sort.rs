@@ -14,7 +14,7 @@ use crate::session::Session;
 use crate::sort;
 use crate::store::store_error;
 
-use super::search::convert;
+use super::search::{convert, saved_uids};
 
 impl Session {
     /// The messages matching `k` that this session knows, with envelopes,
@@ -62,9 +62,16 @@ impl Session {
         criteria: &[SortCriterion],
         k: &SearchKey,
     ) -> Status {
+        let save = ret.as_ref().is_some_and(|r| r.save);
         let messages = match self.matching_with_envelopes(k).await {
             Ok(m) => m,
-            Err(st) => return st,
+            Err(st) => {
+                // RFC 5182 §2.1: a failed SAVE empties `$`.
+                if let (true, Some(mb)) = (save, self.selected()) {
+                    mb.saved.clear();
+                }
+                return st;
+            }
         };
         let Some(mb) = self.selected() else {
             return Status::bad("No mailbox selected");
@@ -73,8 +80,15 @@ impl Session {
             .into_iter()
             .filter_map(|u| if uid { Some(u) } else { mb.seq_of(u) })
             .collect();
+        if save {
+            mb.saved = saved_uids(mb, &nums, uid, ret.as_ref());
+        }
         let mut line = String::new();
         match ret {
+            // RFC 5182 §2.1: SAVE alone answers no ESEARCH.
+            Some(ret) if ret.save && !(ret.min || ret.max || ret.all || ret.count) => {
+                return Status::ok("SORT completed, result saved");
+            }
             // RFC 5267 §3.1: ESEARCH reply; MIN/MAX are the first and last
             // in sort order; ALL keeps the sort order (not compressed
             // into ranges that would lose it).

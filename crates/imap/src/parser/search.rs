@@ -38,7 +38,7 @@ fn search_key(p: &mut P<'_>, depth: usize) -> R<SearchKey> {
         }
         return Ok(SearchKey::And(keys));
     }
-    if matches!(p.peek(), Some(b'0'..=b'9' | b'*')) {
+    if matches!(p.peek(), Some(b'0'..=b'9' | b'*' | b'$')) {
         return Ok(SearchKey::SeqSet(p.seq_set()?));
     }
     let w = p.word()?;
@@ -153,6 +153,7 @@ pub(super) fn return_options(p: &mut P<'_>) -> Result<SearchReturn, (&'static st
             "MAX" => r.max = true,
             "ALL" => r.all = true,
             "COUNT" => r.count = true,
+            "SAVE" => r.save = true,
             _ => return Err(("unknown SEARCH return option", false)),
         }
     }

@@ -463,3 +463,43 @@ fn sort_and_thread_commands() {
     assert!(bad(b"a SORT (DATE) KOI8-R ALL\r\n").bad_charset);
     assert!(bad(b"a THREAD ORDEREDSUBJECT KOI8-R ALL\r\n").bad_charset);
 }
+
+#[test]
+fn searchres_dollar_and_save() {
+    // RFC 5182 §4: "$" is a whole sequence set; RETURN (SAVE).
+    let k = ok("a UID SEARCH RETURN (SAVE) FLAGGED\r\n");
+    assert!(
+        matches!(k, CommandKind::Search { ret: Some(ref r), .. } if r.save && !r.all && !r.min),
+        "{k:?}"
+    );
+    let k = ok("a SEARCH RETURN (SAVE MIN) $ SEEN\r\n");
+    let CommandKind::Search {
+        key: SearchKey::And(keys),
+        ..
+    } = k
+    else {
+        panic!("{k:?}")
+    };
+    assert!(matches!(&keys[0], SearchKey::SeqSet(s) if s.is_saved()));
+    let CommandKind::Fetch { set, .. } = ok("a FETCH $ (FLAGS)\r\n") else {
+        panic!()
+    };
+    assert!(set.is_saved());
+    let CommandKind::Copy { set, uid: true, .. } = ok("a UID COPY $ Trash\r\n") else {
+        panic!()
+    };
+    assert!(set.is_saved());
+    let k = ok("a SEARCH UID $\r\n");
+    assert!(matches!(k, CommandKind::Search { key: SearchKey::Uid(ref s), .. } if s.is_saved()));
+    assert!(!ok_set("1").is_saved());
+    bad(b"a FETCH $,1 (FLAGS)\r\n");
+    bad(b"a FETCH 1,$ (FLAGS)\r\n");
+    bad(b"a FETCH 0 (FLAGS)\r\n");
+}
+
+fn ok_set(s: &str) -> SeqSet {
+    match ok(&format!("a FETCH {s} FLAGS\r\n")) {
+        CommandKind::Fetch { set, .. } => set,
+        k => panic!("{k:?}"),
+    }
+}
