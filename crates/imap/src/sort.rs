@@ -22,7 +22,7 @@ fn decode_header(raw: &[u8]) -> String {
 /// `subj-blob = "[" *BLOBCHAR "]" *WSP` at the start of `s`: its length.
 fn blob_len(s: &str) -> Option<usize> {
     let rest = s.strip_prefix('[')?;
-    let end = rest.find(|c| c == '[' || c == ']')?;
+    let end = rest.find(['[', ']'])?;
     if rest[end..].starts_with('[') {
         return None;
     }
@@ -170,9 +170,7 @@ fn display(list: &[Address]) -> String {
 /// One message's precomputed sort keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Value {
-    /// A number and its tie-breaker (ARRIVAL: the UID, since messages
-    /// arrive in UID order within one second of INTERNALDATE).
-    Num(i64, u32),
+    Num(i64),
     Text(String),
 }
 
@@ -180,9 +178,9 @@ fn value(m: &MessageMeta, key: SortKey) -> Value {
     let env = envelope(m);
     let list = |f: fn(&Envelope) -> &Vec<Address>| env.map(f).map(Vec::as_slice).unwrap_or(&[]);
     match key {
-        SortKey::Arrival => Value::Num(m.internal_date.unwrap_or(0), m.uid),
-        SortKey::Date => Value::Num(sent_date(m), 0),
-        SortKey::Size => Value::Num(i64::try_from(m.size).unwrap_or(i64::MAX), 0),
+        SortKey::Arrival => Value::Num(m.internal_date.unwrap_or(0)),
+        SortKey::Date => Value::Num(sent_date(m)),
+        SortKey::Size => Value::Num(i64::try_from(m.size).unwrap_or(i64::MAX)),
         SortKey::Subject => Value::Text(
             env.and_then(|e| e.subject.as_deref())
                 .map(|s| base_subject(s).0)
@@ -198,10 +196,10 @@ fn value(m: &MessageMeta, key: SortKey) -> Value {
 
 fn cmp_value(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
-        (Value::Num(x, i), Value::Num(y, j)) => (x, i).cmp(&(y, j)),
+        (Value::Num(x), Value::Num(y)) => x.cmp(y),
         (Value::Text(x), Value::Text(y)) => x.cmp(y),
-        (Value::Num(..), Value::Text(_)) => Ordering::Less,
-        (Value::Text(_), Value::Num(..)) => Ordering::Greater,
+        (Value::Num(_), Value::Text(_)) => Ordering::Less,
+        (Value::Text(_), Value::Num(_)) => Ordering::Greater,
     }
 }
 
@@ -224,6 +222,30 @@ pub fn sort(messages: &[MessageMeta], criteria: &[SortCriterion]) -> Vec<u32> {
         ua.cmp(ub)
     });
     rows.into_iter().map(|(u, _)| u).collect()
+}
+
+/// A sequence set that keeps `nums` in their order (RFC 5267 §3.1 ALL):
+/// runs of consecutive ascending numbers become `a:b`.
+#[must_use]
+pub fn ordered_set(nums: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < nums.len() {
+        let mut j = i;
+        while j + 1 < nums.len() && nums[j].checked_add(1) == Some(nums[j + 1]) {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j > i {
+            out.push_str(&format!("{}:{}", nums[i], nums[j]));
+        } else {
+            out.push_str(&nums[i].to_string());
+        }
+        i = j + 1;
+    }
+    out
 }
 
 /// A thread: a message and its children (RFC 5256 §4 `thread-list`).

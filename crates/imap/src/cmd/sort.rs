@@ -90,8 +90,8 @@ impl Session {
                 return Status::ok("SORT completed, result saved");
             }
             // RFC 5267 §3.1: ESEARCH reply; MIN/MAX are the first and last
-            // in sort order; ALL keeps the sort order (not compressed
-            // into ranges that would lose it).
+            // in sort order; ALL keeps the sort order (only ascending runs
+            // become ranges).
             Some(ret) => {
                 let _ = write!(line, "* ESEARCH (TAG \"{tag}\")");
                 if uid {
@@ -107,8 +107,7 @@ impl Session {
                     let _ = write!(line, " COUNT {}", nums.len());
                 }
                 if ret.all && !nums.is_empty() {
-                    let all: Vec<String> = nums.iter().map(u32::to_string).collect();
-                    let _ = write!(line, " ALL {}", all.join(","));
+                    let _ = write!(line, " ALL {}", sort::ordered_set(&nums));
                 }
             }
             None => {

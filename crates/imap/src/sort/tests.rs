@@ -153,3 +153,36 @@ fn ordered_subject_threads_by_base_subject_and_first_date() {
     assert_eq!(out, "(15 (16)(17))");
     assert!(ordered_subject(&[]).is_empty());
 }
+
+#[test]
+fn ties_keep_mailbox_order_even_reversed() {
+    // imaptest sort-arrival: REVERSE reverses the key, not the tie-break
+    // (RFC 5256 §3: ties are in mailbox order).
+    let m: Vec<MessageMeta> = [(1, 0), (2, 7200), (3, 3600), (4, 7200), (5, 7200)]
+        .iter()
+        .map(|&(uid, t)| MessageMeta {
+            uid,
+            internal_date: Some(t),
+            size: u64::from(uid),
+            ..MessageMeta::default()
+        })
+        .collect();
+    assert_eq!(sort(&m, &[crit(false, SortKey::Arrival)]), [1, 3, 2, 4, 5]);
+    assert_eq!(sort(&m, &[crit(true, SortKey::Arrival)]), [2, 4, 5, 3, 1]);
+    assert_eq!(
+        sort(
+            &m,
+            &[crit(false, SortKey::Arrival), crit(true, SortKey::Size)]
+        ),
+        [1, 3, 5, 4, 2]
+    );
+}
+
+#[test]
+fn ordered_sets_keep_order_and_compress_ascending_runs() {
+    assert_eq!(ordered_set(&[1, 2, 3, 4, 5]), "1:5");
+    assert_eq!(ordered_set(&[2, 3, 1, 4]), "2:3,1,4");
+    assert_eq!(ordered_set(&[5, 4, 3]), "5,4,3");
+    assert_eq!(ordered_set(&[u32::MAX, 1]), "4294967295,1");
+    assert_eq!(ordered_set(&[]), "");
+}
