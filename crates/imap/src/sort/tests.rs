@@ -186,3 +186,18 @@ fn ordered_sets_keep_order_and_compress_ascending_runs() {
     assert_eq!(ordered_set(&[u32::MAX, 1]), "4294967295,1");
     assert_eq!(ordered_set(&[]), "");
 }
+
+proptest::proptest! {
+    /// Subjects are attacker-chosen: any bytes give a result, no panic
+    /// (char boundaries, the loops of §2.1 always make progress).
+    #[test]
+    fn base_subject_of_any_bytes_terminates(
+        raw in proptest::collection::vec(
+            proptest::sample::select(b"[]:( )\tReFwdfwd\xc3\xa9=?x".to_vec()),
+            0..64,
+        )
+    ) {
+        let (s, _) = base_subject(&raw);
+        proptest::prop_assert!(s.len() <= raw.len() * 4 + 4);
+    }
+}
