@@ -664,3 +664,77 @@ async fn compress_deflate_round_trip_over_tls() {
     )
     .await;
 }
+
+const IMAPLIB_SORT_THREAD: &str = r#"
+import imaplib, ssl, sys
+host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=sys.argv[5])
+ctx.check_hostname = False
+M = imaplib.IMAP4_SSL(host, port, ssl_context=ctx)
+M.login(user, pw)
+for cap in ('SORT', 'SORT=DISPLAY', 'THREAD=ORDEREDSUBJECT', 'ESORT'):
+    assert cap in M.capabilities, (cap, M.capabilities)
+M.select('INBOX')
+typ, data = M.sort('(SUBJECT)', 'UTF-8', 'ALL')
+assert typ == 'OK' and data == [b'2 3 1 4'], (typ, data)
+typ, data = M.sort('(REVERSE DATE)', 'UTF-8', 'ALL')
+assert typ == 'OK' and data == [b'3 2 1 4'], (typ, data)
+typ, data = M.sort('(DISPLAYFROM)', 'UTF-8', 'NOT', 'FROM', 'zed')
+assert typ == 'OK' and data == [b'4 3 2'], (typ, data)
+typ, data = M.uid('SORT', '(SUBJECT)', 'UTF-8', 'ALL')
+assert typ == 'OK' and data == [b'%s' % b' '.join(sys.argv[6].encode().split(b','))], (typ, data)
+typ, data = M.thread('ORDEREDSUBJECT', 'UTF-8', 'ALL')
+assert typ == 'OK' and data == [b'(4 1)(2 3)'], (typ, data)
+typ, data = M.thread('ORDEREDSUBJECT', 'UTF-8', 'SUBJECT', 'alpha')
+assert typ == 'OK' and data == [b'(2 3)'], (typ, data)
+M.logout()
+print('ALL OK')
+"#;
+
+/// Python's imaplib drives SORT, UID SORT, SORT=DISPLAY and
+/// THREAD=ORDEREDSUBJECT against the real binary (RFC 5256, RFC 5957).
+#[tokio::test]
+async fn imaplib_sort_and_thread() {
+    let s = setup("sort").await;
+    let msgs = [
+        (
+            "Zed <z@example.org>",
+            "Mon, 1 Jan 2024 10:00:00 +0000",
+            "Re: beta",
+        ),
+        ("c@example.org", "Mon, 1 Jan 2024 12:00:00 +0100", "alpha"),
+        (
+            "=?UTF-8?Q?Bob?= <b@example.org>",
+            "Tue, 2 Jan 2024 09:00:00 +0000",
+            "Fwd: Alpha",
+        ),
+        (
+            "a@example.org",
+            "Sun, 31 Dec 2023 09:00:00 +0000",
+            "[list] beta (fwd)",
+        ),
+    ];
+    let mut uids = Vec::new();
+    for (from, date, subject) in msgs {
+        let raw = format!(
+            "From: {from}\r\nTo: {ALICE}\r\nDate: {date}\r\nSubject: {subject}\r\n\r\nx\r\n"
+        );
+        uids.push(s.store.append(s.user, "INBOX", raw.as_bytes()).await);
+    }
+    let by_subject = [uids[1], uids[2], uids[0], uids[3]]
+        .map(|u| u.to_string())
+        .join(",");
+    let imap = start_imap(&s.store, &s.cert, &s.key).await;
+    python(
+        IMAPLIB_SORT_THREAD,
+        &[
+            "127.0.0.1".into(),
+            imap.tls.port().to_string(),
+            ALICE.into(),
+            ALICE_PW.into(),
+            s.cert.display().to_string(),
+            by_subject,
+        ],
+    )
+    .await;
+}

@@ -15,6 +15,27 @@ pub struct SeqRange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqSet(pub Vec<SeqRange>);
 
+impl SeqSet {
+    /// The range standing for `$` (RFC 5182 §2.1): 0 is no valid
+    /// `nz-number`, so the parser never produces it for anything else.
+    const SAVED: SeqRange = SeqRange {
+        first: Some(0),
+        last: Some(0),
+    };
+
+    /// `$`: the last saved search result (RFC 5182).
+    #[must_use]
+    pub fn saved() -> Self {
+        Self(vec![Self::SAVED])
+    }
+
+    /// Whether this is `$`.
+    #[must_use]
+    pub fn is_saved(&self) -> bool {
+        self.0 == [Self::SAVED]
+    }
+}
+
 /// A command with its tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -69,17 +90,47 @@ pub struct SearchReturn {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// SEARCHRES (RFC 5182 §2.1): keep the result for `$`.
+    pub save: bool,
 }
 
 impl SearchReturn {
-    /// `RETURN ()` means `RETURN (ALL)` (RFC 4731 §3.1).
+    /// `RETURN ()` means `RETURN (ALL)` (RFC 4731 §3.1); `RETURN (SAVE)`
+    /// alone answers nothing (RFC 5182 §2.1).
     #[must_use]
     pub fn normalised(mut self) -> Self {
-        if !(self.min || self.max || self.all || self.count) {
+        if !(self.min || self.max || self.all || self.count || self.save) {
             self.all = true;
         }
         self
     }
+}
+
+/// One SORT criterion (RFC 5256 §3, DISPLAYFROM/DISPLAYTO of RFC 5957).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Arrival,
+    Cc,
+    Date,
+    From,
+    Size,
+    Subject,
+    To,
+    DisplayFrom,
+    DisplayTo,
+}
+
+/// A SORT criterion with its REVERSE prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortCriterion {
+    pub reverse: bool,
+    pub key: SortKey,
+}
+
+/// THREAD algorithms (RFC 5256 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadAlgorithm {
+    OrderedSubject,
 }
 
 /// A search key (RFC 9051 §6.4.4), before sequence numbers are resolved.
@@ -241,6 +292,19 @@ pub enum CommandKind {
         ret: Option<SearchReturn>,
         key: SearchKey,
     },
+    /// SORT / UID SORT (RFC 5256 §3), ESORT's RETURN (RFC 5267 §3).
+    Sort {
+        uid: bool,
+        ret: Option<SearchReturn>,
+        criteria: Vec<SortCriterion>,
+        key: SearchKey,
+    },
+    /// THREAD / UID THREAD (RFC 5256 §3).
+    Thread {
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        key: SearchKey,
+    },
     Fetch {
         uid: bool,
         set: SeqSet,
@@ -308,6 +372,8 @@ impl CommandKind {
             Self::Unselect => "UNSELECT",
             Self::Expunge { .. } => "EXPUNGE",
             Self::Search { .. } => "SEARCH",
+            Self::Sort { .. } => "SORT",
+            Self::Thread { .. } => "THREAD",
             Self::Fetch { .. } => "FETCH",
             Self::Store { .. } => "STORE",
             Self::Copy { is_move: false, .. } => "COPY",

@@ -42,6 +42,7 @@ pub mod parser;
 pub mod response;
 pub mod selected;
 pub mod session;
+pub mod sort;
 pub mod store;
 
 use std::sync::Arc;

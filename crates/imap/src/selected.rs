@@ -42,6 +42,8 @@ pub struct Selected {
     /// MODSEQ up to which expunges have been reported.
     pub expunge_mark: u64,
     pub watch: Option<Watch>,
+    /// The saved search result `$` (RFC 5182 §2.1), as UIDs.
+    pub saved: Vec<u32>,
 }
 
 impl Selected {
@@ -127,6 +129,18 @@ impl Selected {
     /// bounded by the set's size and the mailbox's (threat model T33).
     #[must_use]
     pub fn resolve(&self, set: &SeqSet, uid: bool) -> Vec<u32> {
+        if set.is_saved() {
+            // Expunged messages drop out of `$` (RFC 5182 §2.1).
+            let mut v: Vec<u32> = self
+                .saved
+                .iter()
+                .copied()
+                .filter(|&u| self.seq_of(u).is_some())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            return v;
+        }
         let n = self.uids.len();
         if n == 0 {
             return Vec::new();
@@ -192,6 +206,7 @@ mod tests {
             read_only: false,
             uidvalidity: 1,
             uids: uids.to_vec(),
+            saved: Vec::new(),
             flags: vec![Vec::new(); uids.len()],
             recent: Vec::new(),
             claimed_to: u32::MAX,
@@ -236,5 +251,15 @@ mod tests {
         let big = set(&vec![(Some(1), Some(u32::MAX)); 10_000]);
         assert_eq!(s.resolve(&big, false), vec![3, 5, 9, 10]);
         assert_eq!(s.resolve(&big, true), vec![3, 5, 9, 10]);
+    }
+
+    #[test]
+    fn saved_result_resolves_without_expunged_messages() {
+        let mut s = sel(&[3, 5, 9, 10]);
+        assert!(s.resolve(&SeqSet::saved(), false).is_empty());
+        s.saved = vec![9, 4, 3, 9];
+        // 4 is gone (expunged): RFC 5182 §2.1.
+        assert_eq!(s.resolve(&SeqSet::saved(), false), vec![3, 9]);
+        assert_eq!(s.resolve(&SeqSet::saved(), true), vec![3, 9]);
     }
 }

@@ -26,6 +26,9 @@ const COMMANDS: &[&[u8]] = &[
     b"a15 ENABLE UTF8=ACCEPT CONDSTORE\r\n",
     b"a16 SEARCH NOT NOT NOT (OR SEEN (DRAFT FLAGGED))\r\n",
     b"a17 LOGOUT\r\n",
+    b"a18 UID SORT RETURN (SAVE MIN ALL) (REVERSE DATE SUBJECT DISPLAYFROM) UTF-8 UNSEEN $\r\n",
+    b"a19 THREAD ORDEREDSUBJECT US-ASCII OR SUBJECT \"x\" UID 1:*\r\n",
+    b"a20 FETCH $ (FLAGS)\r\n",
 ];
 
 /// Small limits, so that random input reaches them.

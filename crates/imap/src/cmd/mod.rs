@@ -18,6 +18,7 @@ mod misc;
 mod quota;
 mod search;
 mod select;
+mod sort;
 mod store;
 mod sync;
 
@@ -61,6 +62,8 @@ fn allowed(kind: &CommandKind, state: &State) -> bool {
         | C::Unselect
         | C::Expunge { .. }
         | C::Search { .. }
+        | C::Sort { .. }
+        | C::Thread { .. }
         | C::Fetch { .. }
         | C::Store { .. }
         | C::Copy { .. } => matches!(state, State::Selected { .. }),
@@ -118,6 +121,8 @@ impl Session {
             CommandKind::Fetch { uid: false, .. }
                 | CommandKind::Store { uid: false, .. }
                 | CommandKind::Search { uid: false, .. }
+                | CommandKind::Sort { uid: false, .. }
+                | CommandKind::Thread { uid: false, .. }
         );
         let outcome = self.run(io, &tag, kind, shutdown).await?;
         let (status, may_sync) = match outcome {
@@ -234,6 +239,17 @@ impl Session {
             CommandKind::Search { uid, ret, key } => {
                 Reply(self.search(io, tag, uid, ret, &key).await)
             }
+            CommandKind::Sort {
+                uid,
+                ret,
+                criteria,
+                key,
+            } => Reply(self.sort(io, tag, uid, ret, &criteria, &key).await),
+            CommandKind::Thread {
+                uid,
+                algorithm,
+                key,
+            } => Reply(self.thread(io, uid, algorithm, &key).await),
             CommandKind::Fetch {
                 uid,
                 set,

@@ -42,7 +42,7 @@ fn has_modseq(k: &SearchKey) -> bool {
 
 /// Converts a parsed key into the program the store evaluates (bounded
 /// recursion: the parser limits nesting depth).
-fn convert(k: &SearchKey, mb: &Selected) -> Query {
+pub(super) fn convert(k: &SearchKey, mb: &Selected) -> Query {
     let recent = || -> Vec<u32> {
         mb.uids
             .iter()
@@ -87,6 +87,41 @@ fn convert(k: &SearchKey, mb: &Selected) -> Query {
     }
 }
 
+/// What `RETURN (SAVE ...)` keeps (RFC 5182 §2.4): only the MIN and/or
+/// MAX message when those are all that was asked besides SAVE, else every
+/// match. `nums` are in result order, UIDs or sequence numbers.
+pub(super) fn saved_uids(
+    mb: &Selected,
+    nums: &[u32],
+    uid: bool,
+    ret: Option<&SearchReturn>,
+) -> Vec<u32> {
+    let picked: Vec<u32> = match ret {
+        Some(r) if (r.min || r.max) && !(r.all || r.count) => {
+            let mut v = Vec::new();
+            if r.min {
+                v.extend(nums.first().copied());
+            }
+            if r.max {
+                v.extend(nums.last().copied());
+            }
+            v
+        }
+        _ => nums.to_vec(),
+    };
+    let mut out: Vec<u32> = if uid {
+        picked
+    } else {
+        picked
+            .iter()
+            .filter_map(|&s| mb.uids.get((s as usize).checked_sub(1)?).copied())
+            .collect()
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 impl Session {
     /// SEARCH / UID SEARCH.
     pub(super) async fn search<S: AsyncRead + AsyncWrite + Unpin>(
@@ -111,9 +146,16 @@ impl Session {
         let Some(mb) = self.selected() else {
             return Status::bad("No mailbox selected");
         };
+        let save = ret.as_ref().is_some_and(|r| r.save);
         let r = match store.search(mb.id, &convert(k, mb)).await {
             Ok(r) => r,
-            Err(e) => return store_error(&e),
+            Err(e) => {
+                // RFC 5182 §2.1: a failed SEARCH ... SAVE empties `$`.
+                if save {
+                    mb.saved.clear();
+                }
+                return store_error(&e);
+            }
         };
         // Only messages this session knows about; numbers as asked.
         let mut nums: Vec<u32> = if uid {
@@ -127,8 +169,15 @@ impl Session {
         };
         nums.sort_unstable();
         nums.dedup();
+        if save {
+            mb.saved = saved_uids(mb, &nums, uid, ret.as_ref());
+        }
         let mut line = String::new();
         match ret {
+            // RFC 5182 §2.1: SAVE alone answers no ESEARCH.
+            Some(ret) if ret.save && !(ret.min || ret.max || ret.all || ret.count) => {
+                return Status::ok("SEARCH completed, result saved");
+            }
             Some(ret) => {
                 let _ = write!(line, "* ESEARCH (TAG \"{tag}\")");
                 if uid {

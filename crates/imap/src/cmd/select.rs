@@ -82,6 +82,7 @@ impl Session {
             flags_mark: mb.highestmodseq,
             expunge_mark: mb.highestmodseq,
             watch,
+            saved: Vec::new(),
             uids,
             flags,
         };

@@ -216,6 +216,10 @@ impl<'a> P<'a> {
     }
 
     pub(super) fn seq_set(&mut self) -> R<SeqSet> {
+        // RFC 5182 §4: `sequence-set =/ seq-last-command` ("$" alone).
+        if self.eat(b'$') {
+            return Ok(SeqSet::saved());
+        }
         let mut v = Vec::new();
         loop {
             let first = self.seq_number()?;

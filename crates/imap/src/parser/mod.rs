@@ -12,6 +12,7 @@ mod lexer;
 mod list;
 mod quota;
 mod search;
+mod sort;
 mod store;
 
 use crate::command::{Command, CommandKind};
@@ -22,6 +23,7 @@ use lexer::{P, R, is_astring_char};
 use list::{list_command, status_items};
 use quota::setquota_command;
 use search::search_command;
+use sort::{sort_command, thread_command};
 use store::store_command;
 
 /// Deepest nesting of parenthesised search keys / `NOT` / `OR` (threat model T30).
@@ -160,6 +162,8 @@ fn body(p: &mut P<'_>, name: &str) -> Result<CommandKind, (&'static str, bool)> 
         "GETQUOTAROOT" => CommandKind::GetQuotaRoot(mailbox_arg(p).map_err(e)?),
         "SETQUOTA" => setquota_command(p).map_err(e)?,
         "SEARCH" => search_command(p, false)?,
+        "SORT" => sort_command(p, false)?,
+        "THREAD" => thread_command(p, false)?,
         "FETCH" => fetch_command(p, false).map_err(e)?,
         "STORE" => store_command(p, false).map_err(e)?,
         "COPY" | "MOVE" => {
@@ -178,6 +182,8 @@ fn body(p: &mut P<'_>, name: &str) -> Result<CommandKind, (&'static str, bool)> 
             let sub = p.word().map_err(e)?;
             match sub.as_str() {
                 "SEARCH" => search_command(p, true)?,
+                "SORT" => sort_command(p, true)?,
+                "THREAD" => thread_command(p, true)?,
                 "FETCH" => fetch_command(p, true).map_err(e)?,
                 "STORE" => store_command(p, true).map_err(e)?,
                 "COPY" | "MOVE" => {

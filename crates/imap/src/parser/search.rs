@@ -38,7 +38,7 @@ fn search_key(p: &mut P<'_>, depth: usize) -> R<SearchKey> {
         }
         return Ok(SearchKey::And(keys));
     }
-    if matches!(p.peek(), Some(b'0'..=b'9' | b'*')) {
+    if matches!(p.peek(), Some(b'0'..=b'9' | b'*' | b'$')) {
         return Ok(SearchKey::SeqSet(p.seq_set()?));
     }
     let w = p.word()?;
@@ -142,6 +142,25 @@ fn search_key(p: &mut P<'_>, depth: usize) -> R<SearchKey> {
     })
 }
 
+/// `RETURN (MIN MAX ALL COUNT) SP` after the word RETURN (RFC 4731 §3.1,
+/// RFC 5267 §3 for SORT).
+pub(super) fn return_options(p: &mut P<'_>) -> Result<SearchReturn, (&'static str, bool)> {
+    p.sp().map_err(|e| (e, false))?;
+    let mut r = SearchReturn::default();
+    for w in p.word_list().map_err(|e| (e, false))? {
+        match w.as_str() {
+            "MIN" => r.min = true,
+            "MAX" => r.max = true,
+            "ALL" => r.all = true,
+            "COUNT" => r.count = true,
+            "SAVE" => r.save = true,
+            _ => return Err(("unknown SEARCH return option", false)),
+        }
+    }
+    p.sp().map_err(|e| (e, false))?;
+    Ok(r.normalised())
+}
+
 pub(super) fn search_command(
     p: &mut P<'_>,
     uid: bool,
@@ -151,25 +170,30 @@ pub(super) fn search_command(
     let save = p.i;
     let first = p.word().unwrap_or_default();
     if first == "RETURN" {
-        p.sp().map_err(|e| (e, false))?;
-        let mut r = SearchReturn::default();
-        for w in p.word_list().map_err(|e| (e, false))? {
-            match w.as_str() {
-                "MIN" => r.min = true,
-                "MAX" => r.max = true,
-                "ALL" => r.all = true,
-                "COUNT" => r.count = true,
-                _ => return Err(("unknown SEARCH return option", false)),
-            }
-        }
-        ret = Some(r.normalised());
-        p.sp().map_err(|e| (e, false))?;
+        ret = Some(return_options(p)?);
     } else {
         p.i = save;
     }
+    let key = charset_and_keys(p, true)?;
+    Ok(CommandKind::Search { uid, ret, key })
+}
+
+/// `[CHARSET astring SP] search-key *(SP search-key)`; SORT and THREAD
+/// always name the charset (RFC 5256 §5: `charset SP search-key`).
+pub(super) fn charset_and_keys(
+    p: &mut P<'_>,
+    optional_charset: bool,
+) -> Result<SearchKey, (&'static str, bool)> {
     let save = p.i;
-    if p.word().unwrap_or_default() == "CHARSET" {
-        p.sp().map_err(|e| (e, false))?;
+    let charset = if optional_charset {
+        p.word().unwrap_or_default() == "CHARSET"
+    } else {
+        true
+    };
+    if charset {
+        if optional_charset {
+            p.sp().map_err(|e| (e, false))?;
+        }
         let cs = p.astring().map_err(|e| (e, false))?;
         let cs = String::from_utf8_lossy(&cs).to_ascii_uppercase();
         if cs != "UTF-8" && cs != "US-ASCII" {
@@ -190,10 +214,9 @@ pub(super) fn search_command(
         }
         p.sp().map_err(|e| (e, false))?;
     }
-    let key = if keys.len() == 1 {
+    Ok(if keys.len() == 1 {
         keys.remove(0)
     } else {
         SearchKey::And(keys)
-    };
-    Ok(CommandKind::Search { uid, ret, key })
+    })
 }

@@ -403,3 +403,103 @@ fn random_mutations_never_panic() {
         }
     }
 }
+
+#[test]
+fn sort_and_thread_commands() {
+    use crate::command::{SortCriterion, SortKey, ThreadAlgorithm};
+    let k = ok("a UID SORT (REVERSE DATE SUBJECT displayfrom) UTF-8 SEEN 1:3\r\n");
+    let CommandKind::Sort {
+        uid: true,
+        ret: None,
+        criteria,
+        key: SearchKey::And(keys),
+    } = k
+    else {
+        panic!("{k:?}")
+    };
+    assert_eq!(
+        criteria,
+        [
+            SortCriterion {
+                reverse: true,
+                key: SortKey::Date
+            },
+            SortCriterion {
+                reverse: false,
+                key: SortKey::Subject
+            },
+            SortCriterion {
+                reverse: false,
+                key: SortKey::DisplayFrom
+            },
+        ]
+    );
+    assert_eq!(keys.len(), 2);
+    // RFC 5267 §3: RETURN before the criteria; () means ALL.
+    let k = ok("a SORT RETURN (MIN COUNT) (SIZE) US-ASCII ALL\r\n");
+    assert!(
+        matches!(k, CommandKind::Sort { ret: Some(ref r), .. } if r.min && r.count && !r.all),
+        "{k:?}"
+    );
+    let k = ok("a SORT RETURN () (ARRIVAL) UTF-8 ALL\r\n");
+    assert!(matches!(k, CommandKind::Sort { ret: Some(ref r), .. } if r.all));
+    assert_eq!(
+        ok("a THREAD ORDEREDSUBJECT UTF-8 ALL\r\n"),
+        CommandKind::Thread {
+            uid: false,
+            algorithm: ThreadAlgorithm::OrderedSubject,
+            key: SearchKey::All
+        }
+    );
+    // The charset is mandatory; REVERSE needs a key; no empty criteria;
+    // unknown criteria and algorithms are BAD; unknown charsets NO.
+    bad(b"a SORT (DATE) ALL\r\n");
+    bad(b"a SORT (DATE REVERSE) UTF-8 ALL\r\n");
+    bad(b"a SORT (REVERSE REVERSE DATE) UTF-8 ALL\r\n");
+    bad(b"a SORT () UTF-8 ALL\r\n");
+    bad(b"a SORT (COLOUR) UTF-8 ALL\r\n");
+    bad(b"a THREAD REFERENCES UTF-8 ALL\r\n");
+    bad(b"a THREAD ORDEREDSUBJECT\r\n");
+    assert!(bad(b"a SORT (DATE) KOI8-R ALL\r\n").bad_charset);
+    assert!(bad(b"a THREAD ORDEREDSUBJECT KOI8-R ALL\r\n").bad_charset);
+}
+
+#[test]
+fn searchres_dollar_and_save() {
+    // RFC 5182 §4: "$" is a whole sequence set; RETURN (SAVE).
+    let k = ok("a UID SEARCH RETURN (SAVE) FLAGGED\r\n");
+    assert!(
+        matches!(k, CommandKind::Search { ret: Some(ref r), .. } if r.save && !r.all && !r.min),
+        "{k:?}"
+    );
+    let k = ok("a SEARCH RETURN (SAVE MIN) $ SEEN\r\n");
+    let CommandKind::Search {
+        key: SearchKey::And(keys),
+        ..
+    } = k
+    else {
+        panic!("{k:?}")
+    };
+    assert!(matches!(&keys[0], SearchKey::SeqSet(s) if s.is_saved()));
+    let CommandKind::Fetch { set, .. } = ok("a FETCH $ (FLAGS)\r\n") else {
+        panic!()
+    };
+    assert!(set.is_saved());
+    let CommandKind::Copy { set, uid: true, .. } = ok("a UID COPY $ Trash\r\n") else {
+        panic!()
+    };
+    assert!(set.is_saved());
+    let k = ok("a SEARCH UID $\r\n");
+    assert!(matches!(k, CommandKind::Search { key: SearchKey::Uid(ref s), .. } if s.is_saved()));
+    assert!(!ok_set("1").is_saved());
+    bad(b"a FETCH $,1 (FLAGS)\r\n");
+    bad(b"a FETCH 1,$ (FLAGS)\r\n");
+    bad(b"a FETCH 0 (FLAGS)\r\n");
+}
+
+fn ok_set(s: &str) -> SeqSet {
+    match ok(&format!("a FETCH {s} FLAGS\r\n")) {
+        CommandKind::Fetch { set, .. } => set,
+        k => panic!("{k:?}"),
+    }
+}

@@ -1,0 +1,381 @@
+//! SORT, ESORT and THREAD (RFC 5256, 5267, 5957) over a real loopback TCP
+//! connection to the real session and the real store (test_kit::TestStore
+//! on a throw-away PostgreSQL).
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap::conn::Server;
+use imap::session::{SessionConfig, Shared};
+use service_kit::Shutdown;
+use service_kit::starttls::serve_connection;
+use test_kit::TestStore;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Env {
+    _store: TestStore,
+    addr: std::net::SocketAddr,
+}
+
+/// The store, one user, and an imap listener on 127.0.0.1 serving every
+/// accepted connection with the real session.
+async fn env() -> Env {
+    let store = TestStore::start().await;
+    store.add_domain("example.org").await;
+    store.add_user("bob@example.org", "secret").await;
+    let (config, _) = tls_kit::self_signed("localhost").unwrap();
+    let tls = service_kit::Tls::new(config, "imap");
+    let cfg = SessionConfig {
+        allow_plaintext_auth: true,
+        tls_available: true,
+        ..SessionConfig::default()
+    };
+    let shared = Arc::new(Shared::new(cfg, store.client()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, peer)) = listener.accept().await else {
+                return;
+            };
+            let server = Server {
+                shared: shared.clone(),
+                acceptor: Some(tls.clone()),
+            };
+            tokio::spawn(async move {
+                let _ = serve_connection(
+                    &server,
+                    sock,
+                    peer.ip(),
+                    "c".into(),
+                    false,
+                    &Shutdown::new(),
+                )
+                .await;
+            });
+        }
+    });
+    Env {
+        _store: store,
+        addr,
+    }
+}
+
+struct Client {
+    io: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(env: &Env) -> Self {
+        let mut c = Self {
+            io: BufReader::new(TcpStream::connect(env.addr).await.unwrap()),
+        };
+        let g = c.line().await;
+        assert!(g.starts_with("* OK"), "{g}");
+        c
+    }
+
+    async fn login(env: &Env) -> Self {
+        let mut c = Self::connect(env).await;
+        c.ok("l", "LOGIN bob@example.org secret").await;
+        c
+    }
+
+    async fn send(&mut self, b: &[u8]) {
+        self.io.get_mut().write_all(b).await.unwrap();
+        self.io.get_mut().flush().await.unwrap();
+    }
+
+    async fn line(&mut self) -> String {
+        let mut v = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(60), self.io.read_until(b'\n', &mut v))
+            .await
+            .expect("no answer within 60 s")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    /// Everything up to the tagged reply (literal contents inline, bytes
+    /// kept), and the tagged line.
+    async fn until(&mut self, tag: &str) -> (Vec<u8>, String) {
+        let mut all = Vec::new();
+        loop {
+            let mut v = Vec::new();
+            tokio::time::timeout(Duration::from_secs(60), self.io.read_until(b'\n', &mut v))
+                .await
+                .expect("no answer within 60 s")
+                .unwrap();
+            assert!(!v.is_empty(), "closed before {tag}");
+            let l = String::from_utf8_lossy(&v).into_owned();
+            if l.starts_with(&format!("{tag} ")) {
+                return (all, l);
+            }
+            all.extend_from_slice(&v);
+            // A literal announcement at the end of the line: its bytes follow.
+            if let Some(n) = l
+                .trim_end()
+                .strip_suffix('}')
+                .and_then(|s| s.rsplit_once('{'))
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+            {
+                let mut buf = vec![0u8; n];
+                self.io.read_exact(&mut buf).await.unwrap();
+                all.extend_from_slice(&buf);
+            }
+        }
+    }
+
+    async fn cmd(&mut self, tag: &str, c: &str) -> (String, String) {
+        self.send(format!("{tag} {c}\r\n").as_bytes()).await;
+        let (u, t) = self.until(tag).await;
+        (String::from_utf8_lossy(&u).into_owned(), t)
+    }
+
+    async fn ok(&mut self, tag: &str, c: &str) -> String {
+        let (u, t) = self.cmd(tag, c).await;
+        assert!(t.starts_with(&format!("{tag} OK")), "{c}: {t}\n{u}");
+        u
+    }
+
+    async fn append(&mut self, tag: &str, mailbox: &str, msg: &[u8]) {
+        self.send(format!("{tag} APPEND {mailbox} {{{}+}}\r\n", msg.len()).as_bytes())
+            .await;
+        self.send(msg).await;
+        self.send(b"\r\n").await;
+        let (u, t) = self.until(tag).await;
+        assert!(t.starts_with(&format!("{tag} OK")), "{t}\n{u:?}");
+    }
+}
+
+fn msg(from: &str, to: &str, date: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!("From: {from}\r\nTo: {to}\r\nDate: {date}\r\nSubject: {subject}\r\n\r\n{body}\r\n")
+        .into_bytes()
+}
+
+/// Four messages; UIDs and sequence numbers 1..4 in INBOX.
+async fn four(a: &mut Client) {
+    let m = [
+        msg(
+            "Zed <z@example.org>",
+            "d@example.org",
+            "Mon, 1 Jan 2024 10:00:00 +0000",
+            "Re: beta",
+            &"a".repeat(400),
+        ),
+        msg(
+            "c@example.org",
+            "Alice <a@example.org>",
+            "Mon, 1 Jan 2024 12:00:00 +0100",
+            "alpha",
+            "x",
+        ),
+        msg(
+            "=?UTF-8?Q?Bob?= <b@example.org>",
+            "b@example.org",
+            "Tue, 2 Jan 2024 09:00:00 +0000",
+            "Fwd: Alpha",
+            &"b".repeat(100),
+        ),
+        msg(
+            "a@example.org",
+            "c@example.org",
+            "Sun, 31 Dec 2023 09:00:00 +0000",
+            "[list] beta (fwd)",
+            &"c".repeat(200),
+        ),
+    ];
+    for (i, m) in m.iter().enumerate() {
+        a.append(&format!("p{i}"), "INBOX", m).await;
+    }
+}
+
+/// SORT by each criterion, REVERSE, multiple criteria, search criteria
+/// narrowing the set, UID SORT, and SORT=DISPLAY (RFC 5256 §3, RFC 5957).
+#[tokio::test]
+async fn sort_orders_by_criteria_from_the_envelope() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    let u = a.ok("c", "CAPABILITY").await;
+    for cap in [
+        " SORT ",
+        " SORT=DISPLAY ",
+        " THREAD=ORDEREDSUBJECT ",
+        " ESORT ",
+    ] {
+        assert!(u.contains(cap), "{cap}: {u}");
+    }
+    four(&mut a).await;
+    a.ok("s", "SELECT INBOX").await;
+    let cases = [
+        ("SORT (SUBJECT) UTF-8 ALL", "* SORT 2 3 1 4\r\n"),
+        ("SORT (DATE) UTF-8 ALL", "* SORT 4 1 2 3\r\n"),
+        ("SORT (REVERSE DATE) UTF-8 ALL", "* SORT 3 2 1 4\r\n"),
+        ("SORT (ARRIVAL) UTF-8 ALL", "* SORT 1 2 3 4\r\n"),
+        ("SORT (SIZE) UTF-8 ALL", "* SORT 2 3 4 1\r\n"),
+        ("SORT (FROM) UTF-8 ALL", "* SORT 4 3 2 1\r\n"),
+        ("SORT (TO) UTF-8 ALL", "* SORT 2 3 4 1\r\n"),
+        ("SORT (CC) UTF-8 ALL", "* SORT 1 2 3 4\r\n"),
+        (
+            "SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+            "* SORT 3 2 1 4\r\n",
+        ),
+        ("SORT (DISPLAYFROM) UTF-8 ALL", "* SORT 4 3 2 1\r\n"),
+        ("SORT (DISPLAYTO) UTF-8 ALL", "* SORT 2 3 4 1\r\n"),
+        ("SORT (SUBJECT) US-ASCII SUBJECT beta", "* SORT 1 4\r\n"),
+        ("SORT (SUBJECT) UTF-8 SUBJECT nothing", "* SORT\r\n"),
+    ];
+    for (c, want) in cases {
+        assert_eq!(a.ok("t", c).await, want, "{c}");
+    }
+    // UID SORT answers UIDs: expunge 1, numbers shift, UIDs do not.
+    a.ok("d", "STORE 1 +FLAGS (\\Deleted)").await;
+    a.ok("e", "EXPUNGE").await;
+    assert_eq!(
+        a.ok("t", "SORT (SUBJECT) UTF-8 ALL").await,
+        "* SORT 1 2 3\r\n"
+    );
+    assert_eq!(
+        a.ok("t", "UID SORT (SUBJECT) UTF-8 ALL").await,
+        "* SORT 2 3 4\r\n"
+    );
+    // Errors: unknown charset NO [BADCHARSET], unknown key BAD.
+    let (_, t) = a.cmd("x", "SORT (DATE) KOI8-R ALL").await;
+    assert!(t.starts_with("x NO [BADCHARSET"), "{t}");
+    let (_, t) = a.cmd("y", "SORT (COLOUR) UTF-8 ALL").await;
+    assert!(t.starts_with("y BAD"), "{t}");
+}
+
+/// ESORT (RFC 5267 §3): RETURN options on SORT give an ESEARCH reply whose
+/// MIN/MAX are the first/last in sort order and ALL keeps the sort order.
+#[tokio::test]
+async fn esort_returns_min_max_count_all_in_sort_order() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    four(&mut a).await;
+    a.ok("s", "SELECT INBOX").await;
+    let u = a
+        .ok("t1", "SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL")
+        .await;
+    assert_eq!(
+        u,
+        "* ESEARCH (TAG \"t1\") MIN 2 MAX 4 COUNT 4 ALL 2:3,1,4\r\n"
+    );
+    let u = a.ok("t2", "UID SORT RETURN (COUNT) (DATE) UTF-8 ALL").await;
+    assert_eq!(u, "* ESEARCH (TAG \"t2\") UID COUNT 4\r\n");
+    let u = a.ok("t3", "SORT RETURN () (REVERSE SIZE) UTF-8 ALL").await;
+    assert_eq!(u, "* ESEARCH (TAG \"t3\") ALL 1,4,3,2\r\n");
+    let u = a
+        .ok("t4", "SORT RETURN (MIN MAX) (DATE) UTF-8 SUBJECT nothing")
+        .await;
+    assert_eq!(u, "* ESEARCH (TAG \"t4\")\r\n");
+}
+
+/// THREAD=ORDEREDSUBJECT (RFC 5256 §3): one thread per base subject, the
+/// earliest (sent date) message the parent of the rest, threads ordered
+/// by their first message's date; UID THREAD answers UIDs.
+#[tokio::test]
+async fn thread_orderedsubject_groups_by_base_subject() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    four(&mut a).await;
+    a.append(
+        "p5",
+        "INBOX",
+        &msg(
+            "a@example.org",
+            "b@example.org",
+            "Wed, 3 Jan 2024 09:00:00 +0000",
+            "RE: ALPHA",
+            "z",
+        ),
+    )
+    .await;
+    a.append(
+        "p6",
+        "INBOX",
+        &msg(
+            "a@example.org",
+            "b@example.org",
+            "Wed, 3 Jan 2024 10:00:00 +0000",
+            "gamma",
+            "z",
+        ),
+    )
+    .await;
+    a.ok("s", "SELECT INBOX").await;
+    let u = a.ok("t", "THREAD ORDEREDSUBJECT UTF-8 ALL").await;
+    assert_eq!(u, "* THREAD (4 1)(2 (3)(5))(6)\r\n");
+    let u = a
+        .ok("t", "THREAD ORDEREDSUBJECT UTF-8 NOT SUBJECT gamma")
+        .await;
+    assert_eq!(u, "* THREAD (4 1)(2 (3)(5))\r\n");
+    let u = a
+        .ok("t", "THREAD ORDEREDSUBJECT UTF-8 SUBJECT nothing")
+        .await;
+    assert_eq!(u, "* THREAD\r\n");
+    a.ok("d", "STORE 4 +FLAGS (\\Deleted)").await;
+    a.ok("e", "EXPUNGE").await;
+    let u = a.ok("t", "UID THREAD ORDEREDSUBJECT UTF-8 ALL").await;
+    assert_eq!(u, "* THREAD (1)(2 (3)(5))(6)\r\n");
+    let u = a.ok("t", "THREAD ORDEREDSUBJECT UTF-8 ALL").await;
+    assert_eq!(u, "* THREAD (1)(2 (3)(4))(5)\r\n");
+    let (_, t) = a.cmd("x", "THREAD REFERENCES UTF-8 ALL").await;
+    assert!(t.starts_with("x BAD"), "{t}");
+}
+
+/// SEARCHRES (RFC 5182): RETURN (SAVE) answers nothing and keeps the
+/// result; `$` works in FETCH, STORE, UID SEARCH and SEARCH; MIN with SAVE
+/// keeps only the minimum; SORT RETURN (SAVE) saves too; expunged
+/// messages leave `$`; a new SELECT empties it.
+#[tokio::test]
+async fn searchres_saves_results_for_dollar() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    let u = a.ok("c", "CAPABILITY").await;
+    assert!(u.contains(" SEARCHRES"), "{u}");
+    four(&mut a).await;
+    a.ok("s", "SELECT INBOX").await;
+    let u = a.ok("a", "SEARCH RETURN (SAVE) SUBJECT beta").await;
+    assert_eq!(u, "");
+    let u = a.ok("b", "FETCH $ (UID)").await;
+    assert!(
+        u.contains("* 1 FETCH (UID 1)") && u.contains("* 4 FETCH (UID 4)"),
+        "{u}"
+    );
+    assert!(!u.contains("* 2 FETCH"), "{u}");
+    a.ok("c", "STORE $ +FLAGS.SILENT (\\Flagged)").await;
+    assert_eq!(a.ok("d", "SEARCH FLAGGED").await, "* SEARCH 1 4\r\n");
+    assert_eq!(a.ok("e", "UID SEARCH UID $").await, "* SEARCH 1 4\r\n");
+    // SAVE with MIN and ALL reports and saves everything; with only MIN,
+    // just the minimum (RFC 5182 §2.4).
+    let u = a.ok("f", "SEARCH RETURN (SAVE MIN ALL) NOT $").await;
+    assert_eq!(u, "* ESEARCH (TAG \"f\") MIN 2 ALL 2:3\r\n");
+    assert_eq!(a.ok("g", "SEARCH $").await, "* SEARCH 2 3\r\n");
+    let u = a.ok("h", "SEARCH RETURN (SAVE MIN) ALL").await;
+    assert_eq!(u, "* ESEARCH (TAG \"h\") MIN 1\r\n");
+    assert_eq!(a.ok("i", "SEARCH $").await, "* SEARCH 1\r\n");
+    // SORT RETURN (SAVE MAX): the last in sort order (subject: 2 3 1 4).
+    assert_eq!(
+        a.ok("j", "SORT RETURN (SAVE) (SUBJECT) UTF-8 ALL").await,
+        ""
+    );
+    assert_eq!(a.ok("k", "SEARCH $").await, "* SEARCH 1 2 3 4\r\n");
+    let u = a
+        .ok("l", "SORT RETURN (SAVE MAX) (SUBJECT) UTF-8 ALL")
+        .await;
+    assert_eq!(u, "* ESEARCH (TAG \"l\") MAX 4\r\n");
+    assert_eq!(a.ok("m", "UID SEARCH $").await, "* SEARCH 4\r\n");
+    // Expunged messages leave `$`.
+    a.ok("n", "SEARCH RETURN (SAVE) 3:4").await;
+    a.ok("o", "STORE 4 +FLAGS (\\Deleted)").await;
+    a.ok("p", "EXPUNGE").await;
+    assert_eq!(a.ok("q", "UID SEARCH $").await, "* SEARCH 3\r\n");
+    // A new SELECT starts with an empty `$`.
+    a.ok("r", "SELECT INBOX").await;
+    assert_eq!(a.ok("t", "SEARCH $").await, "* SEARCH\r\n");
+    let (_, t) = a.cmd("u", "FETCH $,1 (UID)").await;
+    assert!(t.starts_with("u BAD"), "{t}");
+}
