@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use mailstore_api::{StoreClient, pb};
@@ -405,48 +404,19 @@ pub async fn send(
                     continue;
                 }
             }
-            jobs.push(enqueue(store, reporter, &to, &report_id, raw).await?);
+            jobs.push(
+                crate::reports::enqueue(
+                    store,
+                    &reporter.from,
+                    &to,
+                    format!("dmarc:{report_id}:{}", to.to_ascii_lowercase()),
+                    raw,
+                )
+                .await?,
+            );
         }
     }
     Ok(jobs)
-}
-
-async fn enqueue(
-    store: &StoreClient,
-    reporter: &Reporter,
-    to: &str,
-    report_id: &str,
-    raw: Vec<u8>,
-) -> Result<u64, tonic::Status> {
-    let header = pb::EnqueueHeader {
-        kind: pb::QueueKind::Outbound as i32,
-        // The same report is queued once, even if two replicas race.
-        idempotency_key: format!("dmarc:{report_id}:{}", to.to_ascii_lowercase()),
-        mail_from: reporter.from.clone(),
-        recipients: vec![pb::Recipient {
-            address: to.to_string(),
-            ..Default::default()
-        }],
-        size: raw.len() as u64,
-        // Our own report: DKIM-signed with our domain's key.
-        sign: true,
-        ..Default::default()
-    };
-    let msgs = vec![
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Header(header)),
-        },
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Data(raw)),
-        },
-    ];
-    Ok(store
-        .queue
-        .clone()
-        .enqueue(futures::stream::iter(msgs))
-        .await?
-        .into_inner()
-        .job_id)
 }
 
 /// Sends yesterday's reports shortly after each UTC midnight; one replica
@@ -457,44 +427,14 @@ pub(crate) async fn daily(
     reporter: Reporter,
     shutdown: service_kit::Shutdown,
 ) {
-    let router = &worker.router;
-    // At start too: a process that was down at 00:10 still sends
-    // yesterday's reports (the claim keeps it to once per day).
-    let mut first = true;
-    loop {
-        if !first {
-            let now = Utc::now();
-            let next = (now.date_naive() + chrono::Days::new(1))
-                .and_hms_opt(0, 10, 0)
-                .map_or(now, |t| t.and_utc());
-            let wait = (next - now).to_std().unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return,
-            }
+    let (store, router, reporter) = (&store, &worker.router, &reporter);
+    crate::reports::every_day(store, "dmarc-sent", 10, &shutdown, |day| async move {
+        match send(store, router, reporter, day).await {
+            Ok(jobs) => tracing::info!(%day, mailed = jobs.len(), "DMARC reports sent"),
+            Err(e) => tracing::warn!(%day, error = %e.message(), "DMARC reports not sent"),
         }
-        first = false;
-        let day = Utc::now().date_naive() - chrono::Days::new(1);
-        let claim = store
-            .guard
-            .clone()
-            .hit(pb::HitRequest {
-                scope: "dmarc-sent".into(),
-                key: day.to_string(),
-                cost: 1,
-                limit: 1,
-                window_secs: 2 * 86_400,
-            })
-            .await;
-        match claim {
-            Ok(r) if r.get_ref().allowed => match send(&store, router, &reporter, day).await {
-                Ok(jobs) => tracing::info!(%day, mailed = jobs.len(), "DMARC reports sent"),
-                Err(e) => tracing::warn!(%day, error = %e.message(), "DMARC reports not sent"),
-            },
-            Ok(_) => {} // another replica sends them
-            Err(e) => tracing::warn!(%day, error = %e.message(), "DMARC: cannot claim the day"),
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

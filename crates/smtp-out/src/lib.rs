@@ -63,6 +63,7 @@ pub mod tlsrpt;
 
 mod attempt;
 mod outcome;
+mod reports;
 mod worker;
 
 use std::collections::HashMap;

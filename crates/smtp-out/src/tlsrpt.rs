@@ -302,7 +302,16 @@ pub async fn send(
             // RFC 8460 §3: a mailto: URI may carry ?headers; only the address is used.
             let to = to.split('?').next().unwrap_or_default();
             let raw = message(reporter, to, domain, day, &report_id, &gz);
-            jobs.push(enqueue(store, reporter, to, &report_id, raw).await?);
+            jobs.push(
+                crate::reports::enqueue(
+                    store,
+                    &reporter.from,
+                    to,
+                    format!("tlsrpt:{report_id}:{}", to.to_ascii_lowercase()),
+                    raw,
+                )
+                .await?,
+            );
         }
     }
     Ok((jobs, posted))
@@ -381,44 +390,6 @@ async fn post_to(
     result
 }
 
-async fn enqueue(
-    store: &StoreClient,
-    reporter: &Reporter,
-    to: &str,
-    report_id: &str,
-    raw: Vec<u8>,
-) -> Result<u64, tonic::Status> {
-    let header = pb::EnqueueHeader {
-        kind: pb::QueueKind::Outbound as i32,
-        // The same report is queued once, even if two replicas race.
-        idempotency_key: format!("tlsrpt:{report_id}:{}", to.to_ascii_lowercase()),
-        mail_from: reporter.from.clone(),
-        recipients: vec![pb::Recipient {
-            address: to.to_string(),
-            ..Default::default()
-        }],
-        size: raw.len() as u64,
-        // Our own report (RFC 8460 §3: it SHOULD be DKIM-signed).
-        sign: true,
-        ..Default::default()
-    };
-    let msgs = vec![
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Header(header)),
-        },
-        pb::EnqueueRequest {
-            part: Some(pb::enqueue_request::Part::Data(raw)),
-        },
-    ];
-    Ok(store
-        .queue
-        .clone()
-        .enqueue(futures::stream::iter(msgs))
-        .await?
-        .into_inner()
-        .job_id)
-}
-
 /// Sends yesterday's reports shortly after each UTC midnight; one replica
 /// per day (Guard counter `tlsrpt-sent`).
 pub(crate) async fn daily(
@@ -427,50 +398,16 @@ pub(crate) async fn daily(
     reporter: Reporter,
     shutdown: service_kit::Shutdown,
 ) {
-    let router = &worker.router;
-    // At start too: a process that was down at 00:05 still sends
-    // yesterday's reports (the claim keeps it to once per day).
-    let mut first = true;
-    loop {
-        if !first {
-            let now = Utc::now();
-            let next = (now.date_naive() + chrono::Days::new(1))
-                .and_hms_opt(0, 5, 0)
-                .map_or(now, |t| t.and_utc());
-            let wait = (next - now).to_std().unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return,
+    let (store, worker, reporter) = (&store, &*worker, &reporter);
+    crate::reports::every_day(store, "tlsrpt-sent", 5, &shutdown, |day| async move {
+        match send(store, &worker.router, &worker.verifier, reporter, day).await {
+            Ok((jobs, posted)) => {
+                tracing::info!(%day, mailed = jobs.len(), posted = posted.len(), "TLS-RPT reports sent")
             }
+            Err(e) => tracing::warn!(%day, error = %e.message(), "TLS-RPT reports not sent"),
         }
-        first = false;
-        let day = Utc::now().date_naive() - chrono::Days::new(1);
-        let claim = store
-            .guard
-            .clone()
-            .hit(pb::HitRequest {
-                scope: "tlsrpt-sent".into(),
-                key: day.to_string(),
-                cost: 1,
-                limit: 1,
-                window_secs: 2 * 86_400,
-            })
-            .await;
-        match claim {
-            Ok(r) if r.get_ref().allowed => {
-                match send(&store, router, &worker.verifier, &reporter, day).await {
-                    Ok((jobs, posted)) => {
-                        tracing::info!(%day, mailed = jobs.len(), posted = posted.len(), "TLS-RPT reports sent")
-                    }
-                    Err(e) => {
-                        tracing::warn!(%day, error = %e.message(), "TLS-RPT reports not sent")
-                    }
-                }
-            }
-            Ok(_) => {} // another replica sends them
-            Err(e) => tracing::warn!(%day, error = %e.message(), "TLS-RPT: cannot claim the day"),
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
