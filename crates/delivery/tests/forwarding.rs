@@ -2,7 +2,8 @@
 //! what forwarding does to the envelope and to the DKIM mark (issue 14) —
 //! SRS on mail forwarded to a remote alias target, bounces to the SRS
 //! address routed back, our signature only on what we vouch for, and
-//! loops cut by `Delivered-To:` with no DSN.
+//! loops cut by `Delivered-To:` with no DSN; and the latency metric of a
+//! local delivery.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -352,4 +353,38 @@ async fn delivered_to_stops_a_loop_with_no_dsn() {
     assert!(test_kit::subjects(&s, alice, "INBOX").await.is_empty());
     shutdown.cancel();
     run.await.unwrap().unwrap();
+}
+
+/// The metric the `EpistoleDeliverySlow` alert watches
+/// (deploy/monitoring/alerts.yaml): a local delivery records its time from
+/// acceptance to mailbox in `delivery_latency_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_delivery_records_its_latency() {
+    let metrics = service_kit::metrics_handle();
+    let s = TestStore::start().await;
+    s.add_domain("example.org").await;
+    let alice = s.add_user("alice@example.org", "alice-password").await;
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn(delivery::run(config(&s), shutdown.clone()));
+    enqueue(
+        &s.client(),
+        "latency",
+        "someone@other.test",
+        &["alice@example.org"],
+        b"Subject: timed\r\n\r\nx\r\n",
+    )
+    .await
+    .unwrap();
+    wait_until("delivered", Duration::from_secs(30), || async {
+        test_kit::subjects(&s, alice, "INBOX").await == vec!["timed".to_string()]
+    })
+    .await;
+    let text = metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("delivery_latency_seconds_count") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    shutdown.cancel();
+    let _ = run.await;
 }
