@@ -98,6 +98,8 @@ pub fn build_xml(
     let mut x = String::new();
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(x, "<feedback xmlns=\"{NAMESPACE}\">");
+    // RFC 7489 Appendix C: `version` comes first in `feedback`.
+    x.push_str("  <version>1.0</version>\n");
     let _ = writeln!(
         x,
         "  <report_metadata>\n    <org_name>{}</org_name>\n    <email>{}</email>\n    \
