@@ -171,11 +171,14 @@ pub fn build_xml(
             "  <record>\n    <row>\n      <source_ip>{}</source_ip>\n      <count>{count}</count>\n      \
              <policy_evaluated>\n        <disposition>{}</disposition>\n        <dkim>{}</dkim>\n        \
              <spf>{}</spf>\n      </policy_evaluated>\n    </row>\n    <identifiers>\n      \
-             <header_from>{}</header_from>\n    </identifiers>\n    <auth_results>",
+             <envelope_from>{}</envelope_from>\n      <header_from>{}</header_from>\n    \
+             </identifiers>\n    <auth_results>",
             schema_ip(&r.source_ip),
             one_of(&r.disposition, &dispositions, "none"),
             one_of(&r.dkim_aligned, &["pass", "fail"], "fail"),
             one_of(&r.spf_aligned, &["pass", "fail"], "fail"),
+            // RFC 7489 Appendix C IdentifierType: envelope_from is required.
+            esc(&r.envelope_from),
             esc(&r.header_from),
         );
         for d in &r.dkim {
