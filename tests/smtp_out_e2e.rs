@@ -108,6 +108,12 @@ impl Drop for Proc {
 }
 
 async fn delivery(store: &TestStore) -> Proc {
+    delivery_for(store, "a.test").await
+}
+
+/// `epistole delivery` for the installation of `domain` (host `mx.<domain>`,
+/// SRS addresses at `domain` with the secret of [`srs_secret`]).
+async fn delivery_for(store: &TestStore, domain: &str) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_epistole"))
         .args([
             "--log",
@@ -116,13 +122,13 @@ async fn delivery(store: &TestStore) -> Proc {
             "--http-listen",
             "127.0.0.1:0",
             "--hostname",
-            "mx.a.test",
+            &format!("mx.{domain}"),
         ])
         .env("EPISTOLE_STORE_URL", &store.grpc_url)
         .env("EPISTOLE_STORE_TOKEN", &store.token)
-        // SRS for forwarded mail (only the forwarding test forwards).
-        .env("EPISTOLE_SRS_SECRET", "e2e-srs-secret")
-        .env("EPISTOLE_SRS_DOMAIN", "a.test")
+        // SRS for forwarded mail (only the forwarding tests forward).
+        .env("EPISTOLE_SRS_SECRET", srs_secret(domain))
+        .env("EPISTOLE_SRS_DOMAIN", domain)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -130,8 +136,28 @@ async fn delivery(store: &TestStore) -> Proc {
     Proc(child)
 }
 
+/// Each test installation's SRS secret (A keeps the historical one).
+fn srs_secret(domain: &str) -> String {
+    if domain == "a.test" {
+        "e2e-srs-secret".into()
+    } else {
+        format!("e2e-srs-secret-{domain}")
+    }
+}
+
 /// Starts `epistole smtp-out` and waits for its `listening` line.
 async fn smtp_out(store: &TestStore, dns: SocketAddr, port: u16, worker: &str) -> Proc {
+    smtp_out_for(store, dns, port, worker, "a.test").await
+}
+
+/// `epistole smtp-out` for the installation of `domain` (host `mx.<domain>`).
+async fn smtp_out_for(
+    store: &TestStore,
+    dns: SocketAddr,
+    port: u16,
+    worker: &str,
+    domain: &str,
+) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_epistole"))
         .args([
             "--log",
@@ -140,7 +166,7 @@ async fn smtp_out(store: &TestStore, dns: SocketAddr, port: u16, worker: &str) -
             "--http-listen",
             "127.0.0.1:0",
             "--hostname",
-            "mx.a.test",
+            &format!("mx.{domain}"),
             "--worker-id",
             worker,
             "--dns-server",
@@ -1150,4 +1176,125 @@ async fn forwarded_by_a_still_passes_dmarc_at_b() {
         !text.contains("d=a.test"),
         "A does not sign forwarded mail: {text}"
     );
+}
+
+/// Issue #14's acceptance: an alias loop across two installations ends with
+/// one DSN, not a storm. `loop@a.test` forwards to `back@b.test`, which
+/// forwards back to `loop@a.test`. A refuses the returning copy
+/// (`Delivered-To: loop@a.test`, 5.4.6) and sends one DSN from <> to the
+/// envelope sender, B's SRS address; B reverses it to A's SRS address, A to
+/// the original sender, whose MX gets exactly that one DSN — and nothing
+/// else keeps circulating. Real smtp-in, delivery and smtp-out at both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_loop_across_two_installations_ends_with_one_dsn() {
+    let a = TestStore::start().await;
+    a.add_domain("a.test").await;
+    let b = TestStore::start().await;
+    b.add_domain("b.test").await;
+    for (store, source, target) in [
+        (&a, "loop@a.test", "back@b.test"),
+        (&b, "back@b.test", "loop@a.test"),
+    ] {
+        store
+            .client()
+            .accounts
+            .clone()
+            .create_alias(pb::CreateAliasRequest {
+                source: source.into(),
+                target: target.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let port = free_port().await;
+    let dns = TestDns::start().await;
+    dns.mx("a.test", 10, "mx.a.test");
+    dns.a("mx.a.test", [127, 0, 0, 2].into());
+    dns.mx("b.test", 10, "mx.b.test");
+    dns.a("mx.b.test", [127, 0, 0, 3].into());
+    dns.mx("orig.test", 10, "mx.orig.test");
+    dns.a("mx.orig.test", [127, 0, 0, 4].into());
+    dns.txt("orig.test", "v=spf1 ip4:127.0.0.4 -all");
+    dns.txt("a.test", "v=spf1 ip4:127.0.0.0/8 -all");
+    dns.txt("b.test", "v=spf1 ip4:127.0.0.0/8 -all");
+    let (_, orig) = sink(SocketAddr::from(([127, 0, 0, 4], port)), &[]).await;
+
+    let dns_arg = dns.addr.to_string();
+    let (secret_a, secret_b) = (srs_secret("a.test"), srs_secret("b.test"));
+    let args_a = [
+        "--dns-server",
+        dns_arg.as_str(),
+        "--srs-secret",
+        secret_a.as_str(),
+        "--srs-domain",
+        "a.test",
+    ];
+    let args_b = [
+        "--dns-server",
+        dns_arg.as_str(),
+        "--srs-secret",
+        secret_b.as_str(),
+        "--srs-domain",
+        "b.test",
+    ];
+    let (_in_a, listeners_a) = smtp_in_on(&a, "mx.a.test", [127, 0, 0, 2], port, &args_a).await;
+    let (_in_b, _) = smtp_in_on(&b, "mx.b.test", [127, 0, 0, 3], port, &args_b).await;
+    let _da = delivery_for(&a, "a.test").await;
+    let _db = delivery_for(&b, "b.test").await;
+    let _oa = smtp_out_for(&a, dns.addr, port, "out-loop-a", "a.test").await;
+    let _ob = smtp_out_for(&b, dns.addr, port, "out-loop-b", "b.test").await;
+
+    let done = smtp_send(
+        "127.0.0.4",
+        listeners_a["mx"],
+        "stranger@orig.test",
+        "loop@a.test",
+        b"From: <stranger@orig.test>\r\nTo: <loop@a.test>\r\nSubject: round and round\r\n\
+          Message-ID: <loop-e2e@orig.test>\r\n\r\nWho forwards whom?\r\n",
+    )
+    .await;
+    assert!(done.starts_with("250"), "A accepts it: {done}");
+    test_kit::wait_until(
+        "the DSN at the original sender's MX",
+        Duration::from_secs(120),
+        || {
+            let n = orig.lock().unwrap().len();
+            async move { n >= 1 }
+        },
+    )
+    .await;
+    // Nothing more arrives, and both queues drain: no storm.
+    let settled = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending = |jobs: Vec<pb::JobSummary>| {
+            jobs.into_iter()
+                .filter(|j| j.state == pb::JobState::Ready as i32)
+                .count()
+        };
+        let busy = pending(outbound_jobs(&a).await) + pending(outbound_jobs(&b).await);
+        if busy == 0 {
+            break;
+        }
+        assert!(Instant::now() < settled, "queues still busy: {busy} jobs");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = orig.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "exactly one message reaches the sender");
+    assert_eq!(got[0].1, vec!["stranger@orig.test".to_string()]);
+    let wire = String::from_utf8_lossy(&got[0].2).into_owned();
+    assert!(wire.contains("multipart/report"), "a DSN: {wire}");
+    assert!(wire.contains("5.4.6"), "it names the loop: {wire}");
+    assert!(
+        wire.contains("loop@a.test"),
+        "and the looping address: {wire}"
+    );
+    // The loop went round once: A forwarded once, B forwarded once.
+    let forwarded = |jobs: &[pb::JobSummary]| {
+        jobs.iter()
+            .filter(|j| j.mail_from.starts_with("SRS0="))
+            .count()
+    };
+    assert_eq!(forwarded(&outbound_jobs(&a).await), 1);
+    assert_eq!(forwarded(&outbound_jobs(&b).await), 1);
 }

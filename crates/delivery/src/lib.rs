@@ -127,7 +127,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 /// The status of a recipient refused as a mail loop (RFC 3463 X.4.6
-/// "routing loop detected"); such failures get no DSN.
+/// "routing loop detected"). The sender gets one DSN like for any other
+/// permanent failure; the DSN has the null sender, so it can bounce no
+/// further and a loop ends with that one notice (issue #14).
 const LOOP_STATUS: &str = "5.4.6";
 
 /// Whether a `Delivered-To:` field of the message names `address` (without
@@ -610,12 +612,12 @@ impl Worker {
             tracing::info!("no DSN: null sender or automatic message");
             return Ok(());
         }
-        // A looping message gets no DSN (its sender may be the other end
-        // of the loop, RFC 5321 §6.1 / RFC 3464 §2): the event log keeps it.
+        // A loop (5.4.6) is reported like any other failure: the DSN goes
+        // back along the SRS chain to the original sender, and being from
+        // <> it can cause no further DSN (RFC 3464 §2, RFC 5321 §6.1).
         let wanted: Vec<dsn::Failure> = failed
             .iter()
             .filter(|f| dsn::wants_failure_notice(&f.recipient))
-            .filter(|f| !f.diagnostic.starts_with(LOOP_STATUS))
             .cloned()
             .collect();
         if wanted.is_empty() {

@@ -273,10 +273,11 @@ async fn forwarding_rewrites_the_sender_and_never_signs_mail_from_outside() {
 
 /// Threat model T107: loops across installations. A message that comes
 /// back with `Delivered-To:` naming the recipient (the other installation
-/// forwarded it back) is neither delivered nor forwarded again, and gets
-/// no DSN; a normal message to the same alias is forwarded once.
+/// forwarded it back) is neither delivered nor forwarded again, and its
+/// sender gets exactly one DSN (from <>, so it bounces no further); a
+/// normal message to the same alias is forwarded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivered_to_stops_a_loop_with_no_dsn() {
+async fn delivered_to_stops_a_loop_with_one_dsn() {
     let s = TestStore::start().await;
     s.add_domain("example.org").await;
     let alice = s.add_user("alice@example.org", "alice-password").await;
@@ -340,16 +341,34 @@ async fn delivered_to_stops_a_loop_with_no_dsn() {
         || async { outbound(&s).await.iter().any(|j| j.parent_job_id == fresh) },
     )
     .await;
-    // Nothing else left: no DSN (an inbound job from <>), one forward.
+    // One DSN per looping message: a job from <> (delivery queues DSNs
+    // inbound, then relays them like any mail) to its sender; plus the one
+    // forward.
+    let dsns = || async {
+        jobs(&s, pb::QueueKind::Inbound, pb::JobState::Unspecified)
+            .await
+            .into_iter()
+            .filter(|j| j.mail_from.is_empty())
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "a DSN for each looping message, relayed to its sender",
+        Duration::from_secs(30),
+        || async {
+            let out = outbound(&s).await;
+            out.iter().filter(|j| j.mail_from.is_empty()).count() == 2
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dsns().await.len(), 2, "one DSN per looping message");
     let out = outbound(&s).await;
-    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out.len(), 3, "{out:?}");
+    for j in out.iter().filter(|j| j.mail_from.is_empty()) {
+        assert_eq!(rcpt(j), "someone@other.test");
+    }
     let inbound = jobs(&s, pb::QueueKind::Inbound, pb::JobState::Unspecified).await;
-    assert!(
-        inbound.iter().all(|j| !j.mail_from.is_empty()),
-        "a DSN was queued: {inbound:?}"
-    );
-    assert_eq!(inbound.len(), 3);
+    assert_eq!(inbound.len(), 5, "{inbound:?}");
     assert!(test_kit::subjects(&s, alice, "INBOX").await.is_empty());
     shutdown.cancel();
     run.await.unwrap().unwrap();
