@@ -930,9 +930,20 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
         .collect();
     assert!(txt.starts_with("v=DKIM1; k=rsa; p="), "{txt}");
     dns.txt("sel1._domainkey.a.test", &txt);
+    // A's sending policy, which B checks (smtp-out leaves from loopback).
+    dns.txt("a.test", "v=spf1 ip4:127.0.0.0/8 -all");
+    dns.txt("_dmarc.a.test", "v=DMARC1; p=reject");
 
+    let dns_arg = dns.addr.to_string();
     let (_in_a, listeners_a) = smtp_in_on(&a, "mx.a.test", [127, 0, 0, 2], port, &[]).await;
-    let (_in_b, _) = smtp_in_on(&b, "mx.b.test", [127, 0, 0, 3], port, &[]).await;
+    let (_in_b, _) = smtp_in_on(
+        &b,
+        "mx.b.test",
+        [127, 0, 0, 3],
+        port,
+        &["--dns-server", dns_arg.as_str()],
+    )
+    .await;
     let _da = delivery(&a).await;
     let _db = delivery(&b).await;
     let mut out = Command::new(env!("CARGO_BIN_EXE_epistole"))
@@ -997,7 +1008,18 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
         text.contains("DKIM-Signature: v=1; a=rsa-sha256; s=sel1; d=a.test"),
         "{text}"
     );
-    // B's check of the signature, against the TXT record in DNS.
+    // B's own verdict (issue #14): SPF, DKIM and DMARC pass.
+    let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    let at_b: Vec<String> = parsed
+        .header_values("Authentication-Results")
+        .filter_map(|v| v.as_text().map(str::to_string))
+        .filter(|r| r.trim_start().starts_with("mx.b.test"))
+        .collect();
+    assert_eq!(at_b.len(), 1, "{text}");
+    for want in ["spf=pass", "dkim=pass", "dmarc=pass"] {
+        assert!(at_b[0].contains(want), "{want} at B: {}", at_b[0]);
+    }
+    // The same check of the signature by another verifier.
     let mut ns = hickory_resolver::config::NameServerConfig::udp_and_tcp(dns.addr.ip());
     for c in &mut ns.connections {
         c.port = dns.addr.port();
