@@ -131,6 +131,7 @@ pub struct SortCriterion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadAlgorithm {
     OrderedSubject,
+    References,
 }
 
 /// A search key (RFC 9051 §6.4.4), before sequence numbers are resolved.

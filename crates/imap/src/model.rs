@@ -86,6 +86,9 @@ pub struct Envelope {
     pub bcc: Vec<Address>,
     pub in_reply_to: Option<Vec<u8>>,
     pub message_id: Option<Vec<u8>>,
+    /// The References field, for THREAD=REFERENCES only (not rendered in
+    /// ENVELOPE).
+    pub references: Option<Vec<u8>>,
 }
 
 /// A MIME parameter (`charset=us-ascii`).

@@ -280,7 +280,7 @@ impl Session {
         // configured quota administrators).
         c.push_str(" QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QUOTASET");
         // RFC 5256 §3, RFC 5957 §2, RFC 5267 §3, RFC 5182 §2.
-        c.push_str(" SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT ESORT SEARCHRES");
+        c.push_str(" SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES ESORT SEARCHRES");
         if authed && !self.compressed {
             // RFC 4978 §3: offered after login, until it is in force.
             c.push_str(" COMPRESS=DEFLATE");

@@ -1,7 +1,8 @@
 //! The pure algorithms behind SORT and THREAD (RFC 5256): the base subject
 //! (§2.1), the sort keys of §3 and RFC 5957 (DISPLAYFROM, DISPLAYTO), and
-//! THREAD=ORDEREDSUBJECT (§2.1 of the threading algorithms, RFC 5256 §3).
-//! Everything works on the envelope the store precomputes; no bodies.
+//! THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 §2.2 and §3, the
+//! latter in [`references`]). Everything works on the envelope the store
+//! precomputes (with the References field); no bodies.
 
 use std::cmp::Ordering;
 
@@ -249,9 +250,12 @@ pub fn ordered_set(nums: &[u32]) -> String {
 }
 
 /// A thread: a message and its children (RFC 5256 §4 `thread-list`).
+/// `uid` is `None` for a dummy parent that stands for a message not in the
+/// mailbox (THREAD=REFERENCES keeps one only at the top, with two or more
+/// children: `thread-nested`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Thread {
-    pub uid: u32,
+    pub uid: Option<u32>,
     pub children: Vec<Thread>,
 }
 
@@ -275,7 +279,7 @@ pub fn ordered_subject(messages: &[MessageMeta]) -> Vec<Thread> {
     let mut last: Option<&str> = None;
     for (subj, date, uid) in &rows {
         let leaf = Thread {
-            uid: *uid,
+            uid: Some(*uid),
             children: Vec::new(),
         };
         match (last, threads.last_mut()) {
@@ -290,10 +294,21 @@ pub fn ordered_subject(messages: &[MessageMeta]) -> Vec<Thread> {
 
 /// `thread-list` / `thread-members` (RFC 5256 §4), numbers via `num`.
 pub fn write_thread(out: &mut String, t: &Thread, num: &impl Fn(u32) -> u32, top: bool) {
+    let Some(uid) = t.uid else {
+        // A dummy parent: `thread-nested`, a list of its children's lists.
+        out.push('(');
+        for c in &t.children {
+            out.push('(');
+            write_thread(out, c, num, false);
+            out.push(')');
+        }
+        out.push(')');
+        return;
+    };
     if top {
         out.push('(');
     }
-    out.push_str(&num(t.uid).to_string());
+    out.push_str(&num(uid).to_string());
     match t.children.as_slice() {
         [] => {}
         [only] => {
@@ -313,6 +328,9 @@ pub fn write_thread(out: &mut String, t: &Thread, num: &impl Fn(u32) -> u32, top
         out.push(')');
     }
 }
+
+mod references;
+pub use references::references;
 
 #[cfg(test)]
 mod tests;

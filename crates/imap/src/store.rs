@@ -564,6 +564,7 @@ fn envelope(e: pb::Envelope) -> Envelope {
         bcc: addresses(e.bcc),
         in_reply_to: e.in_reply_to,
         message_id: e.message_id,
+        references: e.references,
     }
 }
 

@@ -179,8 +179,52 @@ async fn thread_orderedsubject_groups_by_base_subject() {
     assert_eq!(u, "* THREAD (1)(2 (3)(5))(6)\r\n");
     let u = a.ok("t", "THREAD ORDEREDSUBJECT UTF-8 ALL").await;
     assert_eq!(u, "* THREAD (1)(2 (3)(4))(5)\r\n");
-    let (_, t) = a.cmd("x", "THREAD REFERENCES UTF-8 ALL").await;
+    let (_, t) = a.cmd("x", "THREAD REFS UTF-8 ALL").await;
     assert!(t.starts_with("x BAD"), "{t}");
+}
+
+/// THREAD=REFERENCES (RFC 5256 §2.2) over the socket: replies nest under
+/// the message their References (or In-Reply-To) name, two replies to a
+/// message not in the mailbox share a dummy parent (`thread-nested`), a
+/// stray reply with the same base subject joins its original, and the
+/// search criteria narrow the set first.
+#[tokio::test]
+async fn thread_references_nests_replies_by_references() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    let u = a.ok("c", "CAPABILITY").await;
+    assert!(u.contains(" THREAD=REFERENCES"), "{u}");
+    let raw = |day: u32, subject: &str, id: &str, refs: &str| {
+        let mut m = format!(
+            "From: a@example.org\r\nDate: {day} Jan 2024 10:00:00 +0000\r\n\
+             Subject: {subject}\r\nMessage-ID: <{id}>\r\n"
+        );
+        if !refs.is_empty() {
+            m.push_str(&format!("References: {refs}\r\n"));
+        }
+        m.push_str("\r\nbody\r\n");
+        m.into_bytes()
+    };
+    for (i, m) in [
+        raw(1, "Plan", "plan@x", ""),
+        raw(2, "Re: Plan", "r1@x", "<plan@x>"),
+        raw(3, "Re: Plan", "r2@x", "<plan@x>\r\n <r1@x>"),
+        raw(4, "Re: Gone", "g1@x", "<gone@x>"),
+        raw(5, "Re: Gone", "g2@x", "<gone@x>"),
+        raw(6, "Re: Plan", "stray@x", ""),
+    ]
+    .iter()
+    .enumerate()
+    {
+        a.append(&format!("p{i}"), "INBOX", m).await;
+    }
+    a.ok("s", "SELECT INBOX").await;
+    let u = a.ok("t", "THREAD REFERENCES UTF-8 ALL").await;
+    assert_eq!(u, "* THREAD (1 (2 3)(6))((4)(5))\r\n");
+    let u = a
+        .ok("t", "UID THREAD REFERENCES UTF-8 NOT SUBJECT gone")
+        .await;
+    assert_eq!(u, "* THREAD (1 (2 3)(6))\r\n");
 }
 
 /// SEARCHRES (RFC 5182): RETURN (SAVE) answers nothing and keeps the

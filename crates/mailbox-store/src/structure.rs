@@ -299,6 +299,23 @@ fn envelope(msg: &Message<'_>, raw: &[u8], _base: usize) -> pb::Envelope {
         bcc: addresses(root, HeaderName::Bcc),
         in_reply_to: raw_header(root, src, "In-Reply-To"),
         message_id: raw_header(root, src, "Message-ID"),
+        references: raw_header(root, src, "References").map(nearest_references),
+    }
+}
+
+/// The most a References field keeps (its tail: the nearest ancestors).
+const MAX_REFERENCES: usize = 4096;
+
+/// `refs` cut to its last [`MAX_REFERENCES`] bytes at the start of a
+/// message-id, so no id is kept half.
+fn nearest_references(refs: Vec<u8>) -> Vec<u8> {
+    if refs.len() <= MAX_REFERENCES {
+        return refs;
+    }
+    let tail = &refs[refs.len() - MAX_REFERENCES..];
+    match tail.iter().position(|&b| b == b'<') {
+        Some(i) => tail[i..].to_vec(),
+        None => Vec::new(),
     }
 }
 
@@ -412,6 +429,34 @@ mod tests {
         );
         assert_eq!(root.lines, 2);
         assert!(p.sent_date.is_some());
+    }
+
+    /// THREAD=REFERENCES reads References from the envelope: unfolded,
+    /// and of a huge field only the last 4 KiB from a whole message-id.
+    #[test]
+    fn references_are_kept_unfolded_and_bounded() {
+        let raw = b"References: <a@x>\r\n <b@x>\r\n\r\nx\r\n";
+        let env = parse(raw).structure.envelope.expect("envelope");
+        assert_eq!(env.references.as_deref(), Some(&b"<a@x> <b@x>"[..]));
+        let many: String = (0..2000).map(|i| format!(" <id{i}@example.org>")).collect();
+        let raw = format!("References:{many}\r\n\r\nx\r\n");
+        let env = parse(raw.as_bytes()).structure.envelope.expect("envelope");
+        let kept = env.references.expect("references");
+        assert!(kept.len() <= MAX_REFERENCES && kept.len() > MAX_REFERENCES - 40);
+        assert!(
+            kept.starts_with(b"<id"),
+            "{}",
+            String::from_utf8_lossy(&kept[..40])
+        );
+        assert!(kept.ends_with(b"<id1999@example.org>"));
+        assert!(
+            parse(b"Subject: x\r\n\r\nx\r\n")
+                .structure
+                .envelope
+                .expect("envelope")
+                .references
+                .is_none()
+        );
     }
 
     /// imaptest fetch-envelope: a source route is the adl; a comment in an

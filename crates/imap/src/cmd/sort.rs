@@ -136,6 +136,7 @@ impl Session {
         };
         let threads = match algorithm {
             ThreadAlgorithm::OrderedSubject => sort::ordered_subject(&messages),
+            ThreadAlgorithm::References => sort::references(&messages),
         };
         let Some(mb) = self.selected() else {
             return Status::bad("No mailbox selected");

@@ -70,6 +70,7 @@ pub(super) fn thread_command(p: &mut P<'_>, uid: bool) -> Result<CommandKind, Fa
     p.sp().map_err(|e| (e, false))?;
     let algorithm = match p.word().map_err(|e| (e, false))?.as_str() {
         "ORDEREDSUBJECT" => ThreadAlgorithm::OrderedSubject,
+        "REFERENCES" => ThreadAlgorithm::References,
         _ => return Err(("unsupported THREAD algorithm", false)),
     };
     p.sp().map_err(|e| (e, false))?;

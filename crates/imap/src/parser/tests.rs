@@ -451,6 +451,14 @@ fn sort_and_thread_commands() {
             key: SearchKey::All
         }
     );
+    assert_eq!(
+        ok("a UID THREAD references UTF-8 ALL\r\n"),
+        CommandKind::Thread {
+            uid: true,
+            algorithm: ThreadAlgorithm::References,
+            key: SearchKey::All
+        }
+    );
     // The charset is mandatory; REVERSE needs a key; no empty criteria;
     // unknown criteria and algorithms are BAD; unknown charsets NO.
     bad(b"a SORT (DATE) ALL\r\n");
@@ -458,7 +466,7 @@ fn sort_and_thread_commands() {
     bad(b"a SORT (REVERSE REVERSE DATE) UTF-8 ALL\r\n");
     bad(b"a SORT () UTF-8 ALL\r\n");
     bad(b"a SORT (COLOUR) UTF-8 ALL\r\n");
-    bad(b"a THREAD REFERENCES UTF-8 ALL\r\n");
+    bad(b"a THREAD REFS UTF-8 ALL\r\n");
     bad(b"a THREAD ORDEREDSUBJECT\r\n");
     assert!(bad(b"a SORT (DATE) KOI8-R ALL\r\n").bad_charset);
     assert!(bad(b"a THREAD ORDEREDSUBJECT KOI8-R ALL\r\n").bad_charset);
