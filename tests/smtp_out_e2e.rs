@@ -896,39 +896,7 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
     dns.a("mx.b.test", [127, 0, 0, 3].into());
     // The signing key lives in A's store: generated with mailctl, whose
     // printed record is what the operator publishes.
-    let generated = Command::new(env!("CARGO_BIN_EXE_epistole"))
-        .args([
-            "mailctl",
-            "dkim",
-            "generate",
-            "a.test",
-            "--selector",
-            "sel1",
-        ])
-        .env("EPISTOLE_STORE_URL", &a.grpc_url)
-        .env("EPISTOLE_STORE_TOKEN", &a.token)
-        .output()
-        .await
-        .unwrap();
-    let printed = String::from_utf8_lossy(&generated.stdout).into_owned();
-    assert!(
-        generated.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
-    let record = printed
-        .lines()
-        .find(|l| l.starts_with("sel1._domainkey.a.test. IN TXT ( "))
-        .expect("the TXT record to publish");
-    let txt: String = record
-        .trim_start_matches("sel1._domainkey.a.test. IN TXT ( ")
-        .trim_end_matches(" )")
-        .split('"')
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
-        .map(|(_, part)| part)
-        .collect();
-    assert!(txt.starts_with("v=DKIM1; k=rsa; p="), "{txt}");
+    let txt = mailctl_dkim_generate(&a, "a.test", "sel1").await;
     dns.txt("sel1._domainkey.a.test", &txt);
     // A's sending policy, which B checks (smtp-out leaves from loopback).
     dns.txt("a.test", "v=spf1 ip4:127.0.0.0/8 -all");
@@ -1041,6 +1009,46 @@ async fn two_installations_relay_by_mx_with_dkim_read_over_imap() {
     let _ = out.start_kill();
 }
 
+/// `mailctl dkim generate DOMAIN --selector SELECTOR` against `store`; the
+/// TXT record value it prints for the operator to publish.
+async fn mailctl_dkim_generate(store: &TestStore, domain: &str, selector: &str) -> String {
+    let generated = Command::new(env!("CARGO_BIN_EXE_epistole"))
+        .args([
+            "mailctl",
+            "dkim",
+            "generate",
+            domain,
+            "--selector",
+            selector,
+        ])
+        .env("EPISTOLE_STORE_URL", &store.grpc_url)
+        .env("EPISTOLE_STORE_TOKEN", &store.token)
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&generated.stdout).into_owned();
+    assert!(
+        generated.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let prefix = format!("{selector}._domainkey.{domain}. IN TXT ( ");
+    let record = printed
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .expect("the TXT record to publish");
+    let txt: String = record
+        .trim_start_matches(&prefix)
+        .trim_end_matches(" )")
+        .split('"')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, part)| part)
+        .collect();
+    assert!(txt.starts_with("v=DKIM1; k=rsa; p="), "{txt}");
+    txt
+}
+
 /// One SMTP transaction from `source` to `mx`, waiting for each reply;
 /// returns the last reply (to the final dot).
 async fn smtp_send(source: &str, mx: SocketAddr, from: &str, to: &str, data: &[u8]) -> String {
@@ -1090,9 +1098,10 @@ async fn smtp_send(source: &str, mx: SocketAddr, from: &str, to: &str, data: &[u
 /// forwards it to a user at installation B. A rewrites the envelope sender
 /// with SRS (so SPF at B is checked against a.test, which authorises A)
 /// and leaves the message unsigned by us and unchanged (so the original
-/// signature still verifies): B's `Authentication-Results` says
-/// spf=pass, dkim=pass and dmarc=pass, and the message is delivered, not
-/// refused or quarantined. Real smtp-in × 2, delivery × 2, smtp-out, IMAP.
+/// signature still verifies), with an ARC set sealed by a.test's key on
+/// top (RFC 8617): B's `Authentication-Results` says spf=pass, dkim=pass,
+/// dmarc=pass and arc=pass, and the message is delivered, not refused or
+/// quarantined. Real smtp-in × 2, delivery × 2, smtp-out, IMAP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_by_a_still_passes_dmarc_at_b() {
     let a = TestStore::start().await;
@@ -1135,6 +1144,9 @@ async fn forwarded_by_a_still_passes_dmarc_at_b() {
         Subject: forwarded and still aligned\r\nMessage-ID: <fwd-dmarc@orig.test>\r\n\
         Date: Wed, 02 Dec 2026 10:00:00 +0000\r\n\r\nHello through the alias.\r\n";
     let signed = signer.sign(original, "stranger@orig.test").unwrap();
+    // A's key, which seals what A forwards.
+    let txt = mailctl_dkim_generate(&a, "a.test", "arc1").await;
+    dns.txt("arc1._domainkey.a.test", &txt);
 
     let dns_arg = dns.addr.to_string();
     let checks = ["--dns-server", dns_arg.as_str()];
@@ -1187,16 +1199,40 @@ async fn forwarded_by_a_still_passes_dmarc_at_b() {
         .unwrap_or_else(|| panic!("B's Authentication-Results: {results:?}"));
     let text = String::from_utf8_lossy(&raw).into_owned();
     println!("at B: {at_b}");
-    for want in ["spf=pass", "dkim=pass", "dmarc=pass"] {
+    for want in ["spf=pass", "dkim=pass", "dmarc=pass", "arc=pass"] {
         assert!(at_b.contains(want), "{want} at B: {at_b}\n{text}");
     }
     assert!(
         at_b.contains("smtp.mailfrom=SRS0=") || text.contains("Return-Path: <SRS0="),
         "the envelope was rewritten: {at_b}\n{text}"
     );
+    // A's seal: the first ARC set, over a chain that was empty, with A's
+    // own results (the original signature passed there too).
+    let seals: Vec<String> = parsed
+        .header_values("ARC-Seal")
+        .filter_map(|v| v.as_text().map(str::to_string))
+        .collect();
+    assert_eq!(seals.len(), 1, "{text}");
+    for want in ["i=1", "cv=none", "d=a.test", "s=arc1"] {
+        assert!(seals[0].contains(want), "{want} in {}", seals[0]);
+    }
+    let aar: Vec<String> = parsed
+        .header_values("ARC-Authentication-Results")
+        .filter_map(|v| v.as_text().map(str::to_string))
+        .collect();
+    assert_eq!(aar.len(), 1, "{text}");
     assert!(
-        !text.contains("d=a.test"),
-        "A does not sign forwarded mail: {text}"
+        aar[0].contains("mx.a.test") && aar[0].contains("dkim=pass"),
+        "{}",
+        aar[0]
+    );
+    let dkim_sigs: Vec<String> = parsed
+        .header_values("DKIM-Signature")
+        .filter_map(|v| v.as_text().map(str::to_string))
+        .collect();
+    assert!(
+        dkim_sigs.iter().all(|d| !d.contains("d=a.test")),
+        "A does not DKIM-sign forwarded mail: {dkim_sigs:?}"
     );
 }
 

@@ -123,6 +123,42 @@ pub struct Verdict {
     pub dmarc: Vec<mailstore_api::pb::DmarcResult>,
 }
 
+/// The raw results of every check of one message.
+struct Evaluation<'x> {
+    spf_helo: SpfOutput,
+    spf_mail: SpfOutput,
+    mail_from_domain: String,
+    dkim: Vec<DkimOutput<'x>>,
+    arc: ArcOutput<'x>,
+    /// Author domains in `From:`.
+    authors: usize,
+    dmarc: Vec<DmarcOutput>,
+}
+
+impl<'x> Evaluation<'x> {
+    /// The `Authentication-Results` (RFC 8601) of these checks, with
+    /// `hostname` as authserv-id.
+    fn results(
+        &self,
+        hostname: &'x str,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        parsed: &AuthenticatedMessage<'_>,
+    ) -> AuthenticationResults<'x> {
+        let header_from = parsed.from.first().map_or("", String::as_str);
+        let mut ar = AuthenticationResults::new(hostname)
+            .with_dkim_results(&self.dkim, header_from)
+            .with_spf_ehlo_result(&self.spf_helo, ip, helo)
+            .with_spf_mailfrom_result(&self.spf_mail, ip, mail_from, helo)
+            .with_arc_result(&self.arc, ip);
+        for d in self.dmarc.iter().filter(|d| !d.domain().is_empty()) {
+            ar = ar.with_dmarc_result(d);
+        }
+        ar
+    }
+}
+
 /// A resolver could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("DNS resolver: {0}")]
@@ -206,94 +242,26 @@ impl Checker {
         dmarc_reject: Option<Action>,
     ) -> Verdict {
         let dmarc_reject = dmarc_reject.unwrap_or(self.policy.dmarc_reject);
-        let auth = &self.auth;
-        let helo_is_domain = helo.contains('.') && !helo.starts_with('[');
-        // RFC 7208 §2.3: the HELO identity.
-        let spf_helo = if helo_is_domain {
-            self.within(
-                auth.verify_spf(SpfParameters::verify_ehlo(ip, helo, hostname)),
-                || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
-            )
-            .await
-        } else {
-            SpfOutput::new(helo.to_string()).with_result(SpfResult::None)
-        };
-        // RFC 7208 §2.4: MAIL FROM, or the HELO identity for the null sender.
-        let spf_mail = if mail_from.is_empty() {
-            spf_helo.clone()
-        } else {
-            self.within(
-                auth.verify_spf(SpfParameters::verify_mail_from(
-                    ip, helo, hostname, mail_from,
-                )),
-                || SpfOutput::new(mail_from.to_string()).with_result(SpfResult::TempError),
-            )
-            .await
-        };
-        let mail_from_domain = mail_from
-            .rsplit_once('@')
-            .map_or(helo, |(_, d)| d)
-            .to_ascii_lowercase();
-
         let mut parsed = AuthenticatedMessage::parse(message).unwrap_or_default();
         parsed.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
-        let timeout = || Error::Dns(DnsError::Resolver("deadline exceeded".into()));
-        let dkim = self
-            .within(auth.verify_dkim(&parsed), || {
-                vec![DkimOutput::temp_err(timeout())]
-            })
-            .await;
-        let arc = self
-            .within(auth.verify_arc(&parsed), || {
-                ArcOutput::default().with_result(DkimResult::TempError(timeout()))
-            })
-            .await;
-        // RFC 7489 §6.6.1: one author domain is the rule. mail-auth exempts
-        // a message with several (several From: fields or mailboxes), which
-        // would let `From: x@evil.example, ceo@bank.example` dodge DMARC;
-        // each domain is evaluated instead, and the strictest verdict wins.
-        let mut authors: Vec<&str> = Vec::new();
-        for address in &parsed.from {
-            if let Some((_, domain)) = address.rsplit_once('@')
-                && !authors
-                    .iter()
-                    .any(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain))
-            {
-                authors.push(address);
-            }
-        }
-        let mut dmarc = Vec::with_capacity(authors.len().min(MAX_AUTHOR_DOMAINS));
-        if authors.len() <= 1 {
-            dmarc.push(
-                self.dmarc(&parsed, &dkim, &mail_from_domain, &spf_mail)
-                    .await,
-            );
-        } else {
-            for author in authors.iter().take(MAX_AUTHOR_DOMAINS) {
-                let mut one = parsed.clone();
-                one.from = vec![(*author).to_string()];
-                dmarc.push(self.dmarc(&one, &dkim, &mail_from_domain, &spf_mail).await);
-            }
-        }
-
-        let header_from = parsed.from.first().map_or("", String::as_str);
-        let mut ar = AuthenticationResults::new(hostname)
-            .with_dkim_results(&dkim, header_from)
-            .with_spf_ehlo_result(&spf_helo, ip, helo)
-            .with_spf_mailfrom_result(&spf_mail, ip, mail_from, helo)
-            .with_arc_result(&arc, ip);
-        let mut dmarc_known = false;
-        for d in dmarc.iter().filter(|d| !d.domain().is_empty()) {
-            ar = ar.with_dmarc_result(d);
-            dmarc_known = true;
-        }
-        let mut header = ar.to_header();
+        let ev = self.evaluate(hostname, ip, helo, mail_from, &parsed).await;
+        let mut header = ev
+            .results(hostname, ip, helo, mail_from, &parsed)
+            .to_header();
+        let Evaluation {
+            spf_mail,
+            mail_from_domain,
+            dkim,
+            authors,
+            dmarc,
+            ..
+        } = ev;
         // RFC 8601 §2.7.1: say "none" rather than leave a method out.
         let mut extra = String::new();
         if dkim.is_empty() {
             extra.push_str(";\r\n\tdkim=none");
         }
-        if !dmarc_known {
+        if !dmarc.iter().any(|d| !d.domain().is_empty()) {
             extra.push_str(";\r\n\tdmarc=none");
         }
         if !extra.is_empty() {
@@ -302,7 +270,7 @@ impl Checker {
             header.push_str("\r\n");
         }
 
-        let decision = if authors.len() > MAX_AUTHOR_DOMAINS {
+        let decision = if authors > MAX_AUTHOR_DOMAINS {
             apply(dmarc_reject, "too many author domains in From:".into())
         } else {
             dmarc
@@ -356,6 +324,132 @@ impl Checker {
             header,
             decision,
             dmarc: rows,
+        }
+    }
+
+    /// Every check of one message (parsed by the caller, which keeps it
+    /// alive for the results that borrow it).
+    async fn evaluate<'x>(
+        &self,
+        hostname: &str,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        parsed: &'x AuthenticatedMessage<'x>,
+    ) -> Evaluation<'x> {
+        let auth = &self.auth;
+        let helo_is_domain = helo.contains('.') && !helo.starts_with('[');
+        // RFC 7208 §2.3: the HELO identity.
+        let spf_helo = if helo_is_domain {
+            self.within(
+                auth.verify_spf(SpfParameters::verify_ehlo(ip, helo, hostname)),
+                || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
+            )
+            .await
+        } else {
+            SpfOutput::new(helo.to_string()).with_result(SpfResult::None)
+        };
+        // RFC 7208 §2.4: MAIL FROM, or the HELO identity for the null sender.
+        let spf_mail = if mail_from.is_empty() {
+            spf_helo.clone()
+        } else {
+            self.within(
+                auth.verify_spf(SpfParameters::verify_mail_from(
+                    ip, helo, hostname, mail_from,
+                )),
+                || SpfOutput::new(mail_from.to_string()).with_result(SpfResult::TempError),
+            )
+            .await
+        };
+        let mail_from_domain = mail_from
+            .rsplit_once('@')
+            .map_or(helo, |(_, d)| d)
+            .to_ascii_lowercase();
+        let timeout = || Error::Dns(DnsError::Resolver("deadline exceeded".into()));
+        let dkim = self
+            .within(auth.verify_dkim(parsed), || {
+                vec![DkimOutput::temp_err(timeout())]
+            })
+            .await;
+        let arc = self
+            .within(auth.verify_arc(parsed), || {
+                ArcOutput::default().with_result(DkimResult::TempError(timeout()))
+            })
+            .await;
+        // RFC 7489 §6.6.1: one author domain is the rule. mail-auth exempts
+        // a message with several (several From: fields or mailboxes), which
+        // would let `From: x@evil.example, ceo@bank.example` dodge DMARC;
+        // each domain is evaluated instead, and the strictest verdict wins.
+        let mut authors: Vec<&str> = Vec::new();
+        for address in &parsed.from {
+            if let Some((_, domain)) = address.rsplit_once('@')
+                && !authors
+                    .iter()
+                    .any(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain))
+            {
+                authors.push(address);
+            }
+        }
+        let mut dmarc = Vec::with_capacity(authors.len().min(MAX_AUTHOR_DOMAINS));
+        if authors.len() <= 1 {
+            dmarc.push(
+                self.dmarc(parsed, &dkim, &mail_from_domain, &spf_mail)
+                    .await,
+            );
+        } else {
+            for author in authors.iter().take(MAX_AUTHOR_DOMAINS) {
+                let mut one = parsed.clone();
+                one.from = vec![(*author).to_string()];
+                dmarc.push(self.dmarc(&one, &dkim, &mail_from_domain, &spf_mail).await);
+            }
+        }
+        Evaluation {
+            spf_helo,
+            spf_mail,
+            mail_from_domain,
+            dkim,
+            arc,
+            authors: authors.len(),
+            dmarc,
+        }
+    }
+
+    /// An ARC set (RFC 8617 §4) for `message` as we forward it: the checks
+    /// run again (against the client that handed it to us: `ip`, `helo`,
+    /// the original `mail_from`), their results become the
+    /// `ARC-Authentication-Results`, and `sealer` signs the message
+    /// (`ARC-Message-Signature`) and the chain (`ARC-Seal`, `cv=` from the
+    /// validation of the chain the message came with: a chain broken on
+    /// the way is sealed `cv=fail`, which ends it, §5.1.2). `None` when the
+    /// last seal already says `cv=fail` (§5.1.1: nothing more to seal) or
+    /// signing failed. The returned fields go on top of the message;
+    /// `message` must end its lines with CRLF.
+    pub async fn arc_seal(
+        &self,
+        sealer: &mail_auth::arc::ArcSealer<
+            mail_auth::common::crypto::DkimKey,
+            mail_auth::dkim::Done,
+        >,
+        hostname: &str,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+    ) -> Option<String> {
+        let mut parsed = AuthenticatedMessage::parse(message)?;
+        parsed.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
+        let ev = self.evaluate(hostname, ip, helo, mail_from, &parsed).await;
+        if !ev.arc.can_be_sealed() {
+            tracing::info!("ARC chain already ended with cv=fail: not sealed (RFC 8617 §5.1.1)");
+            return None;
+        }
+        let results = ev.results(hostname, ip, helo, mail_from, &parsed);
+        match sealer.seal(&parsed, &results, &ev.arc) {
+            Ok(set) => Some(set.to_header()),
+            Err(e) => {
+                tracing::warn!(error = %e, "ARC sealing failed; forwarded without a seal");
+                None
+            }
         }
     }
 

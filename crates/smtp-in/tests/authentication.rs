@@ -676,3 +676,128 @@ async fn dmarc_outcomes_are_recorded_for_aggregate_reports() {
         "no DMARC record, no row: {rows:#?}"
     );
 }
+
+/// threat model T125: what our ARC seal of a forwarded message says is
+/// what the checks found — a forged `From:` of a p=reject domain is sealed
+/// with `dmarc=fail` in the ARC-Authentication-Results (a receiver that
+/// trusts our seal learns the forgery, not a pass); a message arriving with
+/// a valid chain gets `cv=pass` and i=2; a broken chain is sealed with
+/// `cv=fail`, after which nobody seals it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arc_seal_tells_what_the_checks_found() {
+    use mail_auth::arc::ArcSealer;
+    use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
+
+    let dns = TestDns::start().await;
+    zones(&dns);
+    let der = Ed25519Key::generate_pkcs8().unwrap();
+    let public = Ed25519Key::from_pkcs8_der(&der).unwrap().public_key();
+    dns.txt(
+        "arc._domainkey.list.example",
+        &format!("v=DKIM1; k=ed25519; p={}", B64.encode(public)),
+    );
+    let ours = Ed25519Key::generate_pkcs8().unwrap();
+    let sealer = ArcSealer::from_key(mail_auth::common::crypto::DkimKey::Ed25519(
+        Ed25519Key::from_pkcs8_der(&ours).unwrap(),
+    ))
+    .domain("ours.example")
+    .selector("arc1")
+    .headers(["From", "To", "Subject"]);
+    let checker = Checker::new(
+        Some(dns.addr),
+        Duration::from_millis(300),
+        Policy::default(),
+    )
+    .unwrap();
+    let ip: std::net::IpAddr = CLIENT_IP.parse().unwrap();
+    let unfold = |s: &str| s.replace("\r\n\t", " ").replace("\r\n ", " ");
+
+    let forged = b"From: CEO <ceo@bank.example>\r\nTo: alice@ours.example\r\nSubject: wire the money\r\n\r\nNow.\r\n";
+    let set = checker
+        .arc_seal(
+            &sealer,
+            "mx.ours.example",
+            ip,
+            "client.example",
+            "attacker@pass.test",
+            forged,
+        )
+        .await
+        .expect("sealed");
+    let set = unfold(&set);
+    assert!(
+        set.contains("ARC-Seal: i=1; a=ed25519-sha256; s=arc1; d=ours.example; cv=none"),
+        "{set}"
+    );
+    assert!(
+        set.contains("ARC-Authentication-Results: i=1; mx.ours.example;"),
+        "{set}"
+    );
+    assert!(set.contains("dmarc=fail"), "{set}");
+    assert!(set.contains("spf=pass"), "{set}");
+    assert!(!set.contains("dmarc=pass"), "{set}");
+
+    let original =
+        b"From: member@list.example\r\nTo: alice@ours.example\r\nSubject: list post\r\n\r\nHello list.\r\n";
+    let parsed = AuthenticatedMessage::parse(original).unwrap();
+    let list_results = AuthenticationResults::new("list.example");
+    let first = ArcSealer::from_key(Ed25519Key::from_pkcs8_der(&der).unwrap())
+        .domain("list.example")
+        .selector("arc")
+        .headers(["From", "To", "Subject"])
+        .seal(&parsed, &list_results, &ArcOutput::default())
+        .unwrap();
+    let mut chained = first.to_header().into_bytes();
+    chained.extend_from_slice(original);
+    let set = checker
+        .arc_seal(
+            &sealer,
+            "mx.ours.example",
+            ip,
+            "client.example",
+            "member@list.example",
+            &chained,
+        )
+        .await
+        .expect("sealed");
+    let set = unfold(&set);
+    assert!(set.contains("i=2"), "{set}");
+    assert!(set.contains("cv=pass"), "{set}");
+    assert!(set.contains("arc=pass"), "{set}");
+
+    // A chain broken on the way (a footer added after the first seal) is
+    // sealed as broken (RFC 8617 §5.1.2: cv=fail ends the chain), and a
+    // chain that already ends in cv=fail is not sealed again (§5.1.1).
+    let mut broken = chained.clone();
+    broken.extend_from_slice(b"-- \r\nfooter added later\r\n");
+    let set = checker
+        .arc_seal(
+            &sealer,
+            "mx.ours.example",
+            ip,
+            "client.example",
+            "member@list.example",
+            &broken,
+        )
+        .await
+        .expect("sealed as failed");
+    let set = unfold(&set);
+    assert!(set.contains("i=2") && set.contains("cv=fail"), "{set}");
+    assert!(!set.contains("arc=pass"), "{set}");
+    let mut ended = set.into_bytes();
+    ended.extend_from_slice(&broken);
+    assert!(
+        checker
+            .arc_seal(
+                &sealer,
+                "mx.ours.example",
+                ip,
+                "client.example",
+                "member@list.example",
+                &ended
+            )
+            .await
+            .is_none(),
+        "a chain ending in cv=fail is not sealed again"
+    );
+}

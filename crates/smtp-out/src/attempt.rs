@@ -175,6 +175,8 @@ impl Worker {
         }
         if job.sign {
             self.fresh_dkim_key(&message, &job.mail_from).await;
+        } else if !job.delivered_to.is_empty() {
+            message = self.arc_seal(&job, message).await;
         }
         // RFC 6376: signed as sent (CRLF), once per attempt — only what the
         // enqueuer marked as ours (never relayed or forwarded inbound mail:

@@ -108,6 +108,11 @@ pub struct Config {
     /// Do not send DMARC aggregate reports (RFC 7489 §7.2).
     #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_DMARC_REPORTS")]
     pub no_dmarc_reports: bool,
+    /// Do not add an ARC set (RFC 8617) to mail forwarded through an alias.
+    /// By default a forwarded message is sealed with the DKIM key of the
+    /// alias's domain (else of the SRS domain) when we hold one.
+    #[arg(long, env = "EPISTOLE_SMTP_OUT_NO_ARC")]
+    pub no_arc: bool,
     /// Sender of DMARC aggregate reports (default: postmaster@ the domain
     /// of --hostname).
     #[arg(long, env = "EPISTOLE_DMARC_REPORT_FROM")]

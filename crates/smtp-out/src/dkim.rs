@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dkim::{DkimSigner, Done};
@@ -75,6 +76,9 @@ pub fn txt_record(key: &DkimKey) -> String {
 #[derive(Default)]
 pub struct Signer {
     keys: HashMap<String, DkimSigner<DkimKey, Done>>,
+    /// The same keys as ARC sealers (RFC 8617), for forwarded mail; only
+    /// for keys added from their PEM (the key itself cannot be copied).
+    sealers: HashMap<String, ArcSealer<DkimKey, Done>>,
     /// The selector of each domain's key, and whether it came from the
     /// store (not from a `--dkim-key` file).
     selectors: HashMap<String, (String, bool)>,
@@ -104,8 +108,8 @@ impl Signer {
                 .ok_or_else(|| format!("dkim key {spec:?}: expected DOMAIN=SELECTOR:PATH"))?;
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| format!("dkim key {domain}: read {path}: {e}"))?;
-            let key = key_from_pem(&pem).map_err(|e| format!("dkim key {domain}: {e}"))?;
-            s.add(domain, selector, key, false);
+            s.add_pem(domain, selector, &pem, false)
+                .map_err(|e| format!("dkim key {domain}: {e}"))?;
         }
         Ok(s)
     }
@@ -119,8 +123,45 @@ impl Signer {
             .selector(selector)
             .headers(SIGNED_HEADERS.iter().copied());
         self.keys.insert(domain.clone(), signer);
+        // A key given as such has no sealer; drop one of an older key.
+        self.sealers.remove(&domain);
         self.selectors
             .insert(domain, (selector.to_string(), from_store));
+    }
+
+    /// Adds a key from its PEM for DKIM signing and for ARC sealing.
+    ///
+    /// # Errors
+    /// When the PEM holds no usable key.
+    pub fn add_pem(
+        &mut self,
+        domain: &str,
+        selector: &str,
+        pem: &str,
+        from_store: bool,
+    ) -> Result<(), String> {
+        let key = key_from_pem(pem)?;
+        let seal_key = key_from_pem(pem)?;
+        self.add(domain, selector, key, from_store);
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let sealer = ArcSealer::from_key(seal_key)
+            .domain(domain.clone())
+            .selector(selector)
+            .headers(SIGNED_HEADERS.iter().copied().chain(["DKIM-Signature"]));
+        self.sealers.insert(domain, sealer);
+        Ok(())
+    }
+
+    /// The ARC sealer of the first of `domains` we hold a key for.
+    #[must_use]
+    pub fn sealer<'a>(
+        &self,
+        domains: impl IntoIterator<Item = &'a str>,
+    ) -> Option<&ArcSealer<DkimKey, Done>> {
+        domains.into_iter().find_map(|d| {
+            self.sealers
+                .get(d.trim_end_matches('.').to_ascii_lowercase().as_str())
+        })
     }
 
     /// The selector of the key loaded for `domain`, and whether it came

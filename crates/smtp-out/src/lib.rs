@@ -61,6 +61,7 @@ pub mod route;
 pub mod throttle;
 pub mod tlsrpt;
 
+mod arc;
 mod attempt;
 mod outcome;
 mod reports;
@@ -169,7 +170,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         data_block: config.command_timeout.min(Duration::from_secs(180)),
         data_end: config.data_timeout,
     };
+    let arc = if config.no_arc {
+        None
+    } else {
+        match smtp_in::inbound::Checker::new(
+            config.dns_server,
+            Duration::from_millis(config.dns_timeout_ms),
+            smtp_in::inbound::Policy::default(),
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no ARC sealing of forwarded mail");
+                None
+            }
+        }
+    };
     let worker = Arc::new(Worker {
+        arc,
         jobs: Jobs::new(store.clone(), "smtp-out", id.clone()),
         store,
         id,
@@ -234,8 +251,8 @@ pub(crate) async fn load_dkim(
     match keys {
         Ok(r) => {
             for k in r.into_inner().keys {
-                match dkim::key_from_pem(&k.private_key) {
-                    Ok(key) => signer.add(&k.domain, &k.selector, key, true),
+                match signer.add_pem(&k.domain, &k.selector, &k.private_key, true) {
+                    Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(domain = %k.domain, selector = %k.selector, error = %e, "unusable DKIM key")
                     }

@@ -35,6 +35,8 @@ pub(crate) struct Worker {
     /// reloaded every minute (so `mailctl dkim rotate` needs no restart)
     /// and at once when a marked message's domain has a new store key.
     pub(crate) dkim: std::sync::RwLock<Arc<dkim::Signer>>,
+    /// The checks behind the ARC sets of forwarded mail, unless `--no-arc`.
+    pub(crate) arc: Option<smtp_in::inbound::Checker>,
     /// Smarthost credentials by host name.
     pub(crate) relay_auth: HashMap<String, Credentials>,
     pub(crate) timeouts: Timeouts,

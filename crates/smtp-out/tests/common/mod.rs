@@ -437,6 +437,7 @@ pub fn config(store: &test_kit::TestStore, dns: SocketAddr, port: u16) -> smtp_o
         ca_file: None,
         no_mta_sts: false,
         no_dane: false,
+        no_arc: false,
         no_tlsrpt: false,
         tlsrpt_org: None,
         tlsrpt_contact: None,
