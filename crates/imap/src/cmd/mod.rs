@@ -15,6 +15,7 @@ mod idle;
 mod list;
 mod mailbox;
 mod misc;
+mod qresync;
 mod quota;
 mod search;
 mod select;
@@ -190,7 +191,11 @@ impl Session {
                 mailbox,
                 condstore,
                 read_only,
-            } => ReplyNoSync(self.select(io, &mailbox, condstore, read_only).await),
+                qresync,
+            } => ReplyNoSync(
+                self.select(io, &mailbox, condstore, read_only, qresync.as_ref())
+                    .await,
+            ),
             CommandKind::Create(name) => Reply(self.create(&name).await),
             CommandKind::Delete(name) => Reply(self.delete(&name).await),
             CommandKind::Rename { from, to } => Reply(self.rename(&from, &to).await),
@@ -255,7 +260,11 @@ impl Session {
                 set,
                 atts,
                 changed_since,
-            } => Reply(self.fetch(io, uid, &set, &atts, changed_since).await?),
+                vanished,
+            } => Reply(
+                self.fetch(io, uid, &set, &atts, changed_since, vanished)
+                    .await?,
+            ),
             CommandKind::Store {
                 uid,
                 set,
