@@ -274,3 +274,45 @@ async fn qresync_parameters_are_bounded() {
         .await;
     assert!(u.contains("* 6 EXISTS"), "{u}");
 }
+
+/// An expunge made elsewhere cannot be announced during FETCH by
+/// sequence number (RFC 9051 §7.4.1); with QRESYNC the client then gets a
+/// HIGHESTMODSEQ below that expunge, so resuming from the MODSEQs it has
+/// seen cannot skip it (RFC 7162 §3.2), and VANISHED follows at NOOP.
+#[tokio::test]
+async fn withheld_expunges_lower_highestmodseq() {
+    let env = env().await;
+    let (v, _) = six(&env).await;
+    let mut a = qresync_client(&env).await;
+    let u = a.ok("s", "SELECT INBOX").await;
+    let before = code(&u, "HIGHESTMODSEQ");
+    let mut b = Client::login(&env).await;
+    b.ok("s", "SELECT INBOX").await;
+    b.ok("d", "UID STORE 3 +FLAGS.SILENT (\\Deleted)").await;
+    b.ok("x", "UID EXPUNGE 3").await;
+    b.ok("f", "UID STORE 1 +FLAGS.SILENT (\\Seen)").await;
+    let u = a.ok("f", "FETCH 1 (FLAGS MODSEQ)").await;
+    assert!(!u.contains("VANISHED"), "{u}");
+    assert!(
+        u.contains("\\Seen) MODSEQ ("),
+        "the flag change is shown: {u}"
+    );
+    let low = code(&u, "HIGHESTMODSEQ");
+    let shown: u64 = u[u.rfind("MODSEQ (").unwrap() + 8..]
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(low < shown, "{u}");
+    // Resuming from that value finds the expunge.
+    let mut c = qresync_client(&env).await;
+    let r = c
+        .ok("s", &format!("EXAMINE INBOX (QRESYNC ({v} {low}))"))
+        .await;
+    assert!(r.contains("* VANISHED (EARLIER) 3\r\n"), "{r}");
+    assert!(low >= before, "{before} {low}");
+    let u = a.ok("n", "NOOP").await;
+    assert!(u.contains("* VANISHED 3\r\n"), "{u}");
+    assert!(!u.contains("HIGHESTMODSEQ"), "{u}");
+}

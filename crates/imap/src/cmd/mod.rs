@@ -125,6 +125,7 @@ impl Session {
                 | CommandKind::Sort { uid: false, .. }
                 | CommandKind::Thread { uid: false, .. }
         );
+        let withholds_expunges = !may_sync;
         let outcome = self.run(io, &tag, kind, shutdown).await?;
         let (status, may_sync) = match outcome {
             Outcome::Reply(st) => (st, may_sync),
@@ -139,6 +140,9 @@ impl Session {
             if dirty {
                 self.sync(io, true).await;
             }
+        }
+        if withholds_expunges && self.enabled.qresync && status.kind != Kind::Bad {
+            self.report_withheld_expunges(io).await;
         }
         // Server-side failures carry the session id, so a user's report
         // can be found in the logs.

@@ -85,6 +85,36 @@ impl Session {
         );
     }
 
+    /// After FETCH, STORE, SEARCH, SORT or THREAD by sequence number, which
+    /// may not announce expunges (RFC 9051 §7.4.1) but may show MODSEQs
+    /// newer than them: when expunges made elsewhere are pending, a
+    /// HIGHESTMODSEQ below them, so a client resuming from the MODSEQs it
+    /// has seen does not skip them (RFC 7162 §3.2). Only looked up when
+    /// the store's change stream marked the mailbox changed.
+    pub(super) async fn report_withheld_expunges<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+    ) {
+        let store = self.store();
+        let Some(mb) = self.selected() else { return };
+        let changed = mb
+            .watch
+            .as_ref()
+            .is_none_or(|w| w.dirty.load(std::sync::atomic::Ordering::Acquire));
+        if !changed {
+            return;
+        }
+        match store.list_expunged(mb.id, mb.expunge_mark).await {
+            Ok(gone) if gone.iter().any(|&u| mb.seq_of(u).is_some()) => io.write(
+                &response::Status::ok("Expunges pending")
+                    .with(response::Code::HighestModSeq(mb.expunge_mark))
+                    .encode(None),
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "list expunged failed"),
+        }
+    }
+
     /// The QRESYNC part of SELECT / EXAMINE (RFC 7162 §3.2.5.1), after the
     /// usual responses: when the client's UIDVALIDITY still holds, the
     /// expunges since its MODSEQ as VANISHED (EARLIER), then a FETCH with
