@@ -296,6 +296,26 @@ mod tests {
     }
 
     #[test]
+    fn removal_reports_expunge_or_vanished() {
+        let mut s = sel(&[3, 5, 9, 10, 12]);
+        // Unknown UIDs and duplicates are ignored; numbers count earlier removals.
+        assert_eq!(
+            s.remove(&[10, 4, 5, 5], false),
+            b"* 2 EXPUNGE\r\n* 3 EXPUNGE\r\n".to_vec()
+        );
+        assert_eq!(s.uids, vec![3, 9, 12]);
+        assert_eq!(s.flags.len(), 3);
+        // RFC 7162 §3.2.10: one VANISHED with the UIDs, compressed.
+        let mut s = sel(&[3, 4, 5, 9]);
+        assert_eq!(
+            s.remove(&[5, 3, 4, 7], true),
+            b"* VANISHED 3:5\r\n".to_vec()
+        );
+        assert_eq!(s.uids, vec![9]);
+        assert!(s.remove(&[1], true).is_empty());
+    }
+
+    #[test]
     fn saved_result_resolves_without_expunged_messages() {
         let mut s = sel(&[3, 5, 9, 10]);
         assert!(s.resolve(&SeqSet::saved(), false).is_empty());
