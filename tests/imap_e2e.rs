@@ -738,3 +738,83 @@ async fn imaplib_sort_and_thread() {
     )
     .await;
 }
+
+const QRESYNC: &str = r#"
+import imaplib, re, ssl, sys
+host, sport, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=sys.argv[5])
+ctx.check_hostname = False
+def connect():
+    M = imaplib.IMAP4_SSL(host, sport, ssl_context=ctx)
+    M.login(user, pw)
+    return M
+A = connect()
+assert b'QRESYNC' in A.capabilities or 'QRESYNC' in A.capabilities, A.capabilities
+typ, data = A.enable('QRESYNC')
+assert typ == 'OK' and A.untagged_responses.get('ENABLED') == [b'QRESYNC'], A.untagged_responses
+typ, data = A.select('INBOX')
+assert data == [b'5'], data
+uidvalidity = A.untagged_responses['UIDVALIDITY'][0].decode()
+modseq = A.untagged_responses['HIGHESTMODSEQ'][0].decode()
+A.logout()
+# Another client (no QRESYNC) flags one message and expunges two.
+B = connect()
+B.select('INBOX')
+assert B.store('1', '+FLAGS', '\\Flagged')[0] == 'OK'
+assert B.store('2,4', '+FLAGS', '\\Deleted')[0] == 'OK'
+typ, data = B.expunge()
+assert typ == 'OK' and data == [b'2', b'3'], data
+# The first client comes back with what it remembers.
+C = connect()
+C.enable('QRESYNC')
+typ, data = C._simple_command('SELECT', 'INBOX (QRESYNC (%s %s))' % (uidvalidity, modseq))
+assert typ == 'OK', (typ, data)
+C.state = 'SELECTED'
+r = C.untagged_responses
+assert r.get('EXISTS') == [b'3'], r
+assert r.get('VANISHED') == [b'(EARLIER) 2,4'], r
+fetches = r.get('FETCH', [])
+assert len(fetches) == 1 and re.match(rb'1 \(UID 1 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)', fetches[0]), fetches
+r.clear()
+# The same through UID FETCH (CHANGEDSINCE n VANISHED).
+typ, data = C.uid('FETCH', '1:*', '(FLAGS) (CHANGEDSINCE %s VANISHED)' % modseq)
+assert typ == 'OK', (typ, data)
+assert C.untagged_responses.get('VANISHED') == [b'(EARLIER) 2,4'], C.untagged_responses
+assert len(data) == 1 and b'UID 1 FLAGS (\\Flagged)' in data[0], data
+C.untagged_responses.clear()
+# An expunge elsewhere now reaches C as VANISHED, never EXPUNGE.
+assert B.store('2', '+FLAGS', '\\Deleted')[0] == 'OK'
+B.expunge()
+typ, data = C.noop()
+assert C.untagged_responses.get('VANISHED') == [b'3'], C.untagged_responses
+assert 'EXPUNGE' not in C.untagged_responses, C.untagged_responses
+typ, data = C.uid('SEARCH', None, 'ALL')
+assert data == [b'1 5'], data
+B.logout(); C.logout()
+print('ALL OK')
+"#;
+
+/// QRESYNC (RFC 7162 §3.2) with Python's imaplib against the real binary:
+/// a client that remembered UIDVALIDITY and HIGHESTMODSEQ learns, after
+/// another client flagged one message and expunged two, exactly that
+/// (VANISHED (EARLIER) and one FETCH) at SELECT and through UID FETCH
+/// (CHANGEDSINCE n VANISHED); later expunges reach it as VANISHED.
+#[tokio::test]
+async fn imaplib_qresync_after_expunges_elsewhere() {
+    let s = setup("qresync").await;
+    for i in 1..=5 {
+        s.store.append(s.user, "INBOX", &message(i, ALICE)).await;
+    }
+    let imap = start_imap(&s.store, &s.cert, &s.key).await;
+    python(
+        QRESYNC,
+        &[
+            "127.0.0.1".into(),
+            imap.tls.port().to_string(),
+            ALICE.into(),
+            ALICE_PW.into(),
+            s.cert.display().to_string(),
+        ],
+    )
+    .await;
+}

@@ -36,6 +36,20 @@ impl SeqSet {
     }
 }
 
+/// The QRESYNC parameter of SELECT / EXAMINE (RFC 7162 §3.2.5): what the
+/// client remembers of the mailbox. Sets are bounded by the parser
+/// (threat model T122).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QresyncParams {
+    pub uidvalidity: u32,
+    pub modseq: u64,
+    /// UIDs the client knows; `None` = all.
+    pub known_uids: Option<SeqSet>,
+    /// `(known-sequence-set known-uid-set)`: parsed and checked, not
+    /// needed (the store keeps every expunge with its MODSEQ).
+    pub seq_match: Option<(SeqSet, SeqSet)>,
+}
+
 /// A command with its tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -64,6 +78,8 @@ pub enum StatusItem {
     HighestModseq,
     /// RFC 9208 §4.2.2.
     DeletedStorage,
+    /// RFC 8474 §4.2.
+    MailboxId,
 }
 
 /// `LIST` selection options (RFC 5258 §3.1).
@@ -217,6 +233,14 @@ pub enum FetchAtt {
     BinarySize {
         part: Vec<u32>,
     },
+    /// RFC 8474 §5.1 EMAILID.
+    EmailId,
+    /// RFC 8474 §5.2 THREADID.
+    ThreadId,
+    /// RFC 8970 §3 PREVIEW, `lazy` = the LAZY modifier.
+    Preview {
+        lazy: bool,
+    },
 }
 
 /// One message of `APPEND`.
@@ -249,6 +273,8 @@ pub enum CommandKind {
         mailbox: Vec<u8>,
         condstore: bool,
         read_only: bool,
+        /// RFC 7162 §3.2.5 QRESYNC parameter.
+        qresync: Option<QresyncParams>,
     },
     Create(Vec<u8>),
     Delete(Vec<u8>),
@@ -311,6 +337,8 @@ pub enum CommandKind {
         set: SeqSet,
         atts: Vec<FetchAtt>,
         changed_since: Option<u64>,
+        /// RFC 7162 §3.2.6 VANISHED modifier (UID FETCH with CHANGEDSINCE).
+        vanished: bool,
     },
     Store {
         uid: bool,

@@ -9,7 +9,8 @@
 //! (RFC 8438), CONDSTORE (RFC 7162), ESEARCH (RFC 4731), BINARY
 //! (RFC 3516), UTF8=ACCEPT (RFC 6855), APPENDLIMIT (RFC 7889), MULTIAPPEND
 //! (RFC 3502), QUOTA (RFC 9208: STORAGE and MESSAGE, SETQUOTA for the
-//! configured quota administrators); STARTTLS on
+//! configured quota administrators), QRESYNC (RFC 7162 §3.2), OBJECTID
+//! (RFC 8474) and PREVIEW (RFC 8970); STARTTLS on
 //! the plain port and implicit TLS (RFC 8314).
 //!
 //! Stateless over the mailbox-store (gRPC `mailstore.v1`), the only thing it
@@ -25,7 +26,8 @@
 //! resync; `cmd` holds the per-state command table, the dispatcher and
 //! one module per command family; [`store`] is the only module that talks
 //! to the store and sees its protobuf types; [`binary`] re-encodes a
-//! binary body APPEND brings (RFC 3516 §4.3); [`conn`] owns listeners,
+//! binary body APPEND brings (RFC 3516 §4.3); [`objectid`] and
+//! [`preview`] derive OBJECTID identifiers and PREVIEW text; [`conn`] owns listeners,
 //! limits and the TLS swap (configuration from the shared `tls-kit` crate:
 //! rustls with ring).
 
@@ -38,7 +40,9 @@ pub mod io;
 pub mod mailbox_name;
 pub mod model;
 pub mod mutf7;
+pub mod objectid;
 pub mod parser;
+pub mod preview;
 pub mod response;
 pub mod selected;
 pub mod session;

@@ -51,6 +51,8 @@ pub struct MessageMeta {
     /// RFC822.SIZE.
     pub size: u64,
     pub modseq: u64,
+    /// Hex SHA-256 of the raw message (the store's blob identity).
+    pub blob_id: String,
     /// Present when asked for (ENVELOPE, BODY, BODYSTRUCTURE, sections).
     pub structure: Option<Structure>,
 }

@@ -30,6 +30,8 @@ pub enum Code {
     PermanentFlags(String),
     HighestModSeq(u64),
     NoModSeq,
+    /// RFC 8474 §4.
+    MailboxId(String),
     AppendUid(u32, String),
     CopyUid(u32, String, String),
     Modified(String),
@@ -69,6 +71,7 @@ impl Code {
             Self::PermanentFlags(f) => write!(out, "PERMANENTFLAGS ({f})"),
             Self::HighestModSeq(v) => write!(out, "HIGHESTMODSEQ {v}"),
             Self::NoModSeq => write!(out, "NOMODSEQ"),
+            Self::MailboxId(id) => write!(out, "MAILBOXID ({id})"),
             Self::AppendUid(v, u) => write!(out, "APPENDUID {v} {u}"),
             Self::CopyUid(v, s, d) => write!(out, "COPYUID {v} {s} {d}"),
             Self::Modified(s) => write!(out, "MODIFIED {s}"),

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::sync::Notify;
 
 use crate::command::SeqSet;
-use crate::response::{Code, Status};
+use crate::response::{self, Code, Status};
 
 /// The system flags every mailbox supports (RFC 9051 §2.3.2).
 pub const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
@@ -87,6 +87,48 @@ impl Selected {
         } else {
             Vec::new()
         }
+    }
+
+    /// Forgets the expunged `gone` UIDs (sorted or not) and returns what
+    /// tells the client: `* n EXPUNGE` per message, ascending, each number
+    /// counted after the previous removals (RFC 9051 §7.5.1), or, with QRESYNC
+    /// enabled, one `* VANISHED uid-set` (RFC 7162 §3.2.10).
+    pub fn remove(&mut self, gone: &[u32], vanished: bool) -> Vec<u8> {
+        let mut gone = gone.to_vec();
+        gone.sort_unstable();
+        gone.dedup();
+        let mut idx: Vec<usize> = gone
+            .iter()
+            .filter_map(|u| self.uids.binary_search(u).ok())
+            .collect();
+        if idx.is_empty() {
+            return Vec::new();
+        }
+        let removed: Vec<u32> = idx.iter().map(|&i| self.uids[i]).collect();
+        let mut out = Vec::new();
+        if vanished {
+            out = format!("* VANISHED {}\r\n", response::seq_set_string(&removed)).into_bytes();
+        }
+        // Ascending removal with EXPUNGE numbers adjusted for the earlier
+        // ones (the order the store returns and clients expect).
+        for (k, i) in idx.iter_mut().enumerate() {
+            let at = *i - k;
+            if !vanished {
+                out.extend_from_slice(&response::expunge(at + 1));
+            }
+            *i = at;
+        }
+        let dropped: std::collections::HashSet<u32> = removed.into_iter().collect();
+        let mut flags = std::mem::take(&mut self.flags).into_iter();
+        let uids = std::mem::take(&mut self.uids);
+        for u in uids {
+            let f = flags.next().unwrap_or_default();
+            if !dropped.contains(&u) {
+                self.uids.push(u);
+                self.flags.push(f);
+            }
+        }
+        out
     }
 
     /// Whether `uid` is \Recent in this session.
@@ -251,6 +293,26 @@ mod tests {
         let big = set(&vec![(Some(1), Some(u32::MAX)); 10_000]);
         assert_eq!(s.resolve(&big, false), vec![3, 5, 9, 10]);
         assert_eq!(s.resolve(&big, true), vec![3, 5, 9, 10]);
+    }
+
+    #[test]
+    fn removal_reports_expunge_or_vanished() {
+        let mut s = sel(&[3, 5, 9, 10, 12]);
+        // Unknown UIDs and duplicates are ignored; numbers count earlier removals.
+        assert_eq!(
+            s.remove(&[10, 4, 5, 5], false),
+            b"* 2 EXPUNGE\r\n* 3 EXPUNGE\r\n".to_vec()
+        );
+        assert_eq!(s.uids, vec![3, 9, 12]);
+        assert_eq!(s.flags.len(), 3);
+        // RFC 7162 §3.2.10: one VANISHED with the UIDs, compressed.
+        let mut s = sel(&[3, 4, 5, 9]);
+        assert_eq!(
+            s.remove(&[5, 3, 4, 7], true),
+            b"* VANISHED 3:5\r\n".to_vec()
+        );
+        assert_eq!(s.uids, vec![9]);
+        assert!(s.remove(&[1], true).is_empty());
     }
 
     #[test]

@@ -191,6 +191,9 @@ pub struct Enabled {
     pub rev2: bool,
     pub utf8: bool,
     pub condstore: bool,
+    /// RFC 7162 §3.2.3: implies `condstore`; expunges are then reported
+    /// as VANISHED and every FETCH response carries the UID.
+    pub qresync: bool,
 }
 
 /// One IMAP session.
@@ -281,6 +284,8 @@ impl Session {
         c.push_str(" QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QUOTASET");
         // RFC 5256 §3, RFC 5957 §2, RFC 5267 §3, RFC 5182 §2.
         c.push_str(" SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES ESORT SEARCHRES");
+        // RFC 7162 §3.2, RFC 8474 §3, RFC 8970 §2.
+        c.push_str(" QRESYNC OBJECTID PREVIEW");
         if authed && !self.compressed {
             // RFC 4978 §3: offered after login, until it is in force.
             c.push_str(" COMPRESS=DEFLATE");

@@ -215,13 +215,17 @@ impl Store {
             .names)
     }
 
-    pub async fn create_mailbox(&self, user_id: u64, name: String) -> Result<()> {
+    /// Creates a mailbox; returns its id.
+    pub async fn create_mailbox(&self, user_id: u64, name: String) -> Result<u64> {
         let req = pb::CreateMailboxRequest {
             user_id,
             name,
             special_use: String::new(),
         };
-        self.mailboxes().create_mailbox(req).await.map(drop)
+        self.mailboxes()
+            .create_mailbox(req)
+            .await
+            .map(|r| r.into_inner().id)
     }
 
     pub async fn delete_mailbox(&self, user_id: u64, name: String) -> Result<()> {
@@ -534,6 +538,7 @@ fn message_meta(m: pb::MessageMeta) -> MessageMeta {
         internal_date: m.internal_date.map(|t| t.seconds),
         size: m.size,
         modseq: m.modseq,
+        blob_id: m.blob_id,
         structure: m.structure.map(|s| Structure {
             envelope: s.envelope.map(envelope),
             parts: s.parts.into_iter().map(body_part).collect(),

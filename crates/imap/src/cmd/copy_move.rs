@@ -27,6 +27,7 @@ impl Session {
             return Status::bad("Not authenticated");
         };
         let store = self.store();
+        let vanished = self.enabled.qresync;
         let Some(mb) = self.selected() else {
             return Status::bad("No mailbox selected");
         };
@@ -62,15 +63,7 @@ impl Session {
             if let Some(c) = code {
                 io.write(&Status::ok("Moved").with(c).encode(None));
             }
-            let mut gone = r.source_uids.clone();
-            gone.sort_unstable();
-            for u in gone {
-                if let Ok(i) = mb.uids.binary_search(&u) {
-                    mb.uids.remove(i);
-                    mb.flags.remove(i);
-                    io.write(&response::expunge(i + 1));
-                }
-            }
+            io.write(&mb.remove(&r.source_uids, vanished));
             if r.destination_mailbox_id == mb.id {
                 self.sync(io, true).await;
             }

@@ -1,10 +1,11 @@
-//! EXPUNGE (RFC 9051 §6.4.3) and UID EXPUNGE (RFC 4315 §2.1).
+//! EXPUNGE (RFC 9051 §6.4.3) and UID EXPUNGE (RFC 4315 §2.1); with QRESYNC
+//! the expunged messages are reported as VANISHED (RFC 7162 §3.2.10).
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::SeqSet;
 use crate::io::Io;
-use crate::response::{self, Code, Status};
+use crate::response::{Code, Status};
 use crate::session::Session;
 use crate::store::store_error;
 
@@ -16,6 +17,7 @@ impl Session {
         uids: Option<&SeqSet>,
     ) -> Status {
         let store = self.store();
+        let vanished = self.enabled.qresync;
         let Some(mb) = self.selected() else {
             return Status::bad("No mailbox selected");
         };
@@ -33,15 +35,8 @@ impl Session {
             None => None,
         };
         match store.expunge(mb.id, set.as_deref()).await {
-            Ok(mut gone) => {
-                gone.sort_unstable();
-                for uid in gone {
-                    if let Ok(i) = mb.uids.binary_search(&uid) {
-                        mb.uids.remove(i);
-                        mb.flags.remove(i);
-                        io.write(&response::expunge(i + 1));
-                    }
-                }
+            Ok(gone) => {
+                io.write(&mb.remove(&gone, vanished));
                 Status::ok("EXPUNGE completed")
             }
             Err(e) => store_error(&e),

@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::command::{FetchAtt, Section, SectionText, SeqSet};
 use crate::io::Io;
 use crate::model::{BodyPart, FlagOp};
+use crate::objectid::email_id;
+use crate::preview;
 use crate::response::{self, Code, Status, Tree, Vecw};
 use crate::session::Session;
 use crate::store::store_error;
@@ -326,10 +328,24 @@ impl Session {
         set: &SeqSet,
         atts: &[FetchAtt],
         changed_since: Option<u64>,
+        vanished: bool,
     ) -> std::io::Result<Status> {
         if changed_since.is_some() || atts.contains(&FetchAtt::ModSeq) {
             self.enable_condstore(io);
         }
+        // RFC 7162 §3.2.6: VANISHED needs QRESYNC enabled; the expunged
+        // UIDs of the set come first, as VANISHED (EARLIER).
+        if vanished {
+            if !self.enabled.qresync {
+                return Ok(Status::bad("QRESYNC is not enabled"));
+            }
+            if self.selected().is_some() {
+                let within = super::qresync::ranges(set);
+                self.vanished_earlier(io, changed_since.unwrap_or(0), Some(&within))
+                    .await;
+            }
+        }
+        let qresync = self.enabled.qresync;
         let condstore = self.enabled.condstore;
         let utf8 = self.utf8();
         let rev2 = self.enabled.rev2;
@@ -367,7 +383,8 @@ impl Session {
             seen_before = unseen;
         }
         let mut items: Vec<FetchAtt> = atts.to_vec();
-        if uid_cmd && !items.contains(&FetchAtt::Uid) {
+        // RFC 7162 §3.2.4: with QRESYNC every FETCH response has the UID.
+        if (uid_cmd || qresync) && !items.contains(&FetchAtt::Uid) {
             items.insert(0, FetchAtt::Uid);
         }
         if changed_since.is_some() && !items.contains(&FetchAtt::ModSeq) {
@@ -505,6 +522,30 @@ impl Session {
                                 break;
                             }
                             fresh = false;
+                        }
+                        // RFC 8474 §5.1, §5.2 (see `crate::objectid`).
+                        FetchAtt::EmailId => {
+                            let _ = write!(Vecw(&mut out), "EMAILID ({})", email_id(&m.blob_id));
+                        }
+                        FetchAtt::ThreadId => out.extend_from_slice(b"THREADID NIL"),
+                        // RFC 8970 §3 (see `crate::preview`).
+                        FetchAtt::Preview { lazy } => {
+                            out.extend_from_slice(b"PREVIEW ");
+                            if *lazy && m.size > preview::LAZY_MAX_SIZE {
+                                out.extend_from_slice(b"NIL");
+                                continue;
+                            }
+                            let len = m.size.min(preview::MAX_PREVIEW_INPUT);
+                            let Some(raw) = self.load_range(mailbox_id, m.uid, 0, len).await else {
+                                if fresh {
+                                    skip = true;
+                                    break;
+                                }
+                                out.extend_from_slice(b"NIL");
+                                continue;
+                            };
+                            let text = preview::preview(&raw);
+                            response::string(&mut out, text.as_bytes(), utf8);
                         }
                         FetchAtt::Binary { part, .. } | FetchAtt::BinarySize { part } => {
                             let section = Section {

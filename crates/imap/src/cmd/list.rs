@@ -275,6 +275,9 @@ impl Session {
                 StatusItem::Size => format!("SIZE {}", mb.size),
                 StatusItem::HighestModseq => format!("HIGHESTMODSEQ {}", mb.highestmodseq),
                 StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", mb.deleted_size),
+                StatusItem::MailboxId => {
+                    format!("MAILBOXID ({})", crate::objectid::mailbox_id(mb.id))
+                }
             };
             out.extend_from_slice(s.as_bytes());
         }

@@ -21,7 +21,9 @@ impl Session {
             return Status::no("INBOX always exists").with(Code::AlreadyExists);
         }
         match self.store().create_mailbox(user_id, name).await {
-            Ok(_) => Status::ok("CREATE completed"),
+            // RFC 8474 §4.1: the new mailbox's MAILBOXID.
+            Ok(id) => Status::ok("CREATE completed")
+                .with(Code::MailboxId(crate::objectid::mailbox_id(id))),
             Err(e) => create_error(&e),
         }
     }

@@ -44,7 +44,7 @@ impl Session {
         Status::ok("ID completed")
     }
 
-    /// ENABLE (RFC 5161; RFC 9051 §6.3.1).
+    /// ENABLE (RFC 5161; RFC 9051 §6.3.1; RFC 7162 §3.2.3 QRESYNC).
     pub(super) fn enable<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut Io<S>,
@@ -56,6 +56,11 @@ impl Session {
                 "IMAP4REV2" => &mut self.enabled.rev2,
                 "UTF8=ACCEPT" => &mut self.enabled.utf8,
                 "CONDSTORE" => &mut self.enabled.condstore,
+                "QRESYNC" => {
+                    // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
+                    self.enabled.condstore = true;
+                    &mut self.enabled.qresync
+                }
                 _ => continue,
             };
             if !*flag {

@@ -15,6 +15,7 @@ mod idle;
 mod list;
 mod mailbox;
 mod misc;
+mod qresync;
 mod quota;
 mod search;
 mod select;
@@ -124,6 +125,7 @@ impl Session {
                 | CommandKind::Sort { uid: false, .. }
                 | CommandKind::Thread { uid: false, .. }
         );
+        let withholds_expunges = !may_sync;
         let outcome = self.run(io, &tag, kind, shutdown).await?;
         let (status, may_sync) = match outcome {
             Outcome::Reply(st) => (st, may_sync),
@@ -138,6 +140,9 @@ impl Session {
             if dirty {
                 self.sync(io, true).await;
             }
+        }
+        if withholds_expunges && self.enabled.qresync && status.kind != Kind::Bad {
+            self.report_withheld_expunges(io).await;
         }
         // Server-side failures carry the session id, so a user's report
         // can be found in the logs.
@@ -190,7 +195,11 @@ impl Session {
                 mailbox,
                 condstore,
                 read_only,
-            } => ReplyNoSync(self.select(io, &mailbox, condstore, read_only).await),
+                qresync,
+            } => ReplyNoSync(
+                self.select(io, &mailbox, condstore, read_only, qresync.as_ref())
+                    .await,
+            ),
             CommandKind::Create(name) => Reply(self.create(&name).await),
             CommandKind::Delete(name) => Reply(self.delete(&name).await),
             CommandKind::Rename { from, to } => Reply(self.rename(&from, &to).await),
@@ -255,7 +264,11 @@ impl Session {
                 set,
                 atts,
                 changed_since,
-            } => Reply(self.fetch(io, uid, &set, &atts, changed_since).await?),
+                vanished,
+            } => Reply(
+                self.fetch(io, uid, &set, &atts, changed_since, vanished)
+                    .await?,
+            ),
             CommandKind::Store {
                 uid,
                 set,

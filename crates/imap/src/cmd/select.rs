@@ -1,8 +1,9 @@
 //! Mailbox selection: SELECT and EXAMINE (RFC 9051 §6.3.2, §6.3.3;
-//! RFC 7162 §3.1.8 CONDSTORE), CLOSE (§6.4.1) and UNSELECT (RFC 3691).
+//! RFC 7162 §3.1.8 CONDSTORE, §3.2.5 QRESYNC), CLOSE (§6.4.1) and UNSELECT (RFC 3691).
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::command::QresyncParams;
 use crate::io::Io;
 use crate::response::{self, Code, Status};
 use crate::selected::Selected;
@@ -17,10 +18,17 @@ impl Session {
         raw: &[u8],
         condstore: bool,
         read_only: bool,
+        qresync: Option<&QresyncParams>,
     ) -> Status {
+        // RFC 7162 §3.2.5: the parameter needs ENABLE QRESYNC first.
+        if qresync.is_some() && !self.enabled.qresync {
+            return Status::bad("QRESYNC is not enabled");
+        }
         let was_selected = matches!(self.state, State::Selected { .. });
         self.deselect();
-        if was_selected && self.enabled.rev2 {
+        // RFC 9051 §7.1, RFC 7162 §3.2.11: [CLOSED] ends the old mailbox's
+        // responses.
+        if was_selected && (self.enabled.rev2 || self.enabled.qresync) {
             io.write(
                 &Status::ok("Previous mailbox closed")
                     .with(Code::Closed)
@@ -122,6 +130,11 @@ impl Session {
                 .with(Code::HighestModSeq(mb.highestmodseq))
                 .encode(None),
         );
+        io.write(
+            &Status::ok("Ok")
+                .with(Code::MailboxId(crate::objectid::mailbox_id(mb.id)))
+                .encode(None),
+        );
         if self.enabled.rev2 {
             let mut l = b"* LIST () \"/\" ".to_vec();
             self.mailbox_out(&mut l, &name);
@@ -132,6 +145,9 @@ impl Session {
             user,
             mailbox: Box::new(selected),
         };
+        if let Some(q) = qresync {
+            self.qresync_select(io, q).await;
+        }
         if read_only {
             Status::ok("EXAMINE completed").with(Code::ReadOnly)
         } else {

@@ -27,6 +27,8 @@ impl Session {
             self.enable_condstore(io);
         }
         let condstore = self.enabled.condstore;
+        // RFC 7162 §3.2.4: with QRESYNC every FETCH response has the UID.
+        let qresync = self.enabled.qresync;
         let store = self.store();
         let Some(mb) = self.selected() else {
             return Status::bad("No mailbox selected");
@@ -66,7 +68,7 @@ impl Session {
             }
             io.write(&response::flags_fetch(
                 i + 1,
-                uid.then_some(u.uid),
+                (uid || qresync).then_some(u.uid),
                 &mb.flags[i],
                 !rev2 && mb.is_recent(u.uid),
                 condstore.then_some(u.modseq),

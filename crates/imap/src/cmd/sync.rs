@@ -68,6 +68,7 @@ impl Session {
     ) {
         let rev2 = self.enabled.rev2;
         let condstore = self.enabled.condstore;
+        let qresync = self.enabled.qresync;
         let store = self.store();
         let user_id = self.user_id().unwrap_or(0);
         let Some(mb) = self.selected() else { return };
@@ -113,15 +114,8 @@ impl Session {
         if allow_expunge {
             let mark = new_mark;
             match store.list_expunged(mb.id, mb.expunge_mark).await {
-                Ok(mut gone) => {
-                    gone.sort_unstable();
-                    for uid in gone {
-                        if let Ok(i) = mb.uids.binary_search(&uid) {
-                            mb.uids.remove(i);
-                            mb.flags.remove(i);
-                            io.write(&response::expunge(i + 1));
-                        }
-                    }
+                Ok(gone) => {
+                    io.write(&mb.remove(&gone, qresync));
                     mb.expunge_mark = mark;
                 }
                 Err(e) => tracing::warn!(error = %e, "list expunged failed"),

@@ -1,5 +1,6 @@
 //! FETCH (RFC 9051 §6.4.5): data items, sections, partial ranges, the
-//! macros, BINARY (RFC 3516) and the CHANGEDSINCE modifier (RFC 7162 §3.1.4).
+//! macros, BINARY (RFC 3516), the CHANGEDSINCE and VANISHED modifiers (RFC
+//! 7162 §3.1.4, §3.2.6), EMAILID / THREADID (RFC 8474) and PREVIEW (RFC 8970).
 
 use crate::command::{CommandKind, FetchAtt, Section, SectionText};
 
@@ -110,8 +111,39 @@ fn fetch_att(p: &mut P<'_>) -> R<FetchAtt> {
         "BINARY.SIZE" => FetchAtt::BinarySize {
             part: part_only(p)?,
         },
+        "EMAILID" => FetchAtt::EmailId,
+        "THREADID" => FetchAtt::ThreadId,
+        "PREVIEW" => FetchAtt::Preview {
+            lazy: preview_mods(p)?,
+        },
         _ => return Err("unknown fetch item"),
     })
+}
+
+/// RFC 8970 §3 `[SP "(" preview-mod *(SP preview-mod) ")"]`; true when
+/// LAZY is among them. A following `(` that does not start with a preview
+/// modifier is left alone (it is the FETCH modifiers' list).
+fn preview_mods(p: &mut P<'_>) -> R<bool> {
+    let save = p.i;
+    if !(p.eat(b' ') && p.eat(b'(')) {
+        p.i = save;
+        return Ok(false);
+    }
+    let mut lazy = false;
+    loop {
+        match p.word() {
+            Ok(w) if w == "LAZY" => lazy = true,
+            _ if !lazy => {
+                p.i = save;
+                return Ok(false);
+            }
+            _ => return Err("unknown PREVIEW modifier"),
+        }
+        if p.eat(b')') {
+            return Ok(lazy);
+        }
+        p.sp()?;
+    }
 }
 
 fn fetch_atts(p: &mut P<'_>) -> R<Vec<FetchAtt>> {
@@ -155,16 +187,18 @@ pub(super) fn fetch_command(p: &mut P<'_>, uid: bool) -> R<CommandKind> {
     p.sp()?;
     let atts = fetch_atts(p)?;
     let mut changed_since = None;
+    let mut vanished = false;
     if p.eat(b' ') {
-        // RFC 7162 §3.1.4 FETCH modifiers.
+        // RFC 7162 §3.1.4 FETCH modifiers, §3.2.6 VANISHED.
         p.expect(b'(', "expected FETCH modifiers")?;
         loop {
             match p.word()?.as_str() {
-                "CHANGEDSINCE" => {
+                "CHANGEDSINCE" if changed_since.is_none() => {
                     p.sp()?;
                     changed_since = Some(p.number64()?);
                 }
-                _ => return Err("unknown FETCH modifier"),
+                "VANISHED" if !vanished => vanished = true,
+                _ => return Err("unknown or repeated FETCH modifier"),
             }
             if p.eat(b')') {
                 break;
@@ -172,10 +206,15 @@ pub(super) fn fetch_command(p: &mut P<'_>, uid: bool) -> R<CommandKind> {
             p.sp()?;
         }
     }
+    // RFC 7162 §3.2.6: VANISHED only with UID FETCH and CHANGEDSINCE.
+    if vanished && (!uid || changed_since.is_none()) {
+        return Err("VANISHED needs UID FETCH and CHANGEDSINCE");
+    }
     Ok(CommandKind::Fetch {
         uid,
         set,
         atts,
         changed_since,
+        vanished,
     })
 }

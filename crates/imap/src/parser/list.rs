@@ -23,6 +23,7 @@ pub(super) fn status_items(p: &mut P<'_>) -> R<Vec<StatusItem>> {
                 "DELETED" => StatusItem::Deleted,
                 "SIZE" => StatusItem::Size,
                 "HIGHESTMODSEQ" => StatusItem::HighestModseq,
+                "MAILBOXID" => StatusItem::MailboxId,
                 "DELETED-STORAGE" => StatusItem::DeletedStorage,
                 _ => return Err("unknown status item"),
             })

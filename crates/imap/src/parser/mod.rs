@@ -10,6 +10,7 @@ mod append;
 mod fetch;
 mod lexer;
 mod list;
+mod qresync;
 mod quota;
 mod search;
 mod sort;
@@ -21,6 +22,7 @@ use append::append_command;
 use fetch::fetch_command;
 use lexer::{P, R, is_astring_char};
 use list::{list_command, status_items};
+use qresync::select_params;
 use quota::setquota_command;
 use search::search_command;
 use sort::{sort_command, thread_command};
@@ -32,6 +34,8 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_SEQ_RANGES: usize = 100_000;
 /// Most FETCH items, search keys, flags or patterns in one list.
 pub const MAX_ITEMS: usize = 1_000;
+/// Most ranges in a QRESYNC known-uids or seq-match set (threat model T122).
+pub const MAX_QRESYNC_RANGES: usize = 10_000;
 /// Most messages in one MULTIAPPEND.
 pub const MAX_APPEND_MESSAGES: usize = 50;
 /// Deepest part path in `BODY[1.2.3...]`.
@@ -116,20 +120,16 @@ fn body(p: &mut P<'_>, name: &str) -> Result<CommandKind, (&'static str, bool)> 
         }
         "SELECT" | "EXAMINE" => {
             let mailbox = mailbox_arg(p).map_err(e)?;
-            let mut condstore = false;
-            if p.eat(b' ') {
-                // RFC 4466 select-params; RFC 7162 §3.1.8 CONDSTORE.
-                for w in p.word_list().map_err(e)? {
-                    match w.as_str() {
-                        "CONDSTORE" => condstore = true,
-                        _ => return Err(e("unknown SELECT parameter")),
-                    }
-                }
-            }
+            let (condstore, qresync) = if p.eat(b' ') {
+                select_params(p).map_err(e)?
+            } else {
+                (false, None)
+            };
             CommandKind::Select {
                 mailbox,
                 condstore,
                 read_only: name == "EXAMINE",
+                qresync,
             }
         }
         "CREATE" => {

@@ -66,6 +66,7 @@ fn fetch_items() {
         set,
         atts,
         changed_since,
+        ..
     } = k
     else {
         panic!()
@@ -115,7 +116,8 @@ fn fetch_items() {
                 },
                 partial: None
             }],
-            changed_since: None
+            changed_since: None,
+            vanished: false,
         }
     );
     bad(b"a FETCH 0 FLAGS\r\n");
@@ -510,4 +512,84 @@ fn ok_set(s: &str) -> SeqSet {
         CommandKind::Fetch { set, .. } => set,
         k => panic!("{k:?}"),
     }
+}
+
+#[test]
+fn qresync_select_and_fetch_modifiers() {
+    let r = |a, b| SeqRange {
+        first: Some(a),
+        last: Some(b),
+    };
+    let CommandKind::Select {
+        condstore, qresync, ..
+    } = ok(
+        "a SELECT INBOX (CONDSTORE QRESYNC (67890007 20050715194045000 41,43:211,214:541 (1,3:5 41,43:45)))\r\n",
+    )
+    else {
+        panic!()
+    };
+    assert!(condstore);
+    let Some(q) = qresync else { panic!() };
+    assert_eq!(
+        (q.uidvalidity, q.modseq),
+        (67_890_007, 20_050_715_194_045_000)
+    );
+    assert_eq!(
+        q.known_uids,
+        Some(SeqSet(vec![r(41, 41), r(43, 211), r(214, 541)]))
+    );
+    assert_eq!(
+        q.seq_match,
+        Some((
+            SeqSet(vec![r(1, 1), r(3, 5)]),
+            SeqSet(vec![r(41, 41), r(43, 45)])
+        ))
+    );
+    // seq-match-data without known-uids (RFC 7162 §7: both optional).
+    let CommandKind::Select { qresync, .. } = ok("a EXAMINE x (QRESYNC (1 2 (1 5)))\r\n") else {
+        panic!()
+    };
+    let Some(q) = qresync else { panic!() };
+    assert!(q.known_uids.is_none() && q.seq_match.is_some());
+    for b in [
+        "a SELECT x (QRESYNC (1 0))\r\n",
+        "a SELECT x (QRESYNC (1 2 $))\r\n",
+        "a SELECT x (QRESYNC (1 2 1:3 (1:2 1:3)))\r\n",
+        "a SELECT x (QRESYNC (1 2) QRESYNC (1 2))\r\n",
+        "a SELECT x (QRESYNC 1 2)\r\n",
+        "a SELECT x (BOGUS)\r\n",
+    ] {
+        bad(b.as_bytes());
+    }
+    let many: Vec<String> = (0..=crate::parser::MAX_QRESYNC_RANGES)
+        .map(|i| (2 * i + 1).to_string())
+        .collect();
+    bad(format!("a SELECT x (QRESYNC (1 2 {}))\r\n", many.join(",")).as_bytes());
+
+    let CommandKind::Fetch { vanished, atts, .. } =
+        ok("a UID FETCH 1:* (FLAGS EMAILID THREADID PREVIEW (LAZY)) (CHANGEDSINCE 3 VANISHED)\r\n")
+    else {
+        panic!()
+    };
+    assert!(vanished);
+    assert_eq!(
+        atts,
+        vec![
+            FetchAtt::Flags,
+            FetchAtt::EmailId,
+            FetchAtt::ThreadId,
+            FetchAtt::Preview { lazy: true }
+        ]
+    );
+    let CommandKind::Fetch { atts, .. } = ok("a FETCH 1 PREVIEW (CHANGEDSINCE 3)\r\n") else {
+        panic!()
+    };
+    assert_eq!(atts, vec![FetchAtt::Preview { lazy: false }]);
+    bad(b"a FETCH 1 (FLAGS) (CHANGEDSINCE 3 VANISHED)\r\n");
+    bad(b"a UID FETCH 1 (FLAGS) (VANISHED)\r\n");
+    bad(b"a UID FETCH 1 (PREVIEW (EAGER))\r\n");
+    assert!(matches!(
+        ok("a STATUS x (MAILBOXID)\r\n"),
+        CommandKind::Status { items, .. } if items == vec![StatusItem::MailboxId]
+    ));
 }
