@@ -38,6 +38,7 @@ pub mod io;
 pub mod mailbox_name;
 pub mod model;
 pub mod mutf7;
+pub mod notify;
 pub mod parser;
 pub mod response;
 pub mod selected;
@@ -175,6 +176,7 @@ impl Config {
                 max_literals: 64,
                 preauth_max: framing::PREAUTH_MAX,
             },
+            notify_max_pending: session::NOTIFY_MAX_PENDING,
             quota_admins: self
                 .quota_admins
                 .iter()

@@ -14,7 +14,9 @@ mod fetch;
 mod idle;
 mod list;
 mod mailbox;
+mod metadata;
 mod misc;
+mod notify;
 mod quota;
 mod search;
 mod select;
@@ -56,6 +58,9 @@ fn allowed(kind: &CommandKind, state: &State) -> bool {
         | C::GetQuota(_)
         | C::GetQuotaRoot(_)
         | C::SetQuota { .. }
+        | C::GetMetadata { .. }
+        | C::SetMetadata { .. }
+        | C::Notify(_)
         | C::Idle => matches!(state, State::Authenticated { .. } | State::Selected { .. }),
         C::Check
         | C::Close
@@ -138,6 +143,11 @@ impl Session {
             if dirty {
                 self.sync(io, true).await;
             }
+        }
+        // NOTIFY (RFC 5465): other mailboxes' changes, at the end of every
+        // command too, so a busy client is not kept waiting for them.
+        if status.kind != Kind::Bad && may_sync {
+            self.notify_drain(io).await;
         }
         // Server-side failures carry the session id, so a user's report
         // can be found in the logs.
@@ -278,6 +288,19 @@ impl Session {
             CommandKind::SetQuota { root, limits } => {
                 Reply(self.setquota(io, &root, &limits).await)
             }
+            CommandKind::GetMetadata {
+                mailbox,
+                maxsize,
+                depth,
+                entries,
+            } => Reply(
+                self.getmetadata(io, &mailbox, maxsize, depth, entries)
+                    .await,
+            ),
+            CommandKind::SetMetadata { mailbox, values } => {
+                Reply(self.setmetadata(&mailbox, values).await)
+            }
+            CommandKind::Notify(spec) => Reply(self.notify(io, spec).await),
         })
     }
 }

@@ -114,7 +114,7 @@ fn fetch_att(p: &mut P<'_>) -> R<FetchAtt> {
     })
 }
 
-fn fetch_atts(p: &mut P<'_>) -> R<Vec<FetchAtt>> {
+pub(super) fn fetch_atts(p: &mut P<'_>) -> R<Vec<FetchAtt>> {
     use FetchAtt as F;
     if p.eat(b'(') {
         let mut v = Vec::new();

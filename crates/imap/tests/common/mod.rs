@@ -62,6 +62,13 @@ pub async fn env() -> Env {
     }
 }
 
+impl Env {
+    /// The store, to add users or deliver mail behind the session's back.
+    pub fn store(&self) -> &TestStore {
+        &self._store
+    }
+}
+
 pub struct Client {
     io: BufReader<TcpStream>,
 }
@@ -77,8 +84,12 @@ impl Client {
     }
 
     pub async fn login(env: &Env) -> Self {
+        Self::login_as(env, "bob@example.org", "secret").await
+    }
+
+    pub async fn login_as(env: &Env, user: &str, pass: &str) -> Self {
         let mut c = Self::connect(env).await;
-        c.ok("l", "LOGIN bob@example.org secret").await;
+        c.ok("l", &format!("LOGIN {user} {pass}")).await;
         c
     }
 

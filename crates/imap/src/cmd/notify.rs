@@ -1,0 +1,259 @@
+//! NOTIFY (RFC 5465): NOTIFY SET / NOTIFY NONE, and the reports sent
+//! between commands (see [`crate::notify`] for the queue and its bound).
+//!
+//! Supported: the filters SELECTED, SELECTED-DELAYED, INBOXES (INBOX, the
+//! only mailbox mail is delivered to), PERSONAL, SUBSCRIBED, SUBTREE and
+//! MAILBOXES (§6); the events MessageNew (with FETCH items for the
+//! selected mailbox), MessageExpunge and FlagChange (§5.2–5.4). Any other
+//! event (MailboxName, SubscriptionChange, metadata and annotation events)
+//! is refused with `NO [BADEVENT (...)]` (§5, §3).
+//!
+//! - The selected mailbox, under SELECTED: EXISTS, EXPUNGE and FETCH
+//!   FLAGS are sent as soon as they happen, between commands (§5.2, §5.3);
+//!   under SELECTED-DELAYED expunges still wait for a command that allows
+//!   them (§6). Without either, the selected mailbox is reported at the end
+//!   of commands as without NOTIFY.
+//! - Other mailboxes: a STATUS response when an event changes what the
+//!   group's events report (MessageNew: MESSAGES UIDNEXT UIDVALIDITY;
+//!   MessageExpunge: MESSAGES; FlagChange: UIDVALIDITY HIGHESTMODSEQ);
+//!   with `NOTIFY SET STATUS`, one STATUS for each of them at once (§3).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::command::{FetchAtt, NotifyEvent, NotifyFilter, NotifyGroup, SeqRange, SeqSet};
+use crate::io::Io;
+use crate::model::MailboxInfo;
+use crate::notify::{Events, Filter, NotifyQueue, NotifyState, snapshot};
+use crate::response::{Code, Status};
+use crate::session::Session;
+use crate::store::store_error;
+
+fn events(list: &[NotifyEvent]) -> Result<Events, Status> {
+    let mut e = Events::default();
+    for ev in list {
+        match ev {
+            NotifyEvent::MessageNew(atts) => {
+                e.new = true;
+                e.fetch.clone_from(atts);
+            }
+            NotifyEvent::MessageExpunge => e.expunge = true,
+            NotifyEvent::FlagChange => e.flags = true,
+            NotifyEvent::Other(name) => {
+                return Err(Status::no(format!("Unsupported event {name}")).with(Code::BadEvent));
+            }
+        }
+    }
+    Ok(e)
+}
+
+impl Session {
+    fn names_in(&self, raw: &[Vec<u8>]) -> Result<Vec<String>, Status> {
+        raw.iter().map(|r| self.mailbox_in(r)).collect()
+    }
+
+    /// NOTIFY (RFC 5465 §3).
+    pub(super) async fn notify<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        spec: Option<(bool, Vec<NotifyGroup>)>,
+    ) -> Status {
+        let Some(user_id) = self.user_id() else {
+            return Status::bad("Not authenticated");
+        };
+        // Any earlier NOTIFY SET ends here (§3: a new one replaces it).
+        self.notify = None;
+        let Some((status, groups)) = spec else {
+            return Status::ok("NOTIFY completed");
+        };
+        let mut selected = None;
+        let mut others = Vec::new();
+        for g in &groups {
+            let ev = match events(&g.events) {
+                Ok(e) => e,
+                Err(st) => return st,
+            };
+            let filter = match &g.filter {
+                NotifyFilter::Selected | NotifyFilter::SelectedDelayed => {
+                    if selected.is_some() {
+                        return Status::bad("SELECTED given twice");
+                    }
+                    selected = Some((ev, g.filter == NotifyFilter::SelectedDelayed));
+                    continue;
+                }
+                NotifyFilter::Inboxes => Filter::Inboxes,
+                NotifyFilter::Personal => Filter::Personal,
+                NotifyFilter::Subscribed => Filter::Subscribed,
+                NotifyFilter::Subtree(raw) => match self.names_in(raw) {
+                    Ok(n) => Filter::Subtree(n),
+                    Err(st) => return st,
+                },
+                NotifyFilter::Mailboxes(raw) => match self.names_in(raw) {
+                    Ok(n) => Filter::Mailboxes(n),
+                    Err(st) => return st,
+                },
+            };
+            // §5.2: FETCH items only for the selected mailbox.
+            if !ev.fetch.is_empty() {
+                return Status::bad("MessageNew FETCH items are for SELECTED only");
+            }
+            others.push((filter, ev));
+        }
+        let queue = Arc::new(NotifyQueue::new(self.cfg().notify_max_pending));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let q = queue.clone();
+        let task = tokio::spawn(self.store().watch_user_loop(
+            user_id,
+            move |m| q.push(m),
+            ready_tx,
+        ));
+        if tokio::time::timeout(Duration::from_secs(3), ready_rx)
+            .await
+            .is_err()
+        {
+            tracing::warn!("store watch not ready for NOTIFY");
+        }
+        let mut state = NotifyState {
+            selected,
+            others,
+            queue,
+            last: Default::default(),
+            task,
+        };
+        // Remember what each covered mailbox looks like now, so later
+        // events report changes only; with STATUS, report it too (§3).
+        match self.store().list_mailboxes(user_id, true).await {
+            Ok(list) => {
+                let current = self.selected().map(|m| m.id);
+                for mb in list.iter().filter(|m| Some(m.id) != current) {
+                    if let Some(ev) = state.events_for(mb) {
+                        if status {
+                            io.write(&self.status_line(mb, &ev.status_items()));
+                        }
+                        state.last.insert(mb.id, snapshot(mb));
+                    }
+                }
+            }
+            Err(e) => return store_error(&e),
+        }
+        self.notify = Some(Box::new(state));
+        Status::ok("NOTIFY completed")
+    }
+
+    /// Reports what the queue holds (and, under SELECTED, the selected
+    /// mailbox's changes); called between commands.
+    pub(crate) async fn notify_push<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) {
+        let Some(sel) = self.notify.as_ref().map(|n| n.selected.clone()) else {
+            return;
+        };
+        if let Some((ev, delayed)) = sel
+            && !ev.is_none()
+            && self.selected().is_some()
+        {
+            let before = self.selected().map_or(0, |m| m.uids.len());
+            self.sync(io, !delayed && ev.expunge).await;
+            self.fetch_new(io, before, &ev.fetch).await;
+        }
+        self.notify_drain(io).await;
+    }
+
+    /// MessageNew with FETCH items (§5.2): the items of each message
+    /// past the first `before` of the selected mailbox.
+    async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        before: usize,
+        atts: &[FetchAtt],
+    ) {
+        if atts.is_empty() {
+            return;
+        }
+        let Some(mb) = self.selected() else { return };
+        let (Some(&first), Some(&last)) = (mb.uids.get(before), mb.uids.last()) else {
+            return;
+        };
+        let set = SeqSet(vec![SeqRange {
+            first: Some(first),
+            last: Some(last),
+        }]);
+        if let Err(e) = self.fetch(io, true, &set, atts, None).await {
+            tracing::debug!(error = %e, "NOTIFY fetch failed");
+        }
+    }
+
+    /// STATUS for each changed mailbox the NOTIFY SET covers (§5), or
+    /// `[NOTIFICATIONOVERFLOW]` and NOTIFY NONE after too many events.
+    pub(crate) async fn notify_drain<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) {
+        let Some(user_id) = self.user_id() else {
+            return;
+        };
+        let Some(n) = self.notify.as_ref() else {
+            return;
+        };
+        let pending = n.queue.take();
+        if pending.overflow {
+            self.notify = None;
+            io.write(
+                &Status::ok("Too many events; NOTIFY is off")
+                    .with(Code::NotificationOverflow)
+                    .encode(None),
+            );
+            return;
+        }
+        if pending.ids.is_empty() && !pending.all {
+            return;
+        }
+        let current = self.selected().map(|m| m.id);
+        let store = self.store();
+        let list = match store.list_mailboxes(user_id, pending.all).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "NOTIFY: listing mailboxes failed");
+                return;
+            }
+        };
+        let mut out = Vec::new();
+        for mb in list {
+            if Some(mb.id) == current || !(pending.all || pending.ids.contains(&mb.id)) {
+                continue;
+            }
+            let Some(n) = self.notify.as_ref() else {
+                return;
+            };
+            let Some(items) = n.events_for(&mb).map(Events::status_items) else {
+                continue;
+            };
+            let mb: MailboxInfo = if pending.all {
+                mb
+            } else {
+                match store.get_mailbox(user_id, &mb.name, false).await {
+                    Ok(m) => m,
+                    Err(_) => continue,
+                }
+            };
+            let snap = snapshot(&mb);
+            let Some(n) = self.notify.as_mut() else {
+                return;
+            };
+            let changed = n.last.insert(mb.id, snap).is_none_or(|old| {
+                // Only what the group reports counts as a change.
+                items.iter().any(|it| {
+                    use crate::command::StatusItem as I;
+                    let i = match it {
+                        I::Messages => 0,
+                        I::UidNext => 1,
+                        I::UidValidity => 2,
+                        _ => 3,
+                    };
+                    old[i] != snap[i]
+                })
+            });
+            if changed {
+                out.extend_from_slice(&self.status_line(&mb, &items));
+            }
+        }
+        io.write(&out);
+    }
+}
