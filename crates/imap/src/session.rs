@@ -296,6 +296,8 @@ impl Session {
         c.push_str(" SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES ESORT SEARCHRES");
         // RFC 5464 §1: server and mailbox annotations.
         c.push_str(" METADATA METADATA-SERVER");
+        // RFC 5465 §1.
+        c.push_str(" NOTIFY");
         if authed && !self.compressed {
             // RFC 4978 §3: offered after login, until it is in force.
             c.push_str(" COMPRESS=DEFLATE");

@@ -145,8 +145,9 @@ impl Session {
             }
         }
         // NOTIFY (RFC 5465): other mailboxes' changes, at the end of every
-        // command too, so a busy client is not kept waiting for them.
-        if status.kind != Kind::Bad && may_sync {
+        // command too, so a busy client is not kept waiting for them
+        // (STATUS responses may follow any command, §5).
+        if status.kind != Kind::Bad {
             self.notify_drain(io).await;
         }
         // Server-side failures carry the session id, so a user's report

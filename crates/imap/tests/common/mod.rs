@@ -21,16 +21,22 @@ pub struct Env {
 /// The store, one user, and an imap listener on 127.0.0.1 serving every
 /// accepted connection with the real session.
 pub async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// [`env`] with the session configuration changed by `tune`.
+pub async fn env_with(tune: impl FnOnce(&mut SessionConfig)) -> Env {
     let store = TestStore::start().await;
     store.add_domain("example.org").await;
     store.add_user("bob@example.org", "secret").await;
     let (config, _) = tls_kit::self_signed("localhost").unwrap();
     let tls = service_kit::Tls::new(config, "imap");
-    let cfg = SessionConfig {
+    let mut cfg = SessionConfig {
         allow_plaintext_auth: true,
         tls_available: true,
         ..SessionConfig::default()
     };
+    tune(&mut cfg);
     let shared = Arc::new(Shared::new(cfg, store.client()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
