@@ -77,7 +77,7 @@ impl Filter {
             Self::Inboxes => mb.name == "INBOX",
             Self::Personal => true,
             Self::Subscribed => mb.subscribed,
-            Self::Mailboxes(names) => names.iter().any(|n| *n == mb.name),
+            Self::Mailboxes(names) => names.contains(&mb.name),
             Self::Subtree(names) => names.iter().any(|n| {
                 mb.name == *n
                     || mb
