@@ -238,3 +238,62 @@ async fn entries_follow_rename_and_go_with_delete() {
     let u = a.ok("g4", "GETMETADATA \"\" /private/x").await;
     assert_eq!(u, "* METADATA \"\" (/private/x \"y\")\r\n");
 }
+
+/// Python's imaplib, a real client that knows nothing of METADATA or
+/// NOTIFY, drives both through its generic command path: SETMETADATA,
+/// GETMETADATA, NIL deleting, and a STATUS for INBOX under
+/// NOTIFY while another mailbox is selected.
+#[tokio::test]
+async fn imaplib_drives_metadata_and_notify() {
+    const SCRIPT: &str = r#"
+import imaplib, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+for c in ("GETMETADATA", "SETMETADATA", "NOTIFY"):
+    imaplib.Commands[c] = ("AUTH", "SELECTED")
+m = imaplib.IMAP4(host, port)
+m.login("bob@example.org", "secret")
+assert "METADATA" in m.capabilities and "NOTIFY" in m.capabilities, m.capabilities
+typ, data = m._simple_command("SETMETADATA", '""', '(/private/comment "from imaplib")')
+assert typ == "OK", data
+typ, data = m._simple_command("GETMETADATA", '""', "/private/comment")
+assert typ == "OK", data
+typ, data = m._untagged_response(typ, data, "METADATA")
+assert data == [b'"" (/private/comment "from imaplib")'], data
+typ, data = m._simple_command("SETMETADATA", "INBOX", "(/private/x NIL)")
+assert typ == "OK", data
+m.create("Work")
+m.select("Work")
+typ, data = m._simple_command("NOTIFY", "SET", "(INBOXES (MessageNew MessageExpunge))")
+assert typ == "OK", data
+other = imaplib.IMAP4(host, port)
+other.login("bob@example.org", "secret")
+other.append("INBOX", None, None, b"Subject: hi\r\n\r\nbody\r\n")
+for _ in range(50):
+    m.noop()
+    typ, data = m.response("STATUS")
+    if data != [None]:
+        break
+    time.sleep(0.1)
+assert data[0].startswith(b"INBOX (MESSAGES 1 UIDNEXT 2 UIDVALIDITY "), data
+m.logout(); other.logout()
+print("ALL OK")
+"#;
+    let env = env().await;
+    let addr = env.addr();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ALL OK"), "{stdout}\n{stderr}");
+}

@@ -73,6 +73,11 @@ impl Env {
     pub fn store(&self) -> &TestStore {
         &self._store
     }
+
+    /// Where the imap listener is.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
 }
 
 pub struct Client {
