@@ -57,37 +57,52 @@ fn entries(p: &mut P<'_>) -> R<Vec<String>> {
     }
 }
 
-/// `GETMETADATA [SP "(" option *(SP option) ")"] SP mailbox SP entries`.
+/// `"(" option *(SP option) ")"`, `option = "MAXSIZE" SP number /
+/// "DEPTH" SP ("0" / "1" / "infinity")`, the `(` already read; each at
+/// most once.
+fn options(p: &mut P<'_>, maxsize: &mut Option<u64>, depth: &mut Option<u32>) -> R<()> {
+    loop {
+        match p.word()?.as_str() {
+            "MAXSIZE" if maxsize.is_none() => {
+                p.sp()?;
+                *maxsize = Some(p.number64()?);
+            }
+            "DEPTH" if depth.is_none() => {
+                p.sp()?;
+                *depth = Some(match p.word()?.as_str() {
+                    "0" => 0,
+                    "1" => 1,
+                    "INFINITY" => DEPTH_INFINITY,
+                    _ => return Err("DEPTH is 0, 1 or infinity"),
+                });
+            }
+            _ => return Err("unknown or repeated GETMETADATA option"),
+        }
+        if p.eat(b')') {
+            return Ok(());
+        }
+        p.sp()?;
+    }
+}
+
+/// `GETMETADATA [SP "(" option *(SP option) ")"] SP mailbox SP entries`
+/// (RFC 5464 §5). The options are also accepted after the mailbox, as
+/// some clients send them (an entry list starts with `/` or `"`, an
+/// option list with a letter, so the two cannot be confused).
 pub(super) fn getmetadata_command(p: &mut P<'_>) -> R<CommandKind> {
     p.sp()?;
     let (mut maxsize, mut depth) = (None, None);
     if p.eat(b'(') {
-        loop {
-            match p.word()?.as_str() {
-                "MAXSIZE" if maxsize.is_none() => {
-                    p.sp()?;
-                    maxsize = Some(p.number64()?);
-                }
-                "DEPTH" if depth.is_none() => {
-                    p.sp()?;
-                    depth = Some(match p.word()?.as_str() {
-                        "0" => 0,
-                        "1" => 1,
-                        "INFINITY" => DEPTH_INFINITY,
-                        _ => return Err("DEPTH is 0, 1 or infinity"),
-                    });
-                }
-                _ => return Err("unknown or repeated GETMETADATA option"),
-            }
-            if p.eat(b')') {
-                break;
-            }
-            p.sp()?;
-        }
+        options(p, &mut maxsize, &mut depth)?;
         p.sp()?;
     }
     let mailbox = p.astring()?;
     p.sp()?;
+    if p.peek() == Some(b'(') && p.s.get(p.i + 1).is_some_and(u8::is_ascii_alphabetic) {
+        p.i += 1;
+        options(p, &mut maxsize, &mut depth)?;
+        p.sp()?;
+    }
     let entries = entries(p)?;
     Ok(CommandKind::GetMetadata {
         mailbox,
@@ -194,6 +209,7 @@ mod tests {
             "a GETMETADATA (DEPTH 2) INBOX /private/a\r\n".into(),
             "a GETMETADATA (DEPTH 1 DEPTH 1) INBOX /private/a\r\n".into(),
             "a GETMETADATA (FOO 1) INBOX /private/a\r\n".into(),
+            "a GETMETADATA (DEPTH 1) INBOX (DEPTH 0) /private/a\r\n".into(),
             "a GETMETADATA INBOX (/private/a\r\n".into(),
             "a SETMETADATA INBOX ()\r\n".into(),
             "a SETMETADATA INBOX (/private/a)\r\n".into(),
