@@ -25,7 +25,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::{FetchAtt, NotifyEvent, NotifyFilter, NotifyGroup, SeqRange, SeqSet};
 use crate::io::Io;
-use crate::model::MailboxInfo;
 use crate::notify::{Events, Filter, NotifyQueue, NotifyState, snapshot};
 use crate::response::{Code, Status};
 use crate::session::Session;
@@ -124,19 +123,25 @@ impl Session {
         };
         // Remember what each covered mailbox looks like now, so later
         // events report changes only; with STATUS, report it too (§3).
-        match self.store().list_mailboxes(user_id, true).await {
-            Ok(list) => {
-                let current = self.selected().map(|m| m.id);
-                for mb in list.iter().filter(|m| Some(m.id) != current) {
-                    if let Some(ev) = state.events_for(mb) {
-                        if status {
-                            io.write(&self.status_line(mb, &ev.status_items()));
-                        }
-                        state.last.insert(mb.id, snapshot(mb));
-                    }
-                }
-            }
+        // Counts are asked for the covered mailboxes only (a narrow filter
+        // on a large account costs one mailbox's counts, not all of them).
+        let store = self.store();
+        let list = match store.list_mailboxes(user_id, false).await {
+            Ok(l) => l,
             Err(e) => return store_error(&e),
+        };
+        let current = self.selected().map(|m| m.id);
+        for mb in list.iter().filter(|m| Some(m.id) != current) {
+            let Some(items) = state.events_for(mb).map(Events::status_items) else {
+                continue;
+            };
+            let Ok(mb) = store.get_mailbox(user_id, &mb.name, false).await else {
+                continue;
+            };
+            if status {
+                io.write(&self.status_line(&mb, &items));
+            }
+            state.last.insert(mb.id, snapshot(&mb));
         }
         self.notify = Some(Box::new(state));
         Status::ok("NOTIFY completed")
@@ -202,12 +207,13 @@ impl Session {
             );
             return;
         }
-        if pending.ids.is_empty() && !pending.all {
+        let current = self.selected().map(|m| m.id);
+        // Changes to the selected mailbox alone are the selected path's.
+        if !pending.all && pending.ids.iter().all(|id| Some(*id) == current) {
             return;
         }
-        let current = self.selected().map(|m| m.id);
         let store = self.store();
-        let list = match store.list_mailboxes(user_id, pending.all).await {
+        let list = match store.list_mailboxes(user_id, false).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "NOTIFY: listing mailboxes failed");
@@ -225,13 +231,8 @@ impl Session {
             let Some(items) = n.events_for(&mb).map(Events::status_items) else {
                 continue;
             };
-            let mb: MailboxInfo = if pending.all {
-                mb
-            } else {
-                match store.get_mailbox(user_id, &mb.name, false).await {
-                    Ok(m) => m,
-                    Err(_) => continue,
-                }
+            let Ok(mb) = store.get_mailbox(user_id, &mb.name, false).await else {
+                continue;
             };
             let snap = snapshot(&mb);
             let Some(n) = self.notify.as_mut() else {
