@@ -28,12 +28,14 @@ pub struct Events {
     pub fetch: Vec<FetchAtt>,
     pub expunge: bool,
     pub flags: bool,
+    /// MailboxName (§5.4): LIST for mailboxes created, deleted, renamed.
+    pub names: bool,
 }
 
 impl Events {
     #[must_use]
     pub fn is_none(&self) -> bool {
-        !self.new && !self.expunge && !self.flags
+        !self.new && !self.expunge && !self.flags && !self.names
     }
 
     /// The STATUS items reported for a non-selected mailbox: MESSAGES
@@ -156,6 +158,9 @@ pub struct NotifyState {
     /// each mailbox, so an event that changes nothing reported sends
     /// nothing (bounded by the user's mailbox count).
     pub last: HashMap<u64, [u64; 4]>,
+    /// The user's mailboxes (id → name) when a group asks for MailboxName:
+    /// the next list is compared with it.
+    pub names: Option<HashMap<u64, String>>,
     pub task: JoinHandle<()>,
 }
 
@@ -236,7 +241,7 @@ mod tests {
             new,
             expunge,
             flags,
-            fetch: Vec::new(),
+            ..Events::default()
         };
         assert_eq!(e(false, true, false).status_items(), [StatusItem::Messages]);
         assert_eq!(

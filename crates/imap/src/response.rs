@@ -103,7 +103,10 @@ impl Code {
             Self::MetadataLongEntries(n) => write!(out, "METADATA LONGENTRIES {n}"),
             Self::MetadataMaxSize(n) => write!(out, "METADATA MAXSIZE {n}"),
             Self::MetadataTooMany => write!(out, "METADATA TOOMANY"),
-            Self::BadEvent => write!(out, "BADEVENT (MessageNew MessageExpunge FlagChange)"),
+            Self::BadEvent => write!(
+                out,
+                "BADEVENT (MessageNew MessageExpunge FlagChange MailboxName)"
+            ),
             Self::NotificationOverflow => write!(out, "NOTIFICATIONOVERFLOW"),
         };
     }

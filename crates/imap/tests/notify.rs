@@ -120,9 +120,11 @@ async fn status_indicator_filters_and_bad_events() {
         "* STATUS Lists/rust (MESSAGES 0)\r\n"
     );
 
-    let (_, t) = a.cmd("bad", "NOTIFY SET (PERSONAL (MailboxName))").await;
+    let (_, t) = a
+        .cmd("bad", "NOTIFY SET (PERSONAL (SubscriptionChange))")
+        .await;
     assert!(
-        t.starts_with("bad NO [BADEVENT (MessageNew MessageExpunge FlagChange)]"),
+        t.starts_with("bad NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName)]"),
         "{t}"
     );
     let (_, t) = a
@@ -191,4 +193,36 @@ async fn overflow_turns_notify_off() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let u = a.ok("y", "NOOP").await;
     assert!(!u.contains("STATUS"), "{u}");
+}
+
+/// MailboxName (§5.4): LIST for a mailbox created, renamed (OLDNAME) and
+/// deleted (\NonExistent) by another session; only for mailboxes the
+/// group covers, and new messages are not reported when not asked for.
+#[tokio::test]
+async fn mailbox_name_reports_create_rename_delete() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    let mut b = Client::login(&env).await;
+    a.ok("n", "NOTIFY SET (SUBTREE Projects (MailboxName))")
+        .await;
+    b.ok("c0", "CREATE Elsewhere").await;
+    b.ok("c1", "CREATE Projects/alpha").await;
+    assert_eq!(
+        unsolicited(&mut a).await,
+        "* LIST () \"/\" Projects/alpha\r\n"
+    );
+    b.append("p", "Projects/alpha", MSG).await;
+    b.ok("r", "RENAME Projects/alpha Projects/beta").await;
+    assert_eq!(
+        unsolicited(&mut a).await,
+        "* LIST () \"/\" Projects/beta (\"OLDNAME\" (Projects/alpha))\r\n"
+    );
+    b.ok("d", "DELETE Projects/beta").await;
+    assert_eq!(
+        unsolicited(&mut a).await,
+        "* LIST (\\NonExistent) \"/\" Projects/beta\r\n"
+    );
+    // Nothing was said about Elsewhere, the parent or the message.
+    let u = a.ok("z", "NOOP").await;
+    assert_eq!(u, "");
 }

@@ -4,9 +4,10 @@
 //! Supported: the filters SELECTED, SELECTED-DELAYED, INBOXES (INBOX, the
 //! only mailbox mail is delivered to), PERSONAL, SUBSCRIBED, SUBTREE and
 //! MAILBOXES (§6); the events MessageNew (with FETCH items for the
-//! selected mailbox), MessageExpunge and FlagChange (§5.2–5.4). Any other
-//! event (MailboxName, SubscriptionChange, metadata and annotation events)
-//! is refused with `NO [BADEVENT (...)]` (§5, §3).
+//! selected mailbox), MessageExpunge, FlagChange (§5.2–5.4) and
+//! MailboxName (§5.4: LIST for mailboxes created, renamed, deleted). Any
+//! other event (SubscriptionChange, metadata and annotation events) is
+//! refused with `NO [BADEVENT (...)]` (§5, §3).
 //!
 //! - The selected mailbox, under SELECTED: EXISTS, EXPUNGE and FETCH
 //!   FLAGS are sent as soon as they happen, between commands (§5.2, §5.3);
@@ -18,6 +19,7 @@
 //!   MessageExpunge: MESSAGES; FlagChange: UIDVALIDITY HIGHESTMODSEQ);
 //!   with `NOTIFY SET STATUS`, one STATUS for each of them at once (§3).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::{FetchAtt, NotifyEvent, NotifyFilter, NotifyGroup, SeqRange, SeqSet};
 use crate::io::Io;
+use crate::model::MailboxInfo;
 use crate::notify::{Events, Filter, NotifyQueue, NotifyState, snapshot};
 use crate::response::{Code, Status};
 use crate::session::Session;
@@ -40,6 +43,7 @@ fn events(list: &[NotifyEvent]) -> Result<Events, Status> {
             }
             NotifyEvent::MessageExpunge => e.expunge = true,
             NotifyEvent::FlagChange => e.flags = true,
+            NotifyEvent::Other(name) if name == "MAILBOXNAME" => e.names = true,
             NotifyEvent::Other(name) => {
                 return Err(Status::no(format!("Unsupported event {name}")).with(Code::BadEvent));
             }
@@ -114,11 +118,13 @@ impl Session {
         {
             tracing::warn!("store watch not ready for NOTIFY");
         }
+        let wants_names = others.iter().any(|(_, e)| e.names);
         let mut state = NotifyState {
             selected,
             others,
             queue,
-            last: Default::default(),
+            last: HashMap::new(),
+            names: None,
             task,
         };
         // Remember what each covered mailbox looks like now, so later
@@ -130,11 +136,17 @@ impl Session {
             Ok(l) => l,
             Err(e) => return store_error(&e),
         };
+        if wants_names {
+            state.names = Some(list.iter().map(|m| (m.id, m.name.clone())).collect());
+        }
         let current = self.selected().map(|m| m.id);
         for mb in list.iter().filter(|m| Some(m.id) != current) {
             let Some(items) = state.events_for(mb).map(Events::status_items) else {
                 continue;
             };
+            if items.is_empty() {
+                continue;
+            }
             let Ok(mb) = store.get_mailbox(user_id, &mb.name, false).await else {
                 continue;
             };
@@ -221,6 +233,9 @@ impl Session {
             }
         };
         let mut out = Vec::new();
+        if pending.all {
+            self.mailbox_names(&mut out, &list);
+        }
         for mb in list {
             if Some(mb.id) == current || !(pending.all || pending.ids.contains(&mb.id)) {
                 continue;
@@ -231,6 +246,9 @@ impl Session {
             let Some(items) = n.events_for(&mb).map(Events::status_items) else {
                 continue;
             };
+            if items.is_empty() {
+                continue;
+            }
             let Ok(mb) = store.get_mailbox(user_id, &mb.name, false).await else {
                 continue;
             };
@@ -256,5 +274,58 @@ impl Session {
             }
         }
         io.write(&out);
+    }
+}
+
+impl Session {
+    /// MailboxName (RFC 5465 §5.4): compares the user's mailboxes with
+    /// the last list and writes a LIST for each one created, renamed (with
+    /// `OLDNAME`, RFC 5258 extended data) or deleted (`\NonExistent`),
+    /// when the first group matching it asks for MailboxName.
+    fn mailbox_names(&mut self, out: &mut Vec<u8>, list: &[MailboxInfo]) {
+        let Some(n) = self.notify.as_mut() else {
+            return;
+        };
+        let Some(old) = n.names.take() else {
+            return;
+        };
+        let new: HashMap<u64, String> = list.iter().map(|m| (m.id, m.name.clone())).collect();
+        let wants = |n: &NotifyState, name: &str| {
+            let mb = MailboxInfo {
+                name: name.to_string(),
+                ..MailboxInfo::default()
+            };
+            n.events_for(&mb).is_some_and(|e| e.names)
+        };
+        let mut lines: Vec<(&str, &str, Option<&str>)> = Vec::new();
+        for m in list {
+            match old.get(&m.id) {
+                None if wants(n, &m.name) => lines.push(("", &m.name, None)),
+                Some(was) if *was != m.name && (wants(n, &m.name) || wants(n, was)) => {
+                    lines.push(("", &m.name, Some(was)));
+                }
+                _ => {}
+            }
+        }
+        for (id, was) in &old {
+            if !new.contains_key(id) && wants(n, was) {
+                lines.push(("\\NonExistent", was, None));
+            }
+        }
+        let mut buf = Vec::new();
+        for (attrs, name, oldname) in lines {
+            buf.extend_from_slice(format!("* LIST ({attrs}) \"/\" ").as_bytes());
+            self.mailbox_out(&mut buf, name);
+            if let Some(was) = oldname {
+                buf.extend_from_slice(b" (\"OLDNAME\" (");
+                self.mailbox_out(&mut buf, was);
+                buf.extend_from_slice(b"))");
+            }
+            buf.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(&buf);
+        if let Some(n) = self.notify.as_mut() {
+            n.names = Some(new);
+        }
     }
 }
