@@ -30,12 +30,14 @@ pub struct Events {
     pub flags: bool,
     /// MailboxName (§5.4): LIST for mailboxes created, deleted, renamed.
     pub names: bool,
+    /// SubscriptionChange (§5.5): LIST when a mailbox is (un)subscribed.
+    pub subs: bool,
 }
 
 impl Events {
     #[must_use]
     pub fn is_none(&self) -> bool {
-        !self.new && !self.expunge && !self.flags && !self.names
+        !self.new && !self.expunge && !self.flags && !self.names && !self.subs
     }
 
     /// The STATUS items reported for a non-selected mailbox: MESSAGES
@@ -158,9 +160,9 @@ pub struct NotifyState {
     /// each mailbox, so an event that changes nothing reported sends
     /// nothing (bounded by the user's mailbox count).
     pub last: HashMap<u64, [u64; 4]>,
-    /// The user's mailboxes (id → name) when a group asks for MailboxName:
-    /// the next list is compared with it.
-    pub names: Option<HashMap<u64, String>>,
+    /// The user's mailboxes (id → name, subscribed) when a group asks for
+    /// MailboxName or SubscriptionChange: the next list is compared with it.
+    pub names: Option<HashMap<u64, (String, bool)>>,
     pub task: JoinHandle<()>,
 }
 

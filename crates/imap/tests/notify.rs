@@ -121,10 +121,12 @@ async fn status_indicator_filters_and_bad_events() {
     );
 
     let (_, t) = a
-        .cmd("bad", "NOTIFY SET (PERSONAL (SubscriptionChange))")
+        .cmd("bad", "NOTIFY SET (PERSONAL (MailboxMetadataChange))")
         .await;
     assert!(
-        t.starts_with("bad NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName)]"),
+        t.starts_with(
+            "bad NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]"
+        ),
         "{t}"
     );
     let (_, t) = a
@@ -225,4 +227,32 @@ async fn mailbox_name_reports_create_rename_delete() {
     // Nothing was said about Elsewhere, the parent or the message.
     let u = a.ok("z", "NOOP").await;
     assert_eq!(u, "");
+}
+
+/// SubscriptionChange (§5.5): LIST with or without \Subscribed when
+/// another session subscribes or unsubscribes a covered mailbox.
+#[tokio::test]
+async fn subscription_change_reports_list() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    let mut b = Client::login(&env).await;
+    b.ok("c", "CREATE News").await;
+    a.ok("n", "NOTIFY SET (PERSONAL (SubscriptionChange))")
+        .await;
+    b.ok("s", "SUBSCRIBE News").await;
+    assert_eq!(
+        unsolicited(&mut a).await,
+        "* LIST (\\Subscribed) \"/\" News\r\n"
+    );
+    b.ok("u", "UNSUBSCRIBE News").await;
+    assert_eq!(unsolicited(&mut a).await, "* LIST () \"/\" News\r\n");
+    // Subscribing twice changes nothing the second time.
+    b.ok("s2", "SUBSCRIBE News").await;
+    assert_eq!(
+        unsolicited(&mut a).await,
+        "* LIST (\\Subscribed) \"/\" News\r\n"
+    );
+    b.ok("s3", "SUBSCRIBE News").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.ok("z", "NOOP").await, "");
 }

@@ -4,10 +4,10 @@
 //! Supported: the filters SELECTED, SELECTED-DELAYED, INBOXES (INBOX, the
 //! only mailbox mail is delivered to), PERSONAL, SUBSCRIBED, SUBTREE and
 //! MAILBOXES (§6); the events MessageNew (with FETCH items for the
-//! selected mailbox), MessageExpunge, FlagChange (§5.2–5.4) and
-//! MailboxName (§5.4: LIST for mailboxes created, renamed, deleted). Any
-//! other event (SubscriptionChange, metadata and annotation events) is
-//! refused with `NO [BADEVENT (...)]` (§5, §3).
+//! selected mailbox), MessageExpunge, FlagChange (§5.2–5.4),
+//! MailboxName and SubscriptionChange (§5.4, §5.5: LIST for mailboxes
+//! created, renamed, deleted, (un)subscribed). Any other event (metadata
+//! and annotation events) is refused with `NO [BADEVENT (...)]` (§5, §3).
 //!
 //! - The selected mailbox, under SELECTED: EXISTS, EXPUNGE and FETCH
 //!   FLAGS are sent as soon as they happen, between commands (§5.2, §5.3);
@@ -44,6 +44,7 @@ fn events(list: &[NotifyEvent]) -> Result<Events, Status> {
             NotifyEvent::MessageExpunge => e.expunge = true,
             NotifyEvent::FlagChange => e.flags = true,
             NotifyEvent::Other(name) if name == "MAILBOXNAME" => e.names = true,
+            NotifyEvent::Other(name) if name == "SUBSCRIPTIONCHANGE" => e.subs = true,
             NotifyEvent::Other(name) => {
                 return Err(Status::no(format!("Unsupported event {name}")).with(Code::BadEvent));
             }
@@ -118,7 +119,7 @@ impl Session {
         {
             tracing::warn!("store watch not ready for NOTIFY");
         }
-        let wants_names = others.iter().any(|(_, e)| e.names);
+        let wants_names = others.iter().any(|(_, e)| e.names || e.subs);
         let mut state = NotifyState {
             selected,
             others,
@@ -137,7 +138,11 @@ impl Session {
             Err(e) => return store_error(&e),
         };
         if wants_names {
-            state.names = Some(list.iter().map(|m| (m.id, m.name.clone())).collect());
+            state.names = Some(
+                list.iter()
+                    .map(|m| (m.id, (m.name.clone(), m.subscribed)))
+                    .collect(),
+            );
         }
         let current = self.selected().map(|m| m.id);
         for mb in list.iter().filter(|m| Some(m.id) != current) {
@@ -278,10 +283,12 @@ impl Session {
 }
 
 impl Session {
-    /// MailboxName (RFC 5465 §5.4): compares the user's mailboxes with
-    /// the last list and writes a LIST for each one created, renamed (with
-    /// `OLDNAME`, RFC 5258 extended data) or deleted (`\NonExistent`),
-    /// when the first group matching it asks for MailboxName.
+    /// MailboxName and SubscriptionChange (RFC 5465 §5.4, §5.5): compares
+    /// the user's mailboxes with the last list and writes a LIST for each
+    /// one created, renamed (with `OLDNAME`, RFC 5258 extended data) or
+    /// deleted (`\NonExistent`), and for each one (un)subscribed
+    /// (`\Subscribed` or not), when the first group matching it asks for
+    /// that event.
     fn mailbox_names(&mut self, out: &mut Vec<u8>, list: &[MailboxInfo]) {
         let Some(n) = self.notify.as_mut() else {
             return;
@@ -289,26 +296,39 @@ impl Session {
         let Some(old) = n.names.take() else {
             return;
         };
-        let new: HashMap<u64, String> = list.iter().map(|m| (m.id, m.name.clone())).collect();
-        let wants = |n: &NotifyState, name: &str| {
+        let new: HashMap<u64, (String, bool)> = list
+            .iter()
+            .map(|m| (m.id, (m.name.clone(), m.subscribed)))
+            .collect();
+        // (names, subs) the first group covering `name` asks for.
+        let wants = |n: &NotifyState, name: &str, subscribed: bool| {
             let mb = MailboxInfo {
                 name: name.to_string(),
+                subscribed,
                 ..MailboxInfo::default()
             };
-            n.events_for(&mb).is_some_and(|e| e.names)
+            n.events_for(&mb)
+                .map_or((false, false), |e| (e.names, e.subs))
         };
+        let sub = |s: bool| if s { "\\Subscribed" } else { "" };
         let mut lines: Vec<(&str, &str, Option<&str>)> = Vec::new();
         for m in list {
+            // A mailbox just unsubscribed still counts as SUBSCRIBED here.
+            let before = old.get(&m.id).is_some_and(|(_, s)| *s);
+            let (names, subs) = wants(n, &m.name, m.subscribed || before);
             match old.get(&m.id) {
-                None if wants(n, &m.name) => lines.push(("", &m.name, None)),
-                Some(was) if *was != m.name && (wants(n, &m.name) || wants(n, was)) => {
-                    lines.push(("", &m.name, Some(was)));
+                None if names => lines.push((sub(m.subscribed), &m.name, None)),
+                Some((was, s)) if *was != m.name && (names || wants(n, was, *s).0) => {
+                    lines.push((sub(m.subscribed), &m.name, Some(was)));
+                }
+                Some((was, s)) if *was == m.name && *s != m.subscribed && subs => {
+                    lines.push((sub(m.subscribed), &m.name, None));
                 }
                 _ => {}
             }
         }
-        for (id, was) in &old {
-            if !new.contains_key(id) && wants(n, was) {
+        for (id, (was, s)) in &old {
+            if !new.contains_key(id) && wants(n, was, *s).0 {
                 lines.push(("\\NonExistent", was, None));
             }
         }
