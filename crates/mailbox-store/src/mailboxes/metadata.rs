@@ -14,6 +14,7 @@ use mailstore_api::{
 use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 
+use crate::db::{FOREIGN_KEY_VIOLATION, is_sqlstate};
 use crate::error::{Result, StoreError};
 use crate::messages::mailbox_id_by_name;
 use crate::names;
@@ -147,7 +148,15 @@ pub(super) async fn set_metadata(
                 )
                 .execute(&mut *tx)
                 .await
-                .map_err(StoreError::from)?;
+                .map_err(|e| {
+                    // The mailbox was deleted meanwhile (its row is not
+                    // locked here: metadata never blocks mail).
+                    if is_sqlstate(&e, FOREIGN_KEY_VIOLATION) {
+                        StoreError::NotFound("mailbox")
+                    } else {
+                        StoreError::from(e)
+                    }
+                })?;
                 added = true;
             }
         }
