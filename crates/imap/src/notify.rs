@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::command::{FetchAtt, StatusItem};
-use crate::model::MailboxInfo;
+use crate::model::{MailboxInfo, WatchEvent};
 
 /// What one event group asks for (RFC 5465 §5).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,12 +32,23 @@ pub struct Events {
     pub names: bool,
     /// SubscriptionChange (§5.5): LIST when a mailbox is (un)subscribed.
     pub subs: bool,
+    /// MailboxMetadataChange (§5.6): METADATA naming the changed entries.
+    pub mailbox_meta: bool,
+    /// ServerMetadataChange (§5.7): the same for the server entries;
+    /// not about mailboxes, so any group may carry it.
+    pub server_meta: bool,
 }
 
 impl Events {
     #[must_use]
     pub fn is_none(&self) -> bool {
-        !self.new && !self.expunge && !self.flags && !self.names && !self.subs
+        !self.new
+            && !self.expunge
+            && !self.flags
+            && !self.names
+            && !self.subs
+            && !self.mailbox_meta
+            && !self.server_meta
     }
 
     /// The STATUS items reported for a non-selected mailbox: MESSAGES
@@ -97,6 +108,8 @@ impl Filter {
 #[derive(Debug, Default)]
 pub struct Pending {
     pub ids: HashSet<u64>,
+    /// Mailboxes whose METADATA changed (0: the server entries).
+    pub metadata: HashSet<u64>,
     /// Any mailbox may have changed.
     pub all: bool,
     pub events: usize,
@@ -121,18 +134,21 @@ impl NotifyQueue {
         }
     }
 
-    /// One event from the store: a mailbox changed (`None`: any may have).
-    pub fn push(&self, mailbox: Option<u64>) {
+    /// One event from the store.
+    pub fn push(&self, event: WatchEvent) {
         if let Ok(mut p) = self.pending.lock() {
             p.events += 1;
             if p.events > self.cap {
                 p.overflow = true;
             }
-            match mailbox {
-                Some(id) => {
+            match event {
+                WatchEvent::Mailbox(id) => {
                     p.ids.insert(id);
                 }
-                None => p.all = true,
+                WatchEvent::Metadata(id) => {
+                    p.metadata.insert(id);
+                }
+                WatchEvent::All => p.all = true,
             }
         }
         self.wake.notify_one();
@@ -163,6 +179,9 @@ pub struct NotifyState {
     /// The user's mailboxes (id → name, subscribed) when a group asks for
     /// MailboxName or SubscriptionChange: the next list is compared with it.
     pub names: Option<HashMap<u64, (String, bool)>>,
+    /// Entries (name → hash of the value) of each mailbox whose metadata
+    /// changes are asked for (0: the server), to name what changed.
+    pub meta: HashMap<u64, HashMap<String, u64>>,
     pub task: JoinHandle<()>,
 }
 
@@ -182,6 +201,29 @@ impl NotifyState {
             .map(|(_, e)| e)
             .filter(|e| !e.is_none())
     }
+}
+
+/// A value's fingerprint, to tell changed METADATA entries apart.
+#[must_use]
+pub fn fingerprint(v: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// The names of the entries added, changed or removed between two
+/// snapshots, sorted.
+#[must_use]
+pub fn changed_entries(old: &HashMap<String, u64>, new: &HashMap<String, u64>) -> Vec<String> {
+    let mut v: Vec<String> = new
+        .iter()
+        .filter(|(k, h)| old.get(*k) != Some(*h))
+        .map(|(k, _)| k.clone())
+        .chain(old.keys().filter(|k| !new.contains_key(*k)).cloned())
+        .collect();
+    v.sort();
+    v
 }
 
 /// The values a STATUS notification reports.
@@ -223,18 +265,42 @@ mod tests {
     #[test]
     fn queue_collapses_events_and_overflows() {
         let q = NotifyQueue::new(3);
-        q.push(Some(1));
-        q.push(Some(1));
-        q.push(Some(2));
+        q.push(WatchEvent::Mailbox(1));
+        q.push(WatchEvent::Mailbox(1));
+        q.push(WatchEvent::Mailbox(2));
         let p = q.take();
         assert_eq!(p.ids.len(), 2);
         assert!(!p.overflow && !p.all);
         for _ in 0..4 {
-            q.push(None);
+            q.push(WatchEvent::All);
         }
         let p = q.take();
         assert!(p.overflow && p.all);
         assert!(!q.take().overflow);
+    }
+
+    #[test]
+    fn changed_entries_are_added_changed_and_removed() {
+        let snap = |v: &[(&str, &[u8])]| -> HashMap<String, u64> {
+            v.iter()
+                .map(|(k, x)| (k.to_string(), fingerprint(x)))
+                .collect()
+        };
+        let old = snap(&[
+            ("/private/a", b"1"),
+            ("/private/b", b"2"),
+            ("/shared/c", b"3"),
+        ]);
+        let new = snap(&[
+            ("/private/a", b"1"),
+            ("/private/b", b"x"),
+            ("/shared/d", b"4"),
+        ]);
+        assert_eq!(
+            changed_entries(&old, &new),
+            ["/private/b", "/shared/c", "/shared/d"]
+        );
+        assert!(changed_entries(&new, &new).is_empty());
     }
 
     #[test]

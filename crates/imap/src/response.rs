@@ -105,7 +105,7 @@ impl Code {
             Self::MetadataTooMany => write!(out, "METADATA TOOMANY"),
             Self::BadEvent => write!(
                 out,
-                "BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)"
+                "BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange MailboxMetadataChange ServerMetadataChange)"
             ),
             Self::NotificationOverflow => write!(out, "NOTIFICATIONOVERFLOW"),
         };

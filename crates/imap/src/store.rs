@@ -20,7 +20,7 @@ use crate::command::AppendMessage;
 use crate::model::{
     Address, Appended, AuthOutcome, BodyPart, CopyOutcome, Disposition, Envelope, FlagOp,
     FlagUpdate, MailboxInfo, MessageMeta, Param, Query, QuotaInfo, SearchOutcome, StoreOutcome,
-    Structure,
+    Structure, WatchEvent,
 };
 use crate::response::{Code, Status};
 
@@ -516,14 +516,13 @@ impl Store {
 
 impl Store {
     /// Follows `Watch` for every mailbox of a user (NOTIFY, RFC 5465):
-    /// `event(Some(id))` for a change to one mailbox, `event(None)` when
-    /// any of them may have changed (mailboxes created, deleted or
-    /// renamed, events missed, a reconnection). `ready` fires at the
-    /// first READY.
+    /// [`WatchEvent::All`] when any of them may have changed (mailboxes
+    /// created, deleted or renamed, events missed, a reconnection).
+    /// `ready` fires at the first READY.
     pub async fn watch_user_loop(
         self,
         user_id: u64,
-        event: impl Fn(Option<u64>) + Send + 'static,
+        event: impl Fn(WatchEvent) + Send + 'static,
         ready: tokio::sync::oneshot::Sender<()>,
     ) {
         let mut client = self.mailboxes();
@@ -544,14 +543,16 @@ impl Store {
                                 Some(tx) => {
                                     let _ = tx.send(());
                                 }
-                                None => event(None),
+                                None => event(WatchEvent::All),
                             }
+                        } else if ev.kind == pb::MailboxEventKind::Metadata as i32 {
+                            event(WatchEvent::Metadata(ev.mailbox_id));
                         } else if ev.kind == pb::MailboxEventKind::Mailboxes as i32
                             || ev.mailbox_id == 0
                         {
-                            event(None);
+                            event(WatchEvent::All);
                         } else {
-                            event(Some(ev.mailbox_id));
+                            event(WatchEvent::Mailbox(ev.mailbox_id));
                         }
                     }
                 }

@@ -121,11 +121,11 @@ async fn status_indicator_filters_and_bad_events() {
     );
 
     let (_, t) = a
-        .cmd("bad", "NOTIFY SET (PERSONAL (MailboxMetadataChange))")
+        .cmd("bad", "NOTIFY SET (PERSONAL (AnnotationChange))")
         .await;
     assert!(
         t.starts_with(
-            "bad NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]"
+            "bad NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange MailboxMetadataChange ServerMetadataChange)]"
         ),
         "{t}"
     );
@@ -253,6 +253,46 @@ async fn subscription_change_reports_list() {
         "* LIST (\\Subscribed) \"/\" News\r\n"
     );
     b.ok("s3", "SUBSCRIBE News").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.ok("z", "NOOP").await, "");
+}
+
+/// MailboxMetadataChange and ServerMetadataChange (§5.6, §5.7): an
+/// unsolicited METADATA naming exactly the entries that changed, for the
+/// covered mailboxes and the server; a SETMETADATA that changes nothing
+/// and one on an uncovered mailbox say nothing.
+#[tokio::test]
+async fn metadata_changes_name_the_changed_entries() {
+    let env = env().await;
+    let mut a = Client::login(&env).await;
+    let mut b = Client::login(&env).await;
+    a.ok("c", "CREATE Work").await;
+    b.ok("s0", "SETMETADATA Work (/shared/old \"1\")").await;
+    a.ok(
+        "n",
+        "NOTIFY SET (MAILBOXES Work (MailboxMetadataChange ServerMetadataChange))",
+    )
+    .await;
+    b.ok(
+        "s1",
+        "SETMETADATA Work (/private/comment \"x\" /shared/y \"1\")",
+    )
+    .await;
+    assert_eq!(
+        unsolicited(&mut a).await,
+        "* METADATA Work /private/comment /shared/y\r\n"
+    );
+    b.ok("s2", "SETMETADATA Work (/shared/y \"1\" /shared/old \"1\")")
+        .await;
+    b.ok("s3", "SETMETADATA INBOX (/private/i \"v\")").await;
+    b.ok("s4", "SETMETADATA Work (/shared/y NIL /shared/old \"2\")")
+        .await;
+    assert_eq!(
+        unsolicited(&mut a).await,
+        "* METADATA Work /shared/old /shared/y\r\n"
+    );
+    b.ok("s5", "SETMETADATA \"\" (/private/s \"v\")").await;
+    assert_eq!(unsolicited(&mut a).await, "* METADATA \"\" /private/s\r\n");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.ok("z", "NOOP").await, "");
 }

@@ -6,8 +6,11 @@
 //! MAILBOXES (§6); the events MessageNew (with FETCH items for the
 //! selected mailbox), MessageExpunge, FlagChange (§5.2–5.4),
 //! MailboxName and SubscriptionChange (§5.4, §5.5: LIST for mailboxes
-//! created, renamed, deleted, (un)subscribed). Any other event (metadata
-//! and annotation events) is refused with `NO [BADEVENT (...)]` (§5, §3).
+//! created, renamed, deleted, (un)subscribed), MailboxMetadataChange and
+//! ServerMetadataChange (§5.6, §5.7: unsolicited METADATA naming the
+//! changed entries, found by comparing with a snapshot of entry names and
+//! value fingerprints). AnnotationChange (no ANNOTATE here) is refused
+//! with `NO [BADEVENT (...)]` (§5, §3).
 //!
 //! - The selected mailbox, under SELECTED: EXISTS, EXPUNGE and FETCH
 //!   FLAGS are sent as soon as they happen, between commands (§5.2, §5.3);
@@ -28,7 +31,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::command::{FetchAtt, NotifyEvent, NotifyFilter, NotifyGroup, SeqRange, SeqSet};
 use crate::io::Io;
 use crate::model::MailboxInfo;
-use crate::notify::{Events, Filter, NotifyQueue, NotifyState, snapshot};
+use crate::notify::{
+    Events, Filter, NotifyQueue, NotifyState, changed_entries, fingerprint, snapshot,
+};
+use crate::parser::DEPTH_INFINITY;
 use crate::response::{Code, Status};
 use crate::session::Session;
 use crate::store::store_error;
@@ -45,6 +51,8 @@ fn events(list: &[NotifyEvent]) -> Result<Events, Status> {
             NotifyEvent::FlagChange => e.flags = true,
             NotifyEvent::Other(name) if name == "MAILBOXNAME" => e.names = true,
             NotifyEvent::Other(name) if name == "SUBSCRIPTIONCHANGE" => e.subs = true,
+            NotifyEvent::Other(name) if name == "MAILBOXMETADATACHANGE" => e.mailbox_meta = true,
+            NotifyEvent::Other(name) if name == "SERVERMETADATACHANGE" => e.server_meta = true,
             NotifyEvent::Other(name) => {
                 return Err(Status::no(format!("Unsupported event {name}")).with(Code::BadEvent));
             }
@@ -110,7 +118,7 @@ impl Session {
         let q = queue.clone();
         let task = tokio::spawn(self.store().watch_user_loop(
             user_id,
-            move |m| q.push(m),
+            move |ev| q.push(ev),
             ready_tx,
         ));
         if tokio::time::timeout(Duration::from_secs(3), ready_rx)
@@ -126,6 +134,7 @@ impl Session {
             queue,
             last: HashMap::new(),
             names: None,
+            meta: HashMap::new(),
             task,
         };
         // Remember what each covered mailbox looks like now, so later
@@ -144,7 +153,25 @@ impl Session {
                     .collect(),
             );
         }
+        // What the metadata events will be compared with (§5.6, §5.7).
         let current = self.selected().map(|m| m.id);
+        if state.others.iter().any(|(_, e)| e.server_meta)
+            || state.selected.as_ref().is_some_and(|(e, _)| e.server_meta)
+        {
+            let snap = self.meta_snapshot(user_id, "").await;
+            state.meta.insert(0, snap);
+        }
+        for mb in &list {
+            let wants = if Some(mb.id) == current {
+                state.selected.as_ref().is_some_and(|(e, _)| e.mailbox_meta)
+            } else {
+                state.events_for(mb).is_some_and(|e| e.mailbox_meta)
+            };
+            if wants {
+                let snap = self.meta_snapshot(user_id, &mb.name).await;
+                state.meta.insert(mb.id, snap);
+            }
+        }
         for mb in list.iter().filter(|m| Some(m.id) != current) {
             let Some(items) = state.events_for(mb).map(Events::status_items) else {
                 continue;
@@ -226,7 +253,10 @@ impl Session {
         }
         let current = self.selected().map(|m| m.id);
         // Changes to the selected mailbox alone are the selected path's.
-        if !pending.all && pending.ids.iter().all(|id| Some(*id) == current) {
+        if !pending.all
+            && pending.metadata.is_empty()
+            && pending.ids.iter().all(|id| Some(*id) == current)
+        {
             return;
         }
         let store = self.store();
@@ -240,6 +270,9 @@ impl Session {
         let mut out = Vec::new();
         if pending.all {
             self.mailbox_names(&mut out, &list);
+        }
+        for id in &pending.metadata {
+            self.metadata_changes(&mut out, user_id, *id, &list).await;
         }
         for mb in list {
             if Some(mb.id) == current || !(pending.all || pending.ids.contains(&mb.id)) {
@@ -347,5 +380,80 @@ impl Session {
         if let Some(n) = self.notify.as_mut() {
             n.names = Some(new);
         }
+    }
+}
+
+impl Session {
+    /// A mailbox's (or, for "", the server's) METADATA entries, name →
+    /// fingerprint of the value.
+    async fn meta_snapshot(&self, user_id: u64, mailbox: &str) -> HashMap<String, u64> {
+        let all = vec!["/private".to_string(), "/shared".to_string()];
+        match self
+            .store()
+            .get_metadata(user_id, mailbox, all, DEPTH_INFINITY)
+            .await
+        {
+            Ok(v) => v.into_iter().map(|(k, v)| (k, fingerprint(&v))).collect(),
+            Err(_) => HashMap::new(),
+        }
+    }
+
+    /// MailboxMetadataChange and ServerMetadataChange (RFC 5465 §5.6,
+    /// §5.7): `* METADATA mailbox entry...` (RFC 5464 §4.4.2, the
+    /// unsolicited form) naming the entries that changed since the last
+    /// look, when the mailbox's group (the SELECTED one for the selected
+    /// mailbox) asks for it; `id` 0 is the server.
+    async fn metadata_changes(
+        &mut self,
+        out: &mut Vec<u8>,
+        user_id: u64,
+        id: u64,
+        list: &[MailboxInfo],
+    ) {
+        let current = self.selected().map(|m| m.id);
+        let Some(n) = self.notify.as_ref() else {
+            return;
+        };
+        let name = if id == 0 {
+            let wanted = n.others.iter().any(|(_, e)| e.server_meta)
+                || n.selected.as_ref().is_some_and(|(e, _)| e.server_meta);
+            if !wanted {
+                return;
+            }
+            String::new()
+        } else {
+            let Some(mb) = list.iter().find(|m| m.id == id) else {
+                return;
+            };
+            let wanted = if Some(id) == current {
+                n.selected.as_ref().is_some_and(|(e, _)| e.mailbox_meta)
+            } else {
+                n.events_for(mb).is_some_and(|e| e.mailbox_meta)
+            };
+            if !wanted {
+                return;
+            }
+            mb.name.clone()
+        };
+        let snap = self.meta_snapshot(user_id, &name).await;
+        let Some(n) = self.notify.as_mut() else {
+            return;
+        };
+        let old = n.meta.insert(id, snap.clone()).unwrap_or_default();
+        let changed = changed_entries(&old, &snap);
+        if changed.is_empty() {
+            return;
+        }
+        out.extend_from_slice(b"* METADATA ");
+        if name.is_empty() {
+            out.extend_from_slice(b"\"\"");
+        } else {
+            self.mailbox_out(out, &name);
+        }
+        for e in changed {
+            out.push(b' ');
+            out.extend_from_slice(e.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
     }
 }

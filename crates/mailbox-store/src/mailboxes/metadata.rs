@@ -16,8 +16,9 @@ use tonic::{Request, Response, Status};
 
 use crate::db::{FOREIGN_KEY_VIOLATION, is_sqlstate};
 use crate::error::{Result, StoreError};
-use crate::messages::mailbox_id_by_name;
+use crate::messages::{mailbox_id_by_name, notify};
 use crate::names;
+use crate::notify::MailboxChange;
 use crate::wire::id;
 
 use super::MailboxesSvc;
@@ -174,6 +175,16 @@ pub(super) async fn set_metadata(
             return Err(StoreError::LimitReached("too many metadata entries").into());
         }
     }
+    // Watchers (IMAP NOTIFY MailboxMetadataChange/ServerMetadataChange,
+    // RFC 5465 §5.6) hear of it when, and only if, it commits.
+    let change = MailboxChange {
+        user_id: req.user_id,
+        mailbox_id: mid.map_or(0, |m| m as u64),
+        kind: pb::MailboxEventKind::Metadata as i32,
+        modseq: 0,
+        uidnext: 0,
+    };
+    notify(&mut tx, change).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(Response::new(pb::SetMetadataResponse {}))
 }
