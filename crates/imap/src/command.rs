@@ -253,6 +253,38 @@ pub struct AppendMessage {
 }
 
 /// The commands this server understands.
+/// Which mailboxes a NOTIFY event group covers (RFC 5465 §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyFilter {
+    Selected,
+    SelectedDelayed,
+    Inboxes,
+    Personal,
+    Subscribed,
+    /// Raw (wire) mailbox names and all their children.
+    Subtree(Vec<Vec<u8>>),
+    /// Raw (wire) mailbox names.
+    Mailboxes(Vec<Vec<u8>>),
+}
+
+/// A NOTIFY event (RFC 5465 §5); names we do not implement are kept so
+/// the handler can answer `NO [BADEVENT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyEvent {
+    /// With the FETCH items to send for each new message (SELECTED only).
+    MessageNew(Vec<FetchAtt>),
+    MessageExpunge,
+    FlagChange,
+    Other(String),
+}
+
+/// One `(filter events)` group; no events = `NONE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyGroup {
+    pub filter: NotifyFilter,
+    pub events: Vec<NotifyEvent>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandKind {
     Capability,
@@ -363,6 +395,21 @@ pub enum CommandKind {
         root: Vec<u8>,
         limits: Vec<(String, u64)>,
     },
+    /// RFC 5464 §4.2: lower-case entry names; depth 0, 1 or
+    /// [`crate::parser::DEPTH_INFINITY`].
+    GetMetadata {
+        mailbox: Vec<u8>,
+        maxsize: Option<u64>,
+        depth: u32,
+        entries: Vec<String>,
+    },
+    /// RFC 5464 §4.3: `None` deletes the entry.
+    SetMetadata {
+        mailbox: Vec<u8>,
+        values: Vec<(String, Option<Vec<u8>>)>,
+    },
+    /// RFC 5465 §3: `None` is NOTIFY NONE; `status` the STATUS indicator.
+    Notify(Option<(bool, Vec<NotifyGroup>)>),
 }
 
 impl CommandKind {
@@ -410,6 +457,9 @@ impl CommandKind {
             Self::GetQuota(_) => "GETQUOTA",
             Self::GetQuotaRoot(_) => "GETQUOTAROOT",
             Self::SetQuota { .. } => "SETQUOTA",
+            Self::GetMetadata { .. } => "GETMETADATA",
+            Self::SetMetadata { .. } => "SETMETADATA",
+            Self::Notify(_) => "NOTIFY",
         }
     }
 }

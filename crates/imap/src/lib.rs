@@ -41,6 +41,7 @@ pub mod mailbox_name;
 pub mod model;
 pub mod mutf7;
 pub mod objectid;
+pub mod notify;
 pub mod parser;
 pub mod preview;
 pub mod response;
@@ -179,6 +180,7 @@ impl Config {
                 max_literals: 64,
                 preauth_max: framing::PREAUTH_MAX,
             },
+            notify_max_pending: session::NOTIFY_MAX_PENDING,
             quota_admins: self
                 .quota_admins
                 .iter()

@@ -227,3 +227,14 @@ pub enum Query {
     Text(String),
     ModSeqMin(u64),
 }
+
+/// What the user-wide change stream says (NOTIFY, RFC 5465).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Messages or flags of this mailbox changed.
+    Mailbox(u64),
+    /// Any mailbox may have changed (list changes, missed events).
+    All,
+    /// METADATA entries of this mailbox changed; 0 = server entries.
+    Metadata(u64),
+}

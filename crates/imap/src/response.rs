@@ -55,6 +55,16 @@ pub enum Code {
     NoPerm,
     /// RFC 4978 §3.
     CompressionActive,
+    /// RFC 5464 §4.2.1: the size of the largest value GETMETADATA left out.
+    MetadataLongEntries(u64),
+    /// RFC 5464 §4.3: the largest value SETMETADATA accepts.
+    MetadataMaxSize(usize),
+    /// RFC 5464 §4.3: too many entries.
+    MetadataTooMany,
+    /// RFC 5465 §5: the events the server supports.
+    BadEvent,
+    /// RFC 5465 §5.8.
+    NotificationOverflow,
 }
 
 impl Code {
@@ -93,6 +103,14 @@ impl Code {
             Self::ContactAdmin => write!(out, "CONTACTADMIN"),
             Self::NoPerm => write!(out, "NOPERM"),
             Self::CompressionActive => write!(out, "COMPRESSIONACTIVE"),
+            Self::MetadataLongEntries(n) => write!(out, "METADATA LONGENTRIES {n}"),
+            Self::MetadataMaxSize(n) => write!(out, "METADATA MAXSIZE {n}"),
+            Self::MetadataTooMany => write!(out, "METADATA TOOMANY"),
+            Self::BadEvent => write!(
+                out,
+                "BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange MailboxMetadataChange ServerMetadataChange)"
+            ),
+            Self::NotificationOverflow => write!(out, "NOTIFICATIONOVERFLOW"),
         };
     }
 }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::framing::{Frame, Limits};
 use crate::io::Io;
+use crate::notify::NotifyState;
 use crate::parser::{self, ParseError};
 use crate::response::{self, Code, Status};
 use crate::store::Store;
@@ -47,7 +48,12 @@ pub(crate) enum Input {
     OverBudget,
     /// The server is shutting down.
     Shutdown,
+    /// NOTIFY (RFC 5465): changes to report between commands.
+    Notify,
 }
+
+/// Default of [`SessionConfig::notify_max_pending`].
+pub const NOTIFY_MAX_PENDING: usize = 10_000;
 
 /// Session settings (from the service [`crate::Config`]).
 #[derive(Debug, Clone)]
@@ -78,6 +84,9 @@ pub struct SessionConfig {
     /// Users (addresses) allowed RFC 9208 SETQUOTA, and GETQUOTA of any
     /// user's root (named by its address).
     pub quota_admins: Vec<String>,
+    /// NOTIFY (RFC 5465 §5.8): store events a session may have pending
+    /// before it gives up with `[NOTIFICATIONOVERFLOW]`.
+    pub notify_max_pending: usize,
 }
 
 impl Default for SessionConfig {
@@ -96,6 +105,7 @@ impl Default for SessionConfig {
             max_list_results: MAX_LIST_RESULTS,
             limits: Limits::default(),
             quota_admins: Vec::new(),
+            notify_max_pending: NOTIFY_MAX_PENDING,
         }
     }
 }
@@ -215,6 +225,8 @@ pub struct Session {
     pub(crate) user_slot: Option<UserSlot>,
     pub(crate) tokens: f64,
     pub(crate) last_refill: Instant,
+    /// NOTIFY SET in force (RFC 5465).
+    pub(crate) notify: Option<Box<NotifyState>>,
 }
 impl Session {
     #[must_use]
@@ -235,6 +247,7 @@ impl Session {
             user_slot: None,
             tokens,
             last_refill: Instant::now(),
+            notify: None,
         }
     }
 
@@ -286,6 +299,10 @@ impl Session {
         c.push_str(" SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES ESORT SEARCHRES");
         // RFC 7162 §3.2, RFC 8474 §3, RFC 8970 §2.
         c.push_str(" QRESYNC OBJECTID PREVIEW");
+        // RFC 5464 §1: server and mailbox annotations.
+        c.push_str(" METADATA METADATA-SERVER");
+        // RFC 5465 §1.
+        c.push_str(" NOTIFY");
         if authed && !self.compressed {
             // RFC 4978 §3: offered after login, until it is in force.
             c.push_str(" COMPRESS=DEFLATE");
@@ -366,6 +383,7 @@ impl Session {
                     io.flush().await?;
                     match self.read_input(io, shutdown).await? {
                         Input::Data => {}
+                        Input::Notify => self.notify_push(io).await,
                         Input::Eof => return Ok(Exit::Closed),
                         other => return self.farewell(io, &other).await,
                     }
@@ -461,8 +479,32 @@ impl Session {
         } else {
             self.cfg().preauth_timeout
         };
+        // Notifications only while no command is being received.
+        let (queue, selected) = match &self.notify {
+            Some(n) if io.rbuf.is_empty() => (
+                Some(n.queue.clone()),
+                n.selected.as_ref().and_then(|_| match &self.state {
+                    State::Selected { mailbox, .. } => {
+                        mailbox.watch.as_ref().map(|w| w.notify.clone())
+                    }
+                    _ => None,
+                }),
+            ),
+            _ => (None, None),
+        };
+        let notified = async {
+            match (&queue, &selected) {
+                (Some(q), Some(s)) => tokio::select! {
+                    () = q.wake.notified() => {}
+                    () = s.notified() => {}
+                },
+                (Some(q), None) => q.wake.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => Ok(Input::Shutdown),
+            () = notified => Ok(Input::Notify),
             r = tokio::time::timeout(timeout, io.fill()) => match r {
                 Err(_) => Ok(Input::Idle),
                 Ok(Err(e)) => Err(e),
@@ -488,7 +530,7 @@ impl Session {
         why: &Input,
     ) -> std::io::Result<Exit> {
         let bye = match why {
-            Input::Data | Input::Eof => return Ok(Exit::Closed),
+            Input::Data | Input::Eof | Input::Notify => return Ok(Exit::Closed),
             Input::Idle => Status::bye("Autologout; idle for too long"),
             Input::OverBudget => {
                 Status::bye("Too much input before authentication").with(Code::Limit)

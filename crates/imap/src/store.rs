@@ -20,7 +20,7 @@ use crate::command::AppendMessage;
 use crate::model::{
     Address, Appended, AuthOutcome, BodyPart, CopyOutcome, Disposition, Envelope, FlagOp,
     FlagUpdate, MailboxInfo, MessageMeta, Param, Query, QuotaInfo, SearchOutcome, StoreOutcome,
-    Structure,
+    Structure, WatchEvent,
 };
 use crate::response::{Code, Status};
 
@@ -172,6 +172,47 @@ impl Store {
             .await?
             .into_inner();
         Ok(quota_info(q))
+    }
+
+    /// METADATA entries (RFC 5464 §4.2) of a mailbox, or of the server
+    /// when `mailbox` is "": `(name, value)` of those that exist.
+    pub async fn get_metadata(
+        &self,
+        user_id: u64,
+        mailbox: &str,
+        entries: Vec<String>,
+        depth: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let req = pb::GetMetadataRequest {
+            user_id,
+            mailbox: mailbox.to_string(),
+            entries,
+            depth,
+        };
+        let r = self.mailboxes().get_metadata(req).await?.into_inner();
+        Ok(r.entries
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect())
+    }
+
+    /// SETMETADATA (RFC 5464 §4.3): all or nothing; `None` deletes.
+    pub async fn set_metadata(
+        &self,
+        user_id: u64,
+        mailbox: &str,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        let req = pb::SetMetadataRequest {
+            user_id,
+            mailbox: mailbox.to_string(),
+            entries: entries
+                .into_iter()
+                .map(|(name, value)| pb::MetadataEntry { name, value })
+                .collect(),
+        };
+        self.mailboxes().set_metadata(req).await?;
+        Ok(())
     }
 
     /// One mailbox by name; `claim_recent` makes its new messages \Recent
@@ -466,6 +507,56 @@ impl Store {
                             }
                         } else if ev.mailbox_id == mailbox_id {
                             signal();
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "watch failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Store {
+    /// Follows `Watch` for every mailbox of a user (NOTIFY, RFC 5465):
+    /// [`WatchEvent::All`] when any of them may have changed (mailboxes
+    /// created, deleted or renamed, events missed, a reconnection).
+    /// `ready` fires at the first READY.
+    pub async fn watch_user_loop(
+        self,
+        user_id: u64,
+        event: impl Fn(WatchEvent) + Send + 'static,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut client = self.mailboxes();
+        let mut ready = Some(ready);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let req = pb::WatchRequest {
+                user_id,
+                mailbox_id: 0,
+            };
+            match client.watch(req).await {
+                Ok(s) => {
+                    let mut s = s.into_inner();
+                    while let Ok(Some(ev)) = s.message().await {
+                        if ev.kind == pb::MailboxEventKind::Ready as i32 {
+                            backoff = Duration::from_millis(100);
+                            match ready.take() {
+                                Some(tx) => {
+                                    let _ = tx.send(());
+                                }
+                                None => event(WatchEvent::All),
+                            }
+                        } else if ev.kind == pb::MailboxEventKind::Metadata as i32 {
+                            event(WatchEvent::Metadata(ev.mailbox_id));
+                        } else if ev.kind == pb::MailboxEventKind::Mailboxes as i32
+                            || ev.mailbox_id == 0
+                        {
+                            event(WatchEvent::All);
+                        } else {
+                            event(WatchEvent::Mailbox(ev.mailbox_id));
                         }
                     }
                 }

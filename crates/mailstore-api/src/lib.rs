@@ -40,6 +40,17 @@ pub fn quota_exceeds_limit(status: &tonic::Status) -> bool {
         && status.metadata().contains_key(QUOTA_EXCEEDS_LIMIT)
 }
 
+/// IMAP METADATA (RFC 5464) limits, shared by the store (which enforces
+/// them) and imap (which announces them: `[METADATA MAXSIZE n]`,
+/// `[METADATA TOOMANY]`). Largest value of one entry, in octets.
+pub const METADATA_MAX_VALUE: usize = 16 * 1024;
+/// Most entries of one user, server and mailbox entries together.
+pub const METADATA_MAX_ENTRIES: i64 = 256;
+/// Longest entry name, in octets.
+pub const METADATA_MAX_NAME: usize = 256;
+/// Most entries named in one GETMETADATA or SETMETADATA.
+pub const METADATA_MAX_PER_COMMAND: usize = 64;
+
 /// The closed set of outcomes a caller distinguishes after a failed store call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

@@ -28,6 +28,8 @@ impl Session {
             .selected()
             .and_then(|m| m.watch.as_ref())
             .map(|w| w.notify.clone());
+        // NOTIFY (RFC 5465 §4): other mailboxes are reported during IDLE too.
+        let queue = self.notify.as_ref().map(|n| n.queue.clone());
         let deadline = tokio::time::Instant::now() + self.cfg().idle_timeout;
         loop {
             if let Some(lf) = io.rbuf.iter().position(|&b| b == b'\n') {
@@ -53,7 +55,17 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
+            let others = async {
+                match &queue {
+                    Some(q) => q.wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = others => {
+                    self.notify_drain(io).await;
+                    io.flush().await?;
+                }
                 () = shutdown.cancelled() => {
                     io.write(&Status::bye("Server shutting down").encode(None));
                     io.flush().await?;

@@ -14,8 +14,10 @@ mod fetch;
 mod idle;
 mod list;
 mod mailbox;
+mod metadata;
 mod misc;
 mod qresync;
+mod notify;
 mod quota;
 mod search;
 mod select;
@@ -57,6 +59,9 @@ fn allowed(kind: &CommandKind, state: &State) -> bool {
         | C::GetQuota(_)
         | C::GetQuotaRoot(_)
         | C::SetQuota { .. }
+        | C::GetMetadata { .. }
+        | C::SetMetadata { .. }
+        | C::Notify(_)
         | C::Idle => matches!(state, State::Authenticated { .. } | State::Selected { .. }),
         C::Check
         | C::Close
@@ -143,6 +148,12 @@ impl Session {
         }
         if withholds_expunges && self.enabled.qresync && status.kind != Kind::Bad {
             self.report_withheld_expunges(io).await;
+        }
+        // NOTIFY (RFC 5465): other mailboxes' changes, at the end of every
+        // command too, so a busy client is not kept waiting for them
+        // (STATUS responses may follow any command, §5).
+        if status.kind != Kind::Bad {
+            self.notify_drain(io).await;
         }
         // Server-side failures carry the session id, so a user's report
         // can be found in the logs.
@@ -291,6 +302,19 @@ impl Session {
             CommandKind::SetQuota { root, limits } => {
                 Reply(self.setquota(io, &root, &limits).await)
             }
+            CommandKind::GetMetadata {
+                mailbox,
+                maxsize,
+                depth,
+                entries,
+            } => Reply(
+                self.getmetadata(io, &mailbox, maxsize, depth, entries)
+                    .await,
+            ),
+            CommandKind::SetMetadata { mailbox, values } => {
+                Reply(self.setmetadata(&mailbox, values).await)
+            }
+            CommandKind::Notify(spec) => Reply(self.notify(io, spec).await),
         })
     }
 }

@@ -146,7 +146,7 @@ fn preview_mods(p: &mut P<'_>) -> R<bool> {
     }
 }
 
-fn fetch_atts(p: &mut P<'_>) -> R<Vec<FetchAtt>> {
+pub(super) fn fetch_atts(p: &mut P<'_>) -> R<Vec<FetchAtt>> {
     use FetchAtt as F;
     if p.eat(b'(') {
         let mut v = Vec::new();

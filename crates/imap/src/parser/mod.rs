@@ -11,6 +11,8 @@ mod fetch;
 mod lexer;
 mod list;
 mod qresync;
+mod metadata;
+mod notify;
 mod quota;
 mod search;
 mod sort;
@@ -23,6 +25,9 @@ use fetch::fetch_command;
 use lexer::{P, R, is_astring_char};
 use list::{list_command, status_items};
 use qresync::select_params;
+pub use metadata::DEPTH_INFINITY;
+use metadata::{getmetadata_command, setmetadata_command};
+use notify::notify_command;
 use quota::setquota_command;
 use search::search_command;
 use sort::{sort_command, thread_command};
@@ -161,6 +166,9 @@ fn body(p: &mut P<'_>, name: &str) -> Result<CommandKind, (&'static str, bool)> 
         "GETQUOTA" => CommandKind::GetQuota(mailbox_arg(p).map_err(e)?),
         "GETQUOTAROOT" => CommandKind::GetQuotaRoot(mailbox_arg(p).map_err(e)?),
         "SETQUOTA" => setquota_command(p).map_err(e)?,
+        "GETMETADATA" => getmetadata_command(p).map_err(e)?,
+        "SETMETADATA" => setmetadata_command(p).map_err(e)?,
+        "NOTIFY" => notify_command(p).map_err(e)?,
         "SEARCH" => search_command(p, false)?,
         "SORT" => sort_command(p, false)?,
         "THREAD" => thread_command(p, false)?,

@@ -21,16 +21,22 @@ pub struct Env {
 /// The store, one user, and an imap listener on 127.0.0.1 serving every
 /// accepted connection with the real session.
 pub async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// [`env`] with the session configuration changed by `tune`.
+pub async fn env_with(tune: impl FnOnce(&mut SessionConfig)) -> Env {
     let store = TestStore::start().await;
     store.add_domain("example.org").await;
     store.add_user("bob@example.org", "secret").await;
     let (config, _) = tls_kit::self_signed("localhost").unwrap();
     let tls = service_kit::Tls::new(config, "imap");
-    let cfg = SessionConfig {
+    let mut cfg = SessionConfig {
         allow_plaintext_auth: true,
         tls_available: true,
         ..SessionConfig::default()
     };
+    tune(&mut cfg);
     let shared = Arc::new(Shared::new(cfg, store.client()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -62,6 +68,18 @@ pub async fn env() -> Env {
     }
 }
 
+impl Env {
+    /// The store, to add users or deliver mail behind the session's back.
+    pub fn store(&self) -> &TestStore {
+        &self._store
+    }
+
+    /// Where the imap listener is.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
 pub struct Client {
     io: BufReader<TcpStream>,
 }
@@ -77,8 +95,12 @@ impl Client {
     }
 
     pub async fn login(env: &Env) -> Self {
+        Self::login_as(env, "bob@example.org", "secret").await
+    }
+
+    pub async fn login_as(env: &Env, user: &str, pass: &str) -> Self {
         let mut c = Self::connect(env).await;
-        c.ok("l", "LOGIN bob@example.org secret").await;
+        c.ok("l", &format!("LOGIN {user} {pass}")).await;
         c
     }
 

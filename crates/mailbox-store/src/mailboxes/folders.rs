@@ -301,13 +301,19 @@ pub(super) async fn set_subscription(
         .execute(svc.pool())
         .await
     };
-    res.map_err(|e| {
+    let done = res.map_err(|e| {
         if is_sqlstate(&e, FOREIGN_KEY_VIOLATION) {
             StoreError::NotFound("user")
         } else {
             e.into()
         }
     })?;
+    // Watchers of the user's mailbox list (IMAP NOTIFY SubscriptionChange,
+    // RFC 5465 §5.5) hear of real changes only.
+    if done.rows_affected() > 0 {
+        let mut conn = svc.pool().acquire().await.map_err(StoreError::from)?;
+        notify(&mut conn, user_change(uid)).await?;
+    }
     Ok(Response::new(pb::SetSubscriptionResponse {}))
 }
 

@@ -1,5 +1,5 @@
 //! Mailboxes service: folders, messages, flags, copy/move, expunge, search,
-//! watch and locks.
+//! watch, metadata (RFC 5464) and locks.
 //!
 //! Concurrency: every transaction that changes a mailbox first locks the
 //! mailbox row (`FOR UPDATE`), so UID and MODSEQ allocation is serial per
@@ -12,6 +12,7 @@ mod expunge;
 mod fetch;
 mod folders;
 mod locks;
+mod metadata;
 mod select;
 mod store_flags;
 mod watch;
@@ -205,6 +206,20 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         watch::watch(self, req).await
+    }
+
+    async fn get_metadata(
+        &self,
+        req: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        metadata::get_metadata(self, req).await
+    }
+
+    async fn set_metadata(
+        &self,
+        req: Request<pb::SetMetadataRequest>,
+    ) -> Result<Response<pb::SetMetadataResponse>, Status> {
+        metadata::set_metadata(self, req).await
     }
 
     async fn acquire_lock(
