@@ -227,7 +227,7 @@ impl Session {
             first: Some(first),
             last: Some(last),
         }]);
-        if let Err(e) = self.fetch(io, true, &set, atts, None).await {
+        if let Err(e) = self.fetch(io, true, &set, atts, None, false).await {
             tracing::debug!(error = %e, "NOTIFY fetch failed");
         }
     }
