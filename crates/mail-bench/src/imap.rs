@@ -34,7 +34,18 @@ impl Imap {
         user: &str,
         password: &str,
     ) -> anyhow::Result<Self> {
-        let io = conn::connect_tls(tls, addr).await?;
+        Self::login_from(tls, addr, None, user, password).await
+    }
+
+    /// Connects from a given local address (`None`: any) and logs in.
+    pub async fn login_from(
+        tls: &TlsConnector,
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let io = conn::upgrade(tls, conn::connect_from(addr, source).await?).await?;
         let mut s = Self {
             io,
             tag: 0,
@@ -132,6 +143,25 @@ impl Imap {
             .nth(1)
             .and_then(|t| t.split_whitespace().nth(1))
             .and_then(|u| u.trim_end_matches(']').parse().ok()))
+    }
+
+    /// Starts IDLE (RFC 2177 §3) and hands back the connection once the
+    /// server's continuation request arrived; the caller reads the
+    /// untagged responses and ends it with `DONE`.
+    pub async fn idle(mut self) -> anyhow::Result<(Tls, u64)> {
+        self.tag += 1;
+        let tag = format!("b{}", self.tag);
+        conn::send(&mut self.io, format!("{tag} IDLE\r\n").as_bytes()).await?;
+        loop {
+            conn::line(&mut self.io, &mut self.buf).await?;
+            if self.buf.starts_with(b"+") {
+                return Ok((self.io, self.exists));
+            }
+            if self.buf.starts_with(tag.as_bytes()) {
+                bail!("IDLE: {}", String::from_utf8_lossy(&self.buf).trim_end());
+            }
+            self.track();
+        }
     }
 
     /// LOGOUT, errors ignored.
