@@ -105,10 +105,13 @@ impl Imap {
         }
     }
 
-    /// A command that must answer OK.
+    /// A command that must answer OK — or `NO [EXPUNGEISSUED]` (RFC 9051
+    /// §7.1: another session expunged some of the requested messages), the
+    /// race a mail client meets when others expunge in the same mailbox; a
+    /// client carries on, so the mix does too.
     pub async fn ok(&mut self, text: &str) -> anyhow::Result<String> {
         let r = self.cmd(text).await?;
-        if !r.starts_with("OK") {
+        if !r.starts_with("OK") && !r.starts_with("NO [EXPUNGEISSUED]") {
             let verb = text.split(' ').next().unwrap_or(text);
             bail!("IMAP {verb}: {r}");
         }
