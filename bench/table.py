@@ -29,7 +29,9 @@ def per_run(doc, fn):
 
 
 def cpu_total(r):
-    return sum(g["cpu_ms"] for g in r["procs"].values())
+    # The servers and PostgreSQL; the per-service groups are parts of
+    # "server" and are not added again.
+    return sum(g["cpu_ms"] for k, g in r["procs"].items() if k in ("server", "postgres"))
 
 
 def imaptest_commands(side, clients):
@@ -72,6 +74,17 @@ def row_values(side):
             v[f"it{s}"] = n / r["secs"]
             v[f"itcpu{s}"] = cpu_total(r) / max(n, 1)
             v[f"itpss{s}"] = r["procs"]["server"]["pss_peak_mib"]
+    d = load(side, "latency")
+    if d:
+        r = d["results"][0]
+        v["lat50"], v["lat99"] = r["p50_ms"], r["p99_ms"]
+    d = load(side, "idle")
+    if d:
+        r = d["results"][0]
+        held = r["held"]["server"]
+        v["idle_n"] = r["opened"]
+        v["idle_held"] = held["pss_held_mib"]
+        v["idle_per"] = held["bytes_per_connection"] / 1024
     d = load(side, "pop3")
     v["pop3"] = d and d["rate"]["median"]
     v["pop3cpu"] = per_run(d, lambda r: cpu_total(r) / max(r["messages"], 1))
@@ -109,6 +122,11 @@ ROWS = [
     ("imaptest default mix cmd/s, 50 clients", "it50", 0),
     ("server CPU ms per imaptest command, 10 (lower is better)", "itcpu10", 2),
     ("server CPU ms per imaptest command, 50 (lower is better)", "itcpu50", 2),
+    ("accept → IDLE EXISTS p50 ms, from the 250 (lower is better)", "lat50", 1),
+    ("accept → IDLE EXISTS p99 ms, from the 250 (lower is better)", "lat99", 1),
+    ("idle IMAP connections held (Epistole 10,000; Dovecot see note)", "idle_n", 0),
+    ("PSS MiB with them held, servers without PostgreSQL", "idle_held", 1),
+    ("KiB per idle connection (PSS held − before) / N (lower is better)", "idle_per", 1),
     ("POP3 RETR msg/s, 10 clients", "pop3", 0),
     ("server CPU ms per POP3 message (lower is better)", "pop3cpu", 2),
     ("peak PSS MiB, IMAP mix 50, servers without PostgreSQL (lower is better)", "imappss50", 1),
@@ -129,3 +147,34 @@ for label, key, digits in ROWS:
     r, e = ref.get(key), epi.get(key)
     ratio = f"{e / r:.2f}×" if r and e is not None else "—"
     print(f"| {label} | {fmt(r, digits)} | {fmt(e, digits)} | {ratio} |")
+
+
+# Each Epistole service apart (the --proc groups named after them):
+# PSS before the phase and its peak, and CPU used, per phase.
+SERVICES = ["smtp-in", "smtp-out", "delivery", "imap", "pop3", "mailbox-store", "postgres"]
+PHASES = ["smtp10", "smtp50", "latency", "pop3", "imap10", "imap50", "imaptest10", "imaptest50", "idle"]
+docs = {ph: load("epistole", ph) for ph in PHASES}
+if any(d and any(s in d["results"][0]["procs"] for s in SERVICES[:-1]) for d in docs.values()):
+    print()
+    print("Epistole per service: PSS MiB idle (lowest before any phase) / peak (any phase), CPU % of one core (busiest phase)")
+    print()
+    print("| service | PSS idle MiB | PSS peak MiB | CPU % peak (phase) |")
+    print("|---|---|---|---|")
+    for svc in SERVICES:
+        idle, peak, cpu, cpu_ph = None, None, None, ""
+        for ph, d in docs.items():
+            if not d:
+                continue
+            for r in d["results"]:
+                g = r["procs"].get(svc)
+                if not g:
+                    continue
+                secs = r.get("phase_secs")
+                idle = g["pss_before_mib"] if idle is None else min(idle, g["pss_before_mib"])
+                peak = g["pss_peak_mib"] if peak is None else max(peak, g["pss_peak_mib"])
+                if secs:
+                    pct = g["cpu_ms"] / 10 / secs
+                    if cpu is None or pct > cpu:
+                        cpu, cpu_ph = pct, ph
+        if idle is not None:
+            print(f"| {svc} | {idle:.1f} | {peak:.1f} | {cpu or 0:.0f} ({cpu_ph}) |")

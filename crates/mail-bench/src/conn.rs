@@ -43,6 +43,30 @@ pub async fn connect(addr: &str) -> anyhow::Result<Plain> {
     Ok(BufReader::new(tcp))
 }
 
+/// TCP connect from a given local address (several loopback sources get
+/// round a server's per-IP connection cap), with TCP_NODELAY.
+pub async fn connect_from(addr: &str, source: Option<std::net::IpAddr>) -> anyhow::Result<Plain> {
+    let Some(source) = source else {
+        return connect(addr).await;
+    };
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .with_context(|| format!("{addr}: no address"))?;
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    let tcp = tokio::time::timeout(IO_TIMEOUT, socket.connect(target))
+        .await
+        .context("connect timed out")?
+        .with_context(|| format!("connect {addr} from {source}"))?;
+    tcp.set_nodelay(true)?;
+    Ok(BufReader::new(tcp))
+}
+
 /// Upgrades a plain connection (nothing may be buffered).
 pub async fn upgrade(tls: &TlsConnector, plain: Plain) -> anyhow::Result<Tls> {
     if !plain.buffer().is_empty() {

@@ -34,7 +34,18 @@ impl Imap {
         user: &str,
         password: &str,
     ) -> anyhow::Result<Self> {
-        let io = conn::connect_tls(tls, addr).await?;
+        Self::login_from(tls, addr, None, user, password).await
+    }
+
+    /// Connects from a given local address (`None`: any) and logs in.
+    pub async fn login_from(
+        tls: &TlsConnector,
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let io = conn::upgrade(tls, conn::connect_from(addr, source).await?).await?;
         let mut s = Self {
             io,
             tag: 0,
@@ -94,10 +105,13 @@ impl Imap {
         }
     }
 
-    /// A command that must answer OK.
+    /// A command that must answer OK — or `NO [EXPUNGEISSUED]` (RFC 9051
+    /// §7.1: another session expunged some of the requested messages), the
+    /// race a mail client meets when others expunge in the same mailbox; a
+    /// client carries on, so the mix does too.
     pub async fn ok(&mut self, text: &str) -> anyhow::Result<String> {
         let r = self.cmd(text).await?;
-        if !r.starts_with("OK") {
+        if !r.starts_with("OK") && !r.starts_with("NO [EXPUNGEISSUED]") {
             let verb = text.split(' ').next().unwrap_or(text);
             bail!("IMAP {verb}: {r}");
         }
@@ -132,6 +146,25 @@ impl Imap {
             .nth(1)
             .and_then(|t| t.split_whitespace().nth(1))
             .and_then(|u| u.trim_end_matches(']').parse().ok()))
+    }
+
+    /// Starts IDLE (RFC 2177 §3) and hands back the connection once the
+    /// server's continuation request arrived; the caller reads the
+    /// untagged responses and ends it with `DONE`.
+    pub async fn idle(mut self) -> anyhow::Result<(Tls, u64)> {
+        self.tag += 1;
+        let tag = format!("b{}", self.tag);
+        conn::send(&mut self.io, format!("{tag} IDLE\r\n").as_bytes()).await?;
+        loop {
+            conn::line(&mut self.io, &mut self.buf).await?;
+            if self.buf.starts_with(b"+") {
+                return Ok((self.io, self.exists));
+            }
+            if self.buf.starts_with(tag.as_bytes()) {
+                bail!("IDLE: {}", String::from_utf8_lossy(&self.buf).trim_end());
+            }
+            self.track();
+        }
     }
 
     /// LOGOUT, errors ignored.

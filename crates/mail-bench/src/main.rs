@@ -7,14 +7,9 @@
 //! and peak PSS of those process trees during the phase are reported too
 //! (see `procs.rs`).
 
-mod conn;
-mod imap;
-mod pop3;
-mod procs;
-mod sample;
-mod smtp;
-
 use std::time::Duration;
+
+use mail_bench::{idle, imap, latency, pop3, procs, quantile, smtp};
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
@@ -85,6 +80,52 @@ enum Cmd {
         #[arg(long)]
         password: String,
     },
+    /// Accept → IDLE latency: one client IDLEs on the recipient's INBOX,
+    /// messages go one at a time over SMTP (STARTTLS), each timed from its
+    /// 250 to the `* N EXISTS` announcing it.
+    Latency {
+        /// SMTP address.
+        #[arg(long)]
+        addr: String,
+        /// IMAPS address.
+        #[arg(long)]
+        imap: String,
+        /// The recipient (also the IMAP login).
+        #[arg(long)]
+        rcpt: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        #[arg(long, default_value_t = 5)]
+        size_kib: usize,
+        #[arg(long, default_value = "sender@bench-sender.test")]
+        from: String,
+        #[arg(long, default_value = "client.bench-sender.test")]
+        helo: String,
+    },
+    /// Idle connections: N logged-in, INBOX-selected IMAPS connections
+    /// held open; server PSS per connection from the `--proc` groups.
+    Idle {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        users: Vec<String>,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Local source addresses, e.g. 127.0.0.2-127.0.0.121 (comma list
+        /// or ranges), used in turn.
+        #[arg(long, default_value = "", value_parser = idle::parse_sources)]
+        sources: std::vec::Vec<std::net::IpAddr>,
+        /// Connections being set up at once.
+        #[arg(long, default_value_t = 50)]
+        parallel: usize,
+        /// Seconds to hold them before measuring.
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+    },
     /// Runs another load tool (e.g. imaptest) while sampling `--proc`; its
     /// standard output goes to `--output`.
     Exec {
@@ -93,15 +134,6 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-}
-
-fn quantile(v: &mut [Duration], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_unstable();
-    let i = ((v.len() - 1) as f64 * q).round() as usize;
-    v[i].as_secs_f64() * 1000.0
 }
 
 /// Median, min and max of one figure over the runs.
@@ -137,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rates = Vec::new();
     for run in 0..runs {
         let sampler = procs::Sampler::start(&cli.procs);
+        let phase_start = std::time::Instant::now();
         let (units, mut r) = match &cli.cmd {
             Cmd::Smtp {
                 addr,
@@ -245,6 +278,93 @@ async fn main() -> anyhow::Result<()> {
                 });
                 (o.messages as f64, r)
             }
+            Cmd::Latency {
+                addr,
+                imap,
+                rcpt,
+                password,
+                messages,
+                size_kib,
+                from,
+                helo,
+            } => {
+                let job = latency::Job {
+                    smtp: smtp::Job {
+                        addr: addr.clone(),
+                        starttls: true,
+                        sessions: 1,
+                        messages: *messages,
+                        size_kib: *size_kib,
+                        from: from.clone(),
+                        rcpts: vec![rcpt.clone()],
+                        helo: helo.clone(),
+                    },
+                    imap: imap.clone(),
+                    password: password.clone(),
+                    timeout: Duration::from_secs(60),
+                };
+                let mut o = latency::run(&job).await?;
+                let n = o.from_250.len();
+                let p50 = quantile(&mut o.from_250, 0.5);
+                let p99 = quantile(&mut o.from_250, 0.99);
+                rates.push(p50);
+                eprintln!(
+                    "latency run {run}: {n} announced, 250 → EXISTS p50 {p50:.1} ms, p99 {p99:.1} ms"
+                );
+                let r = json!({
+                    "announced": n, "refused": o.refused,
+                    "p50_ms": p50, "p99_ms": p99,
+                    "max_ms": quantile(&mut o.from_250, 1.0),
+                    "from_dot_p50_ms": quantile(&mut o.from_dot, 0.5),
+                    "from_dot_p99_ms": quantile(&mut o.from_dot, 0.99),
+                });
+                (n as f64, r)
+            }
+            Cmd::Idle {
+                addr,
+                users,
+                password,
+                connections,
+                sources,
+                parallel,
+                hold_secs,
+            } => {
+                let job = idle::Job {
+                    addr: addr.clone(),
+                    users: users.clone(),
+                    password: password.clone(),
+                    connections: *connections,
+                    sources: sources.clone(),
+                    parallel: *parallel,
+                    hold: Duration::from_secs(*hold_secs),
+                };
+                let o = idle::run(&job, &cli.procs).await?;
+                let mut groups = serde_json::Map::new();
+                for (i, g) in cli.procs.iter().enumerate() {
+                    let before = o.pss_before_kib.get(i).copied().unwrap_or(0);
+                    let held = o.pss_held_kib.get(i).copied().unwrap_or(0);
+                    let per = (held as f64 - before as f64) * 1024.0 / o.opened.max(1) as f64;
+                    groups.insert(
+                        g.name.clone(),
+                        json!({"pss_before_mib": before as f64 / 1024.0,
+                               "pss_held_mib": held as f64 / 1024.0,
+                               "bytes_per_connection": per}),
+                    );
+                }
+                let total: u64 = o.pss_held_kib.iter().sum();
+                rates.push(o.opened as f64 / o.open_secs.max(1e-9));
+                eprintln!(
+                    "idle run {run}: {} connections open in {:.1} s, held PSS {:.1} MiB (all groups)",
+                    o.opened,
+                    o.open_secs,
+                    total as f64 / 1024.0
+                );
+                let r = json!({
+                    "opened": o.opened, "open_secs": o.open_secs, "nofile": o.nofile,
+                    "held": Value::Object(groups),
+                });
+                (o.opened as f64, r)
+            }
             Cmd::Exec { output, command } => {
                 let file = std::fs::File::create(output)?;
                 let t = std::time::Instant::now();
@@ -262,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
                 (0.0, json!({"secs": secs, "status": status.code()}))
             }
         };
+        r["phase_secs"] = json!(phase_start.elapsed().as_secs_f64());
         let usage = sampler.finish().await;
         r["procs"] = usage_json(&usage, units);
         results.push(r);

@@ -59,7 +59,13 @@ async fn expect(io: &mut impl Io, buf: &mut Vec<u8>, want: u16, what: &str) -> a
     Ok(())
 }
 
-async fn one(tls: &TlsConnector, job: &Job, n: usize) -> anyhow::Result<(bool, Duration)> {
+/// One message on a new connection: whether it got its 250, the DATA→250
+/// latency, and when the 250 was read.
+pub async fn one(
+    tls: &TlsConnector,
+    job: &Job,
+    n: usize,
+) -> anyhow::Result<(bool, Duration, Instant)> {
     let rcpt = &job.rcpts[n % job.rcpts.len()];
     let mut buf = Vec::with_capacity(512);
     let mut plain = conn::connect(&job.addr).await?;
@@ -85,7 +91,7 @@ async fn one(tls: &TlsConnector, job: &Job, n: usize) -> anyhow::Result<(bool, D
     let data = reply(&mut io, &mut buf).await?;
     if mail != 250 || rc != 250 || data != 354 {
         conn::send(&mut io, b"QUIT\r\n").await.ok();
-        return Ok((false, Duration::ZERO));
+        return Ok((false, Duration::ZERO, Instant::now()));
     }
     let mut body = crate::sample::message(&job.from, rcpt, job.size_kib, n);
     body.extend_from_slice(b".\r\n");
@@ -94,11 +100,12 @@ async fn one(tls: &TlsConnector, job: &Job, n: usize) -> anyhow::Result<(bool, D
     let t = Instant::now();
     conn::send(&mut io, dot).await?;
     let code = reply(&mut io, &mut buf).await?;
-    let latency = t.elapsed();
+    let at = Instant::now();
+    let latency = at - t;
     conn::send(&mut io, b"QUIT\r\n").await?;
     let _ = reply(&mut io, &mut buf).await;
     conn::close(&mut io).await;
-    Ok((code == 250, latency))
+    Ok((code == 250, latency, at))
 }
 
 /// Messages in every recipient's INBOX, summed.
@@ -133,7 +140,7 @@ pub async fn run(job: &Job, watch: Option<(&str, &str)>) -> anyhow::Result<Outco
                 if n >= job.messages {
                     return Ok::<_, anyhow::Error>(out);
                 }
-                let (ok, latency) = one(&tls, &job, n)
+                let (ok, latency, _) = one(&tls, &job, n)
                     .await
                     .with_context(|| format!("message {n}"))?;
                 if ok {
