@@ -110,9 +110,12 @@ async fn backfill(s: &TestStore, limit: u32) -> (u32, u32) {
     }
 }
 
+/// blob data, headers, body, complete.
+type TextRow = (Vec<u8>, Option<String>, Option<String>, bool);
+
 /// Every row holds what `text::extract` gives for its blob.
 async fn rows_match_blobs(pool: &PgPool) {
-    let rows: Vec<(Vec<u8>, Option<String>, Option<String>, bool)> = sqlx::query_as(
+    let rows: Vec<TextRow> = sqlx::query_as(
         "SELECT b.data, t.headers, t.body, t.complete FROM blob_text t JOIN blobs b USING (hash)",
     )
     .fetch_all(pool)
