@@ -34,7 +34,8 @@
 //! | Accounts | SetDomainQuota                        | admin   | every user of a domain at once |
 //! | Queue    | Enqueue, Lease, RenewLease, ReadMessage, SetRecipientResult, FinishJob, AddEvent | service | workers |
 //! | Queue    | ListJobs, GetJob, RetryJob, DeleteJob, ListEvents, Trace | admin | reads everyone's envelopes, drops mail |
-//! | Mailboxes| all                                   | service | imap, pop3, delivery |
+//! | Mailboxes| BackfillSearchText                    | admin   | reads every stored message; heavy |
+//! | Mailboxes| all others                            | service | imap, pop3, delivery |
 //! | Guard    | all                                   | service | every protocol service |
 //!
 //! The interceptor tags each request with its [`Role`]; each administrative

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{Result, StoreError};
+use crate::text::SearchText;
 use crate::wire::BoxStream;
 
 pub const BODY_CHUNK: i64 = 256 * 1024;
@@ -28,6 +29,36 @@ pub(crate) async fn put_blob(conn: &mut PgConnection, hash: &[u8], data: &[u8]) 
         )
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+/// Stores a blob's searchable text (migration 0014) in the caller's
+/// transaction, after [`put_blob`]: a new row, or the text of a placeholder
+/// left by the migration. A complete row is left alone and not locked, so
+/// concurrent appends of one message do not queue on it.
+pub(crate) async fn put_text(conn: &mut PgConnection, hash: &[u8], t: &SearchText) -> Result<()> {
+    let inserted = sqlx::query!(
+        "INSERT INTO blob_text (hash, headers, body, complete) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (hash) DO NOTHING",
+        hash,
+        t.headers,
+        t.body,
+        t.complete
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        sqlx::query!(
+            "UPDATE blob_text SET headers = $2, body = $3, complete = $4 WHERE hash = $1 AND headers IS NULL",
+            hash,
+            t.headers,
+            t.body,
+            t.complete
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

@@ -25,18 +25,19 @@
 //! server ──> accounts, mailboxes, queue, guard, janitor, auth, config, db,
 //!            hashing, notify
 //! mailboxes ──> queue (DeliverFromQueue), messages, blobs, search, db, wire,
-//!               names, flags, notify, quota
-//! queue ──> messages, blobs, db, wire, names, flags, structure, notify, auth
+//!               names, flags, notify, quota, auth
+//! queue ──> messages, blobs, db, wire, names, flags, structure, notify, auth,
+//!           text
 //! accounts ──> db, wire, names, auth, hashing, config, quota
 //! guard ──> db, names
 //! dmarc, tlsrpt, mta_sts ──> db
 //! janitor ──> blobs, db, guard
-//! messages ──> flags, structure, notify, quota
-//! search ──> flags
-//! blobs ──> wire
+//! messages ──> flags, structure, notify, quota, text
+//! search ──> flags, text
+//! blobs ──> wire, text
 //! db ──> config, notify, hashing
-//! wire, names, flags, structure, notify, config, auth, hashing, quota, error:
-//! leaves
+//! wire, names, flags, structure, notify, config, auth, hashing, quota, text,
+//! error: leaves
 //! ```
 //!
 //! [`messages`] owns message insertion (UID and MODSEQ allocation, the row,
@@ -66,6 +67,7 @@ pub mod quota;
 pub mod search;
 pub mod server;
 pub mod structure;
+pub mod text;
 pub mod tlsrpt;
 pub mod wire;
 

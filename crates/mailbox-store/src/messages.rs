@@ -9,6 +9,7 @@ use tonic::Streaming;
 
 use crate::error::{Result, StoreError};
 use crate::notify::{MAILBOX_CHANNEL, MailboxChange};
+use crate::text::{self, SearchText};
 use crate::{flags, quota, structure};
 
 pub(crate) async fn notify(conn: &mut PgConnection, c: MailboxChange) -> Result<()> {
@@ -166,6 +167,8 @@ pub(crate) struct Analysed {
     pub crlf_size: i64,
     /// The Message-ID, as [`message_id`] keeps it.
     pub message_id: String,
+    /// The searchable text (see [`crate::text`]).
+    pub text: SearchText,
     pub data: Vec<u8>,
 }
 
@@ -188,7 +191,8 @@ pub fn message_id(raw: &str) -> String {
         .collect()
 }
 
-/// Hash, structure and CRLF size of a raw message, computed off the async runtime.
+/// Hash, structure, CRLF size and searchable text of a raw message,
+/// computed off the async runtime.
 pub(crate) async fn analyse(data: Vec<u8>) -> Result<Analysed> {
     tokio::task::spawn_blocking(move || {
         let parsed = structure::parse(&data);
@@ -205,6 +209,7 @@ pub(crate) async fn analyse(data: Vec<u8>) -> Result<Analysed> {
             structure: parsed.structure.encode_to_vec(),
             sent_date: parsed.sent_date,
             crlf_size: i64::try_from(mailstore_api::crlf_size(&data)).unwrap_or(0),
+            text: text::extract(&data),
             data,
         }
     })

@@ -12,6 +12,7 @@ pub mod dkim;
 pub mod dmarc;
 pub mod dns;
 pub mod quota;
+pub mod search;
 pub mod trace;
 
 use std::io::{BufRead as _, IsTerminal as _};
@@ -97,6 +98,10 @@ pub enum Command {
     /// Quotas (RFC 9208 STORAGE and MESSAGE): per user, and a domain default.
     #[command(subcommand)]
     Quota(quota::QuotaCmd),
+    /// The search index: `mailctl search backfill` indexes mail stored
+    /// before it existed.
+    #[command(subcommand)]
+    Search(search::SearchCmd),
     /// DMARC aggregate reports received about our domains (`mailctl dmarc report`).
     #[command(subcommand)]
     Dmarc(dmarc::DmarcCmd),
@@ -416,6 +421,7 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
     let c: StoreClient = cli.store.client()?;
     match cli.command {
         Command::Quota(cmd) => quota::run(&c, cmd, out, status).await?,
+        Command::Search(cmd) => search::run(&c, cmd, out, status).await?,
         Command::Domain(DomainCmd::Add { name }) => {
             let d = c
                 .accounts

@@ -3,7 +3,7 @@
 use mailstore_api::pb;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::blobs::put_blob;
+use crate::blobs::{put_blob, put_text};
 use crate::db::FOREIGN_KEY_VIOLATION;
 use crate::error::{Result, StoreError};
 use crate::messages::{
@@ -44,6 +44,7 @@ pub(super) async fn append(
         structure,
         sent_date,
         crlf_size,
+        text,
         data,
         ..
     } = analyse(data).await?;
@@ -58,6 +59,7 @@ pub(super) async fn append(
             .await?
             .ok_or(StoreError::NotFound("mailbox"))?;
         put_blob(&mut tx, &hash, &data).await?;
+        put_text(&mut tx, &hash, &text).await?;
         let msg = NewMessage {
             hash: &hash,
             size,

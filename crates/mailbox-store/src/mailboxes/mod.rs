@@ -192,6 +192,16 @@ impl pb::mailboxes_server::Mailboxes for MailboxesSvc {
         ))
     }
 
+    async fn backfill_search_text(
+        &self,
+        req: Request<pb::BackfillSearchTextRequest>,
+    ) -> Result<Response<pb::BackfillSearchTextResponse>, Status> {
+        crate::auth::require_admin(&req)?;
+        Ok(Response::new(
+            crate::search::backfill(self.pool(), req.get_ref()).await?,
+        ))
+    }
+
     async fn list_expunged(
         &self,
         req: Request<pb::ListExpungedRequest>,

@@ -9,7 +9,7 @@ use crate::db::Store;
 use crate::error::{Result, StoreError};
 use crate::messages::{NewMessage, insert_message, mailbox_id_by_name};
 use crate::wire::id;
-use crate::{flags, names, structure};
+use crate::{flags, names, structure, text};
 
 use super::check_lease;
 use super::events::event;
@@ -100,6 +100,7 @@ pub async fn deliver(
         )
         .fetch_one(&mut *tx)
         .await?;
+        derive_text(&mut tx, &h, &parent_hash, &req.prefix).await?;
         h
     };
     structure::shift(&mut st, req.prefix.len() as u64);
@@ -153,6 +154,42 @@ pub async fn deliver(
     .await?;
     tx.commit().await?;
     Ok(resp)
+}
+
+/// The searchable text of prefix + queued message, derived in PostgreSQL
+/// from the queued message's row (filled at enqueue): the prefix's header
+/// lines go in front of the message's own, the body text is the same. This
+/// is what [`text::extract`] gives for the whole new blob, without the blob
+/// travelling back to be parsed. A queued message without text (enqueued
+/// before migration 0014) gives a placeholder, which SEARCH reads from the
+/// blob until `mailctl search backfill` fills it.
+async fn derive_text(
+    conn: &mut PgConnection,
+    hash: &[u8],
+    parent: &[u8],
+    prefix: &[u8],
+) -> Result<()> {
+    let lines = text::header_lines(prefix);
+    sqlx::query!(
+        "INSERT INTO blob_text (hash, headers, body, complete) \
+         SELECT $1, $2 || p.headers, p.body, p.complete AND octet_length($2 || p.headers) <= $4 \
+         FROM blob_text p WHERE p.hash = $3 AND p.headers IS NOT NULL \
+         ON CONFLICT (hash) DO UPDATE SET headers = EXCLUDED.headers, body = EXCLUDED.body, complete = EXCLUDED.complete \
+         WHERE blob_text.headers IS NULL",
+        hash,
+        lines,
+        parent,
+        i32::try_from(text::MAX_HEADERS).unwrap_or(i32::MAX)
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO blob_text (hash) VALUES ($1) ON CONFLICT (hash) DO NOTHING",
+        hash
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn mark_delivered(

@@ -5,7 +5,7 @@ use mailstore_api::pb;
 use sqlx::PgConnection;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::blobs::put_blob;
+use crate::blobs::{put_blob, put_text};
 use crate::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, is_sqlstate};
 use crate::error::{Result, StoreError};
 use crate::messages::{analyse, collect_body};
@@ -289,6 +289,9 @@ pub(super) async fn enqueue(
                 };
             }
             put_blob(&mut tx, &a.hash, &a.data).await?;
+            // Indexed here, once per queued message: local delivery derives
+            // each recipient's copy from it (`queue::deliver`).
+            put_text(&mut tx, &a.hash, &a.text).await?;
             match insert_job(&mut tx, &h, kind, &body).await {
                 Ok(job_id) => match tx.commit().await {
                     Ok(()) => {
