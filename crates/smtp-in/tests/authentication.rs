@@ -192,16 +192,12 @@ async fn dkim_and_dmarc_pass_with_a_good_signature() {
     assert!(ar.contains("dmarc=temperror"), "{ar}");
 }
 
-/// threat model T100: an ARC chain (RFC 8617) is verified and reported:
-/// a forwarder's seal verifies (arc=pass); a body changed after sealing
-/// breaks it (not pass). ARC never overrides DMARC (no trusted sealers).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn arc_chain_is_verified_and_reported() {
+/// A list post from list.example with that list's ARC set (i=1) on top;
+/// the list's sealing key is published in `dns` (selector arc).
+fn list_post_sealed_by_the_list(dns: &TestDns) -> Vec<u8> {
     use mail_auth::arc::ArcSealer;
     use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
 
-    let dns = TestDns::start().await;
-    zones(&dns);
     let der = Ed25519Key::generate_pkcs8().unwrap();
     let public = Ed25519Key::from_pkcs8_der(&der).unwrap().public_key();
     dns.txt(
@@ -220,6 +216,17 @@ async fn arc_chain_is_verified_and_reported() {
         .unwrap();
     let mut sealed = set.to_header().into_bytes();
     sealed.extend_from_slice(original);
+    sealed
+}
+
+/// threat model T100: an ARC chain (RFC 8617) is verified and reported:
+/// a forwarder's seal verifies (arc=pass); a body changed after sealing
+/// breaks it (not pass). ARC never overrides DMARC (no trusted sealers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arc_chain_is_verified_and_reported() {
+    let dns = TestDns::start().await;
+    zones(&dns);
+    let sealed = list_post_sealed_by_the_list(&dns);
 
     let h = harness(&dns, Policy::default()).await;
     let r = send(&h, "member@list.example", &sealed).await;
@@ -686,16 +693,10 @@ async fn dmarc_outcomes_are_recorded_for_aggregate_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arc_seal_tells_what_the_checks_found() {
     use mail_auth::arc::ArcSealer;
-    use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
 
     let dns = TestDns::start().await;
     zones(&dns);
-    let der = Ed25519Key::generate_pkcs8().unwrap();
-    let public = Ed25519Key::from_pkcs8_der(&der).unwrap().public_key();
-    dns.txt(
-        "arc._domainkey.list.example",
-        &format!("v=DKIM1; k=ed25519; p={}", B64.encode(public)),
-    );
+    let chained = list_post_sealed_by_the_list(&dns);
     let ours = Ed25519Key::generate_pkcs8().unwrap();
     let sealer = ArcSealer::from_key(mail_auth::common::crypto::DkimKey::Ed25519(
         Ed25519Key::from_pkcs8_der(&ours).unwrap(),
@@ -737,18 +738,6 @@ async fn arc_seal_tells_what_the_checks_found() {
     assert!(set.contains("spf=pass"), "{set}");
     assert!(!set.contains("dmarc=pass"), "{set}");
 
-    let original =
-        b"From: member@list.example\r\nTo: alice@ours.example\r\nSubject: list post\r\n\r\nHello list.\r\n";
-    let parsed = AuthenticatedMessage::parse(original).unwrap();
-    let list_results = AuthenticationResults::new("list.example");
-    let first = ArcSealer::from_key(Ed25519Key::from_pkcs8_der(&der).unwrap())
-        .domain("list.example")
-        .selector("arc")
-        .headers(["From", "To", "Subject"])
-        .seal(&parsed, &list_results, &ArcOutput::default())
-        .unwrap();
-    let mut chained = first.to_header().into_bytes();
-    chained.extend_from_slice(original);
     let set = checker
         .arc_seal(
             &sealer,

@@ -56,21 +56,33 @@ fn set(uids: Vec<i64>) -> Answer {
     Answer::Set(uids.into_iter().map(|u| u as u32).collect())
 }
 
+/// The normalised needle of a BODY or TEXT key, or the answer that needs
+/// no query: no match for a needle that cannot be normalised or is longer
+/// than any indexed text (`max`), every message for the empty needle
+/// (RFC 9051 §6.4.4: the empty string is a substring of everything).
+fn substring(s: &str, max: usize) -> std::result::Result<String, Answer> {
+    let Some(n) = text::needle(s) else {
+        return Err(Answer::Set(HashSet::new()));
+    };
+    if n.is_empty() {
+        return Err(Answer::All);
+    }
+    if n.len() > max {
+        return Err(Answer::Set(HashSet::new()));
+    }
+    Ok(n)
+}
+
 /// The messages of the mailbox whose indexed text matches one text key.
 /// Messages without complete text are not in the answer (see
 /// [`unindexed`]).
 pub(super) async fn answer(pool: &PgPool, mailbox_id: i64, k: &pb::SearchKey) -> Result<Answer> {
     match &k.key {
         Some(Key::Body(s)) => {
-            let Some(n) = text::needle(s) else {
-                return Ok(Answer::Set(HashSet::new()));
+            let n = match substring(s, MAX_BODY) {
+                Ok(n) => n,
+                Err(answer) => return Ok(answer),
             };
-            if n.is_empty() {
-                return Ok(Answer::All);
-            }
-            if n.len() > MAX_BODY {
-                return Ok(Answer::Set(HashSet::new()));
-            }
             let pat = format!("%{}%", like_escape(&n));
             let uids = if trigram_useful(&n) {
                 sqlx::query_scalar!(
@@ -94,15 +106,10 @@ pub(super) async fn answer(pool: &PgPool, mailbox_id: i64, k: &pb::SearchKey) ->
             Ok(set(uids))
         }
         Some(Key::Text(s)) => {
-            let Some(n) = text::needle(s) else {
-                return Ok(Answer::Set(HashSet::new()));
+            let n = match substring(s, MAX_BODY.max(MAX_HEADERS)) {
+                Ok(n) => n,
+                Err(answer) => return Ok(answer),
             };
-            if n.is_empty() {
-                return Ok(Answer::All);
-            }
-            if n.len() > MAX_BODY.max(MAX_HEADERS) {
-                return Ok(Answer::Set(HashSet::new()));
-            }
             let pat = format!("%{}%", like_escape(&n));
             let uids = if trigram_useful(&n) {
                 sqlx::query_scalar!(
