@@ -960,3 +960,76 @@ async fn a_forwarded_copy_carries_delivered_to() {
         "{text}"
     );
 }
+
+/// Issue 14, threat model T125: a copy forwarded through an alias of a
+/// domain we hold a key for leaves ARC-sealed by that domain (and without
+/// our DKIM signature); with `--no-arc` it leaves without a seal.
+#[tokio::test]
+async fn a_forwarded_copy_is_arc_sealed_unless_no_arc() {
+    let (store, dns, port) = setup("b.test", 45).await;
+    let server = mx(at(45, port), |_| Script::default()).await;
+    let rsa_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/dkim-rsa-test.pem"
+    );
+    let rsa = smtp_out::dkim::key_from_pem(&std::fs::read_to_string(rsa_path).unwrap()).unwrap();
+    dns.txt("arc1._domainkey.a.test", &smtp_out::dkim::txt_record(&rsa));
+    let client = store.client();
+    let raw = b"From: x@elsewhere.test\r\nTo: alias@a.test\r\nSubject: fwd\r\n\r\nx\r\n";
+    for no_arc in [false, true] {
+        let header = pb::EnqueueHeader {
+            kind: pb::QueueKind::Outbound as i32,
+            idempotency_key: format!("fwd-arc-{no_arc}"),
+            mail_from: "x@elsewhere.test".into(),
+            recipients: vec![pb::Recipient {
+                address: "bob@b.test".into(),
+                ..Default::default()
+            }],
+            size: raw.len() as u64,
+            delivered_to: "alias@a.test".into(),
+            client_ip: "192.0.2.10".into(),
+            helo: "client.elsewhere.test".into(),
+            ..Default::default()
+        };
+        let msgs = vec![
+            pb::EnqueueRequest {
+                part: Some(pb::enqueue_request::Part::Header(header)),
+            },
+            pb::EnqueueRequest {
+                part: Some(pb::enqueue_request::Part::Data(raw.to_vec())),
+            },
+        ];
+        let id = client
+            .queue
+            .clone()
+            .enqueue(futures::stream::iter(msgs))
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let mut cfg = config(&store, dns.addr, port);
+        cfg.dkim_keys = vec![format!("a.test=arc1:{rsa_path}")];
+        cfg.no_arc = no_arc;
+        let run = start(cfg);
+        wait_job(&client, id, 20, is_done).await;
+        run.stop().await;
+    }
+    let got = server.messages();
+    assert_eq!(got.len(), 2);
+    let sealed = String::from_utf8_lossy(&got[0].wire).into_owned();
+    assert!(sealed.starts_with("ARC-Seal: i=1;"), "{sealed}");
+    assert!(sealed.contains("d=a.test"), "{sealed}");
+    assert!(
+        sealed.contains("ARC-Authentication-Results: i=1;"),
+        "{sealed}"
+    );
+    // No DKIM-Signature field of ours (the A-R may name the field in a
+    // comment).
+    assert!(!sealed.contains("\r\nDKIM-Signature:"), "{sealed}");
+    let plain = String::from_utf8_lossy(&got[1].wire).into_owned();
+    assert!(!plain.contains("ARC-"), "{plain}");
+    assert!(
+        plain.starts_with("Delivered-To: alias@a.test\r\n"),
+        "{plain}"
+    );
+}
