@@ -141,6 +141,12 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// leave the balanced set.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
+/// How often the addresses in the balanced set are probed between two
+/// resolutions, so a replica that dies (its pod gone, its port closed)
+/// leaves the set within about a second instead of taking a share of the
+/// calls, each failing, until the next resolution.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, StoreClientError> {
     let e = configure(
         Endpoint::from_shared(url.to_string())
@@ -182,8 +188,9 @@ fn configure(e: Endpoint) -> Endpoint {
 /// `url` is one URL or a comma-separated list. Unless it is a single URL
 /// naming an IP address, calls are spread over every address the URLs'
 /// host names resolve to (tonic's balanced channel: power of two choices
-/// over the least loaded), re-resolved every [`RESOLVE_EVERY`]: give a
-/// headless Service name (one A record per replica) or list the replicas.
+/// over the least loaded), re-resolved every [`RESOLVE_EVERY`] and probed
+/// every [`PROBE_EVERY`]: give a headless Service name (one A record per
+/// replica) or list the replicas.
 /// Balancing needs a Tokio runtime; outside one the first URL is used alone.
 ///
 /// # Errors
@@ -261,47 +268,29 @@ async fn reachable(a: std::net::SocketAddr) -> bool {
 }
 
 /// Keeps the balanced set equal to the reachable addresses the URLs
-/// resolve to (resolved and probed every [`RESOLVE_EVERY`]). When none is,
-/// the URLs themselves form the set, so calls fail with a connection error
-/// (a transient failure, answered 4xx) instead of waiting for an endpoint
-/// that may never come, and succeed once the store is up.
+/// resolve to: resolved every [`RESOLVE_EVERY`], and the addresses found
+/// probed every [`PROBE_EVERY`] (one that stops accepting connections
+/// leaves the set, and comes back when it accepts again). When none is
+/// reachable, the URLs themselves form the set, so calls fail with a
+/// connection error (a transient failure, answered 4xx) instead of waiting
+/// for an endpoint that may never come, and succeed once the store is up.
 async fn discover(
     endpoints: Vec<Endpoint>,
     tls: Option<ClientTls>,
     tx: tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
 ) {
     let mut current: HashMap<String, ()> = HashMap::new();
+    let mut resolved: Vec<(String, std::net::SocketAddr, Endpoint)> = Vec::new();
+    let mut resolved_at: Option<tokio::time::Instant> = None;
     loop {
+        if resolved_at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
+            resolved = resolve(&endpoints, tls.as_ref()).await;
+            resolved_at = Some(tokio::time::Instant::now());
+        }
         let mut want: HashMap<String, Endpoint> = HashMap::new();
-        for ep in &endpoints {
-            let uri = ep.uri();
-            let scheme = uri.scheme_str().unwrap_or("http");
-            let Some(host) = uri.host() else { continue };
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = uri
-                .port_u16()
-                .unwrap_or(if scheme == "https" { 443 } else { 80 });
-            let Ok(addrs) = tokio::net::lookup_host((host, port)).await else {
-                continue;
-            };
-            for a in addrs {
-                let key = format!("{scheme}://{a}");
-                if want.contains_key(&key) || !reachable(a).await {
-                    continue;
-                }
-                if let Ok(e) = Endpoint::from_shared(key.clone()) {
-                    // Keep the URL's host name as the HTTP/2 :authority
-                    // and as the name the certificate is checked for.
-                    let e = configure(e).origin(uri.clone());
-                    let e = match &tls {
-                        Some(tls) => match with_tls(e, tls, host) {
-                            Ok(e) => e,
-                            Err(_) => continue,
-                        },
-                        None => e,
-                    };
-                    want.insert(key, e);
-                }
+        for (key, addr, e) in &resolved {
+            if reachable(*addr).await {
+                want.insert(key.clone(), e.clone());
             }
         }
         if want.is_empty() {
@@ -329,9 +318,52 @@ async fn discover(
                 return;
             }
         }
-        tokio::time::sleep(RESOLVE_EVERY).await;
+        tokio::time::sleep(PROBE_EVERY).await;
         if tx.is_closed() {
             return;
         }
     }
+}
+
+/// Every address the URLs' host names resolve to, once each, as the key
+/// the balanced set knows it by, the socket address to probe and the
+/// endpoint to insert.
+async fn resolve(
+    endpoints: &[Endpoint],
+    tls: Option<&ClientTls>,
+) -> Vec<(String, std::net::SocketAddr, Endpoint)> {
+    let mut out: Vec<(String, std::net::SocketAddr, Endpoint)> = Vec::new();
+    for ep in endpoints {
+        let uri = ep.uri();
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let Some(host) = uri.host() else { continue };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let Ok(addrs) = tokio::net::lookup_host((host, port)).await else {
+            continue;
+        };
+        for a in addrs {
+            let key = format!("{scheme}://{a}");
+            if out.iter().any(|(k, _, _)| *k == key) {
+                continue;
+            }
+            let Ok(e) = Endpoint::from_shared(key.clone()) else {
+                continue;
+            };
+            // Keep the URL's host name as the HTTP/2 :authority and as the
+            // name the certificate is checked for.
+            let e = configure(e).origin(uri.clone());
+            let e = match tls {
+                Some(tls) => match with_tls(e, tls, host) {
+                    Ok(e) => e,
+                    Err(_) => continue,
+                },
+                None => e,
+            };
+            out.push((key, a, e));
+        }
+    }
+    out
 }

@@ -13,8 +13,8 @@ pub mod pb {
 }
 
 pub use client::{
-    AuthInterceptor, ClientTls, StoreClient, StoreClientError, TRACE_CONTEXT, TRACEPARENT, connect,
-    connect_tls,
+    AuthInterceptor, ClientTls, PROBE_EVERY, RESOLVE_EVERY, StoreClient, StoreClientError,
+    TRACE_CONTEXT, TRACEPARENT, connect, connect_tls,
 };
 
 /// gRPC metadata key carrying the session id, so logs join up across services.

@@ -35,8 +35,8 @@ pub use srs::SrsArgs;
 pub struct StoreArgs {
     /// gRPC URL of the mailbox-store, or a comma-separated list of replicas.
     /// Calls are balanced over every address the host names resolve to
-    /// (re-resolved every 30 s): name a headless Service to spread over
-    /// all replicas.
+    /// (re-resolved every 30 s, probed every second): name a headless
+    /// Service to spread over all replicas.
     #[arg(
         long = "store-url",
         env = "EPISTOLE_STORE_URL",
