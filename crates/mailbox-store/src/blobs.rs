@@ -63,70 +63,88 @@ pub(crate) async fn put_text(conn: &mut PgConnection, hash: &[u8], t: &SearchTex
     Ok(())
 }
 
-/// Streams a blob (or a byte range of it) in chunks, reading each chunk with
-/// `substring` so memory stays at one chunk however large the message.
+/// The first chunk of a blob's byte range, read with the blob's size in
+/// one query: most messages fit in one chunk, so a body costs one round
+/// trip to PostgreSQL (before: three, the row, the size, the chunk).
+pub(crate) struct FirstChunk {
+    pub hash: Vec<u8>,
+    pub total: i64,
+    pub data: Vec<u8>,
+}
+
+/// `substring`'s arguments for the first chunk of `offset`/`length` (0 =
+/// to the end): 1-based start, and how many bytes. A start past the end
+/// gives an empty chunk; bytea values stop well below `i32::MAX`.
+pub(crate) fn first_range(offset: u64, length: u64) -> (i64, i64) {
+    let start = i64::try_from(offset)
+        .unwrap_or(i64::MAX)
+        .min(i64::from(i32::MAX) - 1);
+    let n = if length == 0 {
+        BODY_CHUNK
+    } else {
+        i64::try_from(length).unwrap_or(i64::MAX).min(BODY_CHUNK)
+    };
+    (start + 1, n)
+}
+
+/// Streams a blob's byte range (`offset`, `length`; 0 = to the end) in
+/// chunks, starting with `first` (read by the query that found the blob),
+/// reading each further chunk with `substring` so memory stays at one
+/// chunk however large the message. A range that fits in the first chunk
+/// is sent without another query or task.
 pub(crate) fn stream_blob(
     pool: PgPool,
-    hash: Vec<u8>,
+    first: FirstChunk,
     offset: u64,
     length: u64,
 ) -> BoxStream<pb::BodyChunk> {
+    let FirstChunk { hash, total, data } = first;
+    let start = i64::try_from(offset).unwrap_or(i64::MAX).min(total);
+    let end = if length == 0 {
+        total
+    } else {
+        start
+            .saturating_add(i64::try_from(length).unwrap_or(i64::MAX))
+            .min(total)
+    };
+    let mut pos = start + data.len() as i64;
+    let chunk = pb::BodyChunk {
+        data,
+        total_size: total as u64,
+    };
+    if pos >= end || chunk.data.is_empty() {
+        return Box::pin(futures::stream::iter([Ok(chunk)]));
+    }
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
-        let total: Option<i64> =
-            match sqlx::query_scalar!("SELECT size FROM blobs WHERE hash = $1", &hash)
-                .fetch_optional(&pool)
-                .await
+        if tx.send(Ok(chunk)).await.is_err() {
+            return;
+        }
+        loop {
+            let n = (end - pos).min(BODY_CHUNK);
+            let data: Vec<u8> = match sqlx::query_scalar!(
+                // The offsets are bound as bigint and narrowed by PostgreSQL.
+                r#"SELECT substring(data FROM $2::bigint::int FOR $3::bigint::int) AS "data!" FROM blobs WHERE hash = $1"#,
+                &hash,
+                pos + 1,
+                n
+            )
+            .fetch_one(&pool)
+            .await
             {
-                Ok(t) => t,
+                Ok(d) => d,
                 Err(e) => {
                     let _ = tx.send(Err(StoreError::from(e).into())).await;
                     return;
                 }
             };
-        let Some(total) = total else {
-            let _ = tx.send(Err(StoreError::NotFound("message").into())).await;
-            return;
-        };
-        let start = i64::try_from(offset).unwrap_or(i64::MAX).min(total);
-        let end = if length == 0 {
-            total
-        } else {
-            start
-                .saturating_add(i64::try_from(length).unwrap_or(i64::MAX))
-                .min(total)
-        };
-        let mut pos = start;
-        let mut first = true;
-        loop {
-            let n = (end - pos).min(BODY_CHUNK);
-            let data: Vec<u8> = if n > 0 {
-                match sqlx::query_scalar!(
-                    // The offsets are bound as bigint and narrowed by PostgreSQL.
-                    r#"SELECT substring(data FROM $2::bigint::int FOR $3::bigint::int) AS "data!" FROM blobs WHERE hash = $1"#,
-                    &hash,
-                    pos + 1,
-                    n
-                )
-                .fetch_one(&pool)
-                .await
-                {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = tx.send(Err(StoreError::from(e).into())).await;
-                        return;
-                    }
-                }
-            } else {
-                Vec::new()
-            };
             pos += data.len() as i64;
+            let done = pos >= end || data.is_empty();
             let chunk = pb::BodyChunk {
                 data,
-                total_size: if first { total as u64 } else { 0 },
+                total_size: 0,
             };
-            first = false;
-            if tx.send(Ok(chunk)).await.is_err() || pos >= end || n == 0 {
+            if tx.send(Ok(chunk)).await.is_err() || done {
                 return;
             }
         }

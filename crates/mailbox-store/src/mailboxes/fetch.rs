@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::blobs::stream_blob;
+use crate::blobs::{FirstChunk, first_range, stream_blob};
 use crate::error::{Result, StoreError};
 use crate::flags;
 use crate::wire::{BoxStream, id, timestamp};
@@ -106,18 +106,30 @@ pub(super) async fn fetch_body(
 ) -> Result<Response<BoxStream<pb::BodyChunk>>, Status> {
     let req = req.into_inner();
     let mailbox_id = id(req.mailbox_id, "mailbox")?;
-    let hash: Vec<u8> = sqlx::query_scalar!(
-        "SELECT blob_hash FROM messages WHERE mailbox_id = $1 AND uid = $2",
+    // The message's blob and its first chunk in one query (see
+    // `blobs::FirstChunk`).
+    let (from, n) = first_range(req.offset, req.length);
+    let row = sqlx::query!(
+        r#"SELECT m.blob_hash, b.size, substring(b.data FROM $3::bigint::int FOR $4::bigint::int) AS "data!"
+           FROM messages m JOIN blobs b ON b.hash = m.blob_hash
+           WHERE m.mailbox_id = $1 AND m.uid = $2"#,
         mailbox_id,
-        i64::from(req.uid)
+        i64::from(req.uid),
+        from,
+        n
     )
     .fetch_optional(svc.pool())
     .await
     .map_err(StoreError::from)?
     .ok_or(StoreError::NotFound("message"))?;
+    let first = FirstChunk {
+        hash: row.blob_hash,
+        total: row.size,
+        data: row.data,
+    };
     Ok(Response::new(stream_blob(
         svc.pool().clone(),
-        hash,
+        first,
         req.offset,
         req.length,
     )))

@@ -7,7 +7,7 @@ use mailstore_api::pb;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::blobs::stream_blob;
+use crate::blobs::{FirstChunk, first_range, stream_blob};
 use crate::error::{Result, StoreError};
 use crate::wire::{BoxStream, id, timestamp, ts_opt};
 
@@ -125,15 +125,29 @@ pub(super) async fn read_message(
 ) -> Result<Response<BoxStream<pb::BodyChunk>>, Status> {
     let req = req.into_inner();
     let job_id = id(req.job_id, "job")?;
-    let hash: Vec<u8> =
-        sqlx::query_scalar!("SELECT blob_hash FROM queue_jobs WHERE id = $1", job_id)
-            .fetch_optional(svc.pool())
-            .await
-            .map_err(StoreError::from)?
-            .ok_or(StoreError::NotFound("job"))?;
+    // The job's blob and its first chunk in one query (see
+    // `blobs::FirstChunk`).
+    let (from, n) = first_range(req.offset, req.length);
+    let row = sqlx::query!(
+        r#"SELECT j.blob_hash, b.size, substring(b.data FROM $2::bigint::int FOR $3::bigint::int) AS "data!"
+           FROM queue_jobs j JOIN blobs b ON b.hash = j.blob_hash
+           WHERE j.id = $1"#,
+        job_id,
+        from,
+        n
+    )
+    .fetch_optional(svc.pool())
+    .await
+    .map_err(StoreError::from)?
+    .ok_or(StoreError::NotFound("job"))?;
+    let first = FirstChunk {
+        hash: row.blob_hash,
+        total: row.size,
+        data: row.data,
+    };
     Ok(Response::new(stream_blob(
         svc.pool().clone(),
-        hash,
+        first,
         req.offset,
         req.length,
     )))
