@@ -49,6 +49,7 @@ pub mod selected;
 pub mod session;
 pub mod sort;
 pub mod store;
+pub mod watch_hub;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,11 +4,6 @@
 //! `Session::sync` (`cmd/sync.rs`) reports EXPUNGE, EXISTS, RECENT and FLAGS at the
 //! points RFC 9051 §7.4.1 allows.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
-use tokio::sync::Notify;
-
 use crate::command::SeqSet;
 use crate::response::{self, Code, Status};
 
@@ -223,18 +218,9 @@ impl Selected {
     }
 }
 
-/// The store's change stream for the selected mailbox (IDLE, NOOP).
-pub struct Watch {
-    pub notify: Arc<Notify>,
-    pub dirty: Arc<AtomicBool>,
-    pub(crate) task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// The selected mailbox's place in the process's change stream (IDLE,
+/// NOOP): see [`crate::watch_hub`].
+pub type Watch = crate::watch_hub::Registration;
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ use crate::notify::NotifyState;
 use crate::parser::{self, ParseError};
 use crate::response::{self, Code, Status};
 use crate::store::Store;
+use crate::watch_hub::WatchHub;
 use crate::{mailbox_name, mutf7};
 
 pub use crate::selected::{Selected, Watch};
@@ -116,6 +117,9 @@ pub struct Shared {
     pub store: StoreClient,
     /// Open sessions per user in this process.
     pub users: UserCounts,
+    /// The one store change stream of this process, fanned out to the
+    /// sessions with a mailbox selected.
+    pub watches: WatchHub,
 }
 
 impl Shared {
@@ -123,6 +127,7 @@ impl Shared {
     pub fn new(config: SessionConfig, store: StoreClient) -> Self {
         Self {
             config,
+            watches: WatchHub::new(store.clone()),
             store,
             users: UserCounts::default(),
         }

@@ -8,13 +8,10 @@
 //! particular (`NOT_FOUND` → `[TRYCREATE]`).
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mailstore_api::pb;
 use mailstore_api::{Failure, StoreClient, classify};
-use tokio::sync::Notify;
 
 use crate::command::AppendMessage;
 use crate::model::{
@@ -464,57 +461,6 @@ impl Store {
             uidvalidity: r.uidvalidity,
             uid: r.uid,
         })
-    }
-
-    /// Follows `Watch` for one mailbox, reconnecting with back-off when the
-    /// stream ends (store restart): after a reconnection the session resyncs,
-    /// since events may have been missed in between. `ready` fires at the
-    /// first READY; every later event (or READY after a reconnection) sets
-    /// `dirty` and wakes `notify`.
-    pub async fn watch_loop(
-        self,
-        user_id: u64,
-        mailbox_id: u64,
-        notify: Arc<Notify>,
-        dirty: Arc<AtomicBool>,
-        ready: tokio::sync::oneshot::Sender<()>,
-    ) {
-        let mut client = self.mailboxes();
-        let mut ready = Some(ready);
-        let mut backoff = Duration::from_millis(100);
-        let signal = || {
-            dirty.store(true, Ordering::Release);
-            notify.notify_one();
-        };
-        loop {
-            match client
-                .watch(pb::WatchRequest {
-                    user_id,
-                    mailbox_id,
-                })
-                .await
-            {
-                Ok(s) => {
-                    let mut s = s.into_inner();
-                    while let Ok(Some(ev)) = s.message().await {
-                        if ev.kind == pb::MailboxEventKind::Ready as i32 {
-                            backoff = Duration::from_millis(100);
-                            match ready.take() {
-                                Some(tx) => {
-                                    let _ = tx.send(());
-                                }
-                                None => signal(),
-                            }
-                        } else if ev.mailbox_id == mailbox_id {
-                            signal();
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "watch failed"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
     }
 }
 

@@ -5,11 +5,8 @@ use crate::io::Io;
 use crate::response;
 use crate::selected::Watch;
 use crate::session::Session;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
 
 impl Session {
     /// Turns CONDSTORE on for the session if a command implies it (RFC
@@ -32,30 +29,10 @@ impl Session {
     }
 
     /// Starts following the store's change stream for the mailbox and
-    /// waits (bounded) for its READY, so nothing committed after the
+    /// waits (bounded) for it to be up, so nothing committed after the
     /// snapshot SELECT takes next can be missed.
     pub(crate) async fn start_watch(&self, user_id: u64, mailbox_id: u64) -> Option<Watch> {
-        let notify = Arc::new(Notify::new());
-        let dirty = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(self.store().watch_loop(
-            user_id,
-            mailbox_id,
-            notify.clone(),
-            dirty.clone(),
-            ready_tx,
-        ));
-        if !matches!(
-            tokio::time::timeout(Duration::from_secs(3), ready_rx).await,
-            Ok(Ok(()))
-        ) {
-            tracing::warn!("store watch not ready; will resync when it is");
-        }
-        Some(Watch {
-            notify,
-            dirty,
-            task,
-        })
+        Some(self.shared.watches.register(user_id, mailbox_id).await)
     }
 
     /// Reports changes made by others: EXPUNGE (when `allow_expunge`),

@@ -119,6 +119,18 @@ impl Client {
         String::from_utf8_lossy(&v).into_owned()
     }
 
+    /// The next line if one arrives within `d`.
+    pub async fn line_within(&mut self, d: Duration) -> Option<String> {
+        let mut v = Vec::new();
+        match tokio::time::timeout(d, self.io.read_until(b'\n', &mut v)).await {
+            Ok(r) => {
+                assert!(r.unwrap() > 0, "connection closed");
+                Some(String::from_utf8_lossy(&v).into_owned())
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Everything up to the tagged reply (literal contents inline, bytes
     /// kept), and the tagged line.
     pub async fn until(&mut self, tag: &str) -> (Vec<u8>, String) {

@@ -17,9 +17,13 @@ pub(super) async fn watch(
 ) -> Result<Response<BoxStream<pb::MailboxEvent>>, Status> {
     let req = req.into_inner();
     let mut rx = svc.store.hub.subscribe_mailboxes();
-    let (tx, out) = mpsc::channel(64);
     let (user_id, mailbox_id) = (req.user_id, req.mailbox_id);
+    // User 0: every user's changes, for a service process that fans them
+    // out to its own sessions (imap's one stream per process); it gets a
+    // deeper queue, being many watchers in one.
+    let (tx, out) = mpsc::channel(if user_id == 0 { 1024 } else { 64 });
     tokio::spawn(async move {
+        let _open = OpenStream::new();
         let ready = pb::MailboxEvent {
             kind: pb::MailboxEventKind::Ready as i32,
             user_id,
@@ -36,7 +40,7 @@ pub(super) async fn watch(
             };
             let event = match ev {
                 Ok(HubEvent::Change(c)) => {
-                    if c.user_id != user_id
+                    if (user_id != 0 && c.user_id != user_id)
                         || (mailbox_id != 0 && c.mailbox_id != mailbox_id && c.mailbox_id != 0)
                     {
                         continue;
@@ -66,4 +70,22 @@ pub(super) async fn watch(
         }
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+}
+
+/// Counts the open Watch streams (`store_watch_streams` on /metrics): each
+/// holds a task, a queue and an HTTP/2 stream in the store, so this is
+/// what idle sessions cost it.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!("store_watch_streams").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!("store_watch_streams").decrement(1.0);
+    }
 }
