@@ -14,6 +14,10 @@ pub const FLUSH_AT: usize = 64 * 1024;
 /// is dropped (a stalled reader must not pin a session forever).
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// The read buffer of a session waiting for its next command: a command
+/// line fits; a longer one or a literal grows it with large reads.
+pub const IDLE_READ: usize = 1024;
+
 /// At most this much decompressed input is produced per read, so a
 /// small compressed input cannot expand into a huge buffer before the
 /// framer's limits see it.
@@ -86,9 +90,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     pub fn new(stream: S) -> Self {
         Self {
             stream,
-            rbuf: Vec::with_capacity(4096),
+            rbuf: Vec::new(),
             framer: Framer::new(),
-            wbuf: Vec::with_capacity(8192),
+            wbuf: Vec::new(),
             deflate: None,
         }
     }
@@ -105,7 +109,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     pub fn start_compression(&mut self) {
         let mut z = Box::new(Deflate::new());
         z.raw = std::mem::take(&mut self.rbuf);
-        self.rbuf = Vec::with_capacity(4096);
         self.deflate = Some(z);
     }
 
@@ -179,8 +182,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 }
             }
         }
+        if self.rbuf.is_empty() {
+            // Waiting for the next command, perhaps for hours (IDLE): hold
+            // no more than a small read buffer meanwhile, and give back
+            // what the last command and its response grew (10,000 idle
+            // sessions held 20 KiB each here; docs/benchmarks.md).
+            if self.rbuf.capacity() > IDLE_READ {
+                self.rbuf = Vec::new();
+            }
+            if self.wbuf.is_empty() {
+                self.wbuf = Vec::new();
+            }
+            self.rbuf.reserve(IDLE_READ);
+        } else {
+            // In the middle of a command (a literal): large reads.
+            self.rbuf.reserve(16 * 1024);
+        }
         // Read straight into the buffer (no large array in the future).
-        self.rbuf.reserve(16 * 1024);
         self.stream.read_buf(&mut self.rbuf).await
     }
 
@@ -237,6 +255,31 @@ mod tests {
             assert_eq!(io.rbuf.len(), before + got);
         }
         assert!(io.rbuf.len() <= 3 * INFLATE_STEP);
+    }
+
+    /// A session waiting for its next command gives back the buffers the
+    /// previous command and response grew, and reads into a small one.
+    #[tokio::test]
+    async fn waiting_for_a_command_holds_small_buffers() {
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let mut io = Io::new(server);
+        client.write_all(&vec![b'x'; 100_000]).await.expect("send");
+        while io.rbuf.len() < 100_000 {
+            io.fill().await.expect("fill");
+        }
+        assert!(io.rbuf.capacity() >= 100_000);
+        io.rbuf.clear();
+        io.write(&vec![b'y'; 50_000]);
+        io.flush().await.expect("flush");
+        let mut sink = vec![0u8; 50_000];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut sink)
+            .await
+            .expect("read");
+        client.write_all(b"a NOOP\r\n").await.expect("send");
+        io.fill().await.expect("fill");
+        assert_eq!(io.rbuf, b"a NOOP\r\n");
+        assert!(io.rbuf.capacity() <= IDLE_READ, "{}", io.rbuf.capacity());
+        assert_eq!(io.wbuf.capacity(), 0);
     }
 
     /// Garbage after COMPRESS is an error, not a hang or a panic.

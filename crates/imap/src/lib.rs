@@ -35,6 +35,7 @@ pub mod binary;
 mod cmd;
 pub mod command;
 pub mod conn;
+pub mod flag_column;
 pub mod framing;
 pub mod io;
 pub mod mailbox_name;

@@ -5,6 +5,7 @@
 //! points RFC 9051 §7.4.1 allows.
 
 use crate::command::SeqSet;
+use crate::flag_column::FlagColumn;
 use crate::response::{self, Code, Status};
 
 /// The system flags every mailbox supports (RFC 9051 §2.3.2).
@@ -22,7 +23,7 @@ pub struct Selected {
     /// UIDs in sequence-number order (index + 1 = sequence number).
     pub uids: Vec<u32>,
     /// Flags known to the client, parallel to `uids`.
-    pub flags: Vec<Vec<String>>,
+    pub flags: FlagColumn,
     /// UID ranges `[from, to)` that are \Recent for this session: the
     /// ranges it claimed from the store (RFC 3501 §2.3.2: one session
     /// only sees a message as \Recent), or, read-only, saw at EXAMINE.
@@ -114,15 +115,10 @@ impl Selected {
             *i = at;
         }
         let dropped: std::collections::HashSet<u32> = removed.into_iter().collect();
-        let mut flags = std::mem::take(&mut self.flags).into_iter();
-        let uids = std::mem::take(&mut self.uids);
-        for u in uids {
-            let f = flags.next().unwrap_or_default();
-            if !dropped.contains(&u) {
-                self.uids.push(u);
-                self.flags.push(f);
-            }
-        }
+        let uids = &self.uids;
+        self.flags
+            .retain_indices(|i| uids.get(i).is_none_or(|u| !dropped.contains(u)));
+        self.uids.retain(|u| !dropped.contains(u));
         out
     }
 
@@ -235,7 +231,7 @@ mod tests {
             uidvalidity: 1,
             uids: uids.to_vec(),
             saved: Vec::new(),
-            flags: vec![Vec::new(); uids.len()],
+            flags: uids.iter().map(|_| Vec::new()).collect(),
             recent: Vec::new(),
             claimed_to: u32::MAX,
             keywords: Vec::new(),

@@ -422,7 +422,7 @@ impl Session {
                 let ann = mb.announce(&m.flags);
                 io.write(&ann);
                 let flags_changed = seen_before.binary_search(&m.uid).is_ok();
-                mb.flags[idx].clone_from(&m.flags);
+                mb.flags.set(idx, m.flags.clone());
                 let recent = !rev2 && mb.is_recent(m.uid);
                 answered += 1;
                 let mut out: Vec<u8> = format!("* {seq} FETCH (").into_bytes();

@@ -161,7 +161,7 @@ impl Session {
                 let ann = mb.announce(&m.flags);
                 io.write(&ann);
                 let i = seq as usize - 1;
-                mb.flags[i] = m.flags;
+                mb.flags.set(i, m.flags);
                 io.write(&response::flags_fetch(
                     seq as usize,
                     Some(m.uid),

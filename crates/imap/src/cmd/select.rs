@@ -4,6 +4,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::QresyncParams;
+use crate::flag_column::FlagColumn;
 use crate::io::Io;
 use crate::response::{self, Code, Status};
 use crate::selected::Selected;
@@ -56,7 +57,7 @@ impl Session {
             Err(e) => return store_error(&e),
         };
         let mut uids = Vec::with_capacity(mb.messages as usize);
-        let mut flags = Vec::with_capacity(mb.messages as usize);
+        let mut flags = FlagColumn::new();
         match store.fetch_meta(mb.id, None, 0, false).await {
             Ok(mut stream) => loop {
                 match stream.next_batch().await {
@@ -101,7 +102,7 @@ impl Session {
             .flags
             .iter()
             .position(|f| !f.iter().any(|x| x == "\\Seen"));
-        let all: Vec<String> = selected.flags.iter().flatten().cloned().collect();
+        let all: Vec<String> = selected.flags.distinct_sets().flatten().cloned().collect();
         let _ = selected.announce(&all);
         io.write(&response::exists(exists));
         if !self.enabled.rev2 {

@@ -62,7 +62,7 @@ impl Session {
             // Keywords other sessions set on these messages, too.
             let ann = mb.announce(&u.flags);
             io.write(&ann);
-            mb.flags[i] = u.flags;
+            mb.flags.set(i, u.flags);
             if silent && unchanged_since.is_none() {
                 continue;
             }

@@ -121,7 +121,7 @@ impl Session {
                         match mb.uids.binary_search(&m.uid) {
                             Ok(i) => {
                                 if mb.flags[i] != m.flags {
-                                    mb.flags[i] = m.flags;
+                                    mb.flags.set(i, m.flags);
                                     changed.push((m.uid, m.modseq));
                                 }
                             }
