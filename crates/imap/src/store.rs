@@ -514,6 +514,49 @@ impl Store {
     }
 }
 
+/// What the process-wide watch reports (`crate::watch_hub`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubEvent {
+    /// The stream is up: nothing is missed after this.
+    Ready,
+    /// Events were lost (the store's queue to us overflowed): anything
+    /// may have changed.
+    Everything,
+    /// A mailbox of a user may have changed.
+    Mailbox { user_id: u64, mailbox_id: u64 },
+}
+
+/// The store's Watch for every user (`user_id` 0).
+pub struct HubStream(tonic::Streaming<pb::MailboxEvent>);
+
+impl Store {
+    /// Opens the store's Watch for every user's changes.
+    pub async fn watch_everyone(&self) -> Result<HubStream> {
+        let req = pb::WatchRequest {
+            user_id: 0,
+            mailbox_id: 0,
+        };
+        Ok(HubStream(self.mailboxes().watch(req).await?.into_inner()))
+    }
+}
+
+impl HubStream {
+    /// The next event; `None` when the stream ended or broke.
+    pub async fn next(&mut self) -> Option<HubEvent> {
+        let ev = self.0.message().await.ok()??;
+        Some(if ev.kind == pb::MailboxEventKind::Ready as i32 {
+            HubEvent::Ready
+        } else if ev.kind == pb::MailboxEventKind::Mailboxes as i32 && ev.user_id == 0 {
+            HubEvent::Everything
+        } else {
+            HubEvent::Mailbox {
+                user_id: ev.user_id,
+                mailbox_id: ev.mailbox_id,
+            }
+        })
+    }
+}
+
 /// Batches of [`MessageMeta`] from `FetchMeta`.
 pub struct MetaStream(tonic::Streaming<pb::FetchMetaResponse>);
 

@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use mailstore_api::{StoreClient, pb};
+use mailstore_api::StoreClient;
 use tokio::sync::Notify;
+
+use crate::store::{HubEvent, Store};
 
 /// How long a SELECT waits for the stream to be up before it goes on and
 /// relies on the resynchronisation when it comes up.
@@ -164,14 +166,9 @@ impl Inner {
         }
     }
 
-    fn dispatch(&self, ev: &pb::MailboxEvent) {
-        if ev.kind == pb::MailboxEventKind::Mailboxes as i32 && ev.user_id == 0 {
-            // The store's queue to us overflowed: anything may have changed.
-            self.signal_all();
-            return;
-        }
-        if let Some(list) = self.watchers().get(&ev.user_id) {
-            for w in list.iter().filter(|w| w.mailbox_id == ev.mailbox_id) {
+    fn dispatch(&self, user_id: u64, mailbox_id: u64) {
+        if let Some(list) = self.watchers().get(&user_id) {
+            for w in list.iter().filter(|w| w.mailbox_id == mailbox_id) {
                 w.signal();
             }
         }
@@ -181,25 +178,25 @@ impl Inner {
 /// Follows the store's Watch for every user, reconnecting with back-off
 /// when the stream ends; ends when the hub is gone.
 async fn run(store: StoreClient, hub: Weak<Inner>) {
-    let mut client = store.mailboxes;
+    let store = Store::new(&store);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let req = pb::WatchRequest {
-            user_id: 0,
-            mailbox_id: 0,
-        };
-        match client.watch(req).await {
-            Ok(s) => {
-                let mut s = s.into_inner();
-                while let Ok(Some(ev)) = s.message().await {
+        match store.watch_everyone().await {
+            Ok(mut s) => {
+                while let Some(ev) = s.next().await {
                     let Some(hub) = hub.upgrade() else { return };
-                    if ev.kind == pb::MailboxEventKind::Ready as i32 {
-                        backoff = Duration::from_millis(100);
-                        hub.live.store(true, Ordering::Release);
-                        hub.signal_all();
-                        hub.up.notify_waiters();
-                    } else {
-                        hub.dispatch(&ev);
+                    match ev {
+                        HubEvent::Ready => {
+                            backoff = Duration::from_millis(100);
+                            hub.live.store(true, Ordering::Release);
+                            hub.signal_all();
+                            hub.up.notify_waiters();
+                        }
+                        HubEvent::Everything => hub.signal_all(),
+                        HubEvent::Mailbox {
+                            user_id,
+                            mailbox_id,
+                        } => hub.dispatch(user_id, mailbox_id),
                     }
                 }
             }
