@@ -140,12 +140,6 @@ impl WatchHub {
         }
     }
 
-    /// Whether the stream is up (for tests and health).
-    #[must_use]
-    pub fn is_live(&self) -> bool {
-        self.inner.live.load(Ordering::Acquire)
-    }
-
     fn start(&self) {
         if !self.inner.started.swap(true, Ordering::AcqRel) {
             let store = self.inner.store.clone();
@@ -208,5 +202,26 @@ async fn run(store: StoreClient, hub: Weak<Inner>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With no store to watch, SELECT does not hang: registration waits
+    /// [`READY_WAIT`] at most and comes back marked to resynchronise; a
+    /// dropped registration leaves the table.
+    #[tokio::test]
+    async fn without_the_store_registration_is_bounded_and_dirty() {
+        let store = mailstore_api::connect("http://127.0.0.1:9", "token").expect("client");
+        let hub = WatchHub::new(store);
+        let t0 = tokio::time::Instant::now();
+        let r = hub.register(1, 2).await;
+        assert!(t0.elapsed() >= READY_WAIT && t0.elapsed() < READY_WAIT * 2);
+        assert!(r.dirty.load(Ordering::Acquire));
+        assert_eq!(hub.inner.watchers().get(&1).map(Vec::len), Some(1));
+        drop(r);
+        assert!(hub.inner.watchers().is_empty());
     }
 }
