@@ -388,7 +388,7 @@ impl Session {
                     io.flush().await?;
                     match self.read_input(io, shutdown).await? {
                         Input::Data => {}
-                        Input::Notify => self.notify_push(io).await,
+                        Input::Notify => Box::pin(self.notify_push(io)).await,
                         Input::Eof => return Ok(Exit::Closed),
                         other => return self.farewell(io, &other).await,
                     }
@@ -458,7 +458,7 @@ impl Session {
                             }
                         }
                         Ok(cmd) => {
-                            if let Some(exit) = self.dispatch(io, cmd, shutdown).await? {
+                            if let Some(exit) = Box::pin(self.dispatch(io, cmd, shutdown)).await? {
                                 return Ok(exit);
                             }
                         }

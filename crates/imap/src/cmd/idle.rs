@@ -21,7 +21,7 @@ impl Session {
         tag: &str,
         shutdown: &Shutdown,
     ) -> std::io::Result<Option<Exit>> {
-        self.sync(io, true).await;
+        Box::pin(self.sync(io, true)).await;
         io.write(b"+ idling\r\n");
         io.flush().await?;
         let notify = self
@@ -63,7 +63,7 @@ impl Session {
             };
             tokio::select! {
                 () = others => {
-                    self.notify_drain(io).await;
+                    Box::pin(self.notify_drain(io)).await;
                     io.flush().await?;
                 }
                 () = shutdown.cancelled() => {
@@ -77,12 +77,12 @@ impl Session {
                     return Ok(Some(Exit::Closed));
                 }
                 () = notified => {
-                    self.sync(io, true).await;
+                    Box::pin(self.sync(io, true)).await;
                     io.flush().await?;
                 }
                 // Safety net should the watch stream be unavailable.
                 () = tokio::time::sleep(IDLE_POLL), if notify.is_some() => {
-                    self.sync(io, true).await;
+                    Box::pin(self.sync(io, true)).await;
                     io.flush().await?;
                 }
                 r = io.fill() => {
