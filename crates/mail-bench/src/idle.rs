@@ -1,5 +1,6 @@
 //! Idle connections: open N implicit-TLS IMAP connections, each logged in
-//! with INBOX selected, from several local source addresses in turn (a
+//! with INBOX selected and in IDLE (RFC 2177: what a mail client leaves
+//! open all day), from several local source addresses in turn (a
 //! server's per-IP cap counts per address), hold them, and measure the
 //! server's PSS before and while they are held. What a connection costs
 //! the server = (PSS held − PSS before) / N.
@@ -83,7 +84,8 @@ pub async fn run(job: &Job, groups: &[procs::Group]) -> anyhow::Result<Outcome> 
                 .await
                 .with_context(|| format!("connection {i} from {source:?}"))?;
             s.ok("SELECT INBOX").await?;
-            Ok::<_, anyhow::Error>(s)
+            let (io, _) = s.idle().await?;
+            Ok::<_, anyhow::Error>(io)
         }));
     }
     let mut held = Vec::with_capacity(job.connections);
@@ -97,11 +99,24 @@ pub async fn run(job: &Job, groups: &[procs::Group]) -> anyhow::Result<Outcome> 
     out.pss_held_kib = tokio::task::spawn_blocking(move || procs::pss(&g)).await?;
     let gate = Arc::new(Semaphore::new(job.parallel.max(1)));
     let mut tasks = Vec::with_capacity(held.len());
-    for mut s in held {
+    for mut io in held {
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
-            s.logout().await;
+            // DONE ends the IDLE, LOGOUT the session (its tagged answer
+            // read, so the server closes first; errors ignored).
+            if conn::send(&mut io, b"DONE\r\nz LOGOUT\r\n").await.is_ok() {
+                let mut buf = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                    while conn::line(&mut io, &mut buf).await.is_ok() {
+                        if buf.starts_with(b"z ") {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            conn::close(&mut io).await;
         }));
     }
     for t in tasks {
