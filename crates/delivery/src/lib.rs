@@ -78,6 +78,9 @@ const HEADER_PEEK: u64 = 64 * 1024;
 enum Outcome {
     /// Recorded by the store already (complete_recipient or relay).
     Done,
+    /// Delivered, and the store finished the job in the same transaction
+    /// (its last pending recipient: `finish_job`).
+    Finished,
     Deferred(String),
     Failed(String),
 }
@@ -213,12 +216,22 @@ impl Worker {
         self.dmarc_report(&job).await;
         let mut deferred = Vec::new();
         let mut failed = Vec::new();
+        let mut finished = false;
+        // With one recipient left (the usual case) its delivery finishes
+        // the job in the same store transaction: one call and one commit
+        // per message fewer (issue #17).
+        let last = job
+            .recipients
+            .iter()
+            .filter(|r| queue_worker::is_pending(r))
+            .count()
+            == 1;
         for r in &job.recipients {
             if !queue_worker::is_pending(r) {
                 continue;
             }
             let Some(rcpt) = &r.recipient else { continue };
-            let outcome = match self.recipient(&job, r.index, rcpt, &headers).await {
+            let outcome = match self.recipient(&job, r.index, rcpt, &headers, last).await {
                 Ok(o) => o,
                 Err(e) if classify(&e) == StoreFailure::Transient => {
                     Outcome::Deferred(format!("4.3.0 store: {}", e.message()))
@@ -227,6 +240,7 @@ impl Worker {
             };
             match outcome {
                 Outcome::Done => {}
+                Outcome::Finished => finished = true,
                 Outcome::Deferred(why) => {
                     self.result(&job, r.index, pb::RecipientState::Deferred, &why)
                         .await?;
@@ -246,6 +260,9 @@ impl Worker {
         }
         if !failed.is_empty() {
             self.bounce(&job, &headers, &header_block, &failed).await?;
+        }
+        if finished && deferred.is_empty() && failed.is_empty() {
+            return Ok(());
         }
         if deferred.is_empty() {
             self.jobs
@@ -391,6 +408,7 @@ impl Worker {
         index: u32,
         rcpt: &pb::Recipient,
         headers: &Headers,
+        last: bool,
     ) -> Result<Outcome, tonic::Status> {
         // A bounce to one of our SRS addresses (smtp-in checked it; a DSN
         // queued here directly did not pass smtp-in) goes to the original
@@ -446,6 +464,7 @@ impl Worker {
         }
         let only_one = resolved.targets.len() == 1;
         let mut deferred = None;
+        let mut finished = false;
         for t in &resolved.targets {
             match &t.target {
                 Some(pb::resolved_target::Target::Local(local))
@@ -458,10 +477,13 @@ impl Worker {
                 }
                 Some(pb::resolved_target::Target::Local(local)) => {
                     match self
-                        .deliver_local(job, index, local, headers, only_one)
+                        .deliver_local(job, index, local, headers, only_one, last && only_one)
                         .await
                     {
-                        Ok(()) => {
+                        Ok(job_finished) => {
+                            if job_finished {
+                                finished = true;
+                            }
                             // Acceptance to mailbox (alerts: deploy/monitoring).
                             if let Some(c) = &job.created_at {
                                 let ms = chrono::Utc::now().timestamp_millis()
@@ -538,7 +560,11 @@ impl Worker {
             self.result(job, index, pb::RecipientState::Relayed, "forwarded")
                 .await?;
         }
-        Ok(Outcome::Done)
+        Ok(if finished {
+            Outcome::Finished
+        } else {
+            Outcome::Done
+        })
     }
 
     async fn deliver_local(
@@ -548,7 +574,8 @@ impl Worker {
         target: &pb::LocalTarget,
         headers: &Headers,
         complete: bool,
-    ) -> Result<(), tonic::Status> {
+        finish: bool,
+    ) -> Result<bool, tonic::Status> {
         let rules = self
             .store
             .accounts
@@ -588,6 +615,7 @@ impl Worker {
                 flags,
                 enforce_quota: true,
                 complete_recipient: complete,
+                finish_job: finish,
             })
             .await?
             .into_inner();
@@ -597,7 +625,7 @@ impl Worker {
             metrics::counter!("delivery_delivered_total").increment(1);
             tracing::info!(user = %target.address, %mailbox, uid = r.uid, "delivered");
         }
-        Ok(())
+        Ok(r.job_finished)
     }
 
     /// One DSN per job for its permanently failed recipients.

@@ -118,6 +118,7 @@ pub(crate) async fn insert_message(
         modseq: modseq as u64,
         duplicate: false,
         size: m.size as u64,
+        job_finished: false,
     })
 }
 

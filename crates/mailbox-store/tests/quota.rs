@@ -360,6 +360,7 @@ async fn deliver(s: &TestStore, user: u64, key: &str, raw: &[u8]) -> Result<(), 
             flags: vec![],
             enforce_quota: true,
             complete_recipient: true,
+            finish_job: false,
         })
         .await
         .map(|_| ())

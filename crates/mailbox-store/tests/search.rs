@@ -340,6 +340,7 @@ async fn delivered_and_copied_messages_are_indexed() {
             flags: vec![],
             enforce_quota: true,
             complete_recipient: true,
+            finish_job: false,
         })
         .await
         .unwrap()

@@ -641,6 +641,7 @@ async fn deliver_from_queue_is_exactly_once() {
         flags: vec![],
         enforce_quota: true,
         complete_recipient: true,
+        finish_job: false,
     };
     let a = c
         .mailboxes
@@ -710,6 +711,89 @@ async fn deliver_from_queue_is_exactly_once() {
             .iter()
             .any(|e| e.kind == pb::EventKind::Delivered as i32)
     );
+}
+
+/// `finish_job` (issue #17): the delivery of a job's last pending
+/// recipient finishes the job in the same transaction; before that it
+/// does not, and a finished job's lease is gone.
+#[tokio::test]
+async fn delivering_the_last_recipient_can_finish_the_job() {
+    let (s, user) = setup().await;
+    let c = s.client();
+    let rcpts = ["alice@example.org", "alice+two@example.org"];
+    let job = enqueue(&c, "f", "x@example.net", &rcpts, &msg(8))
+        .await
+        .unwrap()
+        .job_id;
+    let mut q = c.queue.clone();
+    let leased = q
+        .lease(pb::LeaseRequest {
+            kind: 1,
+            worker_id: "w".into(),
+            max_jobs: 1,
+            lease_ttl_ms: 60_000,
+            wait_ms: 0,
+            max_attempts: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leased.jobs.len(), 1);
+    let deliver = |index: u32| pb::DeliverFromQueueRequest {
+        job_id: job,
+        recipient_index: index,
+        worker_id: "w".into(),
+        user_id: user,
+        mailbox: "INBOX".into(),
+        prefix: Vec::new(),
+        flags: vec![],
+        enforce_quota: true,
+        complete_recipient: true,
+        finish_job: true,
+    };
+    let state = |c: mailstore_api::StoreClient| async move {
+        c.queue
+            .clone()
+            .get_job(pb::GetJobRequest { job_id: job })
+            .await
+            .unwrap()
+            .into_inner()
+            .summary
+            .unwrap()
+            .state
+    };
+    let first = c
+        .mailboxes
+        .clone()
+        .deliver_from_queue(deliver(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.job_finished, "a recipient is still pending");
+    assert_eq!(state(c.clone()).await, pb::JobState::Ready as i32);
+    // The second address is the same user: the store's exactly-once record
+    // answers it as a duplicate, and that completes the job as well.
+    let second = c
+        .mailboxes
+        .clone()
+        .deliver_from_queue(deliver(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.duplicate && second.job_finished);
+    assert_eq!(state(c.clone()).await, pb::JobState::Done as i32);
+    // The lease went with it: a late FinishJob of the worker is refused.
+    let late = q
+        .finish_job(pb::FinishJobRequest {
+            job_id: job,
+            worker_id: "w".into(),
+            outcome: pb::FinishOutcome::Done as i32,
+            retry_at: None,
+            reason: String::new(),
+        })
+        .await;
+    assert!(late.is_err(), "{late:?}");
+    assert_eq!(inbox(&s, user).await.messages, 1);
 }
 
 #[tokio::test]

@@ -54,10 +54,13 @@ pub async fn deliver(
             modseq: d.modseq as u64,
             duplicate: true,
             size: 0,
+            job_finished: false,
         };
         if req.complete_recipient {
             mark_delivered(&mut tx, job_id, idx, &r, "already delivered").await?;
+            let job_finished = req.finish_job && finish_if_complete(&mut tx, job_id).await?;
             tx.commit().await?;
+            return Ok(pb::AppendResponse { job_finished, ..r });
         } else {
             tx.rollback().await?;
         }
@@ -121,7 +124,7 @@ pub async fn deliver(
         // RFC 9208 §5.1 / RFC 3463 X.2.2: checked and counted with the append.
         enforce_quota: req.enforce_quota,
     };
-    let resp = insert_message(&mut tx, mailbox_id, &msg).await?;
+    let mut resp = insert_message(&mut tx, mailbox_id, &msg).await?;
     sqlx::query!(
         "INSERT INTO queue_deliveries (job_id, user_id, mailbox_id, uid, uidvalidity, modseq) VALUES ($1, $2, $3, $4, $5, $6)",
         job_id,
@@ -142,6 +145,7 @@ pub async fn deliver(
             &format!("delivered to {wanted}"),
         )
         .await?;
+        resp.job_finished = req.finish_job && finish_if_complete(&mut tx, job_id).await?;
     }
     event(
         &mut tx,
@@ -190,6 +194,25 @@ async fn derive_text(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Finishes the job as done (what `FinishJob` DONE does) when none of its
+/// recipients is pending or deferred any more; true when it did. Called
+/// inside the delivery's transaction, under the lease checked there.
+async fn finish_if_complete(conn: &mut PgConnection, job_id: i64) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE queue_jobs SET state = 2, lease_owner = NULL, lease_expires_at = NULL, open_leases = 0, \
+         last_error = '', updated_at = now() \
+         WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM queue_recipients r \
+         WHERE r.job_id = $1 AND r.state IN ($2, $3, $4))",
+        job_id,
+        pb::RecipientState::Unspecified as i16,
+        pb::RecipientState::Pending as i16,
+        pb::RecipientState::Deferred as i16
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 async fn mark_delivered(
