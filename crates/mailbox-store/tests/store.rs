@@ -1156,7 +1156,10 @@ async fn queue_gauges_are_exported() {
     let s = TestStore::start().await;
     let url = format!("http://{}/metrics", s.http_addr);
     let mut body = String::new();
-    for _ in 0..100 {
+    // The gauges' first refresh runs at start; on a machine loaded by
+    // parallel test clusters it has taken over 10 s (CI), so a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         let out = tokio::process::Command::new("curl")
             .args(["-s", &url])
             .output()
