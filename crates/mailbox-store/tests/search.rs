@@ -315,6 +315,13 @@ async fn delivered_and_copied_messages_are_indexed() {
         .await
         .unwrap()
         .job_id;
+    // The queued message's text waits with its job, outside the trigram
+    // indexes (migration 0017): nothing searches the queue.
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM blob_text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
     c.queue
         .clone()
         .lease(pb::LeaseRequest {
@@ -399,8 +406,60 @@ async fn delivered_and_copied_messages_are_indexed() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    // queued message, delivered message, META: a copy adds no row.
-    assert_eq!(rows, 3);
+    // delivered message and META: a copy adds no row, the queue none.
+    assert_eq!(rows, 2);
+}
+
+/// A delivery without a prefix files the queued blob itself: its text row
+/// is made from the job's at delivery (the queue keeps none in blob_text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_without_a_prefix_is_indexed() {
+    let (s, user, pool) = setup().await;
+    let c = s.client();
+    let job = enqueue(&c, "k2", "x@example.net", &["alice@example.org"], NESTED)
+        .await
+        .unwrap()
+        .job_id;
+    c.queue
+        .clone()
+        .lease(pb::LeaseRequest {
+            kind: 1,
+            worker_id: "w".into(),
+            max_jobs: 1,
+            lease_ttl_ms: 60_000,
+            wait_ms: 0,
+            max_attempts: 0,
+        })
+        .await
+        .unwrap();
+    c.mailboxes
+        .clone()
+        .deliver_from_queue(pb::DeliverFromQueueRequest {
+            job_id: job,
+            recipient_index: 0,
+            worker_id: "w".into(),
+            user_id: user,
+            mailbox: "INBOX".into(),
+            prefix: Vec::new(),
+            flags: vec![],
+            enforce_quota: true,
+            complete_recipient: true,
+            finish_job: true,
+        })
+        .await
+        .unwrap();
+    rows_match_blobs(&pool).await;
+    let complete: Vec<bool> = sqlx::query_scalar("SELECT complete FROM blob_text")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(complete, vec![true]);
+    let mb = mailbox(&s, user, "INBOX").await;
+    let cases = vec![
+        (header("subject", "outer shell"), vec![1]),
+        (body("deeply nested secret"), vec![1]),
+    ];
+    check_all(&s, mb, &cases, "delivered without a prefix").await;
 }
 
 /// Hostile needles: huge, wildcard-only, regex-looking; all answered, none

@@ -92,6 +92,9 @@ pub async fn deliver(
     // The new message = prefix + queued message, built and hashed inside
     // PostgreSQL: the body never travels back and forth.
     let hash: Vec<u8> = if req.prefix.is_empty() {
+        // The queued blob itself is the message: its text row comes from
+        // the job (enqueue keeps it there, unindexed; migration 0017).
+        derive_text(&mut tx, &parent_hash, &parent_hash, &[], job_id).await?;
         parent_hash
     } else {
         let h: Vec<u8> = sqlx::query_scalar!(
@@ -103,7 +106,7 @@ pub async fn deliver(
         )
         .fetch_one(&mut *tx)
         .await?;
-        derive_text(&mut tx, &h, &parent_hash, &req.prefix).await?;
+        derive_text(&mut tx, &h, &parent_hash, &req.prefix, job_id).await?;
         h
     };
     structure::shift(&mut st, req.prefix.len() as u64);
@@ -161,29 +164,37 @@ pub async fn deliver(
 }
 
 /// The searchable text of prefix + queued message, derived in PostgreSQL
-/// from the queued message's row (filled at enqueue): the prefix's header
-/// lines go in front of the message's own, the body text is the same. This
-/// is what [`text::extract`] gives for the whole new blob, without the blob
-/// travelling back to be parsed. A queued message without text (enqueued
-/// before migration 0014) gives a placeholder, which SEARCH reads from the
-/// blob until `mailctl search backfill` fills it.
+/// from the queued message's text (kept with the job since migration 0017;
+/// before it, in `blob_text` under the queued blob's hash): the prefix's
+/// header lines go in front of the message's own, the body text is the
+/// same. This is what [`text::extract`] gives for the whole new blob,
+/// without the blob travelling back to be parsed. A queued message without
+/// text (enqueued before migration 0014) gives a placeholder, which SEARCH
+/// reads from the blob until `mailctl search backfill` fills it.
 async fn derive_text(
     conn: &mut PgConnection,
     hash: &[u8],
     parent: &[u8],
     prefix: &[u8],
+    job_id: i64,
 ) -> Result<()> {
     let lines = text::header_lines(prefix);
     sqlx::query!(
         "INSERT INTO blob_text (hash, headers, body, complete) \
          SELECT $1, $2 || p.headers, p.body, p.complete AND octet_length($2 || p.headers) <= $4 \
-         FROM blob_text p WHERE p.hash = $3 AND p.headers IS NOT NULL \
+         FROM (SELECT j.text_headers AS headers, j.text_body AS body, j.text_complete AS complete \
+               FROM queue_jobs j WHERE j.id = $5 AND j.text_headers IS NOT NULL \
+               UNION ALL \
+               SELECT t.headers, t.body, t.complete FROM blob_text t \
+               WHERE t.hash = $3 AND t.headers IS NOT NULL \
+               LIMIT 1) p \
          ON CONFLICT (hash) DO UPDATE SET headers = EXCLUDED.headers, body = EXCLUDED.body, complete = EXCLUDED.complete \
          WHERE blob_text.headers IS NULL",
         hash,
         lines,
         parent,
-        i32::try_from(text::MAX_HEADERS).unwrap_or(i32::MAX)
+        i32::try_from(text::MAX_HEADERS).unwrap_or(i32::MAX),
+        job_id
     )
     .execute(&mut *conn)
     .await?;

@@ -5,11 +5,12 @@ use mailstore_api::pb;
 use sqlx::PgConnection;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::blobs::{put_blob, put_text};
+use crate::blobs::put_blob;
 use crate::db::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, is_sqlstate};
 use crate::error::{Result, StoreError};
 use crate::messages::{analyse, collect_body};
 use crate::notify::QUEUE_CHANNEL;
+use crate::text::SearchText;
 use crate::wire::{from_pb_ts, id};
 
 use super::events::event;
@@ -73,6 +74,9 @@ struct Body<'a> {
     message_id: &'a str,
     /// The Enqueue call's W3C `traceparent` ("" when none).
     traceparent: &'a str,
+    /// The message's searchable text, for local delivery to derive each
+    /// copy's from (`queue::deliver`); none for a relay's child job.
+    text: Option<&'a SearchText>,
 }
 
 /// Inserts a job row, its recipients and the QUEUED event; notifies workers.
@@ -105,10 +109,12 @@ async fn insert_job(
     let job_id: i64 = sqlx::query_scalar!(
         "INSERT INTO queue_jobs (kind, idempotency_key, blob_hash, size, structure, mail_from, envid, ret, body_type, \
          smtputf8, client_ip, helo, authenticated_user, session_id, parent_job_id, destination, next_attempt_at, \
-         sent_date, crlf_size, requiretls, sign, delivered_to, message_id, about_job_id, traceparent) \
+         sent_date, crlf_size, requiretls, sign, delivered_to, message_id, about_job_id, traceparent, \
+         text_headers, text_body, text_complete) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
                  $20 OR COALESCE((SELECT p.requiretls FROM queue_jobs p WHERE p.id = $15), false), \
-                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true), $22, $23, $24, $25) RETURNING id",
+                 $21 AND COALESCE((SELECT p.sign FROM queue_jobs p WHERE p.id = $15), true), $22, $23, $24, $25, \
+                 $26, $27, $28) RETURNING id",
         kind,
         key,
         body.hash,
@@ -133,7 +139,10 @@ async fn insert_job(
         &delivered_to,
         body.message_id,
         about,
-        body.traceparent
+        body.traceparent,
+        body.text.map(|t| t.headers.as_str()),
+        body.text.map(|t| t.body.as_str()),
+        body.text.is_some_and(|t| t.complete)
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -242,6 +251,7 @@ pub(super) async fn enqueue(
             crlf_size: p.crlf_size,
             message_id: &p.message_id,
             traceparent: &traceparent,
+            text: None,
         };
         let job_id = insert_job(&mut tx, &h, kind, &body).await?;
         let idxs: Vec<i32> = h
@@ -276,6 +286,9 @@ pub(super) async fn enqueue(
             crlf_size: a.crlf_size,
             message_id: &a.message_id,
             traceparent: &traceparent,
+            // Kept with the job, not indexed: only the delivered copies are
+            // searched (migration 0017).
+            text: Some(&a.text),
         };
         let mut attempt = 0;
         loop {
@@ -289,9 +302,6 @@ pub(super) async fn enqueue(
                 };
             }
             put_blob(&mut tx, &a.hash, &a.data).await?;
-            // Indexed here, once per queued message: local delivery derives
-            // each recipient's copy from it (`queue::deliver`).
-            put_text(&mut tx, &a.hash, &a.text).await?;
             match insert_job(&mut tx, &h, kind, &body).await {
                 Ok(job_id) => match tx.commit().await {
                     Ok(()) => {

@@ -37,11 +37,13 @@ pub async fn backfill(
         n => n.min(MAX_LIMIT),
     };
     if req.after.is_empty() {
-        // A blob written by a store older than 0014 after the migration ran
-        // (a rolling upgrade) has no row at all: it becomes a placeholder.
+        // A message's blob written by a store older than 0014 after the
+        // migration ran (a rolling upgrade) has no row at all: it becomes a
+        // placeholder. Blobs only queued have none on purpose (0017).
         sqlx::query!(
             "INSERT INTO blob_text (hash) SELECT b.hash FROM blobs b \
              WHERE NOT EXISTS (SELECT 1 FROM blob_text t WHERE t.hash = b.hash) \
+             AND EXISTS (SELECT 1 FROM messages m WHERE m.blob_hash = b.hash) \
              ON CONFLICT (hash) DO NOTHING"
         )
         .execute(pool)
