@@ -4,27 +4,33 @@
 //! share a handful of sets (none, `\Seen`, `\Seen \Answered`…), so a
 //! mailbox of N messages costs about 4·N bytes instead of 24·N plus the
 //! strings (a session idle on a 600-message INBOX held 14 KiB of empty
-//! vectors; docs/benchmarks.md, "Idle connections").
+//! vectors; docs/benchmarks.md, "Idle connections"). The sets themselves
+//! are shared by every session of the process ([`crate::intern`]): a
+//! session holds pointers, not strings.
 
 use std::collections::HashMap;
 use std::ops::Index;
+use std::sync::Arc;
+
+use crate::intern;
 
 #[derive(Debug, Clone)]
 pub struct FlagColumn {
     /// Per message (sequence number − 1): index into `sets`.
     ids: Vec<u32>,
     /// The distinct sets; index 0 is the empty set.
-    sets: Vec<Vec<String>>,
-    index: HashMap<Vec<String>, u32>,
+    sets: Vec<Arc<Vec<String>>>,
+    index: HashMap<Arc<Vec<String>>, u32>,
 }
 
 impl FlagColumn {
     #[must_use]
     pub fn new() -> Self {
+        let empty = intern::flag_set(Vec::new());
         Self {
             ids: Vec::new(),
-            sets: vec![Vec::new()],
-            index: HashMap::from([(Vec::new(), 0)]),
+            sets: vec![empty.clone()],
+            index: HashMap::from([(empty, 0)]),
         }
     }
 
@@ -38,8 +44,9 @@ impl FlagColumn {
             self.compact();
         }
         let id = u32::try_from(self.sets.len()).unwrap_or(u32::MAX);
-        self.sets.push(flags.clone());
-        self.index.insert(flags, id);
+        let shared = intern::flag_set(flags);
+        self.sets.push(shared.clone());
+        self.index.insert(shared, id);
         id
     }
 
@@ -53,7 +60,7 @@ impl FlagColumn {
             let new = match remap.get(&id) {
                 Some(&n) => n,
                 None => {
-                    let set = old.get(id as usize).cloned().unwrap_or_default();
+                    let set = old.get(id as usize).map(|s| s.to_vec()).unwrap_or_default();
                     let n = self.intern(set);
                     remap.insert(id, n);
                     n
@@ -94,7 +101,7 @@ impl FlagColumn {
     /// The distinct sets in the table (each once; the empty set and sets
     /// no message uses any more included).
     pub fn distinct_sets(&self) -> impl Iterator<Item = &Vec<String>> {
-        self.sets.iter()
+        self.sets.iter().map(|s| &**s)
     }
 
     /// Keeps the messages for which `keep(i)` is true (0-based, in order).
@@ -108,7 +115,7 @@ impl FlagColumn {
     }
 
     fn set_at(&self, id: u32) -> &Vec<String> {
-        self.sets.get(id as usize).unwrap_or(&EMPTY)
+        self.sets.get(id as usize).map_or(&EMPTY, |s| &**s)
     }
 }
 

@@ -37,6 +37,7 @@ pub mod command;
 pub mod conn;
 pub mod flag_column;
 pub mod framing;
+pub mod intern;
 pub mod io;
 pub mod mailbox_name;
 pub mod model;

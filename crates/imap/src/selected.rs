@@ -31,8 +31,9 @@ pub struct Selected {
     /// UIDNEXT up to which this session has claimed \Recent; `u32::MAX`
     /// when it never claims (EXAMINE).
     pub claimed_to: u32,
-    /// Keywords announced to the client in FLAGS / PERMANENTFLAGS.
-    pub keywords: Vec<String>,
+    /// Keywords announced to the client in FLAGS / PERMANENTFLAGS (shared
+    /// copies, [`crate::intern`]).
+    pub keywords: Vec<std::sync::Arc<str>>,
     /// Highest MODSEQ of the changes this session has reported.
     pub flags_mark: u64,
     /// MODSEQ up to which expunges have been reported.
@@ -74,7 +75,7 @@ impl Selected {
                 && self.keywords.len() < MAX_KEYWORDS
                 && !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(f))
             {
-                self.keywords.push(f.clone());
+                self.keywords.push(crate::intern::name(f));
                 new = true;
             }
         }
