@@ -41,6 +41,7 @@ impl<T: ?Sized + Hash + Eq> Table<T> {
         a
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.set.len()
     }
@@ -64,12 +65,6 @@ pub fn name(s: &str) -> Arc<str> {
         Ok(mut t) => t.get(s, || Arc::from(s)),
         Err(_) => Arc::from(s),
     }
-}
-
-/// Flag sets in the table (tests and diagnostics).
-#[must_use]
-pub fn flag_sets_held() -> usize {
-    SETS.lock().map_or(0, |t| t.len())
 }
 
 #[cfg(test)]
