@@ -462,6 +462,74 @@ async fn delivered_without_a_prefix_is_indexed() {
     check_all(&s, mb, &cases, "delivered without a prefix").await;
 }
 
+/// A job enqueued by a store older than migration 0017 has its text in
+/// blob_text under the queued blob's hash, none with the job: delivery
+/// derives the delivered copy's text from there (a rolling upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queued_before_0017_are_indexed_from_their_blob_text() {
+    let (s, user, pool) = setup().await;
+    let c = s.client();
+    let job = enqueue(&c, "k3", "x@example.net", &["alice@example.org"], NESTED)
+        .await
+        .unwrap()
+        .job_id;
+    // What the older store left: the text under the blob's hash.
+    sqlx::query(
+        "INSERT INTO blob_text (hash, headers, body, complete) \
+         SELECT blob_hash, text_headers, text_body, text_complete FROM queue_jobs WHERE id = $1",
+    )
+    .bind(job as i64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE queue_jobs SET text_headers = NULL, text_body = NULL, text_complete = false",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    c.queue
+        .clone()
+        .lease(pb::LeaseRequest {
+            kind: 1,
+            worker_id: "w".into(),
+            max_jobs: 1,
+            lease_ttl_ms: 60_000,
+            wait_ms: 0,
+            max_attempts: 0,
+        })
+        .await
+        .unwrap();
+    c.mailboxes
+        .clone()
+        .deliver_from_queue(pb::DeliverFromQueueRequest {
+            job_id: job,
+            recipient_index: 0,
+            worker_id: "w".into(),
+            user_id: user,
+            mailbox: "INBOX".into(),
+            prefix: b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n".to_vec(),
+            flags: vec![],
+            enforce_quota: true,
+            complete_recipient: true,
+            finish_job: true,
+        })
+        .await
+        .unwrap();
+    rows_match_blobs(&pool).await;
+    let incomplete: i64 = sqlx::query_scalar("SELECT count(*) FROM blob_text WHERE NOT complete")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(incomplete, 0, "derived from the old row, not a placeholder");
+    let mb = mailbox(&s, user, "INBOX").await;
+    let cases = vec![
+        (header("delivered-to", "alice@example"), vec![1]),
+        (body("deeply nested secret"), vec![1]),
+    ];
+    check_all(&s, mb, &cases, "queued before 0017").await;
+}
+
 /// Hostile needles: huge, wildcard-only, regex-looking; all answered, none
 /// fails the call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
