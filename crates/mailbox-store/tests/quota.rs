@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mailstore_api::pb;
-use test_kit::{TestStore, append, enqueue};
+use test_kit::{TestStore, append, deliver_request, enqueue, lease_inbound};
 use tonic::Code;
 
 const ALICE: &str = "alice@example.org";
@@ -336,32 +336,16 @@ async fn deliver(s: &TestStore, user: u64, key: &str, raw: &[u8]) -> Result<(), 
         .await
         .unwrap()
         .job_id;
-    c.queue
-        .clone()
-        .lease(pb::LeaseRequest {
-            kind: 1,
-            worker_id: "w".into(),
-            max_jobs: 10,
-            lease_ttl_ms: 60_000,
-            wait_ms: 0,
-            max_attempts: 0,
-        })
-        .await
-        .unwrap();
+    lease_inbound(&c, "w", 10).await.unwrap();
     c.mailboxes
         .clone()
-        .deliver_from_queue(pb::DeliverFromQueueRequest {
-            job_id: job,
-            recipient_index: 0,
-            worker_id: "w".into(),
-            user_id: user,
-            mailbox: "INBOX".into(),
-            prefix: b"Delivered-To: alice@example.org\r\n".to_vec(),
-            flags: vec![],
-            enforce_quota: true,
-            complete_recipient: true,
-            finish_job: false,
-        })
+        .deliver_from_queue(deliver_request(
+            job,
+            0,
+            "w",
+            user,
+            b"Delivered-To: alice@example.org\r\n",
+        ))
         .await
         .map(|_| ())
 }

@@ -10,7 +10,7 @@ use mailbox_store::text;
 use mailstore_api::pb;
 use mailstore_api::pb::search_key::Key;
 use sqlx::PgPool;
-use test_kit::{TestStore, append, collect_body, enqueue};
+use test_kit::{TestStore, append, collect_body, deliver_request, enqueue, lease_inbound};
 
 async fn setup() -> (TestStore, u64, PgPool) {
     let s = TestStore::start().await;
@@ -322,33 +322,17 @@ async fn delivered_and_copied_messages_are_indexed() {
         .await
         .unwrap();
     assert_eq!(queued, 0);
-    c.queue
-        .clone()
-        .lease(pb::LeaseRequest {
-            kind: 1,
-            worker_id: "w".into(),
-            max_jobs: 1,
-            lease_ttl_ms: 60_000,
-            wait_ms: 0,
-            max_attempts: 0,
-        })
-        .await
-        .unwrap();
+    lease_inbound(&c, "w", 1).await.unwrap();
     let d = c
         .mailboxes
         .clone()
-        .deliver_from_queue(pb::DeliverFromQueueRequest {
-            job_id: job,
-            recipient_index: 0,
-            worker_id: "w".into(),
-            user_id: user,
-            mailbox: "INBOX".into(),
-            prefix: b"Return-Path: <x@example.net>\r\nDelivered-To: Alice@Example.org\r\n".to_vec(),
-            flags: vec![],
-            enforce_quota: true,
-            complete_recipient: true,
-            finish_job: false,
-        })
+        .deliver_from_queue(deliver_request(
+            job,
+            0,
+            "w",
+            user,
+            b"Return-Path: <x@example.net>\r\nDelivered-To: Alice@Example.org\r\n",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -420,31 +404,12 @@ async fn delivered_without_a_prefix_is_indexed() {
         .await
         .unwrap()
         .job_id;
-    c.queue
-        .clone()
-        .lease(pb::LeaseRequest {
-            kind: 1,
-            worker_id: "w".into(),
-            max_jobs: 1,
-            lease_ttl_ms: 60_000,
-            wait_ms: 0,
-            max_attempts: 0,
-        })
-        .await
-        .unwrap();
+    lease_inbound(&c, "w", 1).await.unwrap();
     c.mailboxes
         .clone()
         .deliver_from_queue(pb::DeliverFromQueueRequest {
-            job_id: job,
-            recipient_index: 0,
-            worker_id: "w".into(),
-            user_id: user,
-            mailbox: "INBOX".into(),
-            prefix: Vec::new(),
-            flags: vec![],
-            enforce_quota: true,
-            complete_recipient: true,
             finish_job: true,
+            ..deliver_request(job, 0, "w", user, &[])
         })
         .await
         .unwrap();
@@ -488,31 +453,18 @@ async fn jobs_queued_before_0017_are_indexed_from_their_blob_text() {
     .execute(&pool)
     .await
     .unwrap();
-    c.queue
-        .clone()
-        .lease(pb::LeaseRequest {
-            kind: 1,
-            worker_id: "w".into(),
-            max_jobs: 1,
-            lease_ttl_ms: 60_000,
-            wait_ms: 0,
-            max_attempts: 0,
-        })
-        .await
-        .unwrap();
+    lease_inbound(&c, "w", 1).await.unwrap();
     c.mailboxes
         .clone()
         .deliver_from_queue(pb::DeliverFromQueueRequest {
-            job_id: job,
-            recipient_index: 0,
-            worker_id: "w".into(),
-            user_id: user,
-            mailbox: "INBOX".into(),
-            prefix: b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n".to_vec(),
-            flags: vec![],
-            enforce_quota: true,
-            complete_recipient: true,
             finish_job: true,
+            ..deliver_request(
+                job,
+                0,
+                "w",
+                user,
+                b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n",
+            )
         })
         .await
         .unwrap();

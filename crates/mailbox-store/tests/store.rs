@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use mailstore_api::pb;
-use test_kit::{TestStore, append, collect_body, enqueue};
+use test_kit::{TestStore, append, collect_body, deliver_request, enqueue, lease_inbound};
 
 async fn setup() -> (TestStore, u64) {
     let s = TestStore::start().await;
@@ -620,29 +620,14 @@ async fn deliver_from_queue_is_exactly_once() {
         .await
         .unwrap()
         .job_id;
-    let mut q = c.queue.clone();
-    q.lease(pb::LeaseRequest {
-        kind: 1,
-        worker_id: "w".into(),
-        max_jobs: 1,
-        lease_ttl_ms: 60_000,
-        wait_ms: 0,
-        max_attempts: 0,
-    })
-    .await
-    .unwrap();
-    let req = pb::DeliverFromQueueRequest {
-        job_id: job,
-        recipient_index: 0,
-        worker_id: "w".into(),
-        user_id: user,
-        mailbox: "INBOX".into(),
-        prefix: b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n".to_vec(),
-        flags: vec![],
-        enforce_quota: true,
-        complete_recipient: true,
-        finish_job: false,
-    };
+    lease_inbound(&c, "w", 1).await.unwrap();
+    let req = deliver_request(
+        job,
+        0,
+        "w",
+        user,
+        b"Return-Path: <x@example.net>\r\nDelivered-To: alice@example.org\r\n",
+    );
     let a = c
         .mailboxes
         .clone()
@@ -725,31 +710,11 @@ async fn delivering_the_last_recipient_can_finish_the_job() {
         .await
         .unwrap()
         .job_id;
-    let mut q = c.queue.clone();
-    let leased = q
-        .lease(pb::LeaseRequest {
-            kind: 1,
-            worker_id: "w".into(),
-            max_jobs: 1,
-            lease_ttl_ms: 60_000,
-            wait_ms: 0,
-            max_attempts: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let leased = lease_inbound(&c, "w", 1).await.unwrap();
     assert_eq!(leased.jobs.len(), 1);
     let deliver = |index: u32| pb::DeliverFromQueueRequest {
-        job_id: job,
-        recipient_index: index,
-        worker_id: "w".into(),
-        user_id: user,
-        mailbox: "INBOX".into(),
-        prefix: Vec::new(),
-        flags: vec![],
-        enforce_quota: true,
-        complete_recipient: true,
         finish_job: true,
+        ..deliver_request(job, index, "w", user, &[])
     };
     let state = |c: mailstore_api::StoreClient| async move {
         c.queue
@@ -783,7 +748,9 @@ async fn delivering_the_last_recipient_can_finish_the_job() {
     assert!(second.duplicate && second.job_finished);
     assert_eq!(state(c.clone()).await, pb::JobState::Done as i32);
     // The lease went with it: a late FinishJob of the worker is refused.
-    let late = q
+    let late = c
+        .queue
+        .clone()
         .finish_job(pb::FinishJobRequest {
             job_id: job,
             worker_id: "w".into(),

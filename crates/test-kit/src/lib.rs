@@ -628,6 +628,55 @@ pub async fn enqueue_header(
         .map(tonic::Response::into_inner)
 }
 
+/// Leases up to `max` inbound jobs as `worker` (a 60 s lease, no waiting),
+/// as delivery does.
+///
+/// # Errors
+/// The store's status.
+pub async fn lease_inbound(
+    client: &StoreClient,
+    worker: &str,
+    max: u32,
+) -> Result<pb::LeaseResponse, tonic::Status> {
+    let mut q = client.queue.clone();
+    q.lease(pb::LeaseRequest {
+        kind: pb::QueueKind::Inbound as i32,
+        worker_id: worker.into(),
+        max_jobs: max,
+        lease_ttl_ms: 60_000,
+        wait_ms: 0,
+        max_attempts: 0,
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// The `DeliverFromQueue` delivery makes for recipient `index` of `job`
+/// into `user`'s INBOX as `worker`, with `prefix`: quota enforced, the
+/// recipient completed, the job left to `FinishJob` (struct update syntax
+/// changes the rest).
+#[must_use]
+pub fn deliver_request(
+    job: u64,
+    index: u32,
+    worker: &str,
+    user: u64,
+    prefix: &[u8],
+) -> pb::DeliverFromQueueRequest {
+    pb::DeliverFromQueueRequest {
+        job_id: job,
+        recipient_index: index,
+        worker_id: worker.into(),
+        user_id: user,
+        mailbox: "INBOX".into(),
+        prefix: prefix.to_vec(),
+        flags: vec![],
+        enforce_quota: true,
+        complete_recipient: true,
+        finish_job: false,
+    }
+}
+
 /// Reads a whole message body stream into memory.
 ///
 /// # Errors
