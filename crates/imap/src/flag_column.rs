@@ -43,8 +43,12 @@ impl FlagColumn {
         if self.sets.len() > 2 * self.ids.len() + 64 {
             self.compact();
         }
+        self.add(intern::flag_set(flags))
+    }
+
+    /// Adds a shared set this table does not hold yet.
+    fn add(&mut self, shared: Arc<Vec<String>>) -> u32 {
         let id = u32::try_from(self.sets.len()).unwrap_or(u32::MAX);
-        let shared = intern::flag_set(flags);
         self.sets.push(shared.clone());
         self.index.insert(shared, id);
         id
@@ -59,9 +63,13 @@ impl FlagColumn {
         for id in ids {
             let new = match remap.get(&id) {
                 Some(&n) => n,
+                // Distinct ids are distinct sets: each is added once, by
+                // pointer (the empty set, id 0, is there already).
                 None => {
-                    let set = old.get(id as usize).map(|s| s.to_vec()).unwrap_or_default();
-                    let n = self.intern(set);
+                    let n = match old.get(id as usize) {
+                        Some(set) if id != 0 => self.add(set.clone()),
+                        _ => 0,
+                    };
                     remap.insert(id, n);
                     n
                 }

@@ -28,15 +28,16 @@ impl<T: ?Sized + Hash + Eq> Table<T> {
         }
     }
 
-    fn get(&mut self, probe: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
-        if let Some(a) = self.set.get(probe) {
-            return a.clone();
-        }
+    fn find(&self, probe: &T) -> Option<Arc<T>> {
+        self.set.get(probe).cloned()
+    }
+
+    /// Adds `a` (not in the table yet), sweeping first when due.
+    fn insert(&mut self, a: Arc<T>) -> Arc<T> {
         if self.set.len() >= self.sweep_at {
             self.set.retain(|a| Arc::strong_count(a) > 1);
             self.sweep_at = (self.set.len() * 2).max(FIRST_SWEEP);
         }
-        let a = make();
         self.set.insert(a.clone());
         a
     }
@@ -50,10 +51,13 @@ impl<T: ?Sized + Hash + Eq> Table<T> {
 static SETS: LazyLock<Mutex<Table<Vec<String>>>> = LazyLock::new(|| Mutex::new(Table::new()));
 static NAMES: LazyLock<Mutex<Table<str>>> = LazyLock::new(|| Mutex::new(Table::new()));
 
-/// The shared copy of a flag set.
+/// The shared copy of a flag set (`flags` itself becomes it when new).
 pub fn flag_set(flags: Vec<String>) -> Arc<Vec<String>> {
     match SETS.lock() {
-        Ok(mut t) => t.get(&flags, || Arc::new(flags.clone())),
+        Ok(mut t) => match t.find(&flags) {
+            Some(a) => a,
+            None => t.insert(Arc::new(flags)),
+        },
         // A poisoned table (a panic while holding it): a private copy.
         Err(_) => Arc::new(flags),
     }
@@ -62,7 +66,7 @@ pub fn flag_set(flags: Vec<String>) -> Arc<Vec<String>> {
 /// The shared copy of a keyword name.
 pub fn name(s: &str) -> Arc<str> {
     match NAMES.lock() {
-        Ok(mut t) => t.get(s, || Arc::from(s)),
+        Ok(mut t) => t.find(s).unwrap_or_else(|| t.insert(Arc::from(s))),
         Err(_) => Arc::from(s),
     }
 }
@@ -81,17 +85,15 @@ mod tests {
         // Sets nobody holds any more do not pile up.
         let mut t: Table<Vec<String>> = Table::new();
         for i in 0..100_000 {
-            let v = vec![format!("k{i}")];
-            drop(t.get(&v, || Arc::new(v.clone())));
+            drop(t.insert(Arc::new(vec![format!("k{i}")])));
         }
         assert!(t.len() <= 2 * FIRST_SWEEP, "{}", t.len());
         // Held ones survive a sweep.
-        let kept = t.get(&vec!["kept".to_string()], || Arc::new(vec!["kept".into()]));
+        let kept = t.insert(Arc::new(vec!["kept".to_string()]));
         for i in 0..10_000 {
-            let v = vec![format!("j{i}")];
-            drop(t.get(&v, || Arc::new(v.clone())));
+            drop(t.insert(Arc::new(vec![format!("j{i}")])));
         }
-        let again = t.get(&vec!["kept".to_string()], || Arc::new(vec!["other".into()]));
-        assert!(Arc::ptr_eq(&kept, &again));
+        let again = t.find(&vec!["kept".to_string()]);
+        assert!(again.is_some_and(|a| Arc::ptr_eq(&kept, &a)));
     }
 }
