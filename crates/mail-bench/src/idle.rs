@@ -84,8 +84,8 @@ pub async fn run(job: &Job, groups: &[procs::Group]) -> anyhow::Result<Outcome> 
                 .await
                 .with_context(|| format!("connection {i} from {source:?}"))?;
             s.ok("SELECT INBOX").await?;
-            let (io, _) = s.idle().await?;
-            Ok::<_, anyhow::Error>(io)
+            s.start_idle().await?;
+            Ok::<_, anyhow::Error>(s)
         }));
     }
     let mut held = Vec::with_capacity(job.connections);
@@ -99,24 +99,11 @@ pub async fn run(job: &Job, groups: &[procs::Group]) -> anyhow::Result<Outcome> 
     out.pss_held_kib = tokio::task::spawn_blocking(move || procs::pss(&g)).await?;
     let gate = Arc::new(Semaphore::new(job.parallel.max(1)));
     let mut tasks = Vec::with_capacity(held.len());
-    for mut io in held {
+    for mut s in held {
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
-            // DONE ends the IDLE, LOGOUT the session (its tagged answer
-            // read, so the server closes first; errors ignored).
-            if conn::send(&mut io, b"DONE\r\nz LOGOUT\r\n").await.is_ok() {
-                let mut buf = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                    while conn::line(&mut io, &mut buf).await.is_ok() {
-                        if buf.starts_with(b"z ") {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            }
-            conn::close(&mut io).await;
+            s.done_and_logout().await;
         }));
     }
     for t in tasks {

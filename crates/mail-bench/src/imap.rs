@@ -152,18 +152,32 @@ impl Imap {
     /// server's continuation request arrived; the caller reads the
     /// untagged responses and ends it with `DONE`.
     pub async fn idle(mut self) -> anyhow::Result<(Tls, u64)> {
+        self.start_idle().await?;
+        Ok((self.io, self.exists))
+    }
+
+    /// Starts IDLE (RFC 2177 §3) and returns once the server's
+    /// continuation request arrived; [`Self::done_and_logout`] ends it.
+    pub async fn start_idle(&mut self) -> anyhow::Result<()> {
         self.tag += 1;
         let tag = format!("b{}", self.tag);
         conn::send(&mut self.io, format!("{tag} IDLE\r\n").as_bytes()).await?;
         loop {
             conn::line(&mut self.io, &mut self.buf).await?;
             if self.buf.starts_with(b"+") {
-                return Ok((self.io, self.exists));
+                return Ok(());
             }
             if self.buf.starts_with(tag.as_bytes()) {
                 bail!("IDLE: {}", String::from_utf8_lossy(&self.buf).trim_end());
             }
             self.track();
+        }
+    }
+
+    /// Ends an IDLE with DONE, then LOGOUT; errors ignored.
+    pub async fn done_and_logout(&mut self) {
+        if conn::send(&mut self.io, b"DONE\r\n").await.is_ok() {
+            self.logout().await;
         }
     }
 
