@@ -287,8 +287,9 @@ pub(super) async fn enqueue(
             message_id: &a.message_id,
             traceparent: &traceparent,
             // Kept with the job, not indexed: only the delivered copies are
-            // searched (migration 0017).
-            text: Some(&a.text),
+            // searched (migration 0017). Only inbound jobs are delivered
+            // locally; an outbound one (smtp-out's) needs none.
+            text: (kind == 1).then_some(&a.text),
         };
         let mut attempt = 0;
         loop {
