@@ -21,26 +21,29 @@ impl Drop for Proc {
 }
 
 fn delivery(store: &TestStore, worker: &str, lease_ms: u64) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_epistole"))
-        .args([
-            "--log",
-            "warn",
-            "delivery",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--worker-id",
-            worker,
-            "--hostname",
-            "mx.example.org",
-            "--lease-ms",
-            &lease_ms.to_string(),
-        ])
-        .env("EPISTOLE_STORE_URL", &store.grpc_url)
-        .env("EPISTOLE_STORE_TOKEN", &store.token)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+    Proc(delivery_command(store, worker, lease_ms).spawn().unwrap())
+}
+
+/// `epistole delivery` against `store`, logging warnings to stderr.
+fn delivery_command(store: &TestStore, worker: &str, lease_ms: u64) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_epistole"));
+    cmd.args([
+        "--log",
+        "warn",
+        "delivery",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--worker-id",
+        worker,
+        "--hostname",
+        "mx.example.org",
+        "--lease-ms",
+        &lease_ms.to_string(),
+    ])
+    .env("EPISTOLE_STORE_URL", &store.grpc_url)
+    .env("EPISTOLE_STORE_TOKEN", &store.token)
+    .stdout(Stdio::null());
+    cmd
 }
 
 fn message(subject: &str) -> Vec<u8> {
@@ -67,6 +70,45 @@ async fn setup() -> (TestStore, u64, u64) {
         .unwrap();
     }
     (s, alice, bob)
+}
+
+/// A job's last recipient delivered locally finishes the job in the same
+/// store transaction (`finish_job`): the worker then calls no `FinishJob`,
+/// which the store would refuse (the lease is gone) and the worker would
+/// log as a store error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_local_delivery_finishes_the_job_without_a_second_call() {
+    let (s, alice, _) = setup().await;
+    let c = s.client();
+    for subject in ["one", "two", "three"] {
+        enqueue(
+            &c,
+            subject,
+            "sender@remote.test",
+            &["alice@example.org"],
+            &message(subject),
+        )
+        .await
+        .unwrap();
+    }
+    let mut child = delivery_command(&s, "w1", 60_000)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("three jobs done", Duration::from_secs(60), || async {
+        jobs(&s, pb::QueueKind::Inbound, pb::JobState::Done)
+            .await
+            .len()
+            == 3
+    })
+    .await;
+    // Past the point where a FinishJob would have followed each delivery.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("store error"), "{log}");
+    assert_eq!(subjects(&s, alice, "INBOX").await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
